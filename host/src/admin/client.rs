@@ -1,0 +1,104 @@
+//! The CLI's side of the admin API: finds the running router from the
+//! configuration's state directory (address and token files).
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::auth;
+
+/// A client of one running router.
+pub struct AdminClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// Finds the router whose state directory is `state_dir`.
+    pub fn for_state_dir(state_dir: &Path) -> anyhow::Result<Self> {
+        let addr_file = state_dir.join(auth::ADDR_FILE);
+        let addr = std::fs::read_to_string(&addr_file).with_context(|| {
+            format!(
+                "no running router found: {} does not exist (start one with `eventflow run`)",
+                addr_file.display()
+            )
+        })?;
+        Ok(Self {
+            base: format!("http://{}", addr.trim()),
+            token: auth::read_token(state_dir)?,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .context("cannot build an HTTP client")?,
+        })
+    }
+
+    /// The admin API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GETs a path under the API and returns its JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// GETs an unauthenticated path (`/readyz`) and returns its JSON whatever
+    /// the status.
+    pub async fn get_open(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the router at {} ({e})", self.base))?;
+        Ok(response.json().await?)
+    }
+
+    /// POSTs JSON to a path under the API and returns its JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// DELETEs a path under the API and returns its JSON.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// PUTs JSON to a path under the API and returns its JSON.
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the router at {} ({e}); is `eventflow run` running with this configuration?",
+                    self.base
+                )
+            })?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("the router answered {status} without JSON"))?;
+        if !status.is_success() {
+            let message = body
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no detail");
+            anyhow::bail!("{message} ({status})");
+        }
+        Ok(body)
+    }
+}

@@ -1,0 +1,941 @@
+//! The router's configuration file: inert, strict types, and their validation.
+//!
+//! Parsing does no I/O beyond reading the file; [`load`] returns a
+//! [`Config`] whose every cross-reference (flow → broker, topic, algorithm)
+//! has been checked, or a [`ConfigError`] that names the file and the field.
+//! Every field's doc comment is its user documentation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::connector::BrokerSpec;
+
+/// A configuration mistake, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: String,
+    /// The dotted path of the offending field, e.g. `flows[0].timeout_secs`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the router keeps its files.
+    #[serde(default)]
+    pub router: RouterConfig,
+    /// The local admin endpoint the CLI talks to.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Engine-wide settings of the WebAssembly sandbox.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+    /// Broker connections, by name.
+    #[serde(default)]
+    pub brokers: Vec<BrokerSpec>,
+    /// Topics (queues) on the broker connections, with their access lists.
+    #[serde(default)]
+    pub topics: Vec<TopicSpec>,
+    /// Event flows: a topic enabled for an algorithm.
+    #[serde(default)]
+    pub flows: Vec<FlowSpec>,
+    /// Limits for one algorithm version, overriding those of every flow
+    /// that runs it.
+    #[serde(default)]
+    pub algorithm_limits: Vec<AlgorithmLimits>,
+}
+
+/// Directories of the router. Relative paths are taken from the directory of
+/// the configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// The plugin directory, laid out `<owner>/<name>/<version>.wasm`.
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: PathBuf,
+    /// Where data collections are stored: `data://owner/collection/path` is
+    /// the file `<data_dir>/owner/collection/path`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The router's own durable state: the embedded broker's store, the
+    /// compiled-code cache, the admin token and address.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long a graceful stop waits for in-flight invocations before it
+    /// releases them back to their brokers.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: f64,
+}
+
+fn default_plugins_dir() -> PathBuf {
+    "plugins".into()
+}
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+fn default_state_dir() -> PathBuf {
+    "state".into()
+}
+const fn default_shutdown_grace_secs() -> f64 {
+    30.0
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            plugins_dir: default_plugins_dir(),
+            data_dir: default_data_dir(),
+            state_dir: default_state_dir(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on. Port 0 picks a free port; the bound address is
+    /// written to `<state_dir>/admin.addr` for the CLI.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:7171".into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Settings that apply to the WebAssembly engine as a whole: wasmtime fixes
+/// them when the engine is created, so they cannot vary per flow.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Instance slots in the pooling allocator: the most invocations that can
+    /// run at once across all flows.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// The largest linear memory any algorithm may have, in MiB; flows'
+    /// `max_memory_mib` may not exceed it.
+    #[serde(default = "default_pool_memory_mib")]
+    pub max_memory_mib: u64,
+    /// Maximum WebAssembly stack, in KiB. Deeper recursion is a
+    /// `stack_overflow` failure.
+    #[serde(default = "default_max_wasm_stack_kib")]
+    pub max_wasm_stack_kib: u64,
+    /// Count fuel (executed instructions) so flows can set `max_fuel`.
+    /// Costs some speed on every invocation, so it is off unless a flow asks.
+    #[serde(default)]
+    pub fuel: bool,
+    /// Keep compiled code in `<state_dir>/compiled` so restarts skip
+    /// compilation.
+    #[serde(default = "yes")]
+    pub cache_compiled: bool,
+    /// Use the pooling allocator (pre-reserved instance slots). Turning it
+    /// off allocates each instance on demand; only benchmarks should.
+    #[serde(default = "yes")]
+    pub pooling: bool,
+    /// Enable epoch interruption, which enforces `timeout_secs`. Turning it
+    /// off leaves runaway algorithms unstoppable; only benchmarks should.
+    #[serde(default = "yes")]
+    pub epoch_interruption: bool,
+}
+
+const fn default_max_instances() -> u32 {
+    256
+}
+const fn default_pool_memory_mib() -> u64 {
+    4096
+}
+const fn default_max_wasm_stack_kib() -> u64 {
+    512
+}
+const fn yes() -> bool {
+    true
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: default_max_instances(),
+            max_memory_mib: default_pool_memory_mib(),
+            max_wasm_stack_kib: default_max_wasm_stack_kib(),
+            fuel: false,
+            cache_compiled: true,
+            pooling: true,
+            epoch_interruption: true,
+        }
+    }
+}
+
+/// A topic (queue) on a broker connection, and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The name flows and algorithms use for the topic.
+    pub name: String,
+    /// The broker connection the topic lives on. May be left out when there
+    /// is only one broker connection.
+    #[serde(default)]
+    pub broker: String,
+    /// The broker's own name for the topic when it differs from `name`: an
+    /// SQS queue URL, a Service Bus queue name, a Kafka topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Algorithms (`owner/name`, or `owner/*`) that may consume from the topic.
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// Algorithms (`owner/name`, or `owner/*`) that may publish to the topic,
+    /// including as a flow's output or dead-letter topic.
+    #[serde(default)]
+    pub publishers: Vec<String>,
+}
+
+impl TopicSpec {
+    /// The broker's name for the topic.
+    pub fn address(&self) -> &str {
+        self.address.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether `algorithm` may consume from the topic.
+    pub fn may_consume(&self, algorithm: &AlgorithmRef) -> bool {
+        grants(&self.consumers, algorithm)
+    }
+
+    /// Whether `algorithm` may publish to the topic.
+    pub fn may_publish(&self, algorithm: &AlgorithmRef) -> bool {
+        grants(&self.publishers, algorithm)
+    }
+}
+
+fn grants(list: &[String], algorithm: &AlgorithmRef) -> bool {
+    list.iter().any(|g| match g.split_once('/') {
+        Some((owner, "*")) => owner == algorithm.owner,
+        Some((owner, name)) => owner == algorithm.owner && name == algorithm.name,
+        None => false,
+    })
+}
+
+/// An event flow: every message on `topic` invokes `algorithm`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// A unique name, used in logs, metrics and the CLI.
+    pub name: String,
+    /// The broker connection of the topic. May be left out when there is only
+    /// one broker connection.
+    #[serde(default)]
+    pub broker: String,
+    /// The topic to consume.
+    pub topic: String,
+    /// The algorithm, `owner/name` to follow the latest version or
+    /// `owner/name/version` to pin one.
+    pub algorithm: AlgorithmRef,
+    /// Set to false to keep the flow configured but stopped.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Invocations of this flow that may run at once. When they all run, the
+    /// flow stops receiving until one finishes.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Where the algorithm's output (`ok(some(bytes))`) is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_topic: Option<String>,
+    /// Where messages go, in an envelope saying why, once they fail for good.
+    /// Without one, such messages are dropped with an error log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Deliveries of a message before it is dead-lettered.
+    #[serde(default = "default_max_receives")]
+    pub max_receives: u32,
+    /// Wall-clock time one invocation may take, in seconds (fractions
+    /// allowed). A longer run fails with `timeout`.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: f64,
+    /// The delay between attempts.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Resource limits of each invocation.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Options of the flow's consumer that only some brokers use.
+    #[serde(default)]
+    pub consumer: ConsumerOptions,
+}
+
+const fn default_concurrency() -> u32 {
+    8
+}
+const fn default_max_receives() -> u32 {
+    10
+}
+
+/// Consumer options that only some brokers use.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerOptions {
+    /// Kafka consumer group; `eventflow-<flow name>` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// SQS: how long messages received while the flow is saturated wait
+    /// before they become visible again, in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation_delay_secs: Option<u64>,
+}
+
+/// How long to wait before the next attempt of a failed message.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// `exponential` (doubling from `base_ms` up to `cap_ms`) or `fixed`
+    /// (always `base_ms`).
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// The first delay, in milliseconds.
+    #[serde(default = "default_base_ms")]
+    pub base_ms: u64,
+    /// The longest delay, in milliseconds.
+    #[serde(default = "default_cap_ms")]
+    pub cap_ms: u64,
+    /// Spread delays randomly over their upper half, so that messages that
+    /// failed together do not retry together.
+    #[serde(default = "yes")]
+    pub jitter: bool,
+}
+
+const fn default_base_ms() -> u64 {
+    1_000
+}
+const fn default_cap_ms() -> u64 {
+    300_000
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            base_ms: default_base_ms(),
+            cap_ms: default_cap_ms(),
+            jitter: true,
+        }
+    }
+}
+
+/// The shape of the retry delays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// `base_ms`, then twice that, and so on up to `cap_ms`.
+    #[default]
+    Exponential,
+    /// Always `base_ms`.
+    Fixed,
+}
+
+/// Resource limits of one invocation. In `[[algorithm_limits]]` every field is
+/// optional and overrides the flow's value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory one invocation may grow to, in MiB.
+    #[serde(default = "default_max_memory_mib")]
+    pub max_memory_mib: u64,
+    /// Instructions one invocation may execute, counted as wasmtime fuel.
+    /// Needs `[sandbox] fuel = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fuel: Option<u64>,
+    /// Largest output `apply` may return, in bytes.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+    /// Host calls (data, publish, log) one invocation may make.
+    #[serde(default = "default_max_host_calls")]
+    pub max_host_calls: u32,
+    /// Bytes one invocation may write to data collections.
+    #[serde(default = "default_max_data_write_bytes")]
+    pub max_data_write_bytes: u64,
+    /// Largest message the flow hands to the algorithm, in bytes; larger ones
+    /// fail with `invalid_input`.
+    #[serde(default = "default_max_input_bytes")]
+    pub max_input_bytes: u64,
+    /// How long one host call (a data write, say) may take, in seconds. An
+    /// epoch cannot interrupt the host, so host calls carry their own timeout.
+    #[serde(default = "default_host_call_timeout_secs")]
+    pub host_call_timeout_secs: f64,
+}
+
+const fn default_timeout_secs() -> f64 {
+    30.0
+}
+const fn default_max_memory_mib() -> u64 {
+    64
+}
+const fn default_max_output_bytes() -> u64 {
+    4 << 20
+}
+const fn default_max_host_calls() -> u32 {
+    10_000
+}
+const fn default_max_data_write_bytes() -> u64 {
+    64 << 20
+}
+const fn default_max_input_bytes() -> u64 {
+    16 << 20
+}
+const fn default_host_call_timeout_secs() -> f64 {
+    10.0
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_memory_mib: default_max_memory_mib(),
+            max_fuel: None,
+            max_output_bytes: default_max_output_bytes(),
+            max_host_calls: default_max_host_calls(),
+            max_data_write_bytes: default_max_data_write_bytes(),
+            max_input_bytes: default_max_input_bytes(),
+            host_call_timeout_secs: default_host_call_timeout_secs(),
+        }
+    }
+}
+
+/// Limits for one algorithm version, overriding the flows' own.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmLimits {
+    /// The algorithm version, `owner/name/version`.
+    pub algorithm: AlgorithmRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Overrides `timeout_secs`.
+    pub timeout_secs: Option<f64>,
+    /// Overrides `max_memory_mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u64>,
+    /// Overrides `max_fuel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fuel: Option<u64>,
+    /// Overrides `max_output_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+    /// Overrides `max_host_calls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_host_calls: Option<u32>,
+    /// Overrides `max_data_write_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_data_write_bytes: Option<u64>,
+    /// Overrides `max_input_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_bytes: Option<u64>,
+    /// Overrides `host_call_timeout_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_call_timeout_secs: Option<f64>,
+}
+
+impl AlgorithmLimits {
+    /// `base` with this override's fields applied.
+    pub fn apply_to(&self, base: &Limits) -> Limits {
+        Limits {
+            max_memory_mib: self.max_memory_mib.unwrap_or(base.max_memory_mib),
+            max_fuel: self.max_fuel.or(base.max_fuel),
+            max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
+            max_host_calls: self.max_host_calls.unwrap_or(base.max_host_calls),
+            max_data_write_bytes: self
+                .max_data_write_bytes
+                .unwrap_or(base.max_data_write_bytes),
+            max_input_bytes: self.max_input_bytes.unwrap_or(base.max_input_bytes),
+            host_call_timeout_secs: self
+                .host_call_timeout_secs
+                .unwrap_or(base.host_call_timeout_secs),
+        }
+    }
+}
+
+/// `owner/name` or `owner/name/version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlgorithmRef {
+    /// The owner (user or organization).
+    pub owner: String,
+    /// The algorithm's name.
+    pub name: String,
+    /// A pinned version; `None` follows the highest version loaded.
+    pub version: Option<semver::Version>,
+}
+
+impl AlgorithmRef {
+    /// `owner/name`, without the version.
+    pub fn unversioned(&self) -> String {
+        format!("{}/{}", self.owner, self.name)
+    }
+}
+
+impl fmt::Display for AlgorithmRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.version {
+            Some(v) => write!(f, "{}/{}/{}", self.owner, self.name, v),
+            None => write!(f, "{}/{}", self.owner, self.name),
+        }
+    }
+}
+
+/// Whether `s` can be an owner, algorithm, collection or broker name.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl FromStr for AlgorithmRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let (owner, name, version) = match parts.as_slice() {
+            [owner, name] => (*owner, *name, None),
+            [owner, name, version] => (*owner, *name, Some(*version)),
+            _ => {
+                return Err(format!(
+                    "\"{s}\" is not an algorithm reference: expected owner/name or owner/name/version"
+                ));
+            }
+        };
+        for (what, value) in [("owner", owner), ("name", name)] {
+            if !is_valid_name(value) {
+                return Err(format!(
+                    "\"{s}\": the {what} \"{value}\" may only use letters, digits, '_', '-' and '.'"
+                ));
+            }
+        }
+        let version = version
+            .map(|v| {
+                semver::Version::parse(v)
+                    .map_err(|e| format!("\"{s}\": \"{v}\" is not a semver version: {e}"))
+            })
+            .transpose()?;
+        Ok(Self {
+            owner: owner.into(),
+            name: name.into(),
+            version,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for AlgorithmRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for AlgorithmRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Reads, parses and validates a configuration file. Relative directories are
+/// resolved against the file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        field: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let mut config = parse(&file, &text)?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    config.router.plugins_dir = base.join(&config.router.plugins_dir);
+    config.router.data_dir = base.join(&config.router.data_dir);
+    config.router.state_dir = base.join(&config.router.state_dir);
+    Ok(config)
+}
+
+/// Parses and validates configuration text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let err = |field: String, message: String| ConfigError {
+        file: file.to_string(),
+        field,
+        message,
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        err(
+            position(text, e.span()),
+            e.message().trim_end().replace('\n', " "),
+        )
+    })?;
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let mut field = if path == "." { String::new() } else { path };
+        let pos = position(text, inner.span());
+        if field.is_empty() {
+            field = pos;
+        } else if !pos.is_empty() {
+            field = format!("{field} ({pos})");
+        }
+        err(field, inner.message().trim_end().replace('\n', " "))
+    })?;
+    validate(&mut config).map_err(|(field, message)| err(field, message))?;
+    Ok(config)
+}
+
+fn position(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            format!("line {line}")
+        }
+        None => "(document)".into(),
+    }
+}
+
+type FieldError = (String, String);
+
+/// Checks cross-references and fills in defaults that depend on other fields
+/// (a flow's or topic's broker when there is only one).
+pub fn validate(config: &mut Config) -> Result<(), FieldError> {
+    if config.sandbox.max_instances == 0 {
+        return Err(("sandbox.max_instances".into(), "must be at least 1".into()));
+    }
+    let mut broker_names = HashSet::new();
+    for (i, b) in config.brokers.iter().enumerate() {
+        if !is_valid_name(b.name()) {
+            return Err((
+                format!("brokers[{i}].name"),
+                format!(
+                    "\"{}\" may only use letters, digits, '_', '-' and '.'",
+                    b.name()
+                ),
+            ));
+        }
+        if !broker_names.insert(b.name().to_string()) {
+            return Err((
+                format!("brokers[{i}].name"),
+                format!(
+                    "a broker connection named \"{}\" is already defined",
+                    b.name()
+                ),
+            ));
+        }
+        b.validate()
+            .map_err(|(f, m)| (format!("brokers[{i}].{f}"), m))?;
+    }
+    let only_broker = (config.brokers.len() == 1).then(|| config.brokers[0].name().to_string());
+    let resolve_broker = |field: String, broker: &mut String| -> Result<(), FieldError> {
+        if broker.is_empty() {
+            match &only_broker {
+                Some(name) => *broker = name.clone(),
+                None => {
+                    return Err((
+                        field,
+                        "is required when there is not exactly one broker connection".into(),
+                    ));
+                }
+            }
+        } else if !broker_names.contains(broker.as_str()) {
+            return Err((field, format!("no broker connection named \"{broker}\"")));
+        }
+        Ok(())
+    };
+    let mut topic_keys: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (i, t) in config.topics.iter_mut().enumerate() {
+        resolve_broker(format!("topics[{i}].broker"), &mut t.broker)?;
+        if t.name.is_empty() || t.name.contains(':') {
+            return Err((
+                format!("topics[{i}].name"),
+                "must be non-empty and may not contain ':'".into(),
+            ));
+        }
+        for (list, grants) in [("consumers", &t.consumers), ("publishers", &t.publishers)] {
+            for (j, g) in grants.iter().enumerate() {
+                let ok = match g.split_once('/') {
+                    Some((owner, name)) => {
+                        is_valid_name(owner) && (name == "*" || is_valid_name(name))
+                    }
+                    None => false,
+                };
+                if !ok {
+                    return Err((
+                        format!("topics[{i}].{list}[{j}]"),
+                        format!("\"{g}\" is not a grant: expected owner/name or owner/*"),
+                    ));
+                }
+            }
+        }
+        if topic_keys
+            .insert((t.broker.clone(), t.name.clone()), i)
+            .is_some()
+        {
+            return Err((
+                format!("topics[{i}].name"),
+                format!(
+                    "topic \"{}\" is already defined on broker \"{}\"",
+                    t.name, t.broker
+                ),
+            ));
+        }
+    }
+    let topics = config.topics.clone();
+    let mut flow_names = HashSet::new();
+    for (i, f) in config.flows.iter_mut().enumerate() {
+        let at = |field: &str| format!("flows[{i}].{field}");
+        if !is_valid_name(&f.name) {
+            return Err((
+                at("name"),
+                format!(
+                    "\"{}\" may only use letters, digits, '_', '-' and '.'",
+                    f.name
+                ),
+            ));
+        }
+        if !flow_names.insert(f.name.clone()) {
+            return Err((
+                at("name"),
+                format!("a flow named \"{}\" is already defined", f.name),
+            ));
+        }
+        resolve_broker(at("broker"), &mut f.broker)?;
+        check_flow(f, &topics).map_err(|(field, m)| (at(&field), m))?;
+        check_timeout(f.timeout_secs).map_err(|m| (at("timeout_secs"), m))?;
+        check_limits(&f.limits, &config.sandbox)
+            .map_err(|(field, m)| (at(&format!("limits.{field}")), m))?;
+    }
+    for (i, o) in config.algorithm_limits.iter().enumerate() {
+        if o.algorithm.version.is_none() {
+            return Err((
+                format!("algorithm_limits[{i}].algorithm"),
+                format!(
+                    "\"{}\" must name a version: owner/name/version",
+                    o.algorithm
+                ),
+            ));
+        }
+        if let Some(t) = o.timeout_secs {
+            check_timeout(t).map_err(|m| (format!("algorithm_limits[{i}].timeout_secs"), m))?;
+        }
+        check_limits(&o.apply_to(&Limits::default()), &config.sandbox)
+            .map_err(|(field, m)| (format!("algorithm_limits[{i}].{field}"), m))?;
+    }
+    Ok(())
+}
+
+/// Finds a topic by the name a flow or algorithm uses: `name` on
+/// `default_broker`, or `broker:name`.
+pub fn find_topic<'a>(
+    topics: &'a [TopicSpec],
+    default_broker: &str,
+    reference: &str,
+) -> Option<&'a TopicSpec> {
+    let (broker, name) = reference
+        .split_once(':')
+        .unwrap_or((default_broker, reference));
+    topics.iter().find(|t| t.broker == broker && t.name == name)
+}
+
+/// Checks one flow against the topics and their access lists.
+pub fn check_flow(f: &FlowSpec, topics: &[TopicSpec]) -> Result<(), FieldError> {
+    let topic = find_topic(topics, &f.broker, &f.topic).ok_or_else(|| {
+        (
+            "topic".to_string(),
+            format!(
+                "no topic \"{}\" is declared on broker \"{}\" (add it to [[topics]])",
+                f.topic, f.broker
+            ),
+        )
+    })?;
+    if f.topic.contains(':') {
+        return Err((
+            "topic".into(),
+            "a flow consumes from its own broker connection: use the plain topic name".into(),
+        ));
+    }
+    let alg = f.algorithm.unversioned();
+    if !topic.may_consume(&f.algorithm) {
+        return Err((
+            "algorithm".into(),
+            format!(
+                "{alg} has no grant to consume from topic \"{}\" on broker \"{}\": add \"{alg}\" to that topic's consumers",
+                topic.name, topic.broker
+            ),
+        ));
+    }
+    for (field, target) in [
+        ("output_topic", &f.output_topic),
+        ("dead_letter_topic", &f.dead_letter_topic),
+    ] {
+        let Some(target) = target else { continue };
+        let t = find_topic(topics, &f.broker, target).ok_or_else(|| {
+            (
+                field.to_string(),
+                format!("no topic \"{target}\" is declared (add it to [[topics]])"),
+            )
+        })?;
+        if !t.may_publish(&f.algorithm) {
+            return Err((
+                field.to_string(),
+                format!(
+                    "{alg} has no grant to publish to topic \"{}\" on broker \"{}\": add \"{alg}\" to that topic's publishers",
+                    t.name, t.broker
+                ),
+            ));
+        }
+    }
+    if f.concurrency == 0 {
+        return Err(("concurrency".into(), "must be at least 1".into()));
+    }
+    if f.max_receives == 0 {
+        return Err(("max_receives".into(), "must be at least 1".into()));
+    }
+    if f.retry.base_ms > f.retry.cap_ms {
+        return Err((
+            "retry.base_ms".into(),
+            format!(
+                "{} is larger than retry.cap_ms ({})",
+                f.retry.base_ms, f.retry.cap_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_timeout(t: f64) -> Result<(), String> {
+    if t > 0.0 && t <= 12.0 * 3600.0 {
+        Ok(())
+    } else {
+        Err(format!("{t} must be above 0 and at most 43200 (12 h)"))
+    }
+}
+
+fn check_limits(l: &Limits, sandbox: &SandboxConfig) -> Result<(), FieldError> {
+    if !(l.host_call_timeout_secs > 0.0 && l.host_call_timeout_secs <= 3600.0) {
+        return Err((
+            "host_call_timeout_secs".into(),
+            "must be above 0 and at most 3600".into(),
+        ));
+    }
+    if l.max_memory_mib == 0 || l.max_memory_mib > sandbox.max_memory_mib {
+        return Err((
+            "max_memory_mib".into(),
+            format!(
+                "{} must be between 1 and sandbox.max_memory_mib ({})",
+                l.max_memory_mib, sandbox.max_memory_mib
+            ),
+        ));
+    }
+    if l.max_fuel.is_some() && !sandbox.fuel {
+        return Err((
+            "max_fuel".into(),
+            "needs fuel counting: set `fuel = true` under [sandbox]".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "incoming"
+consumers = ["ezra/store_file"]
+
+[[topics]]
+name = "dlq"
+publishers = ["ezra/*"]
+
+[[flows]]
+name = "store"
+topic = "incoming"
+algorithm = "ezra/store_file/0.1.0"
+dead_letter_topic = "dlq"
+"#;
+
+    #[test]
+    fn a_good_file_fills_in_the_only_broker() {
+        let c = parse("good.toml", GOOD).unwrap();
+        assert_eq!(c.flows[0].broker, "local");
+        assert_eq!(c.topics[1].broker, "local");
+        assert_eq!(
+            c.flows[0].algorithm.version,
+            Some(semver::Version::new(0, 1, 0))
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_names_the_file_and_field() {
+        let text = GOOD.replace("dead_letter_topic", "dead_leter_topic");
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("bad.toml: flows[0]"), "{e}");
+        assert!(e.contains("dead_leter_topic"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_algorithm_reference_is_refused() {
+        let text = GOOD.replace("ezra/store_file/0.1.0", "ezra/store_file/one");
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("flows[0].algorithm"), "{e}");
+        assert!(e.contains("semver"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_broker_is_refused() {
+        let text = GOOD.replace(
+            "topic = \"incoming\"",
+            "topic = \"incoming\"\nbroker = \"nope\"",
+        );
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "bad.toml: flows[0].broker: no broker connection named \"nope\""
+        );
+    }
+
+    #[test]
+    fn a_missing_grant_is_named() {
+        let text = GOOD.replace("consumers = [\"ezra/store_file\"]", "consumers = []");
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("no grant to consume"), "{e}");
+    }
+
+    #[test]
+    fn grants_match_owner_wildcards() {
+        let t = TopicSpec {
+            name: "t".into(),
+            broker: "b".into(),
+            address: None,
+            consumers: vec!["ezra/*".into()],
+            publishers: vec!["bob/x".into()],
+        };
+        let a: AlgorithmRef = "ezra/anything".parse().unwrap();
+        assert!(t.may_consume(&a));
+        assert!(!t.may_publish(&a));
+        assert!(t.may_publish(&"bob/x/1.0.0".parse().unwrap()));
+    }
+}

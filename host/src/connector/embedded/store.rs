@@ -1,0 +1,681 @@
+//! The embedded broker's durable store, on redb.
+//!
+//! Two tables: `messages` holds each message as published (id, headers,
+//! payload, enqueue time) and never changes; `state` holds what does (receive
+//! count, when the message is next visible, whether it is leased). Both are
+//! keyed by (topic, sequence number).
+//!
+//! One writer thread applies changes in batches: every change that arrives
+//! while a commit is running goes into the next transaction, so many
+//! publishers and consumers share one fsync (group commit). A change is
+//! acknowledged to its caller only after its transaction committed.
+//!
+//! Which messages are ready is kept in memory per topic, rebuilt from `state`
+//! at open. Memory changes and the queueing of their disk changes happen
+//! under one lock, so the disk sees them in the same order. The router
+//! process owns the file (redb locks it); a lease found at open belonged to a
+//! process that is gone, so that message is visible again at once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, SystemTime};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{Notify, oneshot};
+
+use crate::message::{InboundMessage, OutboundMessage, from_unix_ms, unix_ms};
+
+/// A stored message: (id, headers as JSON, payload, enqueued at in ms since
+/// the epoch).
+type StoredMessage<'a> = (&'a str, &'a str, &'a [u8], u64);
+/// (topic, seq) → the message as published.
+const MESSAGES: TableDefinition<(&str, u64), StoredMessage> = TableDefinition::new("messages");
+/// (topic, seq) → (receive count, visible at ms, leased)
+const STATE: TableDefinition<(&str, u64), (u32, u64, bool)> = TableDefinition::new("state");
+
+/// The most changes one transaction takes.
+const MAX_BATCH: usize = 4096;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the file.
+    #[error("{path} is in use by another eventflow process (one router owns an embedded store)")]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// redb or the disk failed.
+    #[error("embedded store: {0}")]
+    Storage(String),
+    /// The lease ran out and the message was leased again, or settled.
+    #[error(
+        "the lease on message {id} of topic {topic} was lost (it expired and the message was redelivered)"
+    )]
+    LeaseLost {
+        /// The topic.
+        topic: String,
+        /// The message id.
+        id: String,
+    },
+    /// The writer thread is gone.
+    #[error("embedded store is closed")]
+    Closed,
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// A claim on one received message; settles it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    topic: String,
+    seq: u64,
+    receives: u32,
+    id: String,
+    /// How long the lease lasts unless extended.
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    receives: u32,
+    visible_ms: u64,
+    leased: bool,
+}
+
+#[derive(Default)]
+struct TopicState {
+    /// (visible at, seq) of every message not yet acknowledged.
+    queue: BTreeSet<(u64, u64)>,
+    meta: HashMap<u64, Meta>,
+    next_seq: u64,
+    notify: Arc<Notify>,
+}
+
+impl TopicState {
+    fn check(&self, lease: &Lease) -> Result<Meta, StoreError> {
+        match self.meta.get(&lease.seq) {
+            Some(m) if m.receives == lease.receives && m.leased => Ok(*m),
+            _ => Err(StoreError::LeaseLost {
+                topic: lease.topic.clone(),
+                id: lease.id.clone(),
+            }),
+        }
+    }
+
+    fn reschedule(&mut self, seq: u64, meta: Meta) {
+        if let Some(old) = self.meta.insert(seq, meta) {
+            self.queue.remove(&(old.visible_ms, seq));
+        }
+        self.queue.insert((meta.visible_ms, seq));
+    }
+}
+
+struct Row {
+    seq: u64,
+    id: String,
+    headers: String,
+    payload: Vec<u8>,
+    enqueued_ms: u64,
+}
+
+enum Change {
+    Insert(String, Vec<Row>),
+    State(String, Vec<(u64, Meta)>),
+    Delete(String, Vec<u64>),
+}
+
+struct Job {
+    change: Change,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+type Topics = Mutex<HashMap<String, TopicState>>;
+
+/// The embedded broker's store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: Arc<Database>,
+    topics: Arc<Topics>,
+    writer: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens or creates the store at `path`. Blocking.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_path_buf(),
+            },
+            e => StoreError::Storage(format!("cannot open {}: {e}", path.display())),
+        })?;
+        let db = Arc::new(db);
+        let topics = Arc::new(Mutex::new(load(&db)?));
+        let (tx, rx) = mpsc::channel();
+        let (wdb, wtopics) = (db.clone(), topics.clone());
+        std::thread::Builder::new()
+            .name("embedded-store-writer".into())
+            .spawn(move || writer_loop(&wdb, &wtopics, rx))
+            .map_err(storage)?;
+        Ok(Self {
+            db,
+            topics,
+            writer: tx,
+        })
+    }
+
+    /// Runs `f` on the state of `topic` under the lock, creating it if new.
+    fn with_topic<R>(&self, topic: &str, f: impl FnOnce(&mut TopicState) -> R) -> R {
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let state = topics.entry(topic.to_string()).or_default();
+        f(state)
+    }
+
+    fn enqueue(&self, change: Change) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        // A send error drops `reply`, which the awaiting caller sees as Closed.
+        let _ = self.writer.send(Job { change, reply });
+        rx
+    }
+
+    /// Appends messages to `topic`; returns their ids once they are durable.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<Vec<String>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = unix_ms(SystemTime::now());
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut rows = Vec::with_capacity(messages.len());
+        for m in messages {
+            let id = uuid::Uuid::now_v7().to_string();
+            ids.push(id.clone());
+            rows.push(Row {
+                seq: 0,
+                id,
+                headers: serde_json::to_string(&m.headers).map_err(storage)?,
+                payload: m.payload,
+                enqueued_ms: now,
+            });
+        }
+        let done = self.with_topic(topic, |t| {
+            for row in &mut rows {
+                row.seq = t.next_seq;
+                t.next_seq += 1;
+            }
+            self.enqueue(Change::Insert(topic.to_string(), rows))
+        });
+        done.await.map_err(|_| StoreError::Closed)??;
+        Ok(ids)
+    }
+
+    /// Leases up to `max` visible messages of `topic` for `lease`, waiting up
+    /// to `wait` for one to become visible. The receive count of each is
+    /// incremented durably before it is returned.
+    pub async fn receive(
+        &self,
+        topic: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<(InboundMessage, Lease)>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let lease_ms = lease.as_millis() as u64;
+        loop {
+            let notify = self.with_topic(topic, |t| t.notify.clone());
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = unix_ms(SystemTime::now());
+            let (picked, next_visible, done) = self.with_topic(topic, |t| {
+                let mut picked = Vec::new();
+                while picked.len() < max {
+                    let Some(&(visible, seq)) = t.queue.first() else {
+                        break;
+                    };
+                    if visible > now {
+                        break;
+                    }
+                    let old = t.meta[&seq];
+                    let meta = Meta {
+                        receives: old.receives + 1,
+                        visible_ms: now + lease_ms,
+                        leased: true,
+                    };
+                    t.reschedule(seq, meta);
+                    picked.push((seq, meta));
+                }
+                let next_visible = t.queue.first().map(|&(v, _)| v);
+                let done = (!picked.is_empty())
+                    .then(|| self.enqueue(Change::State(topic.to_string(), picked.clone())));
+                (picked, next_visible, done)
+            });
+            if let Some(done) = done {
+                done.await.map_err(|_| StoreError::Closed)??;
+                return self.read(topic, picked, lease).await;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            let until_visible = next_visible
+                .map(|v| Duration::from_millis(v.saturating_sub(now).max(1)))
+                .unwrap_or(left);
+            let _ = tokio::time::timeout(left.min(until_visible), notified).await;
+        }
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        picked: Vec<(u64, Meta)>,
+        lease: Duration,
+    ) -> Result<Vec<(InboundMessage, Lease)>, StoreError> {
+        let db = self.db.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read().map_err(storage)?;
+            let table = tx.open_table(MESSAGES).map_err(storage)?;
+            let mut out = Vec::with_capacity(picked.len());
+            for (seq, meta) in picked {
+                let Some(row) = table.get((topic.as_str(), seq)).map_err(storage)? else {
+                    continue;
+                };
+                let message = to_message(&topic, row.value(), meta.receives)?;
+                let lease = Lease {
+                    topic: topic.clone(),
+                    seq,
+                    receives: meta.receives,
+                    id: message.id.clone(),
+                    duration: lease,
+                };
+                out.push((message, lease));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    /// Deletes a leased message for good.
+    pub async fn ack(&self, lease: &Lease) -> Result<(), StoreError> {
+        let done = self.with_topic(&lease.topic, |t| {
+            let meta = t.check(lease)?;
+            t.queue.remove(&(meta.visible_ms, lease.seq));
+            t.meta.remove(&lease.seq);
+            Ok::<_, StoreError>(self.enqueue(Change::Delete(lease.topic.clone(), vec![lease.seq])))
+        })?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Gives a leased message back, visible again after `delay`.
+    pub async fn release(&self, lease: &Lease, delay: Duration) -> Result<(), StoreError> {
+        self.update_lease(lease, delay, false).await
+    }
+
+    /// Keeps a leased message invisible for `duration` from now.
+    pub async fn extend(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
+        self.update_lease(lease, duration, true).await
+    }
+
+    async fn update_lease(
+        &self,
+        lease: &Lease,
+        after: Duration,
+        leased: bool,
+    ) -> Result<(), StoreError> {
+        let visible_ms = unix_ms(SystemTime::now()) + after.as_millis() as u64;
+        let done = self.with_topic(&lease.topic, |t| {
+            let meta = t.check(lease)?;
+            let meta = Meta {
+                visible_ms,
+                leased,
+                ..meta
+            };
+            t.reschedule(lease.seq, meta);
+            if !leased {
+                t.notify.notify_waiters();
+            }
+            Ok::<_, StoreError>(
+                self.enqueue(Change::State(lease.topic.clone(), vec![(lease.seq, meta)])),
+            )
+        })?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Up to `max` messages of `topic`, oldest first, without leasing them.
+    /// Blocking.
+    pub fn peek(&self, topic: &str, max: usize) -> Result<Vec<InboundMessage>, StoreError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let messages = match tx.open_table(MESSAGES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let state = tx.open_table(STATE).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in messages
+            .range((topic, 0u64)..=(topic, u64::MAX))
+            .map_err(storage)?
+            .take(max)
+        {
+            let (key, row) = entry.map_err(storage)?;
+            let receives = state
+                .get(key.value())
+                .map_err(storage)?
+                .map(|s| s.value().0)
+                .unwrap_or(0);
+            out.push(to_message(topic, row.value(), receives)?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the message `id` of `topic`, leased or not. Returns whether it
+    /// was there.
+    pub async fn remove_by_id(&self, topic: &str, id: &str) -> Result<bool, StoreError> {
+        let db = self.db.clone();
+        let (t, i) = (topic.to_string(), id.to_string());
+        let seq = tokio::task::spawn_blocking(move || -> Result<Option<u64>, StoreError> {
+            let tx = db.begin_read().map_err(storage)?;
+            let table = match tx.open_table(MESSAGES) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(storage(e)),
+            };
+            for entry in table
+                .range((t.as_str(), 0u64)..=(t.as_str(), u64::MAX))
+                .map_err(storage)?
+            {
+                let (key, row) = entry.map_err(storage)?;
+                if row.value().0 == i {
+                    return Ok(Some(key.value().1));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(storage)??;
+        let Some(seq) = seq else { return Ok(false) };
+        let done = self.with_topic(topic, |t| {
+            let meta = t.meta.remove(&seq)?;
+            t.queue.remove(&(meta.visible_ms, seq));
+            Some(self.enqueue(Change::Delete(topic.to_string(), vec![seq])))
+        });
+        match done {
+            Some(done) => done.await.map_err(|_| StoreError::Closed)?.map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Messages not yet acknowledged, per topic: (total, leased).
+    pub fn depth(&self) -> HashMap<String, (usize, usize)> {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics
+            .iter()
+            .map(|(name, t)| {
+                let leased = t.meta.values().filter(|m| m.leased).count();
+                (name.clone(), (t.meta.len(), leased))
+            })
+            .collect()
+    }
+}
+
+fn to_message(
+    topic: &str,
+    (id, headers, payload, enqueued_ms): StoredMessage,
+    receives: u32,
+) -> Result<InboundMessage, StoreError> {
+    Ok(InboundMessage {
+        id: id.to_string(),
+        topic: topic.to_string(),
+        payload: payload.to_vec(),
+        headers: serde_json::from_str(headers).map_err(storage)?,
+        attempt: receives,
+        enqueued_at: Some(from_unix_ms(enqueued_ms)),
+        undecodable: None,
+    })
+}
+
+/// Rebuilds the in-memory queues from the `state` table.
+fn load(db: &Database) -> Result<HashMap<String, TopicState>, StoreError> {
+    let tx = db.begin_write().map_err(storage)?;
+    // Creating the tables here lets readers assume they exist.
+    tx.open_table(MESSAGES).map_err(storage)?;
+    tx.open_table(STATE).map_err(storage)?;
+    tx.commit().map_err(storage)?;
+    let now = unix_ms(SystemTime::now());
+    let tx = db.begin_read().map_err(storage)?;
+    let state = tx.open_table(STATE).map_err(storage)?;
+    let mut topics: HashMap<String, TopicState> = HashMap::new();
+    for entry in state.iter().map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        let (topic, seq) = key.value();
+        let (receives, visible_ms, leased) = value.value();
+        let t = topics.entry(topic.to_string()).or_default();
+        // A lease in the file belonged to a router that is gone.
+        let meta = Meta {
+            receives,
+            visible_ms: if leased { now } else { visible_ms },
+            leased: false,
+        };
+        t.reschedule(seq, meta);
+        t.next_seq = t.next_seq.max(seq + 1);
+    }
+    Ok(topics)
+}
+
+fn writer_loop(db: &Database, topics: &Topics, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = commit(db, &jobs);
+        if result.is_ok() {
+            make_visible(topics, &jobs);
+        }
+        for job in jobs {
+            let _ = job.reply.send(result.clone());
+        }
+    }
+}
+
+fn commit(db: &Database, jobs: &[Job]) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(storage)?;
+    {
+        let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut state = tx.open_table(STATE).map_err(storage)?;
+        for job in jobs {
+            match &job.change {
+                Change::Insert(topic, rows) => {
+                    for r in rows {
+                        messages
+                            .insert(
+                                (topic.as_str(), r.seq),
+                                (
+                                    r.id.as_str(),
+                                    r.headers.as_str(),
+                                    r.payload.as_slice(),
+                                    r.enqueued_ms,
+                                ),
+                            )
+                            .map_err(storage)?;
+                        state
+                            .insert((topic.as_str(), r.seq), (0, r.enqueued_ms, false))
+                            .map_err(storage)?;
+                    }
+                }
+                Change::State(topic, rows) => {
+                    for (seq, m) in rows {
+                        state
+                            .insert((topic.as_str(), *seq), (m.receives, m.visible_ms, m.leased))
+                            .map_err(storage)?;
+                    }
+                }
+                Change::Delete(topic, seqs) => {
+                    for seq in seqs {
+                        messages.remove((topic.as_str(), *seq)).map_err(storage)?;
+                        state.remove((topic.as_str(), *seq)).map_err(storage)?;
+                    }
+                }
+            }
+        }
+    }
+    tx.commit().map_err(storage)
+}
+
+/// New messages join their queues only once they are on disk.
+fn make_visible(topics: &Topics, jobs: &[Job]) {
+    let mut topics = topics.lock().unwrap_or_else(|p| p.into_inner());
+    for job in jobs {
+        if let Change::Insert(topic, rows) = &job.change {
+            let t = topics.entry(topic.clone()).or_default();
+            for r in rows {
+                t.reschedule(
+                    r.seq,
+                    Meta {
+                        receives: 0,
+                        visible_ms: r.enqueued_ms,
+                        leased: false,
+                    },
+                );
+            }
+            t.notify.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(body: &str) -> OutboundMessage {
+        OutboundMessage {
+            payload: body.as_bytes().to_vec(),
+            headers: vec![("k".into(), "v".into())],
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const WAIT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn publish_receive_ack_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.publish("t", vec![msg("a"), msg("b")]).await.unwrap();
+        let got = store.receive("t", 10, LEASE, WAIT).await.unwrap();
+        let bodies: Vec<_> = got.iter().map(|(m, _)| m.payload.clone()).collect();
+        assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(got[0].0.attempt, 1);
+        assert_eq!(got[0].0.headers, vec![("k".to_string(), "v".to_string())]);
+        // Leased messages are not handed out twice.
+        assert!(
+            store
+                .receive("t", 10, LEASE, WAIT)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for (_, lease) in &got {
+            store.ack(lease).await.unwrap();
+        }
+        assert!(store.peek("t", 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn release_redelivers_after_the_delay_with_a_higher_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.publish("t", vec![msg("a")]).await.unwrap();
+        let (_, lease) = store.receive("t", 1, LEASE, WAIT).await.unwrap().remove(0);
+        store
+            .release(&lease, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(store.receive("t", 1, LEASE, WAIT).await.unwrap().is_empty());
+        let again = store
+            .receive("t", 1, LEASE, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(again[0].0.attempt, 2);
+        // The first lease is stale now.
+        assert!(matches!(
+            store.ack(&lease).await,
+            Err(StoreError::LeaseLost { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_redelivers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        store.publish("t", vec![msg("a")]).await.unwrap();
+        store
+            .receive("t", 1, Duration::from_millis(100), WAIT)
+            .await
+            .unwrap();
+        let again = store
+            .receive("t", 1, LEASE, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0.attempt, 2);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_counts_and_frees_leases_but_not_delays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .publish("t", vec![msg("leased"), msg("delayed")])
+                .await
+                .unwrap();
+            let got = store.receive("t", 2, LEASE, WAIT).await.unwrap();
+            store
+                .release(&got[1].1, Duration::from_secs(3600))
+                .await
+                .unwrap();
+        }
+        // The writer thread holds the database until its channel closes.
+        let store = loop {
+            match Store::open(&path) {
+                Ok(s) => break s,
+                Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let got = store.receive("t", 2, LEASE, WAIT).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.payload, b"leased");
+        assert_eq!(got[0].0.attempt, 2);
+        assert_eq!(store.peek("t", 10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn remove_by_id_deletes_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let ids = store.publish("t", vec![msg("a"), msg("b")]).await.unwrap();
+        assert!(store.remove_by_id("t", &ids[0]).await.unwrap());
+        assert!(!store.remove_by_id("t", &ids[0]).await.unwrap());
+        let left = store.peek("t", 10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, ids[1]);
+    }
+}

@@ -1,0 +1,204 @@
+//! Broker connectors: one folder per broker, the same files in each
+//! (`config.rs` for the inert configuration, `source.rs` for consuming,
+//! `sink.rs` for publishing, `mod.rs` for the [`Connection`]).
+//!
+//! The flow worker only sees the traits below. A [`Source`] hands out
+//! [`Delivery`]s, each with a [`Settle`] handle; the worker settles every
+//! delivery exactly once (ack, or retry after a delay) after the message's
+//! effects are durable. Dead-lettering is the worker's job: it publishes an
+//! envelope through [`Connection::publish`] and then acks.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TopicSpec;
+use crate::message::{InboundMessage, OutboundMessage};
+
+pub mod embedded;
+
+/// A broker connection as configured: `kind` picks the connector.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BrokerSpec {
+    /// The durable broker built into the router (the default).
+    Embedded(embedded::EmbeddedConfig),
+}
+
+impl BrokerSpec {
+    /// The connection's name.
+    pub fn name(&self) -> &str {
+        match self {
+            BrokerSpec::Embedded(c) => &c.name,
+        }
+    }
+
+    /// The connector kind, as written in the configuration.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BrokerSpec::Embedded(_) => "embedded",
+        }
+    }
+
+    /// Checks fields that serde cannot; errors name the field relative to
+    /// the broker's table.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self {
+            BrokerSpec::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// The configuration as shown to users: credentials redacted.
+    pub fn redacted(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// What a connector needs from the router to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectContext {
+    /// The router's state directory, for connectors that keep files there.
+    pub state_dir: std::path::PathBuf,
+}
+
+/// Opens a live connection for `spec`.
+///
+/// Errors are setup errors (bad credentials, unreachable broker, a store that
+/// another router holds); the router reports them naming the connection.
+pub async fn connect(
+    spec: &BrokerSpec,
+    ctx: &ConnectContext,
+) -> anyhow::Result<std::sync::Arc<dyn Connection>> {
+    match spec {
+        BrokerSpec::Embedded(c) => Ok(std::sync::Arc::new(
+            embedded::EmbeddedConnection::open(c, ctx).await?,
+        )),
+    }
+}
+
+/// How a flow consumes a topic.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// The flow's name.
+    pub flow: String,
+    /// How long a received message stays invisible to other consumers before
+    /// the broker redelivers it, unless it is settled or extended first.
+    pub lease: Duration,
+    /// The most messages the flow will ask for in one `receive`.
+    pub max_batch: usize,
+    /// Kafka consumer group.
+    pub group_id: String,
+    /// SQS: how long messages received while saturated wait before redelivery.
+    pub saturation_delay: Duration,
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The payload is over the broker's size limit.
+    #[error("message of {size} bytes is larger than the broker's limit of {limit} bytes")]
+    TooLarge {
+        /// The message's size.
+        size: usize,
+        /// The broker's limit.
+        limit: usize,
+    },
+    /// The broker did not take the message; it may be retried.
+    #[error(transparent)]
+    Broker(#[from] anyhow::Error),
+}
+
+/// A live connection to one broker, shared by all flows that use it.
+#[async_trait]
+pub trait Connection: Send + Sync + 'static {
+    /// Opens a consumer of `topic` for one flow. The flow calls
+    /// [`Source::receive`] in a loop and drops the source when it stops.
+    /// An error is a setup error: the flow reports it and tries again later.
+    async fn source(
+        &self,
+        topic: &TopicSpec,
+        options: &SourceOptions,
+    ) -> anyhow::Result<Box<dyn Source>>;
+
+    /// Publishes messages to `topic`, in order, and returns once the broker
+    /// holds all of them durably. On error some may have been published: the
+    /// caller retries the whole batch, so consumers must tolerate duplicates
+    /// (at-least-once).
+    async fn publish(
+        &self,
+        topic: &TopicSpec,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<(), PublishError>;
+
+    /// The largest payload the broker accepts, in bytes.
+    fn max_payload_bytes(&self) -> usize;
+
+    /// Checks that the broker answers; the error says why not.
+    async fn check(&self) -> Result<(), String>;
+
+    /// Reads up to `max` messages of `topic` without consuming them, for
+    /// inspecting dead-letter topics. Brokers that cannot peek say so.
+    async fn peek(&self, topic: &TopicSpec, max: usize) -> anyhow::Result<Vec<InboundMessage>>;
+
+    /// Removes the message `id` from `topic` (dead-letter replay). Returns
+    /// whether it was there.
+    async fn remove(&self, topic: &TopicSpec, id: &str) -> anyhow::Result<bool>;
+}
+
+/// A consumer of one topic for one flow.
+#[async_trait]
+pub trait Source: Send {
+    /// Waits for up to `max` messages (`max` ≥ 1) and returns them leased:
+    /// invisible to other consumers until settled or the lease runs out.
+    ///
+    /// Returns an empty batch when nothing arrived within a short poll
+    /// interval, so the caller can check for shutdown between calls. An error
+    /// means the broker is unreachable or refused the call: the caller logs
+    /// it, waits with backoff and calls `receive` again; the source
+    /// reconnects by itself.
+    async fn receive(&mut self, max: usize) -> anyhow::Result<Vec<Delivery>>;
+
+    /// The broker's own maximum receive count when the broker dead-letters by
+    /// itself (an SQS redrive policy), so the flow leaves that to it.
+    fn native_max_receives(&self) -> Option<u32> {
+        None
+    }
+
+    /// Called once when the flow stops, after every delivery is settled:
+    /// commit what needs committing and leave the consumer group.
+    async fn close(&mut self) {}
+}
+
+/// One received message and the handle that settles it.
+pub struct Delivery {
+    /// The message.
+    pub message: InboundMessage,
+    /// Settles the message with the broker.
+    pub settle: Box<dyn Settle>,
+}
+
+/// Settles one delivery. The worker calls exactly one of `ack` or `retry`,
+/// once, possibly after some `extend` calls; after an error it may call the
+/// same method again later.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// The message is done with: delete it (commit past it on Kafka).
+    async fn ack(&mut self) -> anyhow::Result<()>;
+
+    /// Redeliver the message no sooner than `delay` from now, counting one
+    /// more receive.
+    async fn retry(&mut self, delay: Duration) -> anyhow::Result<()>;
+
+    /// The invocation is still running: keep the message leased for `lease`
+    /// from now. Only called when [`Settle::heartbeat`] returns an interval.
+    async fn extend(&mut self, _lease: Duration) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// How often the worker should call `extend` while it works on the
+    /// message; `None` when leases need no renewal.
+    fn heartbeat(&self) -> Option<Duration> {
+        None
+    }
+}

@@ -1,0 +1,424 @@
+//! Event flows: a loop per flow that receives from its topic while it has
+//! room, hands each message to a [`worker::Worker`] task, and on shutdown
+//! stops receiving and lets in-flight work finish.
+//!
+//! Backpressure is pull-based: the loop asks the source for at most as many
+//! messages as the flow has free invocation slots, and waits for a slot when
+//! there is none, so nothing is buffered without bound.
+
+pub mod envelope;
+pub mod retry;
+pub mod topology;
+pub mod worker;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FlowSpec;
+use crate::connector::{Source, SourceOptions};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::sandbox::Sandbox;
+use crate::state::StateStore;
+
+pub use topology::{Broker, Topology};
+use worker::Worker;
+
+/// Services shared by every flow.
+pub struct Services {
+    /// The WebAssembly sandbox.
+    pub sandbox: Arc<Sandbox>,
+    /// Loaded algorithms.
+    pub registry: Arc<Registry>,
+    /// The router's durable state (failure journal, secrets).
+    pub state: StateStore,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The algorithms' secrets, by `owner/name`, mirrored from `state`.
+    pub secrets: RwLock<HashMap<String, Vec<(String, String)>>>,
+}
+
+impl Services {
+    /// The environment an algorithm sees: its secrets.
+    pub async fn secret_env(&self, owner: &str, name: &str) -> Vec<(String, String)> {
+        let secrets = self.secrets.read().unwrap_or_else(|p| p.into_inner());
+        secrets
+            .get(&format!("{owner}/{name}"))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Reloads the secret mirror from the state store.
+    pub fn reload_secrets(&self) -> anyhow::Result<()> {
+        let mut by_algorithm: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (alg, name, value) in self.state.all_secrets()? {
+            by_algorithm.entry(alg).or_default().push((name, value));
+        }
+        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = by_algorithm;
+        Ok(())
+    }
+}
+
+/// Counts per flow, for `eventflow status`.
+#[derive(Default)]
+pub struct FlowStatus {
+    state: Mutex<String>,
+    last_error: Mutex<Option<(String, String)>>,
+    received: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+    in_flight: AtomicI64,
+    samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
+}
+
+/// A snapshot of a flow's status.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FlowReport {
+    /// The flow.
+    pub name: String,
+    /// starting, running, waiting_for_plugin, disconnected, stopping, stopped,
+    /// disabled.
+    pub state: String,
+    /// `owner/name` or `owner/name/version`.
+    pub algorithm: String,
+    /// `broker:topic`.
+    pub topic: String,
+    /// Messages received since start.
+    pub received: u64,
+    /// Messages processed.
+    pub succeeded: u64,
+    /// Retries.
+    pub retried: u64,
+    /// Dead letters.
+    pub dead_lettered: u64,
+    /// Messages dropped for lack of a dead-letter topic.
+    pub dropped: u64,
+    /// Invocations running now.
+    pub in_flight: i64,
+    /// Received per second over the last minute.
+    pub received_per_sec: f64,
+    /// Processed per second over the last minute.
+    pub succeeded_per_sec: f64,
+    /// Failures (retried or dead-lettered) per second over the last minute.
+    pub failed_per_sec: f64,
+    /// The latest error and when.
+    pub last_error: Option<(String, String)>,
+}
+
+impl FlowStatus {
+    /// Sets the state word.
+    pub fn set_state(&self, state: &str) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.to_string();
+    }
+
+    /// The state word.
+    pub fn state(&self) -> String {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn started(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+    fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+    fn succeeded(&self) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
+    fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+    fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+    fn dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the latest error.
+    pub fn failed(&self, error: &str) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((crate::util::rfc3339_now(), error.to_string()));
+    }
+
+    /// Takes a sample for the per-minute rates; call every few seconds.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.push_back((now, self.counts()));
+        while samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(61))
+        {
+            samples.pop_front();
+        }
+    }
+
+    fn counts(&self) -> [u64; 3] {
+        [
+            self.received.load(Ordering::Relaxed),
+            self.succeeded.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed)
+                + self.dead_lettered.load(Ordering::Relaxed)
+                + self.dropped.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// A snapshot.
+    pub fn report(&self, spec: &FlowSpec) -> FlowReport {
+        let now_counts = self.counts();
+        let rates = {
+            let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            match samples.front() {
+                Some((t, old)) if t.elapsed() > Duration::from_millis(500) => {
+                    let secs = t.elapsed().as_secs_f64();
+                    [0, 1, 2].map(|i| (now_counts[i] - old[i]) as f64 / secs)
+                }
+                _ => [0.0; 3],
+            }
+        };
+        FlowReport {
+            name: spec.name.clone(),
+            state: self.state(),
+            algorithm: spec.algorithm.to_string(),
+            topic: format!("{}:{}", spec.broker, spec.topic),
+            received: now_counts[0],
+            succeeded: now_counts[1],
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            received_per_sec: rates[0],
+            succeeded_per_sec: rates[1],
+            failed_per_sec: rates[2],
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// Extra time a lease lasts beyond the invocation timeout, for publishing
+/// effects and settling.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// Most messages asked for in one receive.
+const MAX_BATCH: usize = 64;
+
+/// Runs one flow until `shutdown` fires; then stops receiving and waits up to
+/// `grace` for in-flight messages, releasing what is left to the broker.
+pub async fn run(
+    spec: Arc<FlowSpec>,
+    topology: Arc<Topology>,
+    services: Arc<Services>,
+    status: Arc<FlowStatus>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let flow: Arc<str> = spec.name.as_str().into();
+    status.set_state("starting");
+    let Some(broker) = topology.brokers.get(&spec.broker).cloned() else {
+        status.set_state("stopped");
+        status.failed(&format!(
+            "broker connection {:?} is not connected",
+            spec.broker
+        ));
+        return;
+    };
+    let Some(topic) = topology.topic(&spec.broker, &spec.topic).cloned() else {
+        status.set_state("stopped");
+        status.failed(&format!("topic {:?} is not declared", spec.topic));
+        return;
+    };
+    let lease = Duration::from_secs_f64(spec.timeout_secs) + LEASE_MARGIN;
+    let options = SourceOptions {
+        flow: spec.name.clone(),
+        lease,
+        max_batch: (spec.concurrency as usize).min(MAX_BATCH),
+        group_id: spec
+            .consumer
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("eventflow-{}", spec.name)),
+        saturation_delay: Duration::from_secs(spec.consumer.saturation_delay_secs.unwrap_or(300)),
+    };
+
+    let mut backoff = Backoff::new();
+    let mut source: Box<dyn Source> = loop {
+        match broker.connection.source(&topic, &options).await {
+            Ok(s) => break s,
+            Err(e) => {
+                let delay = backoff.next();
+                tracing::error!(
+                    flow = %flow,
+                    broker = %spec.broker,
+                    topic = %spec.topic,
+                    error = %format!("{e:#}"),
+                    retry_in = ?delay,
+                    "Cannot open the flow's consumer; retrying."
+                );
+                status.set_state("disconnected");
+                status.failed(&format!("cannot open the consumer: {e:#}"));
+                if sleep_or_stop(delay, &shutdown).await {
+                    status.set_state("stopped");
+                    return;
+                }
+            }
+        }
+    };
+    backoff.reset();
+
+    let worker = Worker {
+        spec: spec.clone(),
+        topology: topology.clone(),
+        services: services.clone(),
+        status: status.clone(),
+        flow: flow.clone(),
+        broker_kind: broker.spec.kind(),
+        native_max_receives: source.native_max_receives(),
+        lease,
+    };
+    if let Some(n) = worker.native_max_receives {
+        tracing::info!(
+            flow = %flow,
+            max_receive_count = n,
+            "The queue has a redrive policy: its maxReceiveCount applies instead of max_receives."
+        );
+    }
+    let slots = Arc::new(Semaphore::new(spec.concurrency as usize));
+    let mut tasks = JoinSet::new();
+    let mut plugin_changes = services.registry.subscribe();
+    let mut waiting_logged = false;
+    tracing::info!(flow = %flow, topic = %spec.topic, algorithm = %spec.algorithm, "Flow started.");
+    status.set_state("running");
+
+    while !shutdown.is_cancelled() {
+        while tasks.try_join_next().is_some() {}
+        let Some(algorithm) = services.registry.resolve(&spec.algorithm) else {
+            if !waiting_logged {
+                tracing::warn!(
+                    flow = %flow,
+                    algorithm = %spec.algorithm,
+                    "No loaded version of the algorithm matches; the flow waits and its messages stay in the broker."
+                );
+                waiting_logged = true;
+            }
+            status.set_state("waiting_for_plugin");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = plugin_changes.changed() => continue,
+            }
+        };
+        if waiting_logged {
+            tracing::info!(flow = %flow, algorithm = %algorithm.label(), "Algorithm available again; the flow resumes.");
+            waiting_logged = false;
+            status.set_state("running");
+        }
+        let first_slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let free = 1 + slots.available_permits();
+        let batch = match source.receive(free.min(options.max_batch)).await {
+            Ok(batch) => {
+                if backoff.failures > 0 {
+                    tracing::info!(flow = %flow, "Receiving again.");
+                    status.set_state("running");
+                }
+                backoff.reset();
+                batch
+            }
+            Err(e) => {
+                drop(first_slot);
+                let delay = backoff.next();
+                tracing::error!(
+                    flow = %flow,
+                    error = %format!("{e:#}"),
+                    retry_in = ?delay,
+                    "Receiving failed; retrying."
+                );
+                status.set_state("disconnected");
+                status.failed(&format!("receive failed: {e:#}"));
+                if sleep_or_stop(delay, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let mut first_slot = Some(first_slot);
+        for delivery in batch {
+            // Only this loop takes slots, and it asked for no more messages
+            // than were free, so a slot is always there.
+            let slot = match first_slot.take() {
+                Some(s) => s,
+                None => slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("received more messages than free slots"),
+            };
+            let (worker, algorithm) = (worker.clone(), algorithm.clone());
+            tasks.spawn(async move {
+                worker.process(delivery, algorithm).await;
+                drop(slot);
+            });
+        }
+    }
+
+    status.set_state("stopping");
+    let in_flight = status.in_flight.load(Ordering::Relaxed);
+    if in_flight > 0 {
+        tracing::info!(flow = %flow, in_flight, "Flow stopping; finishing in-flight messages.");
+    }
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            flow = %flow,
+            left = tasks.len(),
+            "In-flight messages did not finish within the grace period; they stay leased and the broker redelivers them."
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    source.close().await;
+    status.set_state("stopped");
+    tracing::info!(flow = %flow, "Flow stopped.");
+}
+
+/// Sleeps for `d`; returns true if `shutdown` fired first.
+pub async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// Reconnect delays: 1 s doubling to 60 s.
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { failures: 0 }
+    }
+    fn next(&mut self) -> Duration {
+        self.failures += 1;
+        Duration::from_secs(1u64 << self.failures.saturating_sub(1).min(6))
+            .min(Duration::from_secs(60))
+    }
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}

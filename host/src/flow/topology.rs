@@ -1,0 +1,125 @@
+//! The live broker connections and topics a flow publishes through, and the
+//! access checks on an algorithm's `publish` calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use std::time::Duration;
+
+use crate::config::{AlgorithmLimits, AlgorithmRef, FlowSpec, Limits, TopicSpec, find_topic};
+use crate::connector::{BrokerSpec, Connection, PublishError};
+use crate::message::OutboundMessage;
+use crate::sandbox::{AlgorithmId, PublishRefusal, TopicResolver};
+
+/// A broker connection and its configuration.
+#[derive(Clone)]
+pub struct Broker {
+    /// As configured.
+    pub spec: BrokerSpec,
+    /// Live.
+    pub connection: Arc<dyn Connection>,
+}
+
+/// Connections, topics and limit overrides, as one immutable snapshot.
+/// Configuration changes build a new one and restart the flows it affects.
+#[derive(Clone, Default)]
+pub struct Topology {
+    /// Broker connections by name.
+    pub brokers: HashMap<String, Broker>,
+    /// Every declared topic.
+    pub topics: Vec<TopicSpec>,
+    /// Per-version limit overrides.
+    pub algorithm_limits: Vec<AlgorithmLimits>,
+}
+
+impl Topology {
+    /// The topic `reference` (`name` or `broker:name`) names from a flow on
+    /// `broker`.
+    pub fn topic(&self, broker: &str, reference: &str) -> Option<&TopicSpec> {
+        find_topic(&self.topics, broker, reference)
+    }
+
+    /// The canonical key of a topic: `broker:name`.
+    pub fn key(topic: &TopicSpec) -> String {
+        format!("{}:{}", topic.broker, topic.name)
+    }
+
+    /// The topic and connection behind a canonical key.
+    pub fn by_key(&self, key: &str) -> Option<(&TopicSpec, &Broker)> {
+        let (broker, name) = key.split_once(':')?;
+        let topic = self
+            .topics
+            .iter()
+            .find(|t| t.broker == broker && t.name == name)?;
+        Some((topic, self.brokers.get(broker)?))
+    }
+
+    /// Publishes to the topic behind `key`.
+    pub async fn publish(
+        &self,
+        key: &str,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<(), PublishError> {
+        let (topic, broker) = self
+            .by_key(key)
+            .ok_or_else(|| PublishError::Broker(anyhow::anyhow!("no topic {key}")))?;
+        broker.connection.publish(topic, messages).await
+    }
+
+    /// The timeout and limits for `algorithm` in `flow`, with the version's
+    /// overrides applied.
+    pub fn limits_for(&self, flow: &FlowSpec, algorithm: &AlgorithmId) -> (Duration, Limits) {
+        let found = self.algorithm_limits.iter().find(|o| {
+            o.algorithm.owner == algorithm.owner
+                && o.algorithm.name == algorithm.name
+                && o.algorithm.version.as_ref() == Some(&algorithm.version)
+        });
+        match found {
+            Some(o) => (
+                Duration::from_secs_f64(o.timeout_secs.unwrap_or(flow.timeout_secs)),
+                o.apply_to(&flow.limits),
+            ),
+            None => (
+                Duration::from_secs_f64(flow.timeout_secs),
+                flow.limits.clone(),
+            ),
+        }
+    }
+}
+
+/// Checks one invocation's `publish` calls against the access lists.
+pub struct FlowResolver {
+    /// The snapshot to resolve in.
+    pub topology: Arc<Topology>,
+    /// The flow's broker, for plain topic names.
+    pub broker: String,
+    /// Whose grants apply.
+    pub algorithm: AlgorithmRef,
+    /// Publishes left in this invocation.
+    pub remaining: AtomicU32,
+}
+
+impl TopicResolver for FlowResolver {
+    fn resolve(&self, topic: &str, size: usize) -> Result<String, PublishRefusal> {
+        let spec = self
+            .topology
+            .topic(&self.broker, topic)
+            .ok_or(PublishRefusal::UnknownTopic)?;
+        if !spec.may_publish(&self.algorithm) {
+            return Err(PublishRefusal::AccessDenied);
+        }
+        let broker = self
+            .topology
+            .brokers
+            .get(&spec.broker)
+            .ok_or(PublishRefusal::UnknownTopic)?;
+        if size > broker.connection.max_payload_bytes() {
+            return Err(PublishRefusal::TooLarge);
+        }
+        self.remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .map_err(|_| PublishRefusal::LimitExceeded)?;
+        Ok(Topology::key(spec))
+    }
+}

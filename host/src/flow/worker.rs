@@ -1,0 +1,543 @@
+//! What happens to one delivered message: invoke, publish the effects,
+//! settle. Nothing here returns an error to the flow loop: every outcome ends
+//! in an ack, a retry or a dead letter, logged and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, SystemTime};
+
+use crate::config::FlowSpec;
+use crate::connector::{Delivery, Settle};
+use crate::message::{InboundMessage, OutboundMessage, set_header};
+use crate::metrics::{FlowLabels, FlowOnly, ReasonLabels};
+use crate::sandbox::{Algorithm, Failure, Invocation, Reason};
+use crate::state::{FailureHistory, FailureRecord};
+
+use super::envelope::{Envelope, SourceInfo};
+use super::retry::{MAX_DELAY, backoff};
+use super::topology::{FlowResolver, Topology};
+use super::{FlowStatus, Services};
+
+/// Header naming the algorithm version that produced a message.
+pub const ALGORITHM_HEADER: &str = "eventflow-algorithm";
+/// Header with the SHA-256 of the component that produced a message.
+pub const HASH_HEADER: &str = "eventflow-component-hash";
+/// Header with the id of the message that caused a message.
+pub const SOURCE_ID_HEADER: &str = "eventflow-source-message-id";
+/// Header naming the flow that produced a message.
+pub const FLOW_HEADER: &str = "eventflow-flow";
+/// The W3C trace-context header, carried from input to outputs.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// Handles deliveries for one flow. Cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Worker {
+    pub(super) spec: Arc<FlowSpec>,
+    pub(super) topology: Arc<Topology>,
+    pub(super) services: Arc<Services>,
+    pub(super) status: Arc<FlowStatus>,
+    pub(super) flow: Arc<str>,
+    pub(super) broker_kind: &'static str,
+    /// The broker's own max receive count, when it dead-letters by itself.
+    pub(super) native_max_receives: Option<u32>,
+    /// How long a lease extension lasts.
+    pub(super) lease: Duration,
+}
+
+impl Worker {
+    fn labels(&self, algorithm: &Algorithm) -> FlowLabels {
+        FlowLabels {
+            flow: self.flow.to_string(),
+            algorithm: format!(
+                "{}/{}@{}",
+                algorithm.id.owner, algorithm.id.name, algorithm.id.version
+            ),
+        }
+    }
+
+    fn reason_labels(&self, algorithm: &Algorithm, reason: &str) -> ReasonLabels {
+        let l = self.labels(algorithm);
+        ReasonLabels {
+            flow: l.flow,
+            algorithm: l.algorithm,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn max_receives(&self) -> u32 {
+        self.native_max_receives.unwrap_or(self.spec.max_receives)
+    }
+
+    /// Processes one delivery to the end.
+    pub async fn process(&self, mut delivery: Delivery, algorithm: Arc<Algorithm>) {
+        let metrics = &self.services.metrics;
+        let labels = self.labels(&algorithm);
+        let flow_only = FlowOnly {
+            flow: self.flow.to_string(),
+        };
+        metrics.received.get_or_create(&labels).inc();
+        metrics.in_flight.get_or_create(&flow_only).inc();
+        self.status.started();
+
+        let message = delivery.message.clone();
+        if message.attempt > self.max_receives() {
+            // Delivered more often than allowed without a final verdict: the
+            // router died while handling it, or could not dead-letter it.
+            let history = self.history(&message.id).await;
+            let last = history.as_ref().map(|h| h.last.clone()).unwrap_or_else(|| {
+                self.record(
+                    &algorithm,
+                    &message,
+                    &Failure::new(
+                        Reason::MaxReceivesExceeded,
+                        format!(
+                            "delivered {} times (max_receives is {}) without a recorded outcome; the router may have died while handling it",
+                            message.attempt,
+                            self.max_receives()
+                        ),
+                    ),
+                )
+            });
+            let first = history.map(|h| h.first);
+            self.give_up(&mut delivery.settle, &algorithm, &message, first, last)
+                .await;
+        } else {
+            self.invoke_and_settle(&mut delivery.settle, &algorithm, &message)
+                .await;
+        }
+
+        if let Some(enqueued) = message.enqueued_at
+            && let Ok(age) = SystemTime::now().duration_since(enqueued)
+        {
+            metrics
+                .end_to_end_seconds
+                .get_or_create(&flow_only)
+                .observe(age.as_secs_f64());
+        }
+        metrics.in_flight.get_or_create(&flow_only).dec();
+        self.status.finished();
+    }
+
+    async fn invoke_and_settle(
+        &self,
+        settle: &mut Box<dyn Settle>,
+        algorithm: &Arc<Algorithm>,
+        message: &InboundMessage,
+    ) {
+        let metrics = &self.services.metrics;
+        let labels = self.labels(algorithm);
+        let (timeout, limits) = self.topology.limits_for(&self.spec, &algorithm.id);
+        let env = self
+            .services
+            .secret_env(&algorithm.id.owner, &algorithm.id.name)
+            .await;
+        let resolver = Arc::new(FlowResolver {
+            topology: self.topology.clone(),
+            broker: self.spec.broker.clone(),
+            algorithm: self.spec.algorithm.clone(),
+            remaining: AtomicU32::new(limits.max_host_calls),
+        });
+        let invocation = Invocation {
+            flow: self.flow.clone(),
+            message,
+            timeout,
+            limits: &limits,
+            env: &env,
+            resolver,
+        };
+        let outcome = with_heartbeat(
+            settle,
+            self.lease,
+            self.services.sandbox.invoke(algorithm, invocation),
+        )
+        .await;
+        metrics
+            .invocation_seconds
+            .get_or_create(&labels)
+            .observe(outcome.duration.as_secs_f64());
+        metrics
+            .peak_memory_bytes
+            .get_or_create(&labels)
+            .observe(outcome.peak_memory_bytes as f64);
+        if let Some(fuel) = outcome.fuel_used {
+            metrics
+                .fuel_used
+                .get_or_create(&labels)
+                .observe(fuel as f64);
+        }
+
+        let failure = match outcome.result {
+            Ok(output) => match self
+                .publish_effects(algorithm, message, output, outcome.published)
+                .await
+            {
+                Ok(()) => {
+                    self.succeed(settle, algorithm, message).await;
+                    return;
+                }
+                Err(e) => Failure::new(Reason::PublishFailed, e),
+            },
+            Err(failure) => failure,
+        };
+        self.fail(settle, algorithm, message, failure).await;
+    }
+
+    async fn succeed(
+        &self,
+        settle: &mut Box<dyn Settle>,
+        algorithm: &Algorithm,
+        message: &InboundMessage,
+    ) {
+        if self.ack(settle, message).await {
+            self.services
+                .metrics
+                .succeeded
+                .get_or_create(&self.labels(algorithm))
+                .inc();
+            self.status.succeeded();
+            tracing::debug!(
+                flow = %self.flow,
+                message_id = %message.id,
+                algorithm = %algorithm.label(),
+                attempt = message.attempt,
+                "Message processed."
+            );
+            if message.attempt > 1 {
+                self.forget(&message.id).await;
+            }
+        }
+    }
+
+    /// Publishes what the algorithm published, then its output; all must be
+    /// durable before the input is acknowledged.
+    async fn publish_effects(
+        &self,
+        algorithm: &Algorithm,
+        message: &InboundMessage,
+        output: Option<Vec<u8>>,
+        published: Vec<(String, OutboundMessage)>,
+    ) -> Result<(), String> {
+        let provenance = |mut m: OutboundMessage| {
+            set_header(
+                &mut m.headers,
+                ALGORITHM_HEADER,
+                format!(
+                    "{}/{}@{}",
+                    algorithm.id.owner, algorithm.id.name, algorithm.id.version
+                ),
+            );
+            set_header(&mut m.headers, HASH_HEADER, algorithm.hash.clone());
+            set_header(&mut m.headers, SOURCE_ID_HEADER, message.id.clone());
+            set_header(&mut m.headers, FLOW_HEADER, self.flow.to_string());
+            if let Some(tp) = message.header(TRACEPARENT_HEADER) {
+                set_header(&mut m.headers, TRACEPARENT_HEADER, tp.to_string());
+            }
+            m
+        };
+        let mut groups: Vec<(String, Vec<OutboundMessage>)> = Vec::new();
+        let mut add =
+            |key: String, m: OutboundMessage| match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, ms)) => ms.push(m),
+                None => groups.push((key, vec![m])),
+            };
+        for (key, m) in published {
+            add(key, provenance(m));
+        }
+        if let Some(payload) = output {
+            match &self.spec.output_topic {
+                Some(name) => {
+                    let topic = self
+                        .topology
+                        .topic(&self.spec.broker, name)
+                        .ok_or_else(|| format!("output topic {name:?} is not declared"))?;
+                    add(
+                        Topology::key(topic),
+                        provenance(OutboundMessage {
+                            payload,
+                            headers: Vec::new(),
+                        }),
+                    );
+                }
+                None => tracing::trace!(
+                    flow = %self.flow,
+                    message_id = %message.id,
+                    "Output discarded: the flow has no output topic."
+                ),
+            }
+        }
+        for (key, messages) in groups {
+            self.topology
+                .publish(&key, messages)
+                .await
+                .map_err(|e| format!("cannot publish to {key}: {e:#}"))?;
+        }
+        Ok(())
+    }
+
+    async fn fail(
+        &self,
+        settle: &mut Box<dyn Settle>,
+        algorithm: &Arc<Algorithm>,
+        message: &InboundMessage,
+        failure: Failure,
+    ) {
+        let record = self.record(algorithm, message, &failure);
+        let history = self.journal(&message.id, record.clone()).await;
+        let last_attempt = message.attempt >= self.max_receives();
+        let final_failure = !failure.reason.retryable() || last_attempt;
+        tracing::warn!(
+            flow = %self.flow,
+            message_id = %message.id,
+            algorithm = %algorithm.label(),
+            attempt = message.attempt,
+            max_receives = self.max_receives(),
+            reason = failure.reason.code(),
+            error = %failure.detail,
+            "Algorithm failed on a message{}.",
+            if final_failure { "" } else { "; it will be retried" }
+        );
+        self.status.failed(&format!(
+            "{}: message {} attempt {}: {}",
+            algorithm.label(),
+            message.id,
+            message.attempt,
+            failure
+        ));
+        if final_failure {
+            let (first, last) = match history {
+                Some(h) => (Some(h.first), h.last),
+                None => (None, record),
+            };
+            self.give_up(settle, algorithm, message, first, last).await;
+            return;
+        }
+        let delay = match failure.retry_after {
+            Some(asked) => asked.min(MAX_DELAY),
+            None => backoff(&self.spec.retry, message.attempt),
+        };
+        self.services
+            .metrics
+            .retried
+            .get_or_create(&self.reason_labels(algorithm, failure.reason.code()))
+            .inc();
+        self.status.retried();
+        self.retry(settle, message, delay).await;
+    }
+
+    /// Ends a message that failed for good: dead-letter it, leave it to the
+    /// broker's redrive policy, or drop it when the flow has nowhere to put it.
+    async fn give_up(
+        &self,
+        settle: &mut Box<dyn Settle>,
+        algorithm: &Algorithm,
+        message: &InboundMessage,
+        first: Option<FailureRecord>,
+        last: FailureRecord,
+    ) {
+        let metrics = &self.services.metrics;
+        let reason_labels = self.reason_labels(algorithm, &last.reason);
+        let Some(dlq) = &self.spec.dead_letter_topic else {
+            if self.native_max_receives.is_some() {
+                // One more receive makes the broker move it to its own
+                // dead-letter queue.
+                tracing::warn!(
+                    flow = %self.flow,
+                    message_id = %message.id,
+                    algorithm = %algorithm.label(),
+                    reason = %last.reason,
+                    "Message failed for good; leaving it to the queue's redrive policy."
+                );
+                metrics.dead_lettered.get_or_create(&reason_labels).inc();
+                self.status.dead_lettered();
+                self.retry(settle, message, Duration::ZERO).await;
+                return;
+            }
+            tracing::error!(
+                flow = %self.flow,
+                message_id = %message.id,
+                algorithm = %algorithm.label(),
+                attempt = message.attempt,
+                reason = %last.reason,
+                error = %last.detail,
+                "Dropping a message that failed for good: the flow has no dead-letter topic."
+            );
+            metrics.dropped.get_or_create(&reason_labels).inc();
+            self.status.dropped();
+            if self.ack(settle, message).await {
+                self.forget(&message.id).await;
+            }
+            return;
+        };
+        let source = SourceInfo {
+            broker: self.spec.broker.clone(),
+            kind: self.broker_kind.to_string(),
+            topic: self.spec.topic.clone(),
+            message_id: message.id.clone(),
+        };
+        let envelope = Envelope::new(
+            &self.flow,
+            source,
+            message,
+            (
+                format!(
+                    "{}/{}@{}",
+                    algorithm.id.owner, algorithm.id.name, algorithm.id.version
+                ),
+                algorithm.hash.clone(),
+            ),
+            first,
+            last.clone(),
+        );
+        let published = match self.topology.topic(&self.spec.broker, dlq) {
+            Some(topic) => self
+                .topology
+                .publish(&Topology::key(topic), vec![envelope.to_message()])
+                .await
+                .map_err(|e| format!("{e:#}")),
+            None => Err(format!("dead-letter topic {dlq:?} is not declared")),
+        };
+        match published {
+            Ok(()) => {
+                tracing::warn!(
+                    flow = %self.flow,
+                    message_id = %message.id,
+                    algorithm = %algorithm.label(),
+                    attempt = message.attempt,
+                    reason = %last.reason,
+                    dead_letter_topic = %dlq,
+                    "Message dead-lettered."
+                );
+                metrics.dead_lettered.get_or_create(&reason_labels).inc();
+                self.status.dead_lettered();
+                if self.ack(settle, message).await {
+                    self.forget(&message.id).await;
+                }
+            }
+            Err(e) => {
+                // Not acknowledged: it comes back, and goes straight to the
+                // dead-letter topic then.
+                let delay = backoff(&self.spec.retry, message.attempt);
+                tracing::error!(
+                    flow = %self.flow,
+                    message_id = %message.id,
+                    dead_letter_topic = %dlq,
+                    error = %e,
+                    retry_in = ?delay,
+                    "Could not publish to the dead-letter topic; the message stays on its topic."
+                );
+                self.status
+                    .failed(&format!("dead-letter publish failed: {e}"));
+                self.retry(settle, message, delay).await;
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        algorithm: &Algorithm,
+        message: &InboundMessage,
+        f: &Failure,
+    ) -> FailureRecord {
+        FailureRecord {
+            reason: f.reason.code().to_string(),
+            detail: f.detail.clone(),
+            attempt: message.attempt,
+            at: crate::util::rfc3339_now(),
+            algorithm: algorithm.label(),
+        }
+    }
+
+    async fn journal(&self, id: &str, record: FailureRecord) -> Option<FailureHistory> {
+        let (state, flow, id) = (
+            self.services.state.clone(),
+            self.flow.clone(),
+            id.to_string(),
+        );
+        match tokio::task::spawn_blocking(move || state.record_failure(&flow, &id, record)).await {
+            Ok(Ok(h)) => Some(h),
+            Ok(Err(e)) => {
+                tracing::warn!(flow = %self.flow, error = %e, "Could not record a failure in the journal.");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn history(&self, id: &str) -> Option<FailureHistory> {
+        let (state, flow, id) = (
+            self.services.state.clone(),
+            self.flow.clone(),
+            id.to_string(),
+        );
+        tokio::task::spawn_blocking(move || state.failures(&flow, &id))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten()
+    }
+
+    async fn forget(&self, id: &str) {
+        let (state, flow, id) = (
+            self.services.state.clone(),
+            self.flow.clone(),
+            id.to_string(),
+        );
+        let _ = tokio::task::spawn_blocking(move || state.forget(&flow, &id)).await;
+    }
+
+    async fn ack(&self, settle: &mut Box<dyn Settle>, message: &InboundMessage) -> bool {
+        match settle.ack().await {
+            Ok(()) => true,
+            Err(e) => {
+                self.settle_error("acknowledge", message, &e);
+                false
+            }
+        }
+    }
+
+    async fn retry(&self, settle: &mut Box<dyn Settle>, message: &InboundMessage, delay: Duration) {
+        if let Err(e) = settle.retry(delay).await {
+            self.settle_error("release", message, &e);
+        }
+    }
+
+    fn settle_error(&self, what: &str, message: &InboundMessage, error: &anyhow::Error) {
+        tracing::warn!(
+            flow = %self.flow,
+            message_id = %message.id,
+            error = %format!("{error:#}"),
+            "Could not {what} a message; the broker will redeliver it."
+        );
+        self.services
+            .metrics
+            .settle_errors
+            .get_or_create(&FlowOnly {
+                flow: self.flow.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Runs `work`, extending the delivery's lease on the broker's heartbeat
+/// interval until it finishes.
+async fn with_heartbeat<F: std::future::Future>(
+    settle: &mut Box<dyn Settle>,
+    lease: Duration,
+    work: F,
+) -> F::Output {
+    let Some(every) = settle.heartbeat() else {
+        return work.await;
+    };
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => {
+                if let Err(e) = settle.extend(lease).await {
+                    tracing::warn!(error = %format!("{e:#}"), "Could not extend a message's lease.");
+                }
+            }
+        }
+    }
+}

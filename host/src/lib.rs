@@ -1,0 +1,42 @@
+//! Eventflow: an event router for WebAssembly algorithms.
+//!
+//! A message's path through the crate, module by module:
+//!
+//! - [`config`]: the TOML configuration, strict and inert; errors name the
+//!   file and field.
+//! - [`connector`]: broker connections, one folder per broker with the same
+//!   files; a `Source` delivers messages with settle handles, a `Connection`
+//!   publishes. [`connector::embedded`] is the durable default broker.
+//! - [`flow`]: one loop per event flow, pulling as many messages as it has
+//!   free slots; [`flow::worker`] invokes, publishes effects, then acks,
+//!   retries with backoff ([`flow::retry`]) or dead-letters in an envelope
+//!   ([`flow::envelope`]).
+//! - [`sandbox`]: wasmtime engine, compiled-code cache, a fresh instance per
+//!   message, limits and failure reasons.
+//! - [`registry`] and [`watcher`]: the algorithm versions in the plugin
+//!   directory, reloaded as files change.
+//! - [`data`]: `data://owner/collection/path` storage, confined to its
+//!   collection.
+//! - [`state`]: the router's own durable state (failure journal, secrets).
+//! - [`router`]: wires the above together and converges to a configuration.
+//! - [`admin`]: the authenticated HTTP API the CLI talks to, plus metrics
+//!   and health endpoints; [`metrics`] defines what is counted.
+//! - [`cli`], [`run`], [`telemetry`]: the `eventflow` command.
+//! - [`message`], [`util`]: shared types and helpers.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod connector;
+pub mod data;
+pub mod flow;
+pub mod message;
+pub mod metrics;
+pub mod registry;
+pub mod router;
+pub mod run;
+pub mod sandbox;
+pub mod state;
+pub mod telemetry;
+pub mod util;
+pub mod watcher;

@@ -1,0 +1,5 @@
+//! The `eventflow` binary.
+
+fn main() -> std::process::ExitCode {
+    eventflow::cli::main()
+}

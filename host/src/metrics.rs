@@ -1,0 +1,225 @@
+//! Prometheus metrics, served at `/metrics` on the admin listener.
+//!
+//! The code that logs an event bumps the matching metric in the same place,
+//! so logs and metrics agree.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-flow, per-version metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// The flow.
+    pub flow: String,
+    /// `owner/name@version`.
+    pub algorithm: String,
+}
+
+/// Labels of outcome counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The flow.
+    pub flow: String,
+    /// `owner/name@version`.
+    pub algorithm: String,
+    /// The failure reason code.
+    pub reason: String,
+}
+
+/// Labels of per-flow metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowOnly {
+    /// The flow.
+    pub flow: String,
+}
+
+/// Labels of per-algorithm-version metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlgorithmLabels {
+    /// `owner/name/version`.
+    pub algorithm: String,
+}
+
+/// Labels of per-broker metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabels {
+    /// The broker connection.
+    pub broker: String,
+}
+
+/// Labels of per-partition metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The flow.
+    pub flow: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    // 50 µs to ~100 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 22))
+}
+
+fn bytes() -> Histogram {
+    // 64 KiB to 4 GiB.
+    Histogram::new(exponential_buckets(65536.0, 2.0, 17))
+}
+
+fn fuel() -> Histogram {
+    Histogram::new(exponential_buckets(1000.0, 4.0, 16))
+}
+
+/// Every metric of the router.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages handed to a flow.
+    pub received: Family<FlowLabels, Counter>,
+    /// Messages processed and acknowledged.
+    pub succeeded: Family<FlowLabels, Counter>,
+    /// Messages given back for another attempt, by reason.
+    pub retried: Family<ReasonLabels, Counter>,
+    /// Messages sent to a dead-letter topic, by reason.
+    pub dead_lettered: Family<ReasonLabels, Counter>,
+    /// Messages that failed for good on a flow without a dead-letter topic.
+    pub dropped: Family<ReasonLabels, Counter>,
+    /// Acks, retries and extensions the broker refused.
+    pub settle_errors: Family<FlowOnly, Counter>,
+    /// Invocations running now.
+    pub in_flight: Family<FlowOnly, Gauge>,
+    /// Time to instantiate and run the algorithm.
+    pub invocation_seconds: HistogramFamily<FlowLabels>,
+    /// From the broker's enqueue time to settlement.
+    pub end_to_end_seconds: HistogramFamily<FlowOnly>,
+    /// Peak linear memory of each invocation.
+    pub peak_memory_bytes: HistogramFamily<FlowLabels>,
+    /// Fuel used by each invocation, when fuel is counted.
+    pub fuel_used: HistogramFamily<FlowLabels>,
+    /// Algorithm versions loaded or reloaded.
+    pub plugin_loads: Family<AlgorithmLabels, Counter>,
+    /// Plugin files rejected.
+    pub plugin_rejections: Family<AlgorithmLabels, Counter>,
+    /// Whether each broker connection answers (1) or not (0).
+    pub broker_up: Family<BrokerLabels, Gauge>,
+    /// Messages behind the end of each partition (Kafka).
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("eventflow");
+        let m = Self {
+            received: Family::default(),
+            succeeded: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            dropped: Family::default(),
+            settle_errors: Family::default(),
+            in_flight: Family::default(),
+            invocation_seconds: Family::new_with_constructor(seconds),
+            end_to_end_seconds: Family::new_with_constructor(seconds),
+            peak_memory_bytes: Family::new_with_constructor(bytes),
+            fuel_used: Family::new_with_constructor(fuel),
+            plugin_loads: Family::default(),
+            plugin_rejections: Family::default(),
+            broker_up: Family::default(),
+            consumer_lag: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_received",
+            "Messages handed to a flow",
+            m.received.clone(),
+        );
+        registry.register(
+            "messages_succeeded",
+            "Messages processed and acknowledged",
+            m.succeeded.clone(),
+        );
+        registry.register(
+            "messages_retried",
+            "Messages given back for another attempt, by failure reason",
+            m.retried.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages sent to a dead-letter topic, by failure reason",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "messages_dropped",
+            "Messages that failed for good on a flow without a dead-letter topic",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "settle_errors",
+            "Acks, retries and lease extensions the broker refused",
+            m.settle_errors.clone(),
+        );
+        registry.register("in_flight", "Invocations running now", m.in_flight.clone());
+        registry.register(
+            "invocation_duration_seconds",
+            "Time to instantiate and run the algorithm on one message",
+            m.invocation_seconds.clone(),
+        );
+        registry.register(
+            "end_to_end_latency_seconds",
+            "From the broker's enqueue time to settlement",
+            m.end_to_end_seconds.clone(),
+        );
+        registry.register(
+            "invocation_peak_memory_bytes",
+            "Peak linear memory of each invocation",
+            m.peak_memory_bytes.clone(),
+        );
+        registry.register(
+            "invocation_fuel_used",
+            "Fuel used by each invocation, when fuel is counted",
+            m.fuel_used.clone(),
+        );
+        registry.register(
+            "plugin_loads",
+            "Algorithm versions loaded or reloaded",
+            m.plugin_loads.clone(),
+        );
+        registry.register(
+            "plugin_rejections",
+            "Plugin files that failed to load",
+            m.plugin_rejections.clone(),
+        );
+        registry.register(
+            "broker_up",
+            "Whether each broker connection answers (1) or not (0)",
+            m.broker_up.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages behind the end of each partition (Kafka)",
+            m.consumer_lag.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

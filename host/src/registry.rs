@@ -1,0 +1,322 @@
+//! The plugin registry: every algorithm version found in the plugin
+//! directory, compiled and validated, and which one each flow should run.
+//!
+//! Versions are published atomically: a flow resolves its algorithm once per
+//! message and holds an `Arc` to it, so an in-flight invocation finishes on
+//! the version it started with while new messages pick up the new one. A file
+//! that fails to load is recorded as rejected; if that version had loaded
+//! before, the last good content keeps serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::AlgorithmRef;
+use crate::sandbox::{Algorithm, AlgorithmId, Sandbox};
+
+/// One version's slot in the registry.
+#[derive(Clone)]
+pub struct Slot {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// The code that serves this version, if any loaded.
+    pub serving: Option<Arc<Algorithm>>,
+    /// Why the most recent file content was rejected, with its hash and when.
+    pub rejected: Option<Rejection>,
+}
+
+/// A file that failed to load.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejection {
+    /// Why.
+    pub reason: String,
+    /// SHA-256 of the rejected content.
+    pub hash: String,
+    /// When.
+    #[serde(with = "crate::util::rfc3339")]
+    pub at: SystemTime,
+}
+
+/// One line of `eventflow plugins list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginInfo {
+    /// `owner/name/version`.
+    pub algorithm: String,
+    /// `ok` or `rejected`.
+    pub status: &'static str,
+    /// SHA-256 of the serving component.
+    pub hash: Option<String>,
+    /// Size of the serving component.
+    pub size: Option<u64>,
+    /// When the serving component was loaded.
+    #[serde(with = "crate::util::rfc3339_opt")]
+    pub loaded_at: Option<SystemTime>,
+    /// The latest rejection, if the latest file content was rejected.
+    pub rejected: Option<Rejection>,
+    /// Flows that currently resolve to this version.
+    pub flows: Vec<String>,
+}
+
+type Versions = BTreeMap<semver::Version, Slot>;
+
+/// All algorithm versions, by `owner/name`.
+pub struct Registry {
+    algorithms: RwLock<HashMap<(String, String), Versions>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            algorithms: RwLock::new(HashMap::new()),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    /// Subscribes to changes: the value increases whenever a version is
+    /// added, replaced or removed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The version a flow's reference resolves to: the pinned version, or the
+    /// highest version that serves.
+    pub fn resolve(&self, reference: &AlgorithmRef) -> Option<Arc<Algorithm>> {
+        let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
+        let versions = algorithms.get(&(reference.owner.clone(), reference.name.clone()))?;
+        match &reference.version {
+            Some(v) => versions.get(v).and_then(|s| s.serving.clone()),
+            None => versions.values().rev().find_map(|s| s.serving.clone()),
+        }
+    }
+
+    /// Publishes a freshly loaded version, replacing older content.
+    pub fn insert(&self, path: PathBuf, algorithm: Algorithm) {
+        let id = algorithm.id.clone();
+        let mut algorithms = self.algorithms.write().unwrap_or_else(|p| p.into_inner());
+        algorithms.entry((id.owner, id.name)).or_default().insert(
+            id.version,
+            Slot {
+                path,
+                serving: Some(Arc::new(algorithm)),
+                rejected: None,
+            },
+        );
+        drop(algorithms);
+        self.changed();
+    }
+
+    /// Records that the file for `id` was rejected; earlier good content of
+    /// that version keeps serving.
+    pub fn reject(&self, path: PathBuf, id: &AlgorithmId, rejection: Rejection) {
+        let mut algorithms = self.algorithms.write().unwrap_or_else(|p| p.into_inner());
+        let slot = algorithms
+            .entry((id.owner.clone(), id.name.clone()))
+            .or_default()
+            .entry(id.version.clone())
+            .or_insert_with(|| Slot {
+                path,
+                serving: None,
+                rejected: None,
+            });
+        slot.rejected = Some(rejection);
+        drop(algorithms);
+        self.changed();
+    }
+
+    /// Forgets a version whose file was deleted. Returns whether it was known.
+    pub fn remove(&self, id: &AlgorithmId) -> bool {
+        let mut algorithms = self.algorithms.write().unwrap_or_else(|p| p.into_inner());
+        let key = (id.owner.clone(), id.name.clone());
+        let removed = algorithms
+            .get_mut(&key)
+            .map(|versions| versions.remove(&id.version).is_some())
+            .unwrap_or(false);
+        if algorithms.get(&key).is_some_and(|v| v.is_empty()) {
+            algorithms.remove(&key);
+        }
+        drop(algorithms);
+        if removed {
+            self.changed();
+        }
+        removed
+    }
+
+    /// The slot of one version.
+    pub fn slot(&self, id: &AlgorithmId) -> Option<Slot> {
+        let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
+        algorithms
+            .get(&(id.owner.clone(), id.name.clone()))?
+            .get(&id.version)
+            .cloned()
+    }
+
+    /// Every known version, for listings. `flows` maps flow names to their
+    /// references, to show which flow runs which version.
+    pub fn list(&self, flows: &[(String, AlgorithmRef)]) -> Vec<PluginInfo> {
+        let resolved: Vec<(String, Option<String>)> = flows
+            .iter()
+            .map(|(name, r)| (name.clone(), self.resolve(r).map(|a| a.id.to_string())))
+            .collect();
+        let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for ((owner, name), versions) in algorithms.iter() {
+            for (version, slot) in versions {
+                let algorithm = format!("{owner}/{name}/{version}");
+                let serving = slot.serving.as_ref();
+                out.push(PluginInfo {
+                    status: if slot.rejected.is_some() {
+                        "rejected"
+                    } else {
+                        "ok"
+                    },
+                    hash: serving.map(|a| a.hash.clone()),
+                    size: serving.map(|a| a.size),
+                    loaded_at: serving.map(|a| a.loaded_at),
+                    rejected: slot.rejected.clone(),
+                    flows: resolved
+                        .iter()
+                        .filter(|(_, r)| r.as_deref() == Some(algorithm.as_str()))
+                        .map(|(f, _)| f.clone())
+                        .collect(),
+                    algorithm,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
+        out
+    }
+}
+
+/// The algorithm a plugin-directory path holds: `<dir>/<owner>/<name>/<version>.wasm`.
+/// Anything else (temporary files of a copy in progress, say) is `None`.
+pub fn id_from_path(dir: &Path, path: &Path) -> Option<AlgorithmId> {
+    let rel = path.strip_prefix(dir).ok()?;
+    let parts: Vec<&str> = rel.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
+    let [owner, name, file] = parts.as_slice() else {
+        return None;
+    };
+    let version = file.strip_suffix(".wasm")?;
+    if !crate::config::is_valid_name(owner) || !crate::config::is_valid_name(name) {
+        return None;
+    }
+    Some(AlgorithmId {
+        owner: owner.to_string(),
+        name: name.to_string(),
+        version: semver::Version::parse(version).ok()?,
+    })
+}
+
+/// Reads and loads one plugin file into the registry, off the async
+/// threads. Returns the outcome for logging by the caller.
+pub async fn load_file(
+    sandbox: &Arc<Sandbox>,
+    registry: &Registry,
+    id: AlgorithmId,
+    path: PathBuf,
+) -> Result<Arc<Algorithm>, Rejection> {
+    let sb = sandbox.clone();
+    let (p, i) = (path.clone(), id.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&p).map_err(|e| {
+            (
+                String::new(),
+                anyhow::anyhow!("cannot read {}: {e}", p.display()),
+            )
+        })?;
+        let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        sb.load(i, &bytes).map_err(|e| (hash, e))
+    })
+    .await;
+    match loaded {
+        Ok(Ok(algorithm)) => {
+            registry.insert(path, algorithm);
+            Ok(registry
+                .slot(&id)
+                .and_then(|s| s.serving)
+                .expect("just inserted"))
+        }
+        Ok(Err((hash, error))) => {
+            let rejection = Rejection {
+                reason: format!("{error:#}"),
+                hash,
+                at: SystemTime::now(),
+            };
+            registry.reject(path, &id, rejection.clone());
+            Err(rejection)
+        }
+        Err(join) => {
+            let rejection = Rejection {
+                reason: format!("loader failed: {join}"),
+                hash: String::new(),
+                at: SystemTime::now(),
+            };
+            registry.reject(path, &id, rejection.clone());
+            Err(rejection)
+        }
+    }
+}
+
+/// Every `<owner>/<name>/<version>.wasm` under `dir`.
+pub fn scan(dir: &Path) -> Vec<(AlgorithmId, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(owners) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for owner in owners.flatten() {
+        let Ok(names) = std::fs::read_dir(owner.path()) else {
+            continue;
+        };
+        for name in names.flatten() {
+            let Ok(files) = std::fs::read_dir(name.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                if let Some(id) = id_from_path(dir, &path)
+                    && path.is_file()
+                {
+                    found.push((id, path));
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_ids() {
+        let dir = Path::new("/p");
+        let id = id_from_path(dir, Path::new("/p/ezra/store_file/0.1.0.wasm")).unwrap();
+        assert_eq!(id.to_string(), "ezra/store_file/0.1.0");
+        for other in [
+            "/p/ezra/store_file/0.1.0.wasm.tmp",
+            "/p/ezra/store_file/.0.1.0.wasm",
+            "/p/ezra/store_file/latest.wasm",
+            "/p/ezra/0.1.0.wasm",
+            "/p/ezra/a/b/0.1.0.wasm",
+        ] {
+            assert!(id_from_path(dir, Path::new(other)).is_none(), "{other}");
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The router: builds the services, connects the brokers, loads the plugins
+//! and runs one task per enabled flow. [`Router::apply`] converges the
+//! running flows to a new configuration without a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, FlowSpec};
+use crate::connector::{BrokerSpec, ConnectContext, connect};
+use crate::data::Collections;
+use crate::flow::{self, Broker, FlowReport, FlowStatus, Services, Topology};
+use crate::metrics::{AlgorithmLabels, BrokerLabels, Metrics};
+use crate::registry::{self, Registry};
+use crate::sandbox::Sandbox;
+use crate::state::StateStore;
+
+struct RunningFlow {
+    spec: FlowSpec,
+    fingerprint: String,
+    token: CancellationToken,
+    handle: JoinHandle<()>,
+    status: Arc<FlowStatus>,
+}
+
+/// A running router.
+pub struct Router {
+    services: Arc<Services>,
+    config: RwLock<Config>,
+    topology: RwLock<Arc<Topology>>,
+    flows: tokio::sync::Mutex<HashMap<String, RunningFlow>>,
+    statuses: Mutex<HashMap<String, Arc<FlowStatus>>>,
+    connect_ctx: ConnectContext,
+    plugins_dir: PathBuf,
+    background: CancellationToken,
+}
+
+impl Router {
+    /// Starts the router: opens state, loads plugins, connects the brokers
+    /// and starts the enabled flows. Errors are setup errors.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
+        let dirs = &config.router;
+        let state = {
+            let dir = dirs.state_dir.clone();
+            tokio::task::spawn_blocking(move || StateStore::open(&dir)).await??
+        };
+        let data = Arc::new(Collections::open(&dirs.data_dir).with_context(|| {
+            format!("cannot open the data directory {}", dirs.data_dir.display())
+        })?);
+        let sandbox = Arc::new(Sandbox::new(
+            &config.sandbox,
+            Some(dirs.state_dir.join("compiled")),
+            data,
+        )?);
+        let services = Arc::new(Services {
+            sandbox,
+            registry: Arc::new(Registry::new()),
+            state,
+            metrics: Arc::new(Metrics::new()),
+            secrets: RwLock::new(HashMap::new()),
+        });
+        services.reload_secrets()?;
+        std::fs::create_dir_all(&dirs.plugins_dir).with_context(|| {
+            format!(
+                "cannot create the plugin directory {}",
+                dirs.plugins_dir.display()
+            )
+        })?;
+        let router = Arc::new(Self {
+            services,
+            config: RwLock::new(Config::default()),
+            topology: RwLock::new(Arc::new(Topology::default())),
+            flows: tokio::sync::Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
+            connect_ctx: ConnectContext {
+                state_dir: dirs.state_dir.clone(),
+            },
+            plugins_dir: dirs.plugins_dir.clone(),
+            background: CancellationToken::new(),
+        });
+        router.load_plugins().await;
+        router.apply(config).await?;
+        router.spawn_sampler();
+        Ok(router)
+    }
+
+    /// The shared services.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current connections and topics.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The plugin directory.
+    pub fn plugins_dir(&self) -> &std::path::Path {
+        &self.plugins_dir
+    }
+
+    async fn load_plugins(&self) {
+        for (id, path) in registry::scan(&self.plugins_dir) {
+            self.load_plugin(id, path).await;
+        }
+    }
+
+    /// Loads (or reloads) one plugin file, logging and counting the outcome.
+    pub async fn load_plugin(&self, id: crate::sandbox::AlgorithmId, path: PathBuf) {
+        let labels = AlgorithmLabels {
+            algorithm: id.to_string(),
+        };
+        match registry::load_file(
+            &self.services.sandbox,
+            &self.services.registry,
+            id.clone(),
+            path.clone(),
+        )
+        .await
+        {
+            Ok(algorithm) => {
+                self.services
+                    .metrics
+                    .plugin_loads
+                    .get_or_create(&labels)
+                    .inc();
+                tracing::info!(
+                    algorithm = %id,
+                    hash = %algorithm.hash,
+                    from_cache = algorithm.from_cache,
+                    path = %path.display(),
+                    "Algorithm loaded."
+                );
+            }
+            Err(rejection) => {
+                self.services
+                    .metrics
+                    .plugin_rejections
+                    .get_or_create(&labels)
+                    .inc();
+                let keeps = self
+                    .services
+                    .registry
+                    .slot(&id)
+                    .and_then(|s| s.serving)
+                    .map(|a| format!("; the previous content ({}) keeps serving", &a.hash[..12]))
+                    .unwrap_or_default();
+                tracing::error!(
+                    algorithm = %id,
+                    path = %path.display(),
+                    error = %rejection.reason,
+                    "Plugin file rejected{keeps}."
+                );
+            }
+        }
+    }
+
+    /// Converges brokers and flows to `config`: connects new brokers, stops
+    /// flows that were removed or changed (letting in-flight work finish),
+    /// and starts new or changed ones.
+    pub async fn apply(&self, config: Config) -> anyhow::Result<()> {
+        let mut flows = self.flows.lock().await;
+        let old = self.topology();
+        let mut brokers = HashMap::new();
+        for spec in &config.brokers {
+            let existing = old.brokers.get(spec.name()).filter(|b| b.spec == *spec);
+            let broker = match existing {
+                Some(b) => b.clone(),
+                None => Broker {
+                    spec: spec.clone(),
+                    connection: connect(spec, &self.connect_ctx).await.with_context(|| {
+                        format!(
+                            "failed to connect broker {:?} ({})",
+                            spec.name(),
+                            spec.kind()
+                        )
+                    })?,
+                },
+            };
+            brokers.insert(spec.name().to_string(), broker);
+        }
+        let topology = Arc::new(Topology {
+            brokers,
+            topics: config.topics.clone(),
+            algorithm_limits: config.algorithm_limits.clone(),
+        });
+        let topology_print = fingerprint_topology(&config);
+
+        // Stop flows that are gone, disabled or changed.
+        let wanted: HashMap<&str, &FlowSpec> = config
+            .flows
+            .iter()
+            .filter(|f| f.enabled)
+            .map(|f| (f.name.as_str(), f))
+            .collect();
+        let mut stopping = Vec::new();
+        let names: Vec<String> = flows.keys().cloned().collect();
+        for name in names {
+            let keep = wanted
+                .get(name.as_str())
+                .is_some_and(|f| fingerprint(f, &topology_print) == flows[&name].fingerprint);
+            if !keep && let Some(running) = flows.remove(&name) {
+                running.token.cancel();
+                stopping.push(running);
+            }
+        }
+        for running in stopping {
+            let _ = running.handle.await;
+            if !wanted.contains_key(running.spec.name.as_str()) {
+                running.status.set_state("disabled");
+            }
+        }
+
+        *self.topology.write().unwrap_or_else(|p| p.into_inner()) = topology.clone();
+        let grace = Duration::from_secs_f64(config.router.shutdown_grace_secs);
+        for spec in config.flows.iter().filter(|f| f.enabled) {
+            if flows.contains_key(&spec.name) {
+                continue;
+            }
+            if spec.dead_letter_topic.is_none() {
+                tracing::warn!(
+                    flow = %spec.name,
+                    "Flow has no dead-letter topic: messages that fail max_receives times will be dropped (logged and counted)."
+                );
+            }
+            let status = self
+                .statuses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(spec.name.clone())
+                .or_default()
+                .clone();
+            let token = self.background.child_token();
+            let handle = tokio::spawn(flow::run(
+                Arc::new(spec.clone()),
+                topology.clone(),
+                self.services.clone(),
+                status.clone(),
+                token.clone(),
+                grace,
+            ));
+            flows.insert(
+                spec.name.clone(),
+                RunningFlow {
+                    spec: spec.clone(),
+                    fingerprint: fingerprint(spec, &topology_print),
+                    token,
+                    handle,
+                    status,
+                },
+            );
+        }
+        for spec in config.flows.iter().filter(|f| !f.enabled) {
+            self.statuses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(spec.name.clone())
+                .or_default()
+                .set_state("disabled");
+        }
+        let known: std::collections::HashSet<&str> =
+            config.flows.iter().map(|f| f.name.as_str()).collect();
+        self.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| known.contains(name.as_str()));
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    /// Status of every configured flow.
+    pub fn flow_reports(&self) -> Vec<FlowReport> {
+        let config = self.config();
+        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        config
+            .flows
+            .iter()
+            .map(|spec| match statuses.get(&spec.name) {
+                Some(s) => s.report(spec),
+                None => FlowStatus::default().report(spec),
+            })
+            .collect()
+    }
+
+    /// Checks every broker connection, updating the `broker_up` metric.
+    pub async fn check_brokers(&self) -> Vec<(String, &'static str, Result<(), String>)> {
+        let topology = self.topology();
+        let mut out = Vec::new();
+        for (name, broker) in &topology.brokers {
+            let result = broker.connection.check().await;
+            self.services
+                .metrics
+                .broker_up
+                .get_or_create(&BrokerLabels {
+                    broker: name.clone(),
+                })
+                .set(i64::from(result.is_ok()));
+            out.push((name.clone(), broker.spec.kind(), result));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The broker spec named `name`.
+    pub fn broker_spec(&self, name: &str) -> Option<BrokerSpec> {
+        self.config().brokers.into_iter().find(|b| b.name() == name)
+    }
+
+    fn spawn_sampler(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let token = self.background.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(router) = weak.upgrade() else { return };
+                let statuses: Vec<Arc<FlowStatus>> = router
+                    .statuses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                statuses.iter().for_each(|s| s.sample());
+            }
+        });
+    }
+
+    /// Stops every flow gracefully and flushes state.
+    pub async fn shutdown(&self) {
+        self.background.cancel();
+        let mut flows = self.flows.lock().await;
+        for (_, running) in flows.drain() {
+            let _ = running.handle.await;
+        }
+        let state = self.services.state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.flush()).await;
+    }
+
+    /// A token cancelled when the router shuts down, for its helpers.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.background.clone()
+    }
+}
+
+fn fingerprint_topology(config: &Config) -> String {
+    serde_json::to_string(&(&config.brokers, &config.topics, &config.algorithm_limits))
+        .unwrap_or_default()
+}
+
+fn fingerprint(spec: &FlowSpec, topology: &str) -> String {
+    format!(
+        "{}|{topology}",
+        serde_json::to_string(spec).unwrap_or_default()
+    )
+}

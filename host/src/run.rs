@@ -1,0 +1,44 @@
+//! `eventflow run`: the router process from start to a clean exit.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::router::Router;
+
+/// Runs the router until SIGINT or SIGTERM, then stops gracefully: no new
+/// messages are received, in-flight ones finish and are settled.
+pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let listen = config.admin.listen.clone();
+    let state_dir = config.router.state_dir.clone();
+    tracing::info!(
+        config = %config_path.display(),
+        plugins = %config.router.plugins_dir.display(),
+        data = %config.router.data_dir.display(),
+        state = %state_dir.display(),
+        "Eventflow starting."
+    );
+    let router = Router::start(config).await?;
+    let addr =
+        crate::admin::serve(router.clone(), &listen, &state_dir, router.shutdown_token()).await?;
+    let watcher = crate::watcher::spawn(router.clone());
+    let flows = router.flow_reports().len();
+    tracing::info!(admin = %format!("http://{addr}"), flows, "Eventflow is running.");
+    let signal_name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = signal_name,
+        "Stopping: finishing in-flight messages."
+    );
+    watcher.abort();
+    router.shutdown().await;
+    let _ = std::fs::remove_file(state_dir.join(crate::admin::auth::ADDR_FILE));
+    tracing::info!("Eventflow stopped.");
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The one place the algorithm world's bindings are generated. The rest of
+//! the host sees domain types; conversions live here.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "eventflow:algorithm/algorithm",
+    imports: { default: async | trappable },
+    exports: { default: async },
+});
+
+pub use eventflow::algorithm::data::DataError as WitDataError;
+pub use eventflow::algorithm::log::Level as WitLevel;
+pub use eventflow::algorithm::publish::PublishError as WitPublishError;
+pub use eventflow::algorithm::types::{Failure as WitFailure, Message as WitMessage};
+
+impl From<crate::data::DataError> for WitDataError {
+    fn from(e: crate::data::DataError) -> Self {
+        use crate::data::DataError as D;
+        match e {
+            D::InvalidUri(why) => WitDataError::InvalidUri(why),
+            D::AccessDenied => WitDataError::AccessDenied,
+            D::NotFound => WitDataError::NotFound,
+            D::QuotaExceeded => WitDataError::QuotaExceeded,
+            D::Io(why) => WitDataError::Io(why),
+        }
+    }
+}
+
+impl From<super::PublishRefusal> for WitPublishError {
+    fn from(e: super::PublishRefusal) -> Self {
+        use super::PublishRefusal as R;
+        match e {
+            R::AccessDenied => WitPublishError::AccessDenied,
+            R::UnknownTopic => WitPublishError::UnknownTopic,
+            R::TooLarge => WitPublishError::TooLarge,
+            R::LimitExceeded => WitPublishError::LimitExceeded,
+        }
+    }
+}
+
+impl From<&crate::message::InboundMessage> for WitMessage {
+    fn from(m: &crate::message::InboundMessage) -> Self {
+        WitMessage {
+            id: m.id.clone(),
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            headers: m.headers.clone(),
+            attempt: m.attempt,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Why an invocation failed, with the stable reason codes that appear in
+//! logs, metrics and dead-letter envelopes.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A failure reason. The codes (`timeout`, `memory_limit`, ...) are stable:
+/// operators alert on them and algorithm authors search for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The invocation ran past `timeout_secs`.
+    Timeout,
+    /// The algorithm tried to grow its memory past `max_memory_mib`.
+    MemoryLimit,
+    /// The algorithm exhausted the WebAssembly stack.
+    StackOverflow,
+    /// The algorithm trapped (a panic, `unreachable`, a bad memory access).
+    Trap,
+    /// The output was larger than `max_output_bytes`.
+    OutputTooLarge,
+    /// The algorithm made more host calls than `max_host_calls`.
+    HostCallLimit,
+    /// The algorithm used up `max_fuel`.
+    FuelExhausted,
+    /// The algorithm asked for a retry.
+    GuestRetry,
+    /// The algorithm rejected the message.
+    GuestReject,
+    /// The message could not be handed to the algorithm (undecodable headers,
+    /// a payload over `max_input_bytes`).
+    InvalidInput,
+    /// No loaded version of the algorithm matches the flow.
+    PluginMissing,
+    /// The algorithm succeeded but its output or published messages could not
+    /// be delivered.
+    PublishFailed,
+    /// The message was delivered more than `max_receives` times before the
+    /// router could record a failure (the router died while handling it).
+    MaxReceivesExceeded,
+}
+
+impl Reason {
+    /// Every reason, for metrics that list them all.
+    pub const ALL: [Reason; 13] = [
+        Reason::Timeout,
+        Reason::MemoryLimit,
+        Reason::StackOverflow,
+        Reason::Trap,
+        Reason::OutputTooLarge,
+        Reason::HostCallLimit,
+        Reason::FuelExhausted,
+        Reason::GuestRetry,
+        Reason::GuestReject,
+        Reason::InvalidInput,
+        Reason::PluginMissing,
+        Reason::PublishFailed,
+        Reason::MaxReceivesExceeded,
+    ];
+
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::MemoryLimit => "memory_limit",
+            Reason::StackOverflow => "stack_overflow",
+            Reason::Trap => "trap",
+            Reason::OutputTooLarge => "output_too_large",
+            Reason::HostCallLimit => "host_call_limit",
+            Reason::FuelExhausted => "fuel_exhausted",
+            Reason::GuestRetry => "guest_retry",
+            Reason::GuestReject => "guest_reject",
+            Reason::InvalidInput => "invalid_input",
+            Reason::PluginMissing => "plugin_missing",
+            Reason::PublishFailed => "publish_failed",
+            Reason::MaxReceivesExceeded => "max_receives_exceeded",
+        }
+    }
+
+    /// Whether another attempt could succeed. Rejections and undecodable
+    /// input go to the dead-letter topic at once; everything else, traps and
+    /// broken limits included, is retried up to `max_receives`.
+    pub fn retryable(self) -> bool {
+        !matches!(
+            self,
+            Reason::GuestReject | Reason::InvalidInput | Reason::MaxReceivesExceeded
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A failed invocation: the reason, a detail for the algorithm's author, and
+/// the delay the algorithm asked for, if it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The stable reason.
+    pub reason: Reason,
+    /// What happened, in words (the trap message, the limit that was hit).
+    pub detail: String,
+    /// The delay the algorithm asked for with `retry`.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure without a requested delay.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}

@@ -1,0 +1,257 @@
+//! What an algorithm can reach: the store data of one invocation and the
+//! host side of the `data`, `publish` and `log` imports.
+//!
+//! Every import counts against `max_host_calls`; going over traps with
+//! [`LimitTrap::HostCalls`]. Data calls run on the blocking pool under their
+//! own timeout, because an epoch deadline cannot interrupt the host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::PublishRefusal;
+use super::TopicResolver;
+use super::bindings::eventflow::algorithm::{data, log, publish};
+use super::bindings::{WitDataError, WitLevel, WitPublishError};
+use crate::data::{Collections, DataError, DataUri};
+use crate::message::{Header, OutboundMessage};
+
+/// A limit whose breach ends the invocation with a trap. Returned as the
+/// trap's error so the failure can be classified precisely.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimitTrap {
+    /// The memory limit.
+    #[error("tried to grow memory to {desired} bytes; the limit is {limit} bytes")]
+    Memory {
+        /// The size asked for.
+        desired: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The host-call limit.
+    #[error("made more than {0} host calls")]
+    HostCalls(u32),
+}
+
+/// Tracks and limits memory and table growth of one store.
+pub struct Limiter {
+    pub(super) memory_limit: usize,
+    /// The largest memory size reached, in bytes.
+    pub(super) peak_memory: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            return Err(LimitTrap::Memory {
+                desired,
+                limit: self.memory_limit,
+            }
+            .into());
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The store data of one invocation.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limiter: Limiter,
+    pub(super) owner: String,
+    pub(super) label: Arc<str>,
+    pub(super) flow: Arc<str>,
+    pub(super) message_id: String,
+    pub(super) data: Arc<Collections>,
+    pub(super) resolver: Arc<dyn TopicResolver>,
+    pub(super) published: Vec<(String, OutboundMessage)>,
+    pub(super) host_calls: u32,
+    pub(super) max_host_calls: u32,
+    pub(super) data_written: u64,
+    pub(super) max_data_write_bytes: u64,
+    pub(super) host_call_timeout: Duration,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    fn count_call(&mut self) -> wasmtime::Result<()> {
+        self.host_calls += 1;
+        if self.host_calls > self.max_host_calls {
+            return Err(LimitTrap::HostCalls(self.max_host_calls).into());
+        }
+        Ok(())
+    }
+
+    /// Parses `uri` and checks it belongs to the algorithm's owner.
+    fn own_uri(&self, uri: &str) -> Result<DataUri, DataError> {
+        let uri = DataUri::parse(uri)?;
+        if uri.owner != self.owner {
+            return Err(DataError::AccessDenied);
+        }
+        Ok(uri)
+    }
+
+    /// Runs a blocking data operation under the host-call timeout. Takes no
+    /// `&self` across the await: the store data is not `Sync`.
+    fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Collections) -> Result<T, DataError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, DataError>> + Send + 'static {
+        let data = self.data.clone();
+        let timeout = self.host_call_timeout;
+        async move {
+            let task = tokio::task::spawn_blocking(move || op(&data));
+            match tokio::time::timeout(timeout, task).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(join)) => Err(DataError::Io(format!("host task failed: {join}"))),
+                Err(_) => Err(DataError::Io(format!(
+                    "host call timed out after {timeout:?}"
+                ))),
+            }
+        }
+    }
+}
+
+impl data::Host for HostState {
+    async fn get(&mut self, uri: String) -> wasmtime::Result<Result<Vec<u8>, WitDataError>> {
+        self.count_call()?;
+        let uri = match self.own_uri(&uri) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(self
+            .blocking(move |d| d.get(&uri))
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn put(
+        &mut self,
+        uri: String,
+        contents: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), WitDataError>> {
+        self.count_call()?;
+        let uri = match self.own_uri(&uri) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let size = contents.len() as u64;
+        if self.data_written + size > self.max_data_write_bytes {
+            return Ok(Err(DataError::QuotaExceeded.into()));
+        }
+        self.data_written += size;
+        Ok(self
+            .blocking(move |d| d.put(&uri, &contents))
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn list(&mut self, uri: String) -> wasmtime::Result<Result<Vec<String>, WitDataError>> {
+        self.count_call()?;
+        let uri = match self.own_uri(&uri) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(self
+            .blocking(move |d| d.list(&uri))
+            .await
+            .map_err(Into::into))
+    }
+
+    async fn delete(&mut self, uri: String) -> wasmtime::Result<Result<(), WitDataError>> {
+        self.count_call()?;
+        let uri = match self.own_uri(&uri) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        Ok(self
+            .blocking(move |d| d.delete(&uri))
+            .await
+            .map_err(Into::into))
+    }
+}
+
+impl publish::Host for HostState {
+    async fn send(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        headers: Vec<Header>,
+    ) -> wasmtime::Result<Result<(), WitPublishError>> {
+        self.count_call()?;
+        match self.resolver.resolve(&topic, payload.len()) {
+            Ok(key) => {
+                self.published
+                    .push((key, OutboundMessage { payload, headers }));
+                Ok(Ok(()))
+            }
+            Err(refusal) => {
+                if refusal == PublishRefusal::AccessDenied {
+                    tracing::warn!(
+                        flow = %self.flow,
+                        algorithm = %self.label,
+                        message_id = %self.message_id,
+                        topic = %topic,
+                        "Algorithm was denied publishing to a topic it has no grant for."
+                    );
+                }
+                Ok(Err(refusal.into()))
+            }
+        }
+    }
+}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: WitLevel, message: String) -> wasmtime::Result<()> {
+        self.count_call()?;
+        let message: String = message.chars().take(4096).collect();
+        macro_rules! emit {
+            ($lvl:expr) => {
+                tracing::event!(
+                    target: "algorithm",
+                    $lvl,
+                    flow = %self.flow,
+                    algorithm = %self.label,
+                    message_id = %self.message_id,
+                    "{}",
+                    message
+                )
+            };
+        }
+        match level {
+            WitLevel::Trace => emit!(tracing::Level::TRACE),
+            WitLevel::Debug => emit!(tracing::Level::DEBUG),
+            WitLevel::Info => emit!(tracing::Level::INFO),
+            WitLevel::Warn => emit!(tracing::Level::WARN),
+            WitLevel::Error => emit!(tracing::Level::ERROR),
+        }
+        Ok(())
+    }
+}
+
+impl super::bindings::eventflow::algorithm::types::Host for HostState {}

