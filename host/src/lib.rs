@@ -22,6 +22,7 @@
 //! - [`admin`]: the authenticated HTTP API the CLI talks to, plus metrics
 //!   and health endpoints; [`metrics`] defines what is counted.
 //! - [`cli`], [`run`], [`telemetry`]: the `eventflow` command.
+//! - [`secret`]: credentials by reference, redacted when shown.
 //! - [`message`], [`util`]: shared types and helpers.
 
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod registry;
 pub mod router;
 pub mod run;
 pub mod sandbox;
+pub mod secret;
 pub mod state;
 pub mod telemetry;
 pub mod util;

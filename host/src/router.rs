@@ -72,13 +72,14 @@ impl Router {
             )
         })?;
         let router = Arc::new(Self {
-            services,
+            services: services.clone(),
             config: RwLock::new(Config::default()),
             topology: RwLock::new(Arc::new(Topology::default())),
             flows: tokio::sync::Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             connect_ctx: ConnectContext {
                 state_dir: dirs.state_dir.clone(),
+                state: Some(services.state.clone()),
             },
             plugins_dir: dirs.plugins_dir.clone(),
             background: CancellationToken::new(),

@@ -124,6 +124,39 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
+/// One message of a send request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+}
+
+impl MessageBody {
+    fn into_message(self) -> Result<OutboundMessage, ApiError> {
+        let payload = match (self.payload, self.payload_base64) {
+            (Some(p), None) => p.into_bytes(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of payload and payload_base64",
+                ));
+            }
+        };
+        Ok(OutboundMessage {
+            payload,
+            headers: self.headers,
+        })
+    }
+}
+
+/// A message, or a batch of them (`messages`), for one topic.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendRequest {
@@ -136,6 +169,8 @@ struct SendRequest {
     payload_base64: Option<String>,
     #[serde(default)]
     headers: Vec<(String, String)>,
+    #[serde(default)]
+    messages: Vec<MessageBody>,
 }
 
 async fn send_message(
@@ -143,16 +178,23 @@ async fn send_message(
     body: Result<Json<SendRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let payload = match (req.payload, req.payload_base64) {
-        (Some(p), None) => p.into_bytes(),
-        (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of payload and payload_base64",
-            ));
-        }
+    let single = MessageBody {
+        payload: req.payload,
+        payload_base64: req.payload_base64,
+        headers: req.headers,
+    };
+    let has_single = single.payload.is_some() || single.payload_base64.is_some();
+    let messages: Vec<OutboundMessage> = if req.messages.is_empty() {
+        vec![single.into_message()?]
+    } else if has_single {
+        return Err(ApiError::bad_request(
+            "give either one payload or messages, not both",
+        ));
+    } else {
+        req.messages
+            .into_iter()
+            .map(MessageBody::into_message)
+            .collect::<Result<_, _>>()?
     };
     let topology = state.router.topology();
     let candidates: Vec<_> = topology
@@ -180,17 +222,12 @@ async fn send_message(
         }
     };
     let key = crate::flow::Topology::key(topic);
+    let count = messages.len();
     topology
-        .publish(
-            &key,
-            vec![OutboundMessage {
-                payload,
-                headers: req.headers,
-            }],
-        )
+        .publish(&key, messages)
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot publish to {key}: {e:#}")))?;
-    Ok(Json(json!({ "published": 1, "topic": key })))
+    Ok(Json(json!({ "published": count, "topic": key })))
 }
 
 async fn list_plugins(State(state): State<AppState>) -> ApiResult {

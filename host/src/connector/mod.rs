@@ -56,10 +56,12 @@ impl BrokerSpec {
 }
 
 /// What a connector needs from the router to connect.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectContext {
     /// The router's state directory, for connectors that keep files there.
     pub state_dir: std::path::PathBuf,
+    /// The state store, to resolve `{ secret = "..." }` credentials.
+    pub state: Option<crate::state::StateStore>,
 }
 
 /// Opens a live connection for `spec`.

@@ -1,0 +1,284 @@
+//! The spine on the embedded broker, end to end with the real binary and
+//! real compiled algorithms: the quickstart demo, durability across restarts
+//! and `kill -9`, data-URI confinement, the concurrency bound and graceful
+//! shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Router, wait_for};
+
+/// The quickstart's flow, with a dead-letter topic.
+const STORE_FILE: &str = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "incoming"
+consumers = ["ezra/store_file"]
+
+[[topics]]
+name = "dlq"
+publishers = ["ezra/store_file"]
+
+[[flows]]
+name = "store-files"
+topic = "incoming"
+algorithm = "ezra/store_file/0.1.0"
+dead_letter_topic = "dlq"
+max_receives = 2
+concurrency = 4
+"#;
+
+fn store_file_config(enabled: bool) -> String {
+    format!("{STORE_FILE}enabled = {enabled}\n")
+}
+
+fn demo_message(name: &str) -> String {
+    format!(r#"{{"filename": "{name}", "data": "contents of {name}"}}"#)
+}
+
+#[test]
+fn the_demo_flow_stores_the_file() {
+    let router = Router::start(STORE_FILE);
+    router.cli_ok(&[
+        "send",
+        "incoming",
+        "--data",
+        r#"{"filename": "some-new-file.txt", "data": "file contents to store"}"#,
+    ]);
+    let uri = "data://ezra/TestingEventFlow/some-new-file.txt";
+    let stored = wait_for("the stored file", Duration::from_secs(30), || {
+        let out = router.cli(&["data", "get", uri]);
+        out.status.success().then_some(out.stdout)
+    });
+    assert_eq!(stored, b"file contents to store");
+    let listing = router.cli_ok(&["data", "ls", "data://ezra/TestingEventFlow"]);
+    assert_eq!(listing.trim(), "some-new-file.txt");
+    let plugins = router.cli_ok(&["plugins", "list"]);
+    assert!(
+        plugins
+            .lines()
+            .any(|l| l.starts_with("ezra/store_file/0.1.0") && l.contains("store-files")),
+        "{plugins}"
+    );
+}
+
+#[test]
+fn messages_published_before_a_kill_9_are_delivered_after_restart() {
+    // The flow is off: messages wait, unacknowledged, in the store.
+    let mut router = Router::start(&store_file_config(false));
+    let names: Vec<String> = (0..200).map(|i| format!("f{i:03}.txt")).collect();
+    let payloads: Vec<String> = names.iter().map(|n| demo_message(n)).collect();
+    router.publish("incoming", &payloads);
+    router.kill9();
+
+    router.rewrite(&store_file_config(true));
+    router.launch();
+    wait_for("all 200 files", Duration::from_secs(60), || {
+        (router.data_files("ezra/TestingEventFlow").len() == 200).then_some(())
+    });
+    assert_eq!(router.data_files("ezra/TestingEventFlow"), names);
+}
+
+#[test]
+fn a_kill_9_mid_stream_loses_nothing() {
+    let config = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "in"
+consumers = ["test/slow"]
+
+[[flows]]
+name = "slow"
+topic = "in"
+algorithm = "test/slow"
+concurrency = 4
+timeout_secs = 5
+"#;
+    let mut router = Router::start(config);
+    let payloads: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"id": "m{i:03}", "sleep_ms": 20}}"#))
+        .collect();
+    router.publish("in", &payloads);
+    wait_for("some progress", Duration::from_secs(60), || {
+        (router.data_files("test/intervals").len() >= 30).then_some(())
+    });
+    router.kill9();
+    let before = router.data_files("test/intervals").len();
+    assert!(
+        before < 300,
+        "all were done before the kill; the test proves nothing"
+    );
+    router.launch();
+    wait_for("all 300 messages", Duration::from_secs(120), || {
+        (router.data_files("test/intervals").len() == 300).then_some(())
+    });
+}
+
+#[test]
+fn every_traversal_attempt_is_refused_and_nothing_escapes() {
+    let router = Router::start(STORE_FILE);
+    // A symlink inside the collection that leads out of it.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(router.data_dir().join("ezra/TestingEventFlow")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path(),
+        router.data_dir().join("ezra/TestingEventFlow/link"),
+    )
+    .unwrap();
+    let attempts = [
+        "../../escaped.txt",
+        "../escaped.txt",
+        "a/../../escaped.txt",
+        "/etc/passwd",
+        "%2e%2e/%2e%2e/escaped.txt",
+        "%2E%2E%2Fescaped.txt",
+        "a%00b",
+        "a\\u0000b",
+        "link/escaped.txt",
+        "..\\\\escaped.txt",
+    ];
+    let payloads: Vec<String> = attempts
+        .iter()
+        .map(|name| format!(r#"{{"filename": "{name}", "data": "x"}}"#))
+        .collect();
+    router.publish("incoming", &payloads);
+    let letters = wait_for("a dead letter per attempt", Duration::from_secs(60), || {
+        let l = router.dead_letters("store-files");
+        (l.len() == attempts.len()).then_some(l)
+    });
+    for letter in &letters {
+        assert_eq!(letter["last_failure"]["reason"], "guest_reject", "{letter}");
+        let detail = letter["last_failure"]["detail"].as_str().unwrap();
+        assert!(detail.contains("InvalidUri"), "{detail}");
+    }
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+    for leaked in [
+        router.data_dir().join("escaped.txt"),
+        router.data_dir().join("ezra/escaped.txt"),
+        router.dir.path().join("escaped.txt"),
+    ] {
+        assert!(!leaked.exists(), "{} was written", leaked.display());
+    }
+    assert!(router.is_running_check());
+}
+
+trait Running {
+    fn is_running_check(&self) -> bool;
+}
+
+impl Running for Router {
+    fn is_running_check(&self) -> bool {
+        let (status, _) = self.http("GET", "/v1/flows", None);
+        status == 200
+    }
+}
+
+/// Parses `data://test/intervals/*` into (start, end) nanoseconds.
+fn intervals(router: &Router) -> Vec<(u128, u128)> {
+    router
+        .data_files("test/intervals")
+        .iter()
+        .map(|name| {
+            let text =
+                String::from_utf8(router.data_file(&format!("test/intervals/{name}")).unwrap())
+                    .unwrap();
+            let (a, b) = text.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The most intervals that overlap at any instant.
+fn max_overlap(intervals: &[(u128, u128)]) -> usize {
+    let mut events: Vec<(u128, i32)> = intervals
+        .iter()
+        .flat_map(|&(s, e)| [(s, 1), (e, -1)])
+        .collect();
+    // Ends sort before starts at the same instant.
+    events.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+#[test]
+fn the_concurrency_bound_is_honoured() {
+    let config = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "in"
+consumers = ["test/slow"]
+
+[[flows]]
+name = "slow"
+topic = "in"
+algorithm = "test/slow"
+concurrency = 3
+"#;
+    let router = Router::start(config);
+    let payloads: Vec<String> = (0..60)
+        .map(|i| format!(r#"{{"id": "m{i:02}", "sleep_ms": 50}}"#))
+        .collect();
+    router.publish("in", &payloads);
+    wait_for("60 invocations", Duration::from_secs(60), || {
+        (router.data_files("test/intervals").len() == 60).then_some(())
+    });
+    let overlap = max_overlap(&intervals(&router));
+    assert_eq!(overlap, 3, "at most 3, and the bound is reached under load");
+}
+
+#[test]
+fn a_graceful_shutdown_under_load_loses_nothing() {
+    let config = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "in"
+consumers = ["test/slow"]
+
+[[flows]]
+name = "slow"
+topic = "in"
+algorithm = "test/slow"
+concurrency = 4
+"#;
+    let mut router = Router::start(config);
+    let payloads: Vec<String> = (0..400)
+        .map(|i| format!(r#"{{"id": "m{i:03}", "sleep_ms": 100}}"#))
+        .collect();
+    router.publish("in", &payloads);
+    wait_for("work in flight", Duration::from_secs(60), || {
+        (router.flow("slow")["in_flight"].as_i64().unwrap_or(0) >= 4).then_some(())
+    });
+    let status = router.stop();
+    assert!(status.success(), "exit status {status}");
+    let log = router.log();
+    assert!(log.contains("finishing in-flight messages"), "{log}");
+    let done = router.data_files("test/intervals").len();
+    assert!(
+        done < 400,
+        "everything finished before the stop; the test proves nothing"
+    );
+    router.launch();
+    wait_for("all 400 messages", Duration::from_secs(120), || {
+        (router.data_files("test/intervals").len() == 400).then_some(())
+    });
+    let flow = router.flow("slow");
+    assert_eq!(flow["dead_lettered"], 0);
+    assert_eq!(flow["dropped"], 0);
+}
