@@ -51,6 +51,7 @@ pub struct Router {
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 /// Where the test algorithms come from.
@@ -100,6 +101,7 @@ impl Router {
             child: None,
             log: dir.path().join("router.log"),
             starts: 0,
+            env: Vec::new(),
             dir,
         };
         r.write_config(body, &plugins_dir);
@@ -112,6 +114,13 @@ impl Router {
             plugins_dir.display().to_string()
         );
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Sets an environment variable for the router process (from the next
+    /// launch on): credentials, say.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Replaces the test's part of the configuration (for the next start).
@@ -154,6 +163,7 @@ impl Router {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,eventflow=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
