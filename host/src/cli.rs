@@ -116,6 +116,29 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Inspects topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicsCommand {
+    /// Prints a topic's messages, oldest first, one JSON object per line,
+    /// without consuming them (embedded broker).
+    Peek {
+        /// The topic, by its configured name.
+        topic: String,
+        /// The broker connection; needed when several brokers exist.
+        #[arg(long)]
+        broker: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -339,6 +362,52 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 );
             } else {
                 print_status(&flows["flows"], &ready);
+            }
+        }
+        Command::Topics {
+            command:
+                TopicsCommand::Peek {
+                    topic,
+                    broker,
+                    limit,
+                    config,
+                },
+        } => {
+            let cfg = load(&config)?;
+            let broker = match broker {
+                Some(b) => b,
+                None => {
+                    let owners: Vec<&str> = cfg
+                        .topics
+                        .iter()
+                        .filter(|t| t.name == topic)
+                        .map(|t| t.broker.as_str())
+                        .collect();
+                    match owners.as_slice() {
+                        [one] => one.to_string(),
+                        [] => {
+                            return Err(anyhow::anyhow!(
+                                "no topic {topic:?} is declared in {}",
+                                config.config.display()
+                            )
+                            .into());
+                        }
+                        _ => {
+                            return Err(anyhow::anyhow!(
+                                "topic {topic:?} exists on several brokers: pass --broker"
+                            )
+                            .into());
+                        }
+                    }
+                }
+            };
+            let answer = AdminClient::for_state_dir(&cfg.router.state_dir)?
+                .get(&format!(
+                    "/v1/brokers/{broker}/topics/{topic}/messages?limit={limit}"
+                ))
+                .await?;
+            for m in answer["messages"].as_array().into_iter().flatten() {
+                println!("{m}");
             }
         }
         Command::Dlq { command } => match command {

@@ -53,6 +53,9 @@ fn watch(
 ) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let _ = tx.send(match res {
+            // Reads (our own scans among them) change nothing; reacting to
+            // them would make every scan trigger another.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return,
             Ok(event) => Event::Paths(event.paths),
             Err(e) => Event::Error(e.to_string()),
         });
@@ -95,6 +98,7 @@ async fn run(router: Arc<Router>) {
         tokio::select! {
             event = rx.recv() => match event {
                 Some(Event::Paths(paths)) => {
+                    tracing::trace!(?paths, "Plugin directory event.");
                     let now = Instant::now();
                     for p in paths {
                         if p.is_dir() || id_from_path(&dir, &p).is_none() {

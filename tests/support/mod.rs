@@ -182,6 +182,32 @@ impl Router {
         }
     }
 
+    /// The router's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the router is not running").id()
+    }
+
+    /// The router's resident memory, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Messages of an embedded topic, without consuming them.
+    pub fn peek(&self, broker: &str, topic: &str) -> Vec<Value> {
+        let (status, body) = self.http(
+            "GET",
+            &format!("/v1/brokers/{broker}/topics/{topic}/messages?limit=1000000"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        body["messages"].as_array().unwrap().clone()
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

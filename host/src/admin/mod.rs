@@ -77,6 +77,10 @@ pub async fn serve(
         .route("/v1/messages", post(send_message))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/flows", get(list_flows))
+        .route(
+            "/v1/brokers/{broker}/topics/{topic}/messages",
+            get(peek_topic),
+        )
         .route("/v1/flows/{flow}/dead-letters", get(list_dead_letters))
         .route(
             "/v1/flows/{flow}/dead-letters/replay",
@@ -230,6 +234,44 @@ async fn send_message(
     Ok(Json(json!({ "published": count, "topic": key })))
 }
 
+/// Messages of a topic, oldest first, without consuming them (where the
+/// broker can peek).
+async fn peek_topic(
+    State(state): State<AppState>,
+    UrlPath((broker, topic)): UrlPath<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    let topology = state.router.topology();
+    let spec = topology
+        .topics
+        .iter()
+        .find(|t| t.broker == broker && t.name == topic)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no topic {topic:?} on broker {broker:?}")))?;
+    let messages = peek_messages(&state.router, &spec, q.limit.unwrap_or(100)).await?;
+    let out: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let (payload, encoding) = match std::str::from_utf8(&m.payload) {
+                Ok(t) => (t.to_string(), "utf8"),
+                Err(_) => (
+                    base64::engine::general_purpose::STANDARD.encode(&m.payload),
+                    "base64",
+                ),
+            };
+            json!({
+                "id": m.id,
+                "payload": payload,
+                "payload_encoding": encoding,
+                "headers": m.headers,
+                "receive_count": m.attempt,
+                "enqueued_at": m.enqueued_at.map(crate::util::format_time),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "messages": out })))
+}
+
 async fn list_plugins(State(state): State<AppState>) -> ApiResult {
     let flows: Vec<_> = state
         .router
@@ -277,7 +319,7 @@ fn dead_letter_topic(
     Ok((spec, topic))
 }
 
-async fn peek_dead_letters(
+async fn peek_messages(
     router: &Router,
     topic: &crate::config::TopicSpec,
     limit: usize,
@@ -299,7 +341,7 @@ async fn list_dead_letters(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     let (_, topic) = dead_letter_topic(&state.router, &flow)?;
-    let messages = peek_dead_letters(&state.router, &topic, q.limit.unwrap_or(1000)).await?;
+    let messages = peek_messages(&state.router, &topic, q.limit.unwrap_or(1000)).await?;
     let letters: Vec<Value> = messages
         .iter()
         .map(|m| {
@@ -332,7 +374,7 @@ async fn replay_dead_letters(
         .topic(&spec.broker, &spec.topic)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("topic {:?} is not declared", spec.topic)))?;
-    let letters = peek_dead_letters(&state.router, &dlq, 100_000).await?;
+    let letters = peek_messages(&state.router, &dlq, 100_000).await?;
     let mut replayed = Vec::new();
     for letter in letters {
         let Ok(envelope) = serde_json::from_slice::<Envelope>(&letter.payload) else {

@@ -305,7 +305,7 @@ pub async fn run(
 
     while !shutdown.is_cancelled() {
         while tasks.try_join_next().is_some() {}
-        let Some(algorithm) = services.registry.resolve(&spec.algorithm) else {
+        if services.registry.resolve(&spec.algorithm).is_none() {
             if !waiting_logged {
                 tracing::warn!(
                     flow = %flow,
@@ -319,9 +319,9 @@ pub async fn run(
                 _ = shutdown.cancelled() => break,
                 _ = plugin_changes.changed() => continue,
             }
-        };
+        }
         if waiting_logged {
-            tracing::info!(flow = %flow, algorithm = %algorithm.label(), "Algorithm available again; the flow resumes.");
+            tracing::info!(flow = %flow, algorithm = %spec.algorithm, "Algorithm available again; the flow resumes.");
             waiting_logged = false;
             status.set_state("running");
         }
@@ -352,6 +352,19 @@ pub async fn run(
                 status.failed(&format!("receive failed: {e:#}"));
                 if sleep_or_stop(delay, &shutdown).await {
                     break;
+                }
+                continue;
+            }
+        };
+        // Resolve again: a version published while `receive` waited must
+        // handle what it returned.
+        let algorithm = match services.registry.resolve(&spec.algorithm) {
+            Some(a) => a,
+            None => {
+                for mut delivery in batch {
+                    if let Err(e) = delivery.settle.retry(Duration::ZERO).await {
+                        tracing::warn!(flow = %flow, error = %format!("{e:#}"), "Could not release a message.");
+                    }
                 }
                 continue;
             }

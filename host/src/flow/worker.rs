@@ -311,10 +311,11 @@ impl Worker {
             self.give_up(settle, algorithm, message, first, last).await;
             return;
         }
-        let delay = match failure.retry_after {
-            Some(asked) => asked.min(MAX_DELAY),
-            None => backoff(&self.spec.retry, message.attempt),
-        };
+        // The algorithm's delay is a floor: it never makes the router retry
+        // sooner than the flow's backoff allows.
+        let delay = backoff(&self.spec.retry, message.attempt)
+            .max(failure.retry_after.unwrap_or_default())
+            .min(MAX_DELAY);
         self.services
             .metrics
             .retried
