@@ -8,10 +8,10 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use eventflow::algorithm::data::DataError as WitDataError;
-pub use eventflow::algorithm::log::Level as WitLevel;
-pub use eventflow::algorithm::publish::PublishError as WitPublishError;
-pub use eventflow::algorithm::types::{Failure as WitFailure, Message as WitMessage};
+pub use self::eventflow::algorithm::data::DataError as WitDataError;
+pub use self::eventflow::algorithm::log::Level as WitLevel;
+pub use self::eventflow::algorithm::publish::PublishError as WitPublishError;
+pub use self::eventflow::algorithm::types::{Failure as WitFailure, Message as WitMessage};
 
 impl From<crate::data::DataError> for WitDataError {
     fn from(e: crate::data::DataError) -> Self {
