@@ -119,7 +119,11 @@ fn hashes_of_outputs(router: &Router) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for m in router.peek("local", "out") {
         *seen
-            .entry(header(&m, "eventflow-component-hash").unwrap_or("none").to_string())
+            .entry(
+                header(&m, "eventflow-component-hash")
+                    .unwrap_or("none")
+                    .to_string(),
+            )
             .or_insert(0) += 1;
     }
     seen
@@ -140,7 +144,9 @@ fn swapping_twenty_times_under_load_loses_nothing_and_every_output_names_its_cod
     while sent < total {
         let due = (started.elapsed().as_millis() as usize).min(30_000) * total / 30_000;
         if due > sent {
-            let batch: Vec<String> = (sent..due.min(sent + 500)).map(|i| format!("m{i:05}")).collect();
+            let batch: Vec<String> = (sent..due.min(sent + 500))
+                .map(|i| format!("m{i:05}"))
+                .collect();
             router.publish("in", &batch);
             sent += batch.len();
         }
@@ -162,26 +168,45 @@ fn swapping_twenty_times_under_load_loses_nothing_and_every_output_names_its_cod
         let out = router.peek("local", "out");
         (out.len() >= total).then_some(out)
     });
-    let got: BTreeSet<&str> = outputs.iter().map(|m| m["payload"].as_str().unwrap()).collect();
+    let got: BTreeSet<&str> = outputs
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap())
+        .collect();
     assert_eq!(got.len(), total, "some messages are missing");
-    assert!(router.dead_letters("swap").is_empty(), "no message may fail during swaps");
+    assert!(
+        router.dead_letters("swap").is_empty(),
+        "no message may fail during swaps"
+    );
     for m in &outputs {
         let hash = header(m, "eventflow-component-hash").expect("hash header");
-        assert!(deployed.contains(hash), "an output names code that was never deployed: {hash}");
+        assert!(
+            deployed.contains(hash),
+            "an output names code that was never deployed: {hash}"
+        );
         assert_eq!(header(m, "eventflow-algorithm"), Some("test/swap@0.1.0"));
     }
     let seen = hashes_of_outputs(&router);
-    assert!(seen.len() >= 10, "outputs came from only {} versions: {seen:?}", seen.len());
+    assert!(
+        seen.len() >= 10,
+        "outputs came from only {} versions: {seen:?}",
+        seen.len()
+    );
     // The last content serves at the end.
     let last = sha256(&variant(&echo(), "v20"));
     router.publish("in", &["after".into()]);
-    wait_for("the output of the last version", Duration::from_secs(30), || {
-        router
-            .peek("local", "out")
-            .iter()
-            .any(|m| m["payload"] == "after" && header(m, "eventflow-component-hash") == Some(&last))
-            .then_some(())
-    });
+    wait_for(
+        "the output of the last version",
+        Duration::from_secs(30),
+        || {
+            router
+                .peek("local", "out")
+                .iter()
+                .any(|m| {
+                    m["payload"] == "after" && header(m, "eventflow-component-hash") == Some(&last)
+                })
+                .then_some(())
+        },
+    );
 }
 
 #[test]
@@ -209,19 +234,32 @@ fn a_truncated_file_is_rejected_and_the_old_version_keeps_serving() {
     let out = wait_for("an output", Duration::from_secs(30), || {
         router.peek("local", "out").into_iter().next()
     });
-    assert_eq!(header(&out, "eventflow-component-hash"), Some(first_hash.as_str()));
+    assert_eq!(
+        header(&out, "eventflow-component-hash"),
+        Some(first_hash.as_str())
+    );
     assert!(router.log().contains("Plugin file rejected"));
-    assert!(router.metrics().contains("eventflow_plugin_rejections_total"));
+    assert!(
+        router
+            .metrics()
+            .contains("eventflow_plugin_rejections_total")
+    );
 
     // Completing the copy brings the new version in.
     deploy(&dir, "0.2.0", &good);
     let good_hash = sha256(&good);
+    wait_for("0.2.0 to load", Duration::from_secs(30), || {
+        let list = router.cli_ok(&["plugins", "list", "--json"]);
+        list.contains(&good_hash).then_some(())
+    });
     router.publish("in", &["new".into()]);
     wait_for("the new version's output", Duration::from_secs(30), || {
         router
             .peek("local", "out")
             .iter()
-            .any(|m| m["payload"] == "new" && header(m, "eventflow-component-hash") == Some(&good_hash))
+            .any(|m| {
+                m["payload"] == "new" && header(m, "eventflow-component-hash") == Some(&good_hash)
+            })
             .then_some(())
     });
 }
@@ -241,9 +279,16 @@ fn deleting_pauses_a_pinned_flow_and_restoring_resumes_it() {
     let waiting: Vec<String> = (0..20).map(|i| format!("waiting {i}")).collect();
     router.publish("in", &waiting);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(router.peek("local", "in").len(), 20, "the messages wait in the broker");
+    assert_eq!(
+        router.peek("local", "in").len(),
+        20,
+        "the messages wait in the broker"
+    );
     assert_eq!(router.peek("local", "out").len(), 1);
-    assert!(router.dead_letters("swap").is_empty(), "waiting messages are not failed");
+    assert!(
+        router.dead_letters("swap").is_empty(),
+        "waiting messages are not failed"
+    );
 
     deploy(&dir, "0.1.0", &first);
     wait_for("the waiting messages", Duration::from_secs(30), || {
@@ -268,12 +313,18 @@ fn a_flow_following_the_latest_switches_up_and_falls_back() {
         header(&m, "eventflow-algorithm").unwrap().to_string()
     };
     wait_for("0.2.0 to serve", Duration::from_secs(30), || {
-        router.cli_ok(&["plugins", "list"]).contains("test/swap/0.2.0").then_some(())
+        router
+            .cli_ok(&["plugins", "list"])
+            .contains("test/swap/0.2.0")
+            .then_some(())
     });
     assert_eq!(by_version("a"), "test/swap@0.2.0");
     std::fs::remove_file(dir.join("0.2.0.wasm")).unwrap();
     wait_for("0.2.0 to go", Duration::from_secs(30), || {
-        (!router.cli_ok(&["plugins", "list"]).contains("test/swap/0.2.0")).then_some(())
+        (!router
+            .cli_ok(&["plugins", "list"])
+            .contains("test/swap/0.2.0"))
+        .then_some(())
     });
     assert_eq!(by_version("b"), "test/swap@0.1.0");
     let _ = first;
@@ -290,5 +341,8 @@ fn compiled_code_is_reused_across_restarts() {
         .lines()
         .find(|l| l.contains("Algorithm loaded") && l.contains("test/swap/0.1.0"))
         .expect("a load line");
-    assert!(line.contains("from_cache") && line.contains("true"), "{line}");
+    assert!(
+        line.contains("from_cache") && line.contains("true"),
+        "{line}"
+    );
 }
