@@ -50,6 +50,10 @@ struct ConfigArg {
         env = "EVENTFLOW_CONFIG"
     )]
     config: PathBuf,
+    /// An API token; the admin token from the state directory by default.
+    /// Owner-scoped tokens manage only their owner's flows and secrets.
+    #[arg(long, env = "EVENTFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,15 +120,297 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Inspects topics.
+    /// Topics of broker connections and their access lists.
     Topics {
         #[command(subcommand)]
         command: TopicsCommand,
+    },
+    /// Converges the router's state (brokers, topics, flows, limits) to a
+    /// configuration file, live.
+    Apply {
+        /// The file whose declarations to apply.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Broker connections: create, list, show, delete (never edited).
+    Brokers {
+        #[command(subcommand)]
+        command: BrokersCommand,
+    },
+    /// Flows: enable a topic for an algorithm version, edit, disable.
+    Flows {
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
+    /// Algorithms' secrets: set, list names, delete. Values are never shown.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+    /// Owner-scoped API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BrokersCommand {
+    /// Lists broker connections, credentials redacted.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Shows one broker connection, credentials redacted.
+    Show {
+        /// The connection.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Creates a broker connection.
+    Create {
+        /// The connection's name.
+        name: String,
+        /// embedded, kafka, eventhubs, sqs or servicebus.
+        #[arg(long)]
+        kind: String,
+        /// A field, `key=value` (TOML value syntax, plain strings allowed).
+        #[arg(long = "set", value_parser = parse_header)]
+        fields: Vec<(String, String)>,
+        /// A credential field read from an environment variable of this
+        /// command, `key=VAR`; stored by the router as a secret.
+        #[arg(long = "secret", value_parser = parse_header)]
+        secrets: Vec<(String, String)>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Deletes a broker connection and its topics.
+    Delete {
+        /// The connection.
+        name: String,
+        /// Disable the flows that use it first, instead of refusing.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FlowsCommand {
+    /// Lists flows; with --algorithm, the topics that algorithm may use,
+    /// each enabled or disabled (its "queues" tab).
+    List {
+        /// `owner/name`.
+        #[arg(long)]
+        algorithm: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Enables a topic for an algorithm version (creates the flow, or
+    /// re-enables it).
+    Enable {
+        /// `owner/name`.
+        #[arg(long)]
+        algorithm: String,
+        /// The topic to consume.
+        #[arg(long)]
+        topic: String,
+        /// A version, or `latest` (the default).
+        #[arg(long)]
+        version: Option<String>,
+        /// Where failed messages go.
+        #[arg(long)]
+        dead_letter_topic: Option<String>,
+        /// Where outputs go.
+        #[arg(long)]
+        output_topic: Option<String>,
+        /// The flow's name; `<owner>-<name>-<topic>` by default.
+        #[arg(long)]
+        name: Option<String>,
+        /// The broker connection, when there are several.
+        #[arg(long)]
+        broker: Option<String>,
+        /// Wall-clock limit per message.
+        #[arg(long)]
+        timeout_secs: Option<f64>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Edits a flow's version or dead-letter topic.
+    Edit {
+        /// The flow.
+        name: String,
+        /// A version, or `latest`.
+        #[arg(long)]
+        version: Option<String>,
+        /// A new dead-letter topic.
+        #[arg(long, conflicts_with = "no_dead_letter_topic")]
+        dead_letter_topic: Option<String>,
+        /// Remove the dead-letter topic.
+        #[arg(long)]
+        no_dead_letter_topic: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Disables a flow: consumption stops, in-flight work finishes, messages
+    /// wait in the broker.
+    Disable {
+        /// The flow.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Deletes a flow; its messages stay in the broker.
+    Delete {
+        /// The flow.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretsCommand {
+    /// Sets a secret; the value comes from --from-env or standard input.
+    Set {
+        /// `owner/name`.
+        algorithm: String,
+        /// The environment variable the algorithm will see.
+        key: String,
+        /// Read the value from this environment variable of this command.
+        #[arg(long)]
+        from_env: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Lists the names of an algorithm's secrets.
+    List {
+        /// `owner/name`.
+        algorithm: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Deletes a secret.
+    Delete {
+        /// `owner/name`.
+        algorithm: String,
+        /// The variable.
+        key: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCommand {
+    /// Creates a token for an owner and prints it (only this once).
+    Create {
+        /// The owner whose algorithms the token may manage.
+        #[arg(long)]
+        owner: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Lists tokens (ids and owners).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revokes a token.
+    Delete {
+        /// The token's id.
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
 #[derive(Subcommand, Debug)]
 enum TopicsCommand {
+    /// Lists a broker's topics: declared ones with their access lists, and
+    /// those the broker itself lists.
+    List {
+        /// The broker connection; all of them by default.
+        #[arg(long)]
+        broker: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Declares a topic (or changes its address).
+    Declare {
+        /// The topic's name.
+        topic: String,
+        /// The broker connection.
+        #[arg(long)]
+        broker: Option<String>,
+        /// The broker's own name for it (SQS queue URL, ...).
+        #[arg(long)]
+        address: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Grants an algorithm (`owner/name` or `owner/*`) access to a topic.
+    Grant {
+        /// The topic.
+        topic: String,
+        /// `owner/name` or `owner/*`.
+        algorithm: String,
+        /// May consume from it.
+        #[arg(long)]
+        consume: bool,
+        /// May publish to it (also as output or dead-letter topic).
+        #[arg(long)]
+        publish: bool,
+        /// The broker connection.
+        #[arg(long)]
+        broker: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revokes an algorithm's access to a topic.
+    Revoke {
+        /// The topic.
+        topic: String,
+        /// `owner/name` or `owner/*`.
+        algorithm: String,
+        /// Revoke consuming.
+        #[arg(long)]
+        consume: bool,
+        /// Revoke publishing.
+        #[arg(long)]
+        publish: bool,
+        /// The broker connection.
+        #[arg(long)]
+        broker: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Deletes a topic declaration.
+    Delete {
+        /// The topic.
+        topic: String,
+        /// The broker connection.
+        #[arg(long)]
+        broker: Option<String>,
+        /// Disable the flows that use it first, instead of refusing.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Prints a topic's messages, oldest first, one JSON object per line,
     /// without consuming them (embedded broker).
     Peek {
@@ -255,7 +541,10 @@ fn load(arg: &ConfigArg) -> Result<Config, Failure> {
 
 fn client(arg: &ConfigArg) -> Result<AdminClient, Failure> {
     let config = load(arg)?;
-    Ok(AdminClient::for_state_dir(&config.router.state_dir)?)
+    Ok(match &arg.token {
+        Some(t) => AdminClient::with_token_for(&config.router.state_dir, t.clone())?,
+        None => AdminClient::for_state_dir(&config.router.state_dir)?,
+    })
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -364,52 +653,27 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 print_status(&flows["flows"], &ready);
             }
         }
-        Command::Topics {
-            command:
-                TopicsCommand::Peek {
-                    topic,
-                    broker,
-                    limit,
-                    config,
-                },
-        } => {
-            let cfg = load(&config)?;
-            let broker = match broker {
-                Some(b) => b,
-                None => {
-                    let owners: Vec<&str> = cfg
-                        .topics
-                        .iter()
-                        .filter(|t| t.name == topic)
-                        .map(|t| t.broker.as_str())
-                        .collect();
-                    match owners.as_slice() {
-                        [one] => one.to_string(),
-                        [] => {
-                            return Err(anyhow::anyhow!(
-                                "no topic {topic:?} is declared in {}",
-                                config.config.display()
-                            )
-                            .into());
-                        }
-                        _ => {
-                            return Err(anyhow::anyhow!(
-                                "topic {topic:?} exists on several brokers: pass --broker"
-                            )
-                            .into());
-                        }
-                    }
-                }
-            };
-            let answer = AdminClient::for_state_dir(&cfg.router.state_dir)?
-                .get(&format!(
-                    "/v1/brokers/{broker}/topics/{topic}/messages?limit={limit}"
-                ))
+        Command::Topics { command } => topics_command(command).await?,
+        Command::Apply { file, config } => {
+            let declarations = config::load(&file)?.declarations();
+            let answer = client(&config)?
+                .put(
+                    "/v1/state",
+                    &serde_json::to_value(&declarations).map_err(anyhow::Error::from)?,
+                )
                 .await?;
-            for m in answer["messages"].as_array().into_iter().flatten() {
-                println!("{m}");
-            }
+            println!(
+                "applied {}: {} broker connections, {} topics, {} flows",
+                file.display(),
+                answer["brokers"],
+                answer["topics"],
+                answer["flows"]
+            );
         }
+        Command::Brokers { command } => brokers_command(command).await?,
+        Command::Flows { command } => flows_command(command).await?,
+        Command::Secrets { command } => secrets_command(command).await?,
+        Command::Tokens { command } => tokens_command(command).await?,
         Command::Dlq { command } => match command {
             DlqCommand::List {
                 flow,
@@ -434,6 +698,476 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 println!("replayed {replayed} dead letters of flow {flow}");
             }
         },
+    }
+    Ok(())
+}
+
+/// Asks "question [y/N]" on the terminal; `--yes` skips it. Without a
+/// terminal and without `--yes`, refuses.
+fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
+    if yes {
+        return Ok(());
+    }
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(anyhow::anyhow!(
+            "{question}: pass --yes to confirm (standard input is not a terminal)"
+        )
+        .into());
+    }
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("not confirmed; nothing changed").into())
+    }
+}
+
+/// The broker connection of `topic`: the given one, the only connection, or
+/// the one connection that declares the topic.
+async fn broker_of(
+    c: &AdminClient,
+    topic: &str,
+    broker: Option<String>,
+) -> Result<String, Failure> {
+    if let Some(b) = broker {
+        return Ok(b);
+    }
+    let state = c.get("/v1/state").await?;
+    let brokers: Vec<&str> = state["brokers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    if let [one] = brokers.as_slice() {
+        return Ok(one.to_string());
+    }
+    let owners: Vec<&str> = state["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["name"] == topic)
+        .filter_map(|t| t["broker"].as_str())
+        .collect();
+    match owners.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => Err(anyhow::anyhow!("no topic {topic:?} is declared; pass --broker").into()),
+        _ => {
+            Err(anyhow::anyhow!("topic {topic:?} exists on several brokers: pass --broker").into())
+        }
+    }
+}
+
+fn parse_field(value: &str) -> Value {
+    #[derive(serde::Deserialize)]
+    struct One {
+        v: toml::Value,
+    }
+    match toml::from_str::<One>(&format!("v = {value}")) {
+        Ok(one) => serde_json::to_value(one.v).unwrap_or(Value::String(value.into())),
+        Err(_) => Value::String(value.into()),
+    }
+}
+
+async fn brokers_command(command: BrokersCommand) -> Result<(), Failure> {
+    match command {
+        BrokersCommand::List { config } => {
+            let answer = client(&config)?.get("/v1/brokers").await?;
+            for b in answer["brokers"].as_array().into_iter().flatten() {
+                println!("{b}");
+            }
+        }
+        BrokersCommand::Show { name, config } => {
+            let answer = client(&config)?.get(&format!("/v1/brokers/{name}")).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer).unwrap_or_default()
+            );
+        }
+        BrokersCommand::Create {
+            name,
+            kind,
+            fields,
+            secrets,
+            config,
+        } => {
+            let mut spec = serde_json::Map::new();
+            spec.insert("name".into(), json!(name));
+            spec.insert("kind".into(), json!(kind));
+            for (k, v) in fields {
+                spec.insert(k, parse_field(&v));
+            }
+            for (k, var) in secrets {
+                let value = std::env::var(&var).with_context(|| {
+                    format!("--secret {k}={var}: the environment variable {var} is not set")
+                })?;
+                spec.insert(k, json!({ "value": value }));
+            }
+            client(&config)?
+                .post("/v1/brokers", &Value::Object(spec))
+                .await?;
+            println!("created broker connection {name}");
+        }
+        BrokersCommand::Delete {
+            name,
+            force,
+            yes,
+            config,
+        } => {
+            let c = client(&config)?;
+            confirm(
+                &format!("Delete broker connection {name:?} and its topics?"),
+                yes,
+            )?;
+            let answer = c
+                .delete(&format!("/v1/brokers/{name}?force={force}"))
+                .await?;
+            let disabled: Vec<String> = answer["disabled_flows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            println!("deleted broker connection {name}");
+            if !disabled.is_empty() {
+                println!("disabled flows: {}", disabled.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
+    match command {
+        TopicsCommand::List { broker, config } => {
+            let c = client(&config)?;
+            let brokers: Vec<String> = match broker {
+                Some(b) => vec![b],
+                None => c.get("/v1/brokers").await?["brokers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b["name"].as_str().map(str::to_string))
+                    .collect(),
+            };
+            for b in brokers {
+                let answer = c.get(&format!("/v1/brokers/{b}/topics")).await?;
+                for t in answer["topics"].as_array().into_iter().flatten() {
+                    println!(
+                        "{b}:{}  declared={}  consumers={}  publishers={}",
+                        t["name"].as_str().unwrap_or("?"),
+                        t["declared"],
+                        t["consumers"],
+                        t["publishers"]
+                    );
+                }
+            }
+        }
+        TopicsCommand::Declare {
+            topic,
+            broker,
+            address,
+            config,
+        } => {
+            let c = client(&config)?;
+            let broker = broker_of(&c, &topic, broker).await?;
+            let path = format!("/v1/brokers/{broker}/topics/{topic}");
+            // Keep the access lists of an existing declaration.
+            let state = c.get("/v1/state").await?;
+            let existing = state["topics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["name"] == topic.as_str() && t["broker"] == broker.as_str())
+                .cloned();
+            let body = json!({
+                "address": address,
+                "consumers": existing.as_ref().map(|t| t["consumers"].clone()).unwrap_or(json!([])),
+                "publishers": existing.as_ref().map(|t| t["publishers"].clone()).unwrap_or(json!([])),
+            });
+            c.put(&path, &body).await?;
+            println!("declared topic {broker}:{topic}");
+        }
+        TopicsCommand::Grant {
+            topic,
+            algorithm,
+            consume,
+            publish,
+            broker,
+            config,
+        }
+        | TopicsCommand::Revoke {
+            topic,
+            algorithm,
+            consume,
+            publish,
+            broker,
+            config,
+        } if !consume && !publish => {
+            let _ = (topic, algorithm, broker, config);
+            return Err(anyhow::anyhow!("say what: --consume, --publish or both").into());
+        }
+        TopicsCommand::Grant {
+            topic,
+            algorithm,
+            consume,
+            publish,
+            broker,
+            config,
+        } => {
+            let c = client(&config)?;
+            let broker = broker_of(&c, &topic, broker).await?;
+            c.post(
+                &format!("/v1/brokers/{broker}/topics/{topic}/grants"),
+                &json!({ "algorithm": algorithm, "consume": consume, "publish": publish }),
+            )
+            .await?;
+            println!("granted {algorithm} access to {broker}:{topic}");
+        }
+        TopicsCommand::Revoke {
+            topic,
+            algorithm,
+            consume,
+            publish,
+            broker,
+            config,
+        } => {
+            let c = client(&config)?;
+            let broker = broker_of(&c, &topic, broker).await?;
+            c.post(
+                &format!("/v1/brokers/{broker}/topics/{topic}/grants/revoke"),
+                &json!({ "algorithm": algorithm, "consume": consume, "publish": publish }),
+            )
+            .await?;
+            println!("revoked {algorithm}'s access to {broker}:{topic}");
+        }
+        TopicsCommand::Delete {
+            topic,
+            broker,
+            force,
+            yes,
+            config,
+        } => {
+            let c = client(&config)?;
+            let broker = broker_of(&c, &topic, broker).await?;
+            confirm(&format!("Delete topic {broker}:{topic}?"), yes)?;
+            c.delete(&format!(
+                "/v1/brokers/{broker}/topics/{topic}?force={force}"
+            ))
+            .await?;
+            println!("deleted topic {broker}:{topic}");
+        }
+        TopicsCommand::Peek {
+            topic,
+            broker,
+            limit,
+            config,
+        } => {
+            let c = client(&config)?;
+            let broker = broker_of(&c, &topic, broker).await?;
+            let answer = c
+                .get(&format!(
+                    "/v1/brokers/{broker}/topics/{topic}/messages?limit={limit}"
+                ))
+                .await?;
+            for m in answer["messages"].as_array().into_iter().flatten() {
+                println!("{m}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
+    match command {
+        FlowsCommand::List { algorithm, config } => {
+            let c = client(&config)?;
+            match algorithm {
+                Some(alg) => {
+                    let answer = c.get(&format!("/v1/algorithms/{alg}/topics")).await?;
+                    println!(
+                        "{:<32} {:<9} {:<24} {:<10} DEAD-LETTER TOPIC",
+                        "TOPIC", "ENABLED", "FLOW", "VERSION"
+                    );
+                    for t in answer["topics"].as_array().into_iter().flatten() {
+                        let flow = &t["flow"];
+                        println!(
+                            "{:<32} {:<9} {:<24} {:<10} {}",
+                            format!(
+                                "{}:{}",
+                                t["broker"].as_str().unwrap_or("?"),
+                                t["topic"].as_str().unwrap_or("?")
+                            ),
+                            if t["enabled"] == true { "yes" } else { "no" },
+                            flow["name"].as_str().unwrap_or("-"),
+                            flow["version"].as_str().unwrap_or("-"),
+                            flow["dead_letter_topic"].as_str().unwrap_or("-"),
+                        );
+                    }
+                }
+                None => {
+                    let answer = c.get("/v1/flows").await?;
+                    for f in answer["flows"].as_array().into_iter().flatten() {
+                        println!("{}", f["spec"]);
+                    }
+                }
+            }
+        }
+        FlowsCommand::Enable {
+            algorithm,
+            topic,
+            version,
+            dead_letter_topic,
+            output_topic,
+            name,
+            broker,
+            timeout_secs,
+            config,
+        } => {
+            let answer = client(&config)?
+                .post(
+                    "/v1/flows",
+                    &json!({
+                        "algorithm": algorithm,
+                        "topic": topic,
+                        "version": version,
+                        "dead_letter_topic": dead_letter_topic,
+                        "output_topic": output_topic,
+                        "name": name,
+                        "broker": broker,
+                        "timeout_secs": timeout_secs,
+                    }),
+                )
+                .await?;
+            println!(
+                "enabled flow {}: {}:{} -> {} {}",
+                answer["name"].as_str().unwrap_or("?"),
+                answer["broker"].as_str().unwrap_or("?"),
+                answer["topic"].as_str().unwrap_or("?"),
+                answer["algorithm"].as_str().unwrap_or("?"),
+                answer["version"].as_str().unwrap_or("?"),
+            );
+        }
+        FlowsCommand::Edit {
+            name,
+            version,
+            dead_letter_topic,
+            no_dead_letter_topic,
+            config,
+        } => {
+            let mut edit = serde_json::Map::new();
+            if let Some(v) = version {
+                edit.insert("version".into(), json!(v));
+            }
+            if let Some(d) = dead_letter_topic {
+                edit.insert("dead_letter_topic".into(), json!(d));
+            }
+            if no_dead_letter_topic {
+                edit.insert("dead_letter_topic".into(), Value::Null);
+            }
+            client(&config)?
+                .patch(&format!("/v1/flows/{name}"), &Value::Object(edit))
+                .await?;
+            println!("edited flow {name}");
+        }
+        FlowsCommand::Disable { name, config } => {
+            client(&config)?
+                .patch(&format!("/v1/flows/{name}"), &json!({ "enabled": false }))
+                .await?;
+            println!("disabled flow {name}: its messages wait in the broker");
+        }
+        FlowsCommand::Delete { name, yes, config } => {
+            let c = client(&config)?;
+            confirm(&format!("Delete flow {name:?}?"), yes)?;
+            c.delete(&format!("/v1/flows/{name}")).await?;
+            println!("deleted flow {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn secrets_command(command: SecretsCommand) -> Result<(), Failure> {
+    match command {
+        SecretsCommand::Set {
+            algorithm,
+            key,
+            from_env,
+            config,
+        } => {
+            let value = match from_env {
+                Some(var) => std::env::var(&var)
+                    .with_context(|| format!("the environment variable {var} is not set"))?,
+                None => {
+                    let mut v = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)
+                        .context("cannot read the value from standard input")?;
+                    v.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
+            client(&config)?
+                .put(
+                    &format!("/v1/algorithms/{algorithm}/secrets/{key}"),
+                    &json!({ "value": value }),
+                )
+                .await?;
+            println!("set secret {key} of {algorithm}");
+        }
+        SecretsCommand::List { algorithm, config } => {
+            let answer = client(&config)?
+                .get(&format!("/v1/algorithms/{algorithm}/secrets"))
+                .await?;
+            for name in answer["secrets"].as_array().into_iter().flatten() {
+                println!("{}", name.as_str().unwrap_or("?"));
+            }
+        }
+        SecretsCommand::Delete {
+            algorithm,
+            key,
+            config,
+        } => {
+            client(&config)?
+                .delete(&format!("/v1/algorithms/{algorithm}/secrets/{key}"))
+                .await?;
+            println!("deleted secret {key} of {algorithm}");
+        }
+    }
+    Ok(())
+}
+
+async fn tokens_command(command: TokensCommand) -> Result<(), Failure> {
+    match command {
+        TokensCommand::Create { owner, config } => {
+            let answer = client(&config)?
+                .post("/v1/tokens", &json!({ "owner": owner }))
+                .await?;
+            eprintln!(
+                "token {} for owner {owner} (shown only now; pass it with --token or EVENTFLOW_TOKEN):",
+                answer["id"].as_str().unwrap_or("?")
+            );
+            println!("{}", answer["token"].as_str().unwrap_or_default());
+        }
+        TokensCommand::List { config } => {
+            let answer = client(&config)?.get("/v1/tokens").await?;
+            for t in answer["tokens"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  owner={}  created={}",
+                    t["id"].as_str().unwrap_or("?"),
+                    t["owner"].as_str().unwrap_or("?"),
+                    t["created_at"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        TokensCommand::Delete { id, config } => {
+            client(&config)?.delete(&format!("/v1/tokens/{id}")).await?;
+            println!("revoked token {id}");
+        }
     }
     Ok(())
 }

@@ -54,6 +54,59 @@ pub struct Config {
     pub algorithm_limits: Vec<AlgorithmLimits>,
 }
 
+/// The declarative part of a configuration: what `eventflow apply -f`
+/// converges the router's state store to, and what the admin API edits.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declarations {
+    /// Broker connections.
+    #[serde(default)]
+    pub brokers: Vec<BrokerSpec>,
+    /// Topics and their access lists.
+    #[serde(default)]
+    pub topics: Vec<TopicSpec>,
+    /// Event flows.
+    #[serde(default)]
+    pub flows: Vec<FlowSpec>,
+    /// Per-version limit overrides.
+    #[serde(default)]
+    pub algorithm_limits: Vec<AlgorithmLimits>,
+}
+
+impl Config {
+    /// The declarative part.
+    pub fn declarations(&self) -> Declarations {
+        Declarations {
+            brokers: self.brokers.clone(),
+            topics: self.topics.clone(),
+            flows: self.flows.clone(),
+            algorithm_limits: self.algorithm_limits.clone(),
+        }
+    }
+
+    /// This configuration's process settings with other declarations.
+    pub fn with_declarations(&self, d: Declarations) -> Config {
+        Config {
+            router: self.router.clone(),
+            admin: self.admin.clone(),
+            sandbox: self.sandbox.clone(),
+            brokers: d.brokers,
+            topics: d.topics,
+            flows: d.flows,
+            algorithm_limits: d.algorithm_limits,
+        }
+    }
+}
+
+impl Declarations {
+    /// A stable digest, to tell whether a file changed since it was applied.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(json))
+    }
+}
+
 /// Directories of the router. Relative paths are taken from the directory of
 /// the configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -641,6 +694,12 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
         }
         b.validate()
             .map_err(|(f, m)| (format!("brokers[{i}].{f}"), m))?;
+        if let Some(path) = inline_secret(&serde_json::to_value(b).unwrap_or_default(), "") {
+            return Err((
+                format!("brokers[{i}]{path}"),
+                "credentials may not be written inline: use { env = \"VAR\" }, { file = \"PATH\" } or { secret = \"NAME\" } (the admin API stores inline values as secrets)".into(),
+            ));
+        }
     }
     let only_broker = (config.brokers.len() == 1).then(|| config.brokers[0].name().to_string());
     let resolve_broker = |field: String, broker: &mut String| -> Result<(), FieldError> {
@@ -716,8 +775,16 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
                 format!("a flow named \"{}\" is already defined", f.name),
             ));
         }
-        resolve_broker(at("broker"), &mut f.broker)?;
-        check_flow(f, &topics).map_err(|(field, m)| (at(&field), m))?;
+        if f.enabled {
+            resolve_broker(at("broker"), &mut f.broker)?;
+            check_flow(f, &topics).map_err(|(field, m)| (at(&field), m))?;
+        } else if f.broker.is_empty() {
+            // A disabled flow may point at a connection that is gone; it is
+            // checked again when it is enabled.
+            if let Some(name) = &only_broker {
+                f.broker = name.clone();
+            }
+        }
         check_timeout(f.timeout_secs).map_err(|m| (at("timeout_secs"), m))?;
         check_limits(&f.limits, &config.sandbox)
             .map_err(|(field, m)| (at(&format!("limits.{field}")), m))?;
@@ -739,6 +806,24 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
             .map_err(|(field, m)| (format!("algorithm_limits[{i}].{field}"), m))?;
     }
     Ok(())
+}
+
+/// The path of the first inline credential (`{ value = ... }`) in `v`.
+pub fn inline_secret(v: &serde_json::Value, path: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.len() == 1 && map.contains_key("value") {
+                return Some(path.to_string());
+            }
+            map.iter()
+                .find_map(|(k, v)| inline_secret(v, &format!("{path}.{k}")))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| inline_secret(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// Finds a topic by the name a flow or algorithm uses: `name` on

@@ -19,6 +19,8 @@
 //!   collection.
 //! - [`state`]: the router's own durable state (failure journal, secrets).
 //! - [`router`]: wires the above together and converges to a configuration.
+//! - [`control`]: the control plane: broker connections, topics and
+//!   grants, flows, secrets and tokens, validated and persisted.
 //! - [`admin`]: the authenticated HTTP API the CLI talks to, plus metrics
 //!   and health endpoints; [`metrics`] defines what is counted.
 //! - [`cli`], [`run`], [`telemetry`]: the `eventflow` command.
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod control;
 pub mod data;
 pub mod flow;
 pub mod message;

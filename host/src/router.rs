@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, FlowSpec};
 use crate::connector::{BrokerSpec, ConnectContext, connect};
 use crate::data::Collections;
-use crate::flow::{self, Broker, FlowReport, FlowStatus, Services, Topology};
+use crate::flow::{self, Broker, FlowReport, FlowStatus, Services, Topology, TopologyHandle};
 use crate::metrics::{AlgorithmLabels, BrokerLabels, Metrics};
 use crate::registry::{self, Registry};
 use crate::sandbox::Sandbox;
@@ -32,7 +32,7 @@ struct RunningFlow {
 pub struct Router {
     services: Arc<Services>,
     config: RwLock<Config>,
-    topology: RwLock<Arc<Topology>>,
+    topology: TopologyHandle,
     flows: tokio::sync::Mutex<HashMap<String, RunningFlow>>,
     statuses: Mutex<HashMap<String, Arc<FlowStatus>>>,
     connect_ctx: ConnectContext,
@@ -74,7 +74,7 @@ impl Router {
         let router = Arc::new(Self {
             services: services.clone(),
             config: RwLock::new(Config::default()),
-            topology: RwLock::new(Arc::new(Topology::default())),
+            topology: TopologyHandle::default(),
             flows: tokio::sync::Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             connect_ctx: ConnectContext {
@@ -85,9 +85,57 @@ impl Router {
             background: CancellationToken::new(),
         });
         router.load_plugins().await;
+        let config = router.seed(config).await?;
         router.apply(config).await?;
         router.spawn_sampler();
         Ok(router)
+    }
+
+    /// Chooses the declarations to start with. The state store holds the
+    /// ones the admin API changed; the configuration file seeds it. When the
+    /// file's declarations changed since they were last applied, the file
+    /// wins (as `eventflow apply -f` would); otherwise the stored state does,
+    /// so changes made through the API survive restarts.
+    async fn seed(&self, config: Config) -> anyhow::Result<Config> {
+        let from_file = config.declarations();
+        let digest = from_file.digest();
+        let state = self.services.state.clone();
+        let stored = tokio::task::spawn_blocking(move || state.desired()).await??;
+        let chosen = match stored {
+            Some((declarations, seed)) if seed == digest => {
+                let mut candidate = config.with_declarations(declarations);
+                match crate::config::validate(&mut candidate) {
+                    Ok(()) => {
+                        if candidate.declarations() != from_file {
+                            tracing::info!(
+                                "Starting from the state store: it holds changes made through the admin API (the configuration file is unchanged since it was applied)."
+                            );
+                        }
+                        candidate
+                    }
+                    Err((field, message)) => {
+                        tracing::warn!(
+                            field = %field,
+                            error = %message,
+                            "The stored state does not validate with this configuration; starting from the configuration file instead."
+                        );
+                        config
+                    }
+                }
+            }
+            Some(_) => {
+                tracing::info!(
+                    "The configuration file changed since it was last applied: converging the state store to it."
+                );
+                config
+            }
+            None => config,
+        };
+        let state = self.services.state.clone();
+        let declarations = chosen.declarations();
+        tokio::task::spawn_blocking(move || state.set_desired(&declarations, Some(&digest)))
+            .await??;
+        Ok(chosen)
     }
 
     /// The shared services.
@@ -105,10 +153,7 @@ impl Router {
 
     /// The current connections and topics.
     pub fn topology(&self) -> Arc<Topology> {
-        self.topology
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.topology.current()
     }
 
     /// The plugin directory.
@@ -201,7 +246,6 @@ impl Router {
             topics: config.topics.clone(),
             algorithm_limits: config.algorithm_limits.clone(),
         });
-        let topology_print = fingerprint_topology(&config);
 
         // Stop flows that are gone, disabled or changed.
         let wanted: HashMap<&str, &FlowSpec> = config
@@ -215,7 +259,7 @@ impl Router {
         for name in names {
             let keep = wanted
                 .get(name.as_str())
-                .is_some_and(|f| fingerprint(f, &topology_print) == flows[&name].fingerprint);
+                .is_some_and(|f| fingerprint(f, &config) == flows[&name].fingerprint);
             if !keep && let Some(running) = flows.remove(&name) {
                 running.token.cancel();
                 stopping.push(running);
@@ -228,7 +272,7 @@ impl Router {
             }
         }
 
-        *self.topology.write().unwrap_or_else(|p| p.into_inner()) = topology.clone();
+        self.topology.replace(topology.clone());
         let grace = Duration::from_secs_f64(config.router.shutdown_grace_secs);
         for spec in config.flows.iter().filter(|f| f.enabled) {
             if flows.contains_key(&spec.name) {
@@ -250,7 +294,7 @@ impl Router {
             let token = self.background.child_token();
             let handle = tokio::spawn(flow::run(
                 Arc::new(spec.clone()),
-                topology.clone(),
+                self.topology.clone(),
                 self.services.clone(),
                 status.clone(),
                 token.clone(),
@@ -260,7 +304,7 @@ impl Router {
                 spec.name.clone(),
                 RunningFlow {
                     spec: spec.clone(),
-                    fingerprint: fingerprint(spec, &topology_print),
+                    fingerprint: fingerprint(spec, &config),
                     token,
                     handle,
                     status,
@@ -363,14 +407,12 @@ impl Router {
     }
 }
 
-fn fingerprint_topology(config: &Config) -> String {
-    serde_json::to_string(&(&config.brokers, &config.topics, &config.algorithm_limits))
-        .unwrap_or_default()
-}
-
-fn fingerprint(spec: &FlowSpec, topology: &str) -> String {
-    format!(
-        "{}|{topology}",
-        serde_json::to_string(spec).unwrap_or_default()
-    )
+/// What a running flow depends on beyond the live topology snapshot: its
+/// own spec, its broker connection and its source topic. A change to any of
+/// them restarts the flow; grants, other topics and limit overrides apply
+/// live.
+fn fingerprint(spec: &FlowSpec, config: &Config) -> String {
+    let broker = config.brokers.iter().find(|b| b.name() == spec.broker);
+    let topic = crate::config::find_topic(&config.topics, &spec.broker, &spec.topic);
+    serde_json::to_string(&(spec, broker, topic)).unwrap_or_default()
 }

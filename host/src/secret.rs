@@ -20,6 +20,10 @@ pub enum SecretRef {
     /// A router secret in the state store, set through the admin API:
     /// `{ secret = "name" }`.
     Secret(String),
+    /// An inline value. Refused in configuration files; the admin API
+    /// accepts it when a connection is created and stores it as a router
+    /// secret, so it is never kept inline.
+    Value(String),
 }
 
 /// The state-store namespace of router (not algorithm) secrets.
@@ -35,6 +39,7 @@ impl SecretRef {
                 .with_context(|| format!("cannot read secret file {}", path.display()))?
                 .trim_end_matches(['\n', '\r'])
                 .to_string(),
+            SecretRef::Value(v) => v.clone(),
             SecretRef::Secret(name) => {
                 let state = state.context("router secrets need the state store")?;
                 state

@@ -1,10 +1,15 @@
-//! The router's own durable state, in `<state_dir>/state.redb`.
+//! The router's own durable state, in `<state_dir>/state.redb`:
 //!
-//! Today it holds the failure journal: the first and last failure of every
-//! message that has failed and is not yet settled for good, so that the
-//! dead-letter envelope can report both even when the attempts span router
-//! restarts. Journal writes are not fsynced one by one (they are
-//! diagnostics, not delivery state); a clean shutdown flushes them.
+//! - the desired state (broker connections, topics and grants, flows, limit
+//!   overrides) that the admin API edits and `eventflow apply` converges;
+//! - secrets: the algorithms' (their environment) and the router's own
+//!   (broker credentials created through the API);
+//! - owner-scoped API tokens (their SHA-256, never the token);
+//! - the failure journal: the first and last failure of every message that
+//!   has failed and is not yet settled for good, so the dead-letter envelope
+//!   can report both even when attempts span restarts. Journal writes are
+//!   not fsynced one by one (they are diagnostics, not delivery state); a
+//!   clean shutdown flushes them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +22,22 @@ use serde::{Deserialize, Serialize};
 const FAILURES: TableDefinition<(&str, &str), &str> = TableDefinition::new("failures");
 /// (`owner/name`, variable) → value: the algorithms' secrets.
 const SECRETS: TableDefinition<(&str, &str), &str> = TableDefinition::new("secrets");
+/// Single values: `desired` (JSON declarations), `seed` (digest of the
+/// configuration file they were last seeded from).
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// SHA-256 of a token → JSON of [`TokenInfo`].
+const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
+
+/// An owner-scoped API token, as stored (without the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// A short id to list and revoke it by.
+    pub id: String,
+    /// The owner whose algorithms it may manage.
+    pub owner: String,
+    /// When it was created, RFC 3339.
+    pub created_at: String,
+}
 
 /// One recorded failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +85,8 @@ impl StateStore {
         let tx = db.begin_write()?;
         tx.open_table(FAILURES)?;
         tx.open_table(SECRETS)?;
+        tx.open_table(META)?;
+        tx.open_table(TOKENS)?;
         tx.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -147,6 +170,96 @@ impl StateStore {
             out.push((alg.to_string(), name.to_string(), v.value().to_string()));
         }
         Ok(out)
+    }
+
+    /// The stored declarations and the digest of the file they were seeded
+    /// from.
+    pub fn desired(&self) -> anyhow::Result<Option<(crate::config::Declarations, String)>> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let Some(desired) = meta.get("desired")? else {
+            return Ok(None);
+        };
+        let declarations = serde_json::from_str(desired.value())
+            .context("the stored desired state is unreadable")?;
+        let seed = meta
+            .get("seed")?
+            .map(|v| v.value().to_string())
+            .unwrap_or_default();
+        Ok(Some((declarations, seed)))
+    }
+
+    /// Stores the declarations; `seed` records the digest of the file they
+    /// came from (`None` keeps the recorded one).
+    pub fn set_desired(
+        &self,
+        declarations: &crate::config::Declarations,
+        seed: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let json = serde_json::to_string(declarations)?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("desired", json.as_str())?;
+            if let Some(seed) = seed {
+                meta.insert("seed", seed)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a new owner-scoped token (by its hash).
+    pub fn add_token(&self, token_hash: &str, info: &TokenInfo) -> anyhow::Result<()> {
+        let json = serde_json::to_string(info)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(TOKENS)?.insert(token_hash, json.as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The token with this hash.
+    pub fn token(&self, token_hash: &str) -> anyhow::Result<Option<TokenInfo>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TOKENS)?;
+        Ok(table
+            .get(token_hash)?
+            .and_then(|v| serde_json::from_str(v.value()).ok()))
+    }
+
+    /// Every token.
+    pub fn tokens(&self) -> anyhow::Result<Vec<TokenInfo>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TOKENS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            if let Ok(info) = serde_json::from_str(v.value()) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revokes the token with this id. Returns whether it existed.
+    pub fn delete_token(&self, id: &str) -> anyhow::Result<bool> {
+        let tx = self.db.begin_write()?;
+        let found = {
+            let mut table = tx.open_table(TOKENS)?;
+            let mut hit = None;
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                if serde_json::from_str::<TokenInfo>(v.value()).is_ok_and(|t| t.id == id) {
+                    hit = Some(k.value().to_string());
+                }
+            }
+            if let Some(k) = &hit {
+                table.remove(k.as_str())?;
+            }
+            hit.is_some()
+        };
+        tx.commit()?;
+        Ok(found)
     }
 
     /// Makes every earlier write durable.

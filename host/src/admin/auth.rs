@@ -49,6 +49,12 @@ pub fn read_token(state_dir: &Path) -> anyhow::Result<String> {
     Ok(token.trim().to_string())
 }
 
+/// The SHA-256 of a token, hex: how owner-scoped tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 /// Compares tokens in time independent of where they differ.
 pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()

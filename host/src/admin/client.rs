@@ -18,6 +18,17 @@ pub struct AdminClient {
 impl AdminClient {
     /// Finds the router whose state directory is `state_dir`.
     pub fn for_state_dir(state_dir: &Path) -> anyhow::Result<Self> {
+        Self::find(state_dir, true)
+    }
+
+    /// Finds the router whose state directory is `state_dir`, to call it
+    /// with `token` (the admin token file is not read).
+    pub fn with_token_for(state_dir: &Path, token: String) -> anyhow::Result<Self> {
+        Ok(Self::find(state_dir, false)?.with_token(token))
+    }
+
+    /// Finds the router; reads the admin token only if `admin`.
+    fn find(state_dir: &Path, admin: bool) -> anyhow::Result<Self> {
         let addr_file = state_dir.join(auth::ADDR_FILE);
         let addr = std::fs::read_to_string(&addr_file).with_context(|| {
             format!(
@@ -27,12 +38,21 @@ impl AdminClient {
         })?;
         Ok(Self {
             base: format!("http://{}", addr.trim()),
-            token: auth::read_token(state_dir)?,
+            token: if admin {
+                auth::read_token(state_dir)?
+            } else {
+                String::new()
+            },
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
                 .context("cannot build an HTTP client")?,
         })
+    }
+
+    /// Uses `token` instead of the admin token.
+    pub fn with_token(self, token: String) -> Self {
+        Self { token, ..self }
     }
 
     /// The admin API's base URL.
@@ -67,6 +87,12 @@ impl AdminClient {
     /// DELETEs a path under the API and returns its JSON.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.call(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// PATCHes JSON to a path under the API and returns its JSON.
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(self.http.patch(format!("{}{path}", self.base)).json(body))
             .await
     }
 

@@ -1,42 +1,68 @@
-//! The admin HTTP API (axum), bound to loopback by default. JSON under
-//! `/v1`, bearer-token authenticated; `/metrics`, `/healthz` and `/readyz`
-//! are open for scrapers and probes.
+//! The admin HTTP API (axum), bound to loopback by default.
+//!
+//! JSON under versioned paths (`/v1/...`), bearer-token authenticated: the
+//! admin token (generated at first start, `<state_dir>/admin.token`, mode
+//! 0600) can do everything; owner-scoped tokens (created with
+//! `POST /v1/tokens`) only manage the flows and secrets of their owner's
+//! algorithms. `/metrics`, `/healthz`, `/readyz` and `/v1/openapi.json` are
+//! open. Errors are JSON `{"error": "..."}`: 400 for bad input, 401 without a
+//! valid token, 403 for a token that may not, 404, 409 for conflicts.
 
 pub mod auth;
 pub mod client;
+mod control_api;
+mod health;
+mod messages;
+mod openapi;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router as Http};
-use base64::Engine as _;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::flow::envelope::Envelope;
-use crate::message::OutboundMessage;
+use crate::control::{ControlError, ControlPlane, Role};
 use crate::router::Router;
 
 /// An API error: a status and a message that says what to change.
+#[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub String);
 
 impl ApiError {
     fn bad_request(m: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, m.into())
     }
+    fn forbidden(m: impl Into<String>) -> Self {
+        Self(StatusCode::FORBIDDEN, m.into())
+    }
     fn not_found(m: impl Into<String>) -> Self {
         Self(StatusCode::NOT_FOUND, m.into())
     }
     fn unavailable(m: impl Into<String>) -> Self {
         Self(StatusCode::SERVICE_UNAVAILABLE, m.into())
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match &e {
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self(status, e.to_string())
     }
 }
 
@@ -48,9 +74,70 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// A JSON body whose rejection is a 400 with the parser's message.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let has_body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0")
+            || req.headers().contains_key(header::TRANSFER_ENCODING);
+        if !has_body {
+            return Ok(None);
+        }
+        <ApiJson<T> as FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Some)
+    }
+}
+
+/// The caller's role, put in the request by the authentication layer.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Role);
+
+impl Caller {
+    fn require_admin(&self) -> Result<(), ApiError> {
+        match &self.0 {
+            Role::Admin => Ok(()),
+            Role::Owner(o) => Err(ApiError::forbidden(format!(
+                "the token of owner {o:?} cannot do this: it needs the admin token"
+            ))),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "not authenticated".into()))
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     router: Arc<Router>,
+    control: Arc<ControlPlane>,
     token: Arc<str>,
 }
 
@@ -70,31 +157,91 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {listen} (admin.listen)"))?;
     let addr = listener.local_addr()?;
     let state = AppState {
+        control: Arc::new(ControlPlane::new(router.clone())),
         router,
         token: token.into(),
     };
     let api = Http::new()
-        .route("/v1/messages", post(send_message))
-        .route("/v1/plugins", get(list_plugins))
-        .route("/v1/flows", get(list_flows))
+        .route(
+            "/v1/state",
+            get(control_api::get_state).put(control_api::put_state),
+        )
+        .route(
+            "/v1/brokers",
+            get(control_api::list_brokers).post(control_api::create_broker),
+        )
+        .route(
+            "/v1/brokers/{broker}",
+            get(control_api::show_broker).delete(control_api::delete_broker),
+        )
+        .route("/v1/brokers/{broker}/topics", get(control_api::list_topics))
+        .route(
+            "/v1/brokers/{broker}/topics/{topic}",
+            put(control_api::declare_topic).delete(control_api::delete_topic),
+        )
+        .route(
+            "/v1/brokers/{broker}/topics/{topic}/grants",
+            post(control_api::add_grant),
+        )
+        .route(
+            "/v1/brokers/{broker}/topics/{topic}/grants/revoke",
+            post(control_api::revoke_grant),
+        )
         .route(
             "/v1/brokers/{broker}/topics/{topic}/messages",
-            get(peek_topic),
+            get(messages::peek_topic),
         )
-        .route("/v1/flows/{flow}/dead-letters", get(list_dead_letters))
+        .route(
+            "/v1/algorithms/{owner}/{name}/topics",
+            get(control_api::algorithm_topics),
+        )
+        .route(
+            "/v1/algorithms/{owner}/{name}/secrets",
+            get(control_api::list_secrets),
+        )
+        .route(
+            "/v1/algorithms/{owner}/{name}/secrets/{key}",
+            put(control_api::set_secret).delete(control_api::delete_secret),
+        )
+        .route(
+            "/v1/flows",
+            get(control_api::list_flows).post(control_api::enable_flow),
+        )
+        .route(
+            "/v1/flows/{flow}",
+            get(control_api::show_flow)
+                .patch(control_api::edit_flow)
+                .delete(control_api::delete_flow),
+        )
+        .route(
+            "/v1/flows/{flow}/dead-letters",
+            get(messages::list_dead_letters),
+        )
         .route(
             "/v1/flows/{flow}/dead-letters/replay",
-            post(replay_dead_letters),
+            post(messages::replay_dead_letters),
+        )
+        .route("/v1/messages", post(messages::send_message))
+        .route("/v1/plugins", get(control_api::list_plugins))
+        .route(
+            "/v1/tokens",
+            get(control_api::list_tokens).post(control_api::create_token),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(control_api::delete_token),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_token,
+            authenticate,
         ));
     let app = Http::new()
         .merge(api)
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
         .with_state(state);
     let tmp = addr_file.with_extension("tmp");
     std::fs::write(&tmp, addr.to_string())
@@ -111,361 +258,42 @@ pub async fn serve(
     Ok(addr)
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint (see /v1/openapi.json)")
+}
+
+/// Resolves the bearer token to a role, or answers 401.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if auth::same_token(t, &state.token) => next.run(request).await,
-        Some(_) => ApiError(StatusCode::UNAUTHORIZED, "invalid token".into()).into_response(),
-        None => ApiError(
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let Some(token) = presented else {
+        return ApiError(
             StatusCode::UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer <token from the state directory>)".into(),
+            "missing bearer token (Authorization: Bearer <token>; the admin token is in the state directory)".into(),
         )
-        .into_response(),
-    }
-}
-
-/// One message of a send request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MessageBody {
-    #[serde(default)]
-    payload: Option<String>,
-    #[serde(default)]
-    payload_base64: Option<String>,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-}
-
-impl MessageBody {
-    fn into_message(self) -> Result<OutboundMessage, ApiError> {
-        let payload = match (self.payload, self.payload_base64) {
-            (Some(p), None) => p.into_bytes(),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "give exactly one of payload and payload_base64",
-                ));
-            }
-        };
-        Ok(OutboundMessage {
-            payload,
-            headers: self.headers,
-        })
-    }
-}
-
-/// A message, or a batch of them (`messages`), for one topic.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SendRequest {
-    topic: String,
-    #[serde(default)]
-    broker: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
-    #[serde(default)]
-    payload_base64: Option<String>,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-    #[serde(default)]
-    messages: Vec<MessageBody>,
-}
-
-async fn send_message(
-    State(state): State<AppState>,
-    body: Result<Json<SendRequest>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let single = MessageBody {
-        payload: req.payload,
-        payload_base64: req.payload_base64,
-        headers: req.headers,
+        .into_response();
     };
-    let has_single = single.payload.is_some() || single.payload_base64.is_some();
-    let messages: Vec<OutboundMessage> = if req.messages.is_empty() {
-        vec![single.into_message()?]
-    } else if has_single {
-        return Err(ApiError::bad_request(
-            "give either one payload or messages, not both",
-        ));
+    let role = if auth::same_token(&token, &state.token) {
+        Some(Role::Admin)
     } else {
-        req.messages
-            .into_iter()
-            .map(MessageBody::into_message)
-            .collect::<Result<_, _>>()?
-    };
-    let topology = state.router.topology();
-    let candidates: Vec<_> = topology
-        .topics
-        .iter()
-        .filter(|t| t.name == req.topic && req.broker.as_ref().is_none_or(|b| *b == t.broker))
-        .collect();
-    let topic = match candidates.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(ApiError::not_found(format!(
-                "no topic {:?}{} is declared",
-                req.topic,
-                req.broker
-                    .as_ref()
-                    .map(|b| format!(" on broker {b:?}"))
-                    .unwrap_or_default()
-            )));
-        }
-        _ => {
-            return Err(ApiError::bad_request(format!(
-                "topic {:?} exists on several brokers: choose one with broker",
-                req.topic
-            )));
-        }
-    };
-    let key = crate::flow::Topology::key(topic);
-    let count = messages.len();
-    topology
-        .publish(&key, messages)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot publish to {key}: {e:#}")))?;
-    Ok(Json(json!({ "published": count, "topic": key })))
-}
-
-/// Messages of a topic, oldest first, without consuming them (where the
-/// broker can peek).
-async fn peek_topic(
-    State(state): State<AppState>,
-    UrlPath((broker, topic)): UrlPath<(String, String)>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult {
-    let topology = state.router.topology();
-    let spec = topology
-        .topics
-        .iter()
-        .find(|t| t.broker == broker && t.name == topic)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no topic {topic:?} on broker {broker:?}")))?;
-    let messages = peek_messages(&state.router, &spec, q.limit.unwrap_or(100)).await?;
-    let out: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let (payload, encoding) = match std::str::from_utf8(&m.payload) {
-                Ok(t) => (t.to_string(), "utf8"),
-                Err(_) => (
-                    base64::engine::general_purpose::STANDARD.encode(&m.payload),
-                    "base64",
-                ),
-            };
-            json!({
-                "id": m.id,
-                "payload": payload,
-                "payload_encoding": encoding,
-                "headers": m.headers,
-                "receive_count": m.attempt,
-                "enqueued_at": m.enqueued_at.map(crate::util::format_time),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "messages": out })))
-}
-
-async fn list_plugins(State(state): State<AppState>) -> ApiResult {
-    let flows: Vec<_> = state
-        .router
-        .config()
-        .flows
-        .iter()
-        .filter(|f| f.enabled)
-        .map(|f| (f.name.clone(), f.algorithm.clone()))
-        .collect();
-    let list = state.router.services().registry.list(&flows);
-    Ok(Json(json!({ "plugins": list })))
-}
-
-async fn list_flows(State(state): State<AppState>) -> ApiResult {
-    Ok(Json(json!({ "flows": state.router.flow_reports() })))
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
-/// The dead-letter topic of `flow`, or an error that says what is missing.
-fn dead_letter_topic(
-    router: &Router,
-    flow: &str,
-) -> Result<(crate::config::FlowSpec, crate::config::TopicSpec), ApiError> {
-    let config = router.config();
-    let spec = config
-        .flows
-        .iter()
-        .find(|f| f.name == flow)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no flow named {flow:?}")))?;
-    let dlq = spec
-        .dead_letter_topic
-        .clone()
-        .ok_or_else(|| ApiError::bad_request(format!("flow {flow:?} has no dead_letter_topic")))?;
-    let topic = router
-        .topology()
-        .topic(&spec.broker, &dlq)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("dead-letter topic {dlq:?} is not declared")))?;
-    Ok((spec, topic))
-}
-
-async fn peek_messages(
-    router: &Router,
-    topic: &crate::config::TopicSpec,
-    limit: usize,
-) -> Result<Vec<crate::message::InboundMessage>, ApiError> {
-    let topology = router.topology();
-    let broker = topology.brokers.get(&topic.broker).ok_or_else(|| {
-        ApiError::unavailable(format!("broker {:?} is not connected", topic.broker))
-    })?;
-    broker
-        .connection
-        .peek(topic, limit)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot read {}: {e:#}", topic.name)))
-}
-
-async fn list_dead_letters(
-    State(state): State<AppState>,
-    UrlPath(flow): UrlPath<String>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult {
-    let (_, topic) = dead_letter_topic(&state.router, &flow)?;
-    let messages = peek_messages(&state.router, &topic, q.limit.unwrap_or(1000)).await?;
-    let letters: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let envelope = serde_json::from_slice::<Value>(&m.payload).unwrap_or_else(
-                |_| json!({ "unparsed_payload": String::from_utf8_lossy(&m.payload) }),
-            );
-            json!({ "dead_letter_id": m.id, "envelope": envelope })
-        })
-        .collect();
-    Ok(Json(json!({ "dead_letters": letters })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ReplayRequest {
-    /// The original message id, or the dead letter's own id.
-    #[serde(default)]
-    id: Option<String>,
-}
-
-async fn replay_dead_letters(
-    State(state): State<AppState>,
-    UrlPath(flow): UrlPath<String>,
-    body: Option<Json<ReplayRequest>>,
-) -> ApiResult {
-    let req = body.map(|Json(r)| r).unwrap_or_default();
-    let (spec, dlq) = dead_letter_topic(&state.router, &flow)?;
-    let topology = state.router.topology();
-    let source = topology
-        .topic(&spec.broker, &spec.topic)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("topic {:?} is not declared", spec.topic)))?;
-    let letters = peek_messages(&state.router, &dlq, 100_000).await?;
-    let mut replayed = Vec::new();
-    for letter in letters {
-        let Ok(envelope) = serde_json::from_slice::<Envelope>(&letter.payload) else {
-            continue;
-        };
-        if envelope.flow != flow {
-            continue;
-        }
-        if let Some(id) = &req.id
-            && *id != envelope.source.message_id
-            && *id != letter.id
-        {
-            continue;
-        }
-        let payload = envelope
-            .original_payload()
-            .map_err(|e| ApiError::bad_request(format!("dead letter {}: {e}", letter.id)))?;
-        let mut headers = envelope.headers.clone();
-        crate::message::set_header(
-            &mut headers,
-            "eventflow-replayed-from",
-            envelope.source.message_id.clone(),
-        );
-        topology
-            .publish(
-                &crate::flow::Topology::key(&source),
-                vec![OutboundMessage { payload, headers }],
-            )
+        let store = state.router.services().state.clone();
+        let hash = auth::token_hash(&token);
+        tokio::task::spawn_blocking(move || store.token(&hash))
             .await
-            .map_err(|e| {
-                ApiError::unavailable(format!("cannot publish to {}: {e:#}", source.name))
-            })?;
-        let broker = &topology.brokers[&dlq.broker];
-        broker
-            .connection
-            .remove(&dlq, &letter.id)
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "replayed but cannot remove the dead letter {}: {e:#}",
-                    letter.id
-                ))
-            })?;
-        tracing::info!(flow = %flow, message_id = %envelope.source.message_id, "Dead letter replayed.");
-        replayed.push(envelope.source.message_id);
-    }
-    if let Some(id) = &req.id
-        && replayed.is_empty()
-    {
-        return Err(ApiError::not_found(format!(
-            "no dead letter of flow {flow:?} has id {id:?}"
-        )));
-    }
-    Ok(Json(json!({ "replayed": replayed })))
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    state.router.check_brokers().await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.router.services().metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    let brokers = state.router.check_brokers().await;
-    let plugins = state.router.services().registry.list(&[]);
-    let loaded = plugins.iter().filter(|p| p.hash.is_some()).count();
-    let ready = brokers.iter().all(|(_, _, r)| r.is_ok());
-    let body = json!({
-        "ready": ready,
-        "brokers": brokers.iter().map(|(name, kind, r)| json!({
-            "name": name,
-            "kind": kind,
-            "state": if r.is_ok() { "connected" } else { "down" },
-            "error": r.as_ref().err(),
-        })).collect::<Vec<_>>(),
-        "plugins_loaded": loaded,
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten()
+            .map(|info| Role::Owner(info.owner))
     };
-    (status, Json(body)).into_response()
+    match role {
+        Some(role) => {
+            request.extensions_mut().insert(Caller(role));
+            next.run(request).await
+        }
+        None => ApiError(StatusCode::UNAUTHORIZED, "invalid token".into()).into_response(),
+    }
 }

@@ -146,6 +146,12 @@ pub trait Connection: Send + Sync + 'static {
     /// Removes the message `id` from `topic` (dead-letter replay). Returns
     /// whether it was there.
     async fn remove(&self, topic: &TopicSpec, id: &str) -> anyhow::Result<bool>;
+
+    /// The broker's own names of its topics, for brokers that can list them
+    /// (`Ok(None)` for those that cannot; declared topics are listed anyway).
+    async fn list_topics(&self) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(None)
+    }
 }
 
 /// A consumer of one topic for one flow.

@@ -28,7 +28,7 @@ use crate::registry::Registry;
 use crate::sandbox::Sandbox;
 use crate::state::StateStore;
 
-pub use topology::{Broker, Topology};
+pub use topology::{Broker, Topology, TopologyHandle};
 use worker::Worker;
 
 /// Services shared by every flow.
@@ -220,12 +220,13 @@ const MAX_BATCH: usize = 64;
 /// `grace` for in-flight messages, releasing what is left to the broker.
 pub async fn run(
     spec: Arc<FlowSpec>,
-    topology: Arc<Topology>,
+    topologies: TopologyHandle,
     services: Arc<Services>,
     status: Arc<FlowStatus>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    let topology = topologies.current();
     let flow: Arc<str> = spec.name.as_str().into();
     status.set_state("starting");
     let Some(broker) = topology.brokers.get(&spec.broker).cloned() else {
@@ -281,7 +282,7 @@ pub async fn run(
 
     let worker = Worker {
         spec: spec.clone(),
-        topology: topology.clone(),
+        topology: topologies.clone(),
         services: services.clone(),
         status: status.clone(),
         flow: flow.clone(),

@@ -88,6 +88,24 @@ impl Topology {
     }
 }
 
+/// The current topology, swapped as a whole when the configuration changes;
+/// every message reads the snapshot that is current when it starts, so grant
+/// and topic changes apply without restarting flows.
+#[derive(Clone, Default)]
+pub struct TopologyHandle(Arc<std::sync::RwLock<Arc<Topology>>>);
+
+impl TopologyHandle {
+    /// The current snapshot.
+    pub fn current(&self) -> Arc<Topology> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the snapshot.
+    pub fn replace(&self, topology: Arc<Topology>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = topology;
+    }
+}
+
 /// Checks one invocation's `publish` calls against the access lists.
 pub struct FlowResolver {
     /// The snapshot to resolve in.

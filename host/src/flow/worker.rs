@@ -15,7 +15,7 @@ use crate::state::{FailureHistory, FailureRecord};
 
 use super::envelope::{Envelope, SourceInfo};
 use super::retry::{MAX_DELAY, backoff};
-use super::topology::{FlowResolver, Topology};
+use super::topology::{FlowResolver, Topology, TopologyHandle};
 use super::{FlowStatus, Services};
 
 /// Header naming the algorithm version that produced a message.
@@ -33,7 +33,7 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 #[derive(Clone)]
 pub struct Worker {
     pub(super) spec: Arc<FlowSpec>,
-    pub(super) topology: Arc<Topology>,
+    pub(super) topology: TopologyHandle,
     pub(super) services: Arc<Services>,
     pub(super) status: Arc<FlowStatus>,
     pub(super) flow: Arc<str>,
@@ -126,13 +126,14 @@ impl Worker {
     ) {
         let metrics = &self.services.metrics;
         let labels = self.labels(algorithm);
-        let (timeout, limits) = self.topology.limits_for(&self.spec, &algorithm.id);
+        let topology = self.topology.current();
+        let (timeout, limits) = topology.limits_for(&self.spec, &algorithm.id);
         let env = self
             .services
             .secret_env(&algorithm.id.owner, &algorithm.id.name)
             .await;
         let resolver = Arc::new(FlowResolver {
-            topology: self.topology.clone(),
+            topology: topology.clone(),
             broker: self.spec.broker.clone(),
             algorithm: self.spec.algorithm.clone(),
             remaining: AtomicU32::new(limits.max_host_calls),
@@ -240,14 +241,14 @@ impl Worker {
                 Some((_, ms)) => ms.push(m),
                 None => groups.push((key, vec![m])),
             };
+        let topology = self.topology.current();
         for (key, m) in published {
             add(key, provenance(m));
         }
         if let Some(payload) = output {
             match &self.spec.output_topic {
                 Some(name) => {
-                    let topic = self
-                        .topology
+                    let topic = topology
                         .topic(&self.spec.broker, name)
                         .ok_or_else(|| format!("output topic {name:?} is not declared"))?;
                     add(
@@ -266,7 +267,7 @@ impl Worker {
             }
         }
         for (key, messages) in groups {
-            self.topology
+            topology
                 .publish(&key, messages)
                 .await
                 .map_err(|e| format!("cannot publish to {key}: {e:#}"))?;
@@ -389,9 +390,9 @@ impl Worker {
             first,
             last.clone(),
         );
-        let published = match self.topology.topic(&self.spec.broker, dlq) {
-            Some(topic) => self
-                .topology
+        let topology = self.topology.current();
+        let published = match topology.topic(&self.spec.broker, dlq) {
+            Some(topic) => topology
                 .publish(&Topology::key(topic), vec![envelope.to_message()])
                 .await
                 .map_err(|e| format!("{e:#}")),

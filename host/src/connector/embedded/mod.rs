@@ -90,4 +90,10 @@ impl Connection for EmbeddedConnection {
     async fn remove(&self, topic: &TopicSpec, id: &str) -> anyhow::Result<bool> {
         Ok(self.store.remove_by_id(topic.address(), id).await?)
     }
+
+    async fn list_topics(&self) -> anyhow::Result<Option<Vec<String>>> {
+        let mut names: Vec<String> = self.store.depth().into_keys().collect();
+        names.sort();
+        Ok(Some(names))
+    }
 }

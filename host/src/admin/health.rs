@@ -1,0 +1,48 @@
+//! Open endpoints: metrics, liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    state.router.check_brokers().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.router.services().metrics.encode(),
+    )
+        .into_response()
+}
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    let brokers = state.router.check_brokers().await;
+    let plugins = state.router.services().registry.list(&[]);
+    let loaded = plugins.iter().filter(|p| p.hash.is_some()).count();
+    let ready = brokers.iter().all(|(_, _, r)| r.is_ok());
+    let body = json!({
+        "ready": ready,
+        "brokers": brokers.iter().map(|(name, kind, r)| json!({
+            "name": name,
+            "kind": kind,
+            "state": if r.is_ok() { "connected" } else { "down" },
+            "error": r.as_ref().err(),
+        })).collect::<Vec<_>>(),
+        "plugins_loaded": loaded,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,312 @@
+//! Messages: publish, peek, dead letters and their replay.
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, Query, State};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
+use crate::control::Role;
+use crate::flow::envelope::Envelope;
+use crate::message::OutboundMessage;
+use crate::router::Router;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MessageBody {
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+}
+
+impl MessageBody {
+    fn into_message(self) -> Result<OutboundMessage, ApiError> {
+        let payload = match (self.payload, self.payload_base64) {
+            (Some(p), None) => p.into_bytes(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of payload and payload_base64",
+                ));
+            }
+        };
+        Ok(OutboundMessage {
+            payload,
+            headers: self.headers,
+        })
+    }
+}
+
+/// A message, or a batch of them (`messages`), for one topic.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SendRequest {
+    topic: String,
+    #[serde(default)]
+    broker: Option<String>,
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    messages: Vec<MessageBody>,
+}
+
+pub(super) async fn send_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<SendRequest>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let single = MessageBody {
+        payload: req.payload,
+        payload_base64: req.payload_base64,
+        headers: req.headers,
+    };
+    let has_single = single.payload.is_some() || single.payload_base64.is_some();
+    let messages: Vec<OutboundMessage> = if req.messages.is_empty() {
+        vec![single.into_message()?]
+    } else if has_single {
+        return Err(ApiError::bad_request(
+            "give either one payload or messages, not both",
+        ));
+    } else {
+        req.messages
+            .into_iter()
+            .map(MessageBody::into_message)
+            .collect::<Result<_, _>>()?
+    };
+    let topology = state.router.topology();
+    let candidates: Vec<_> = topology
+        .topics
+        .iter()
+        .filter(|t| t.name == req.topic && req.broker.as_ref().is_none_or(|b| *b == t.broker))
+        .collect();
+    let topic = match candidates.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(ApiError::not_found(format!(
+                "no topic {:?}{} is declared",
+                req.topic,
+                req.broker
+                    .as_ref()
+                    .map(|b| format!(" on broker {b:?}"))
+                    .unwrap_or_default()
+            )));
+        }
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "topic {:?} exists on several brokers: choose one with broker",
+                req.topic
+            )));
+        }
+    };
+    let key = crate::flow::Topology::key(topic);
+    let count = messages.len();
+    topology
+        .publish(&key, messages)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot publish to {key}: {e:#}")))?;
+    Ok(Json(json!({ "published": count, "topic": key })))
+}
+
+/// Messages of a topic, oldest first, without consuming them (where the
+/// broker can peek).
+pub(super) async fn peek_topic(
+    State(state): State<AppState>,
+    caller: Caller,
+    UrlPath((broker, topic)): UrlPath<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let topology = state.router.topology();
+    let spec = topology
+        .topics
+        .iter()
+        .find(|t| t.broker == broker && t.name == topic)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no topic {topic:?} on broker {broker:?}")))?;
+    let messages = peek_messages(&state.router, &spec, q.limit.unwrap_or(100)).await?;
+    let out: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let (payload, encoding) = match std::str::from_utf8(&m.payload) {
+                Ok(t) => (t.to_string(), "utf8"),
+                Err(_) => (
+                    base64::engine::general_purpose::STANDARD.encode(&m.payload),
+                    "base64",
+                ),
+            };
+            json!({
+                "id": m.id,
+                "payload": payload,
+                "payload_encoding": encoding,
+                "headers": m.headers,
+                "receive_count": m.attempt,
+                "enqueued_at": m.enqueued_at.map(crate::util::format_time),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "messages": out })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    pub(super) limit: Option<usize>,
+}
+
+/// The dead-letter topic of `flow`, or an error that says what is missing.
+fn dead_letter_topic(
+    router: &Router,
+    role: &Role,
+    flow: &str,
+) -> Result<(crate::config::FlowSpec, crate::config::TopicSpec), ApiError> {
+    let config = router.config();
+    let spec = config
+        .flows
+        .iter()
+        .find(|f| f.name == flow)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no flow named {flow:?}")))?;
+    if let Role::Owner(o) = role
+        && *o != spec.algorithm.owner
+    {
+        return Err(ApiError::forbidden(format!(
+            "the token of owner {o:?} cannot manage flows of {:?}",
+            spec.algorithm.owner
+        )));
+    }
+    let dlq = spec
+        .dead_letter_topic
+        .clone()
+        .ok_or_else(|| ApiError::bad_request(format!("flow {flow:?} has no dead_letter_topic")))?;
+    let topic = router
+        .topology()
+        .topic(&spec.broker, &dlq)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("dead-letter topic {dlq:?} is not declared")))?;
+    Ok((spec, topic))
+}
+
+async fn peek_messages(
+    router: &Router,
+    topic: &crate::config::TopicSpec,
+    limit: usize,
+) -> Result<Vec<crate::message::InboundMessage>, ApiError> {
+    let topology = router.topology();
+    let broker = topology.brokers.get(&topic.broker).ok_or_else(|| {
+        ApiError::unavailable(format!("broker {:?} is not connected", topic.broker))
+    })?;
+    broker
+        .connection
+        .peek(topic, limit)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot read {}: {e:#}", topic.name)))
+}
+
+pub(super) async fn list_dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    UrlPath(flow): UrlPath<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    let (_, topic) = dead_letter_topic(&state.router, &caller.0, &flow)?;
+    let messages = peek_messages(&state.router, &topic, q.limit.unwrap_or(1000)).await?;
+    let letters: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let envelope = serde_json::from_slice::<Value>(&m.payload).unwrap_or_else(
+                |_| json!({ "unparsed_payload": String::from_utf8_lossy(&m.payload) }),
+            );
+            json!({ "dead_letter_id": m.id, "envelope": envelope })
+        })
+        .collect();
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplayRequest {
+    /// The original message id, or the dead letter's own id.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+pub(super) async fn replay_dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    UrlPath(flow): UrlPath<String>,
+    body: Option<ApiJson<ReplayRequest>>,
+) -> ApiResult {
+    let req = body.map(|ApiJson(r)| r).unwrap_or_default();
+    let (spec, dlq) = dead_letter_topic(&state.router, &caller.0, &flow)?;
+    let topology = state.router.topology();
+    let source = topology
+        .topic(&spec.broker, &spec.topic)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("topic {:?} is not declared", spec.topic)))?;
+    let letters = peek_messages(&state.router, &dlq, 100_000).await?;
+    let mut replayed = Vec::new();
+    for letter in letters {
+        let Ok(envelope) = serde_json::from_slice::<Envelope>(&letter.payload) else {
+            continue;
+        };
+        if envelope.flow != flow {
+            continue;
+        }
+        if let Some(id) = &req.id
+            && *id != envelope.source.message_id
+            && *id != letter.id
+        {
+            continue;
+        }
+        let payload = envelope
+            .original_payload()
+            .map_err(|e| ApiError::bad_request(format!("dead letter {}: {e}", letter.id)))?;
+        let mut headers = envelope.headers.clone();
+        crate::message::set_header(
+            &mut headers,
+            "eventflow-replayed-from",
+            envelope.source.message_id.clone(),
+        );
+        topology
+            .publish(
+                &crate::flow::Topology::key(&source),
+                vec![OutboundMessage { payload, headers }],
+            )
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!("cannot publish to {}: {e:#}", source.name))
+            })?;
+        let broker = &topology.brokers[&dlq.broker];
+        broker
+            .connection
+            .remove(&dlq, &letter.id)
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(format!(
+                    "replayed but cannot remove the dead letter {}: {e:#}",
+                    letter.id
+                ))
+            })?;
+        tracing::info!(flow = %flow, message_id = %envelope.source.message_id, "Dead letter replayed.");
+        replayed.push(envelope.source.message_id);
+    }
+    if let Some(id) = &req.id
+        && replayed.is_empty()
+    {
+        return Err(ApiError::not_found(format!(
+            "no dead letter of flow {flow:?} has id {id:?}"
+        )));
+    }
+    Ok(Json(json!({ "replayed": replayed })))
+}
