@@ -9,6 +9,7 @@
 pub mod envelope;
 pub mod retry;
 pub mod topology;
+pub mod trace;
 pub mod worker;
 
 use std::collections::{HashMap, VecDeque};

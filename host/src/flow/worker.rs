@@ -16,6 +16,7 @@ use crate::state::{FailureHistory, FailureRecord};
 use super::envelope::{Envelope, SourceInfo};
 use super::retry::{MAX_DELAY, backoff};
 use super::topology::{FlowResolver, Topology, TopologyHandle};
+use super::trace::TraceContext;
 use super::{FlowStatus, Services};
 
 /// Header naming the algorithm version that produced a message.
@@ -68,8 +69,30 @@ impl Worker {
         self.native_max_receives.unwrap_or(self.spec.max_receives)
     }
 
-    /// Processes one delivery to the end.
-    pub async fn process(&self, mut delivery: Delivery, algorithm: Arc<Algorithm>) {
+    /// Processes one delivery to the end, in a span that continues the
+    /// message's trace.
+    pub async fn process(&self, delivery: Delivery, algorithm: Arc<Algorithm>) {
+        use tracing::Instrument;
+        let trace = TraceContext::for_message(delivery.message.header(TRACEPARENT_HEADER));
+        let span = tracing::info_span!(
+            "message",
+            flow = %self.flow,
+            message_id = %delivery.message.id,
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
+            parent_span_id = trace.parent_id.as_deref().unwrap_or(""),
+        );
+        self.process_in_trace(delivery, algorithm, trace)
+            .instrument(span)
+            .await
+    }
+
+    async fn process_in_trace(
+        &self,
+        mut delivery: Delivery,
+        algorithm: Arc<Algorithm>,
+        trace: TraceContext,
+    ) {
         let metrics = &self.services.metrics;
         let labels = self.labels(&algorithm);
         let flow_only = FlowOnly {
@@ -102,7 +125,7 @@ impl Worker {
             self.give_up(&mut delivery.settle, &algorithm, &message, first, last)
                 .await;
         } else {
-            self.invoke_and_settle(&mut delivery.settle, &algorithm, &message)
+            self.invoke_and_settle(&mut delivery.settle, &algorithm, &message, &trace)
                 .await;
         }
 
@@ -123,6 +146,7 @@ impl Worker {
         settle: &mut Box<dyn Settle>,
         algorithm: &Arc<Algorithm>,
         message: &InboundMessage,
+        trace: &TraceContext,
     ) {
         let metrics = &self.services.metrics;
         let labels = self.labels(algorithm);
@@ -169,7 +193,7 @@ impl Worker {
 
         let failure = match outcome.result {
             Ok(output) => match self
-                .publish_effects(algorithm, message, output, outcome.published)
+                .publish_effects(algorithm, message, output, outcome.published, trace)
                 .await
             {
                 Ok(()) => {
@@ -217,6 +241,7 @@ impl Worker {
         message: &InboundMessage,
         output: Option<Vec<u8>>,
         published: Vec<(String, OutboundMessage)>,
+        trace: &TraceContext,
     ) -> Result<(), String> {
         let provenance = |mut m: OutboundMessage| {
             set_header(
@@ -230,9 +255,7 @@ impl Worker {
             set_header(&mut m.headers, HASH_HEADER, algorithm.hash.clone());
             set_header(&mut m.headers, SOURCE_ID_HEADER, message.id.clone());
             set_header(&mut m.headers, FLOW_HEADER, self.flow.to_string());
-            if let Some(tp) = message.header(TRACEPARENT_HEADER) {
-                set_header(&mut m.headers, TRACEPARENT_HEADER, tp.to_string());
-            }
+            set_header(&mut m.headers, TRACEPARENT_HEADER, trace.traceparent());
             m
         };
         let mut groups: Vec<(String, Vec<OutboundMessage>)> = Vec::new();
