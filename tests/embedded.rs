@@ -282,3 +282,45 @@ concurrency = 4
     assert_eq!(flow["dead_lettered"], 0);
     assert_eq!(flow["dropped"], 0);
 }
+
+#[test]
+fn user_mistakes_get_one_clear_line_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, STORE_FILE.replace("max_receives", "max_recieves")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad.toml") && err.contains("flows[0]") && err.contains("max_recieves"), "{err}");
+
+    // No router running: the CLI says so.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, STORE_FILE).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(["send", "incoming", "--data", "x", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no running router"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+
+    // A second router on the same state directory is refused.
+    let router = Router::start(STORE_FILE);
+    let out = router.cli(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another eventflow process"), "{err}");
+    assert!(router.is_running_check());
+
+    // A data URI that tries to escape is refused by the CLI too.
+    let out = router.cli(&["data", "get", "data://ezra/TestingEventFlow/../../etc/passwd"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid data URI"));
+}
