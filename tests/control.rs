@@ -520,13 +520,3 @@ fn a_schema_driven_fuzz_of_the_api_finds_no_server_error() {
     );
     assert!(router.is_running_check());
 }
-
-trait Running {
-    fn is_running_check(&self) -> bool;
-}
-
-impl Running for Router {
-    fn is_running_check(&self) -> bool {
-        self.http("GET", "/v1/flows", None).0 == 200
-    }
-}

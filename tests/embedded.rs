@@ -169,17 +169,6 @@ fn every_traversal_attempt_is_refused_and_nothing_escapes() {
     assert!(router.is_running_check());
 }
 
-trait Running {
-    fn is_running_check(&self) -> bool;
-}
-
-impl Running for Router {
-    fn is_running_check(&self) -> bool {
-        let (status, _) = self.http("GET", "/v1/flows", None);
-        status == 200
-    }
-}
-
 /// Parses `data://test/intervals/*` into (start, end) nanoseconds.
 fn intervals(router: &Router) -> Vec<(u128, u128)> {
     router
@@ -296,7 +285,10 @@ fn user_mistakes_get_one_clear_line_and_a_non_zero_exit() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("bad.toml") && err.contains("flows[0]") && err.contains("max_recieves"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("flows[0]") && err.contains("max_recieves"),
+        "{err}"
+    );
 
     // No router running: the CLI says so.
     let good = dir.path().join("good.toml");
@@ -309,7 +301,10 @@ fn user_mistakes_get_one_clear_line_and_a_non_zero_exit() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no running router"), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 
     // A second router on the same state directory is refused.
     let router = Router::start(STORE_FILE);
@@ -320,7 +315,11 @@ fn user_mistakes_get_one_clear_line_and_a_non_zero_exit() {
     assert!(router.is_running_check());
 
     // A data URI that tries to escape is refused by the CLI too.
-    let out = router.cli(&["data", "get", "data://ezra/TestingEventFlow/../../etc/passwd"]);
+    let out = router.cli(&[
+        "data",
+        "get",
+        "data://ezra/TestingEventFlow/../../etc/passwd",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid data URI"));
 }

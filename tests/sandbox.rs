@@ -81,13 +81,17 @@ fn bystander_flows(router: &Router, n: usize) {
 #[test]
 fn an_infinite_loop_is_dead_lettered_as_timeout_within_a_second_of_the_timeout() {
     // The flow allows 30 s; the version's override allows 1 s.
-    let overrides = "\n[[algorithm_limits]]\nalgorithm = \"test/loop_forever/0.1.0\"\ntimeout_secs = 1\n";
-    let router = Router::start(&(config(
-        "test/loop_forever",
-        "timeout_secs = 30\nmax_receives = 1\nconcurrency = 2",
-    ) + overrides));
+    let overrides =
+        "\n[[algorithm_limits]]\nalgorithm = \"test/loop_forever/0.1.0\"\ntimeout_secs = 1\n";
+    let router = Router::start(
+        &(config(
+            "test/loop_forever",
+            "timeout_secs = 30\nmax_receives = 1\nconcurrency = 2",
+        ) + overrides),
+    );
     assert!(
-        router.log().contains("Flow has no dead-letter topic") && router.log().contains("flow=bystander"),
+        router.log().contains("Flow has no dead-letter topic")
+            && router.log().contains("flow=bystander"),
         "eventflow run warns about flows without a dead-letter topic"
     );
     router.publish("in", &["spin".into(), "spin".into()]);
@@ -353,12 +357,20 @@ max_host_calls = 0
     ));
     router.publish("in", &["spin".into()]);
     let letters = wait_dead_letters(&router, 1, Duration::from_secs(30));
-    assert_eq!(letters[0]["last_failure"]["reason"], "fuel_exhausted", "{}", letters[0]);
+    assert_eq!(
+        letters[0]["last_failure"]["reason"], "fuel_exhausted",
+        "{}",
+        letters[0]
+    );
     router.publish("files", &[r#"{"filename": "f", "data": "d"}"#.into()]);
     let letters = wait_for("the host-call dead letter", Duration::from_secs(30), || {
         let l = router.dead_letters("no-calls");
         (!l.is_empty()).then_some(l)
     });
-    assert_eq!(letters[0]["last_failure"]["reason"], "host_call_limit", "{}", letters[0]);
+    assert_eq!(
+        letters[0]["last_failure"]["reason"], "host_call_limit",
+        "{}",
+        letters[0]
+    );
     assert!(router.data_file("ezra/TestingEventFlow/f").is_none());
 }

@@ -902,34 +902,16 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
             publish,
             broker,
             config,
-        }
-        | TopicsCommand::Revoke {
-            topic,
-            algorithm,
-            consume,
-            publish,
-            broker,
-            config,
-        } if !consume && !publish => {
-            let _ = (topic, algorithm, broker, config);
-            return Err(anyhow::anyhow!("say what: --consume, --publish or both").into());
-        }
-        TopicsCommand::Grant {
-            topic,
-            algorithm,
-            consume,
-            publish,
-            broker,
-            config,
         } => {
-            let c = client(&config)?;
-            let broker = broker_of(&c, &topic, broker).await?;
-            c.post(
-                &format!("/v1/brokers/{broker}/topics/{topic}/grants"),
-                &json!({ "algorithm": algorithm, "consume": consume, "publish": publish }),
+            change_grant(
+                &config,
+                &topic,
+                &algorithm,
+                (consume, publish),
+                broker,
+                true,
             )
-            .await?;
-            println!("granted {algorithm} access to {broker}:{topic}");
+            .await?
         }
         TopicsCommand::Revoke {
             topic,
@@ -939,14 +921,15 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
             broker,
             config,
         } => {
-            let c = client(&config)?;
-            let broker = broker_of(&c, &topic, broker).await?;
-            c.post(
-                &format!("/v1/brokers/{broker}/topics/{topic}/grants/revoke"),
-                &json!({ "algorithm": algorithm, "consume": consume, "publish": publish }),
+            change_grant(
+                &config,
+                &topic,
+                &algorithm,
+                (consume, publish),
+                broker,
+                false,
             )
-            .await?;
-            println!("revoked {algorithm}'s access to {broker}:{topic}");
+            .await?
         }
         TopicsCommand::Delete {
             topic,
@@ -981,6 +964,34 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                 println!("{m}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Grants (`add`) or revokes consume and/or publish access.
+async fn change_grant(
+    config: &ConfigArg,
+    topic: &str,
+    algorithm: &str,
+    (consume, publish): (bool, bool),
+    broker: Option<String>,
+    add: bool,
+) -> Result<(), Failure> {
+    if !consume && !publish {
+        return Err(anyhow::anyhow!("say what: --consume, --publish or both").into());
+    }
+    let c = client(config)?;
+    let broker = broker_of(&c, topic, broker).await?;
+    let path = if add { "grants" } else { "grants/revoke" };
+    c.post(
+        &format!("/v1/brokers/{broker}/topics/{topic}/{path}"),
+        &json!({ "algorithm": algorithm, "consume": consume, "publish": publish }),
+    )
+    .await?;
+    if add {
+        println!("granted {algorithm} access to {broker}:{topic}");
+    } else {
+        println!("revoked {algorithm}'s access to {broker}:{topic}");
     }
     Ok(())
 }

@@ -200,6 +200,18 @@ impl ControlPlane {
         &self.router
     }
 
+    /// Runs a state-store operation on the blocking pool.
+    async fn with_state<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&crate::state::StateStore) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, ControlError> {
+        let state = self.router.services().state.clone();
+        tokio::task::spawn_blocking(move || op(&state))
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .map_err(|e| ControlError::Unavailable(format!("{e:#}")))
+    }
+
     /// The current declarations.
     pub fn declarations(&self) -> Declarations {
         self.router.config().declarations()
@@ -227,12 +239,10 @@ impl ControlPlane {
             .await
             .map_err(|e| ControlError::Unavailable(format!("{e:#}")))?;
         let declarations = config.declarations();
-        let state = self.router.services().state.clone();
         let stored = declarations.clone();
-        tokio::task::spawn_blocking(move || state.set_desired(&stored, None))
+        self.with_state(move |s| s.set_desired(&stored, None))
             .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
-            .map_err(|e| ControlError::Unavailable(format!("applied but not saved: {e:#}")))?;
+            .map_err(|e| ControlError::Unavailable(format!("applied but not saved: {e}")))?;
         Ok(declarations)
     }
 
@@ -271,17 +281,14 @@ impl ControlPlane {
         store_inline_secrets(&mut spec, &format!("broker.{name}"), &mut inline);
         let parsed: BrokerSpec = serde_json::from_value(spec)
             .map_err(|e| ControlError::BadRequest(format!("broker connection: {e}")))?;
-        let state = self.router.services().state.clone();
         let saved = inline.clone();
-        tokio::task::spawn_blocking(move || {
+        self.with_state(move |state| {
             for (key, value) in &saved {
                 state.set_secret(ROUTER_SECRETS, key, value)?;
             }
-            anyhow::Ok(())
+            Ok(())
         })
-        .await
-        .map_err(|e| ControlError::Unavailable(e.to_string()))?
-        .map_err(|e| ControlError::Unavailable(format!("{e:#}")))?;
+        .await?;
         let created = parsed.clone();
         let result = self
             .change(move |d| {
@@ -298,13 +305,14 @@ impl ControlPlane {
     }
 
     async fn forget_router_secrets(&self, keys: Vec<String>) {
-        let state = self.router.services().state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for key in keys {
-                let _ = state.delete_secret(ROUTER_SECRETS, &key);
-            }
-        })
-        .await;
+        let _ = self
+            .with_state(move |state| {
+                for key in keys {
+                    state.delete_secret(ROUTER_SECRETS, &key)?;
+                }
+                Ok(())
+            })
+            .await;
     }
 
     /// Every broker connection, redacted.
@@ -390,11 +398,9 @@ impl ControlPlane {
         })
         .await?;
         let prefix = format!("broker.{name}.");
-        let state = self.router.services().state.clone();
-        let keys: Vec<String> = tokio::task::spawn_blocking(move || state.all_secrets())
+        let keys: Vec<String> = self
+            .with_state(|state| state.all_secrets())
             .await
-            .ok()
-            .and_then(|r| r.ok())
             .unwrap_or_default()
             .into_iter()
             .filter(|(scope, key, _)| scope == ROUTER_SECRETS && key.starts_with(&prefix))
@@ -823,12 +829,8 @@ impl ControlPlane {
         name: &str,
     ) -> Result<Vec<String>, ControlError> {
         role.require_owner(owner)?;
-        let state = self.router.services().state.clone();
         let alg = format!("{owner}/{name}");
-        let all = tokio::task::spawn_blocking(move || state.all_secrets())
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
-            .map_err(|e| ControlError::Unavailable(format!("{e:#}")))?;
+        let all = self.with_state(|state| state.all_secrets()).await?;
         let mut names: Vec<String> = all
             .into_iter()
             .filter(|(scope, _, _)| *scope == alg)
@@ -894,36 +896,25 @@ impl ControlPlane {
             owner: owner.to_string(),
             created_at: crate::util::rfc3339_now(),
         };
-        let (state, hash, stored) = (
-            self.router.services().state.clone(),
-            crate::admin::auth::token_hash(&token),
-            info.clone(),
-        );
-        tokio::task::spawn_blocking(move || state.add_token(&hash, &stored))
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
-            .map_err(|e| ControlError::Unavailable(format!("{e:#}")))?;
+        let (hash, stored) = (crate::admin::auth::token_hash(&token), info.clone());
+        self.with_state(move |state| state.add_token(&hash, &stored))
+            .await?;
         Ok((info, token))
     }
 
     /// Every owner-scoped token (without the tokens).
     pub async fn tokens(&self, role: &Role) -> Result<Vec<TokenInfo>, ControlError> {
         role.require_admin()?;
-        let state = self.router.services().state.clone();
-        tokio::task::spawn_blocking(move || state.tokens())
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
-            .map_err(|e| ControlError::Unavailable(format!("{e:#}")))
+        self.with_state(|state| state.tokens()).await
     }
 
     /// Revokes a token.
     pub async fn delete_token(&self, role: &Role, id: &str) -> Result<(), ControlError> {
         role.require_admin()?;
-        let (state, id2) = (self.router.services().state.clone(), id.to_string());
-        let found = tokio::task::spawn_blocking(move || state.delete_token(&id2))
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
-            .map_err(|e| ControlError::Unavailable(format!("{e:#}")))?;
+        let id2 = id.to_string();
+        let found = self
+            .with_state(move |state| state.delete_token(&id2))
+            .await?;
         if found {
             Ok(())
         } else {

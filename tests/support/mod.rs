@@ -294,6 +294,11 @@ impl Router {
         }
     }
 
+    /// Whether the router answers its admin API.
+    pub fn is_running_check(&self) -> bool {
+        self.http("GET", "/v1/flows", None).0 == 200
+    }
+
     /// The status report of one flow.
     pub fn flow(&self, name: &str) -> Value {
         let (status, body) = self.http("GET", "/v1/flows", None);
