@@ -168,7 +168,25 @@ fn build_plugins(out: &Path, with_test_algorithms: bool) -> anyhow::Result<usize
     Ok(count)
 }
 
+/// The Kafka connector builds librdkafka with TLS, which needs OpenSSL's
+/// headers; say so plainly instead of failing deep inside a C build.
+fn check_system_packages() -> anyhow::Result<()> {
+    let found = Command::new("pkg-config")
+        .args(["--exists", "openssl"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        bail!(
+            "the OpenSSL headers are missing (librdkafka's TLS needs them): \
+             run `sudo apt-get install libssl-dev pkg-config`, then try again"
+        );
+    }
+    Ok(())
+}
+
 fn eventflow_binary() -> anyhow::Result<PathBuf> {
+    check_system_packages()?;
     println!(
         "xtask: building eventflow (the first build takes a while: wasmtime, rdkafka and the AWS SDK)"
     );
@@ -317,6 +335,7 @@ fn test_deps() -> anyhow::Result<Vec<(String, String)>> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
+    check_system_packages()?;
     let plugins = target_dir().join("test-plugins");
     build_plugins(&plugins, true)?;
     let mut cmd = cargo();
