@@ -241,3 +241,71 @@ fn health_and_readiness_answer_without_a_token() {
     assert_eq!(body["brokers"][0]["state"], "connected");
     assert!(body["plugins_loaded"].as_u64().unwrap() > 0);
 }
+
+/// With the `otlp` feature, spans reach an OTLP collector: here a minimal
+/// HTTP endpoint on loopback that records what it is sent.
+#[cfg(feature = "otlp")]
+#[test]
+fn spans_are_exported_over_otlp_with_the_incoming_trace() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            // Read the head, then as many body bytes as Content-Length says.
+            loop {
+                let n = stream.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            sink.lock().unwrap().extend_from_slice(&buf);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+
+    let mut router = Router::configure(CONFIG, support::Plugins::Shared);
+    router.set_env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        &format!("http://127.0.0.1:{port}"),
+    );
+    router.set_env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    router.launch();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (status, _) = router.http(
+        "POST",
+        "/v1/messages",
+        Some(json!({"topic": "echo-in", "payload": "exported",
+                    "headers": [["traceparent", format!("00-{trace}-00f067aa0ba902b7-01")]]})),
+    );
+    assert_eq!(status, 200);
+    let trace_bytes = hex::decode(trace).unwrap();
+    wait_for("the exported span", Duration::from_secs(30), || {
+        let got = received.lock().unwrap();
+        got.windows(16)
+            .any(|w| w == trace_bytes.as_slice())
+            .then_some(())
+    });
+    let got = received.lock().unwrap();
+    assert!(String::from_utf8_lossy(&got).contains("POST /v1/traces"));
+}

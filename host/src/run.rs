@@ -40,5 +40,6 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     router.shutdown().await;
     let _ = std::fs::remove_file(state_dir.join(crate::admin::auth::ADDR_FILE));
     tracing::info!("Eventflow stopped.");
+    crate::telemetry::shutdown();
     Ok(())
 }

@@ -343,6 +343,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         cmd.env(k, v);
     }
     cmd.env("EVENTFLOW_TEST_PLUGINS", &plugins);
-    cmd.args(["test", "--workspace"]).args(args);
+    // The optional OTLP exporter is built and tested too.
+    cmd.args(["test", "--workspace", "--features", "eventflow/otlp"])
+        .args(args);
     run(&mut cmd)
 }

@@ -73,15 +73,20 @@ impl Worker {
     /// message's trace.
     pub async fn process(&self, delivery: Delivery, algorithm: Arc<Algorithm>) {
         use tracing::Instrument;
-        let trace = TraceContext::for_message(delivery.message.header(TRACEPARENT_HEADER));
+        #[allow(unused_mut)]
+        let mut trace = TraceContext::for_message(delivery.message.header(TRACEPARENT_HEADER));
         let span = tracing::info_span!(
             "message",
             flow = %self.flow,
             message_id = %delivery.message.id,
-            trace_id = %trace.trace_id,
-            span_id = %trace.span_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             parent_span_id = trace.parent_id.as_deref().unwrap_or(""),
         );
+        #[cfg(feature = "otlp")]
+        crate::telemetry::otlp::link(&span, &mut trace);
+        span.record("trace_id", trace.trace_id.as_str());
+        span.record("span_id", trace.span_id.as_str());
         self.process_in_trace(delivery, algorithm, trace)
             .instrument(span)
             .await
