@@ -17,6 +17,8 @@ use crate::config::TopicSpec;
 use crate::message::{InboundMessage, OutboundMessage};
 
 pub mod embedded;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 
 /// A broker connection as configured: `kind` picks the connector.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -24,6 +26,9 @@ pub mod embedded;
 pub enum BrokerSpec {
     /// The durable broker built into the router (the default).
     Embedded(embedded::EmbeddedConfig),
+    /// Amazon SQS queues.
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::SqsConfig),
 }
 
 impl BrokerSpec {
@@ -31,6 +36,8 @@ impl BrokerSpec {
     pub fn name(&self) -> &str {
         match self {
             BrokerSpec::Embedded(c) => &c.name,
+            #[cfg(feature = "sqs")]
+            BrokerSpec::Sqs(c) => &c.name,
         }
     }
 
@@ -38,6 +45,8 @@ impl BrokerSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             BrokerSpec::Embedded(_) => "embedded",
+            #[cfg(feature = "sqs")]
+            BrokerSpec::Sqs(_) => "sqs",
         }
     }
 
@@ -46,6 +55,8 @@ impl BrokerSpec {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             BrokerSpec::Embedded(_) => Ok(()),
+            #[cfg(feature = "sqs")]
+            BrokerSpec::Sqs(c) => c.validate(),
         }
     }
 
@@ -76,6 +87,8 @@ pub async fn connect(
         BrokerSpec::Embedded(c) => Ok(std::sync::Arc::new(
             embedded::EmbeddedConnection::open(c, ctx).await?,
         )),
+        #[cfg(feature = "sqs")]
+        BrokerSpec::Sqs(c) => sqs::open(c, ctx).await,
     }
 }
 

@@ -1,0 +1,555 @@
+//! Consuming an SQS queue.
+//!
+//! `receivers` background tasks long-poll the queue and hand messages to the
+//! flow through a channel as deep as the flow's batch (its concurrency, up
+//! to 64). A poller waits until there is room for one message, so receiving
+//! pauses while the flow is saturated, then asks for a whole batch (up to
+//! ten); what does not fit because the flow is busy goes back to the queue
+//! with the flow's saturation delay, 5 minutes by default (the platform's
+//! documented behaviour; it counts as a receive). Flows with a concurrency
+//! below ten and a busy queue meet this often: lower the delay, or raise the
+//! concurrency. Deletes are
+//! batched (`DeleteMessageBatch`), a retry is a visibility change, and a
+//! heartbeat extends the visibility of a message while its invocation runs.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName, QueueAttributeName,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::config::SqsConfig;
+use super::sdk_error;
+use super::sink::decode;
+use crate::config::TopicSpec;
+use crate::connector::{Delivery, Settle, Source, SourceOptions};
+use crate::flow::retry::MAX_DELAY;
+use crate::message::{InboundMessage, from_unix_ms};
+
+/// How long `receive` waits for a message before it returns empty.
+const POLL: Duration = Duration::from_millis(500);
+
+/// A received message waiting for the flow.
+struct Received {
+    message: Message,
+    at: Instant,
+}
+
+/// What the queue says about itself at open.
+struct QueueFacts {
+    visibility: Duration,
+    max_receive_count: Option<u32>,
+}
+
+async fn queue_facts(client: &Client, connection: &str, queue: &str) -> anyhow::Result<QueueFacts> {
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!(sdk_error(e)))
+        .with_context(|| {
+            format!("broker connection {connection:?} (sqs): cannot open queue {queue}")
+        })?;
+    let map = attrs.attributes().cloned().unwrap_or_default();
+    let visibility = map
+        .get(&QueueAttributeName::VisibilityTimeout)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(30);
+    let max_receive_count = map
+        .get(&QueueAttributeName::RedrivePolicy)
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|p| match &p["maxReceiveCount"] {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        })
+        .map(|n| n as u32);
+    Ok(QueueFacts {
+        visibility: Duration::from_secs(visibility.max(1)),
+        max_receive_count,
+    })
+}
+
+/// A consumer of one queue for one flow.
+pub struct SqsSource {
+    rx: mpsc::Receiver<Received>,
+    client: Client,
+    queue: String,
+    topic: String,
+    visibility: Duration,
+    max_receive_count: Option<u32>,
+    acks: mpsc::UnboundedSender<AckRequest>,
+    stop: CancellationToken,
+}
+
+impl Drop for SqsSource {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl SqsSource {
+    /// Checks the queue and starts the pollers.
+    pub async fn open(
+        client: Client,
+        connection: &str,
+        config: &SqsConfig,
+        topic: &TopicSpec,
+        options: &SourceOptions,
+    ) -> anyhow::Result<Self> {
+        let queue = topic.address().to_string();
+        let facts = queue_facts(&client, connection, &queue).await?;
+        let (tx, rx) = mpsc::channel(options.max_batch.max(1));
+        let stop = CancellationToken::new();
+        let poller = Poller {
+            client: client.clone(),
+            queue: queue.clone(),
+            batch: options.max_batch.clamp(1, 10) as i32,
+            wait_secs: config.wait_time_secs,
+            saturation_delay: options.saturation_delay,
+            flow: options.flow.clone(),
+        };
+        for _ in 0..config.receivers {
+            tokio::spawn(poller.clone().run(tx.clone(), stop.clone()));
+        }
+        let (acks, ack_rx) = mpsc::unbounded_channel();
+        tokio::spawn(delete_batches(client.clone(), queue.clone(), ack_rx));
+        Ok(Self {
+            rx,
+            client,
+            queue,
+            topic: topic.name.clone(),
+            visibility: facts.visibility,
+            max_receive_count: facts.max_receive_count,
+            acks,
+            stop,
+        })
+    }
+
+    fn delivery(&self, received: Received) -> Delivery {
+        let m = received.message;
+        let attribute =
+            |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name));
+        let attempt = attribute(MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let enqueued_at = attribute(MessageSystemAttributeName::SentTimestamp)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(from_unix_ms);
+        let (payload, headers, undecodable) =
+            decode(m.body().unwrap_or_default(), m.message_attributes());
+        Delivery {
+            message: InboundMessage {
+                id: m.message_id().unwrap_or_default().to_string(),
+                topic: self.topic.clone(),
+                payload,
+                headers,
+                attempt,
+                enqueued_at,
+                undecodable,
+            },
+            settle: Box::new(SqsSettle {
+                client: self.client.clone(),
+                queue: self.queue.clone(),
+                receipt: m.receipt_handle().unwrap_or_default().to_string(),
+                visibility: self.visibility,
+                acks: self.acks.clone(),
+            }),
+        }
+    }
+
+    /// Messages that waited in the channel for half their visibility get it
+    /// renewed before the flow starts on them; if that fails the message is
+    /// already visible again and is skipped (SQS redelivers it).
+    async fn fresh(&self, received: Received) -> Option<Received> {
+        if received.at.elapsed() < self.visibility / 2 {
+            return Some(received);
+        }
+        let renewed = self
+            .client
+            .change_message_visibility()
+            .queue_url(&self.queue)
+            .receipt_handle(received.message.receipt_handle().unwrap_or_default())
+            .visibility_timeout(self.visibility.as_secs() as i32)
+            .send()
+            .await;
+        renewed.ok().map(|_| Received {
+            at: Instant::now(),
+            ..received
+        })
+    }
+}
+
+#[async_trait]
+impl Source for SqsSource {
+    async fn receive(&mut self, max: usize) -> anyhow::Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(POLL, self.rx.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => anyhow::bail!("the receivers of queue {} stopped", self.queue),
+            Err(_) => return Ok(out),
+        };
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        for received in batch {
+            if let Some(r) = self.fresh(received).await {
+                out.push(self.delivery(r));
+            }
+        }
+        Ok(out)
+    }
+
+    fn native_max_receives(&self) -> Option<u32> {
+        self.max_receive_count
+    }
+
+    async fn close(&mut self) {
+        self.stop.cancel();
+        // Messages still waiting for the flow go back at once.
+        self.rx.close();
+        let mut waiting = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            waiting.push(r.message);
+        }
+        give_back(&self.client, &self.queue, &waiting, Duration::ZERO).await;
+    }
+}
+
+/// One long-polling receiver.
+#[derive(Clone)]
+struct Poller {
+    client: Client,
+    queue: String,
+    /// Messages asked for per receive.
+    batch: i32,
+    wait_secs: u32,
+    saturation_delay: Duration,
+    flow: String,
+}
+
+impl Poller {
+    async fn run(self, tx: mpsc::Sender<Received>, stop: CancellationToken) {
+        let Poller {
+            client,
+            queue,
+            batch,
+            wait_secs,
+            saturation_delay,
+            flow,
+        } = self;
+        let mut failures = 0u32;
+        loop {
+            // Wait for room: receiving pauses while the flow is saturated.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = tx.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let call = client
+                .receive_message()
+                .queue_url(&queue)
+                .max_number_of_messages(batch)
+                .wait_time_seconds(wait_secs as i32)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send();
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = call => r,
+            };
+            let messages = match result {
+                Ok(out) => {
+                    failures = 0;
+                    out.messages.unwrap_or_default()
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = Duration::from_secs(1u64 << failures.min(5));
+                    tracing::error!(
+                        flow = %flow,
+                        queue = %queue,
+                        error = %sdk_error(e),
+                        retry_in = ?delay,
+                        "Receiving from SQS failed; retrying."
+                    );
+                    drop(permit);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            let now = Instant::now();
+            let mut messages = messages.into_iter();
+            let Some(first) = messages.next() else {
+                continue;
+            };
+            permit.send(Received {
+                message: first,
+                at: now,
+            });
+            let mut surplus = Vec::new();
+            for message in messages {
+                if let Err(e) = tx.try_send(Received { message, at: now }) {
+                    match e {
+                        mpsc::error::TrySendError::Full(r)
+                        | mpsc::error::TrySendError::Closed(r) => surplus.push(r.message),
+                    }
+                }
+            }
+            if !surplus.is_empty() {
+                tracing::info!(
+                    flow = %flow,
+                    queue = %queue,
+                    returned = surplus.len(),
+                    delay = ?saturation_delay,
+                    "Flow is saturated: gave received messages back to the queue with a delay."
+                );
+                give_back(&client, &queue, &surplus, saturation_delay).await;
+            }
+        }
+    }
+}
+
+/// Makes messages visible again after `delay`.
+async fn give_back(client: &Client, queue: &str, messages: &[Message], delay: Duration) {
+    for chunk in messages.chunks(10) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(format!("r{i}"))
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .visibility_timeout(delay.min(MAX_DELAY).as_secs() as i32)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if let Err(e) = client
+            .change_message_visibility_batch()
+            .queue_url(queue)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            tracing::warn!(queue = %queue, error = %sdk_error(e), "Could not give messages back; they return when their visibility runs out.");
+        }
+    }
+}
+
+struct AckRequest {
+    receipt: String,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Deletes acknowledged messages ten at a time.
+async fn delete_batches(
+    client: Client,
+    queue: String,
+    mut rx: mpsc::UnboundedReceiver<AckRequest>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 10 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("d{i}"))
+                    .receipt_handle(&r.receipt)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let result = client
+            .delete_message_batch()
+            .queue_url(&queue)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let failed: HashMap<String, String> = out
+                    .failed()
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.id().to_string(),
+                            format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                        )
+                    })
+                    .collect();
+                for (i, r) in batch.into_iter().enumerate() {
+                    let outcome = match failed.get(&format!("d{i}")) {
+                        Some(why) => Err(why.clone()),
+                        None => Ok(()),
+                    };
+                    let _ = r.done.send(outcome);
+                }
+            }
+            Err(e) => {
+                let why = sdk_error(e);
+                for r in batch {
+                    let _ = r.done.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+struct SqsSettle {
+    client: Client,
+    queue: String,
+    receipt: String,
+    visibility: Duration,
+    acks: mpsc::UnboundedSender<AckRequest>,
+}
+
+impl SqsSettle {
+    async fn set_visibility(&self, d: Duration) -> anyhow::Result<()> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue)
+            .receipt_handle(&self.receipt)
+            .visibility_timeout(d.min(MAX_DELAY).as_secs() as i32)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("queue {}: {}", self.queue, sdk_error(e)))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Settle for SqsSettle {
+    async fn ack(&mut self) -> anyhow::Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.acks
+            .send(AckRequest {
+                receipt: self.receipt.clone(),
+                done,
+            })
+            .map_err(|_| anyhow::anyhow!("the deleter of queue {} stopped", self.queue))?;
+        wait.await
+            .map_err(|_| anyhow::anyhow!("the deleter of queue {} stopped", self.queue))?
+            .map_err(|why| anyhow::anyhow!("queue {}: cannot delete: {why}", self.queue))
+    }
+
+    async fn retry(&mut self, delay: Duration) -> anyhow::Result<()> {
+        self.set_visibility(delay).await
+    }
+
+    async fn extend(&mut self, _lease: Duration) -> anyhow::Result<()> {
+        self.set_visibility(self.visibility).await
+    }
+
+    fn heartbeat(&self) -> Option<Duration> {
+        Some((self.visibility / 3).max(Duration::from_millis(500)))
+    }
+}
+
+/// Reads messages without keeping them: received with a visibility timeout
+/// of zero, so they stay available (each read counts as a receive).
+pub async fn peek(
+    client: &Client,
+    topic: &TopicSpec,
+    max: usize,
+) -> anyhow::Result<Vec<InboundMessage>> {
+    let mut seen: HashMap<String, InboundMessage> = HashMap::new();
+    let mut empty_rounds = 0;
+    while seen.len() < max && empty_rounds < 3 {
+        let out = client
+            .receive_message()
+            .queue_url(topic.address())
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("queue {}: {}", topic.address(), sdk_error(e)))?;
+        let before = seen.len();
+        for m in out.messages.unwrap_or_default() {
+            let (payload, headers, undecodable) =
+                decode(m.body().unwrap_or_default(), m.message_attributes());
+            let id = m.message_id().unwrap_or_default().to_string();
+            let attempt = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            seen.entry(id.clone()).or_insert(InboundMessage {
+                id,
+                topic: topic.name.clone(),
+                payload,
+                headers,
+                attempt,
+                enqueued_at: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(from_unix_ms),
+                undecodable,
+            });
+        }
+        if seen.len() == before {
+            empty_rounds += 1;
+        }
+    }
+    let mut out: Vec<InboundMessage> = seen.into_values().collect();
+    out.sort_by_key(|m| m.enqueued_at);
+    out.truncate(max);
+    Ok(out)
+}
+
+/// Deletes the message `id`: receives until it shows up.
+pub async fn remove(client: &Client, topic: &TopicSpec, id: &str) -> anyhow::Result<bool> {
+    for _ in 0..20 {
+        let out = client
+            .receive_message()
+            .queue_url(topic.address())
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("queue {}: {}", topic.address(), sdk_error(e)))?;
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return Ok(false);
+        }
+        if let Some(m) = messages.iter().find(|m| m.message_id() == Some(id)) {
+            client
+                .delete_message()
+                .queue_url(topic.address())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("queue {}: {}", topic.address(), sdk_error(e)))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,342 @@
+//! Amazon SQS end to end, against moto's server on loopback: the demo flow,
+//! native and router-side dead-lettering, the visibility heartbeat,
+//! saturation, `kill -9`, and clear errors for a queue that is not there.
+
+#[path = "support/moto.rs"]
+mod moto;
+mod support;
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use moto::Moto;
+use serde_json::Value;
+use support::{Plugins, Router, wait_for};
+
+fn start(moto: &Moto, body: &str) -> Router {
+    let mut router = Router::configure(&format!("{}\n{body}", moto.broker()), Plugins::Shared);
+    moto::credentials(&mut router);
+    router.launch();
+    router
+}
+
+fn topic(name: &str, url: &str, consumers: &str, publishers: &str) -> String {
+    format!(
+        "[[topics]]\nname = \"{name}\"\naddress = \"{url}\"\nconsumers = [{consumers}]\npublishers = [{publishers}]\n"
+    )
+}
+
+#[test]
+fn the_demo_flow_over_sqs() {
+    let moto = Moto::start();
+    let incoming = moto.queue("incoming", &[]);
+    let dlq = moto.queue("incoming-dlq", &[]);
+    let router = start(
+        &moto,
+        &format!(
+            "{}{}[[flows]]\nname = \"store\"\ntopic = \"incoming\"\nalgorithm = \"ezra/store_file/0.1.0\"\ndead_letter_topic = \"dlq\"\n",
+            topic("incoming", &incoming, "\"ezra/store_file\"", ""),
+            topic("dlq", &dlq, "", "\"ezra/store_file\""),
+        ),
+    );
+    // Published through the router, as a user would.
+    router.cli_ok(&[
+        "send",
+        "incoming",
+        "--data",
+        r#"{"filename": "some-new-file.txt", "data": "file contents to store"}"#,
+    ]);
+    let stored = wait_for("the stored file", Duration::from_secs(60), || {
+        router.data_file("ezra/TestingEventFlow/some-new-file.txt")
+    });
+    assert_eq!(stored, b"file contents to store");
+    // The message was deleted once stored.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(moto.drain(&incoming, 0, Duration::from_secs(2)).is_empty());
+    let topics = router.cli_ok(&["topics", "list"]);
+    assert!(
+        topics.contains("aws:incoming") && topics.contains("declared=true"),
+        "{topics}"
+    );
+}
+
+#[test]
+fn a_redrive_policy_dead_letters_natively_after_max_receive_count() {
+    let moto = Moto::start();
+    let dead = moto.queue("native-dlq", &[]);
+    let policy = format!(
+        r#"{{"deadLetterTargetArn": "{}", "maxReceiveCount": "3"}}"#,
+        moto.arn(&dead)
+    );
+    let incoming = moto.queue(
+        "with-redrive",
+        &[
+            (QueueAttributeName::RedrivePolicy, policy),
+            (QueueAttributeName::VisibilityTimeout, "2".into()),
+        ],
+    );
+    let router = start(
+        &moto,
+        &format!(
+            "{}[[flows]]\nname = \"flaky\"\ntopic = \"in\"\nalgorithm = \"test/flaky\"\nmax_receives = 10\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 200\njitter = false\n",
+            topic("in", &incoming, "\"test/flaky\"", ""),
+        ),
+    );
+    wait_for("the redrive report", Duration::from_secs(30), || {
+        router
+            .log()
+            .contains("maxReceiveCount applies")
+            .then_some(())
+    });
+    moto.send(&incoming, &[r#"{"always_fail": true}"#.into()]);
+    let moved = moto.drain(&dead, 1, Duration::from_secs(60));
+    assert_eq!(
+        moved.len(),
+        1,
+        "the message reached the queue's own dead-letter queue"
+    );
+    assert_eq!(moved[0].body(), Some(r#"{"always_fail": true}"#));
+    let failures = router
+        .log()
+        .lines()
+        .filter(|l| l.contains("Algorithm failed on a message"))
+        .count();
+    assert_eq!(
+        failures, 3,
+        "maxReceiveCount (3) attempts, not max_receives (10)"
+    );
+}
+
+#[test]
+fn without_a_redrive_policy_the_router_dead_letters_and_deletes() {
+    let moto = Moto::start();
+    let incoming = moto.queue(
+        "plain",
+        &[(QueueAttributeName::VisibilityTimeout, "5".into())],
+    );
+    let dlq = moto.queue("plain-dlq", &[]);
+    let router = start(
+        &moto,
+        &format!(
+            "{}{}[[flows]]\nname = \"flaky\"\ntopic = \"in\"\nalgorithm = \"test/flaky\"\ndead_letter_topic = \"dlq\"\nmax_receives = 2\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 100\njitter = false\n",
+            topic("in", &incoming, "\"test/flaky\"", ""),
+            topic("dlq", &dlq, "", "\"test/flaky\""),
+        ),
+    );
+    moto.send(&incoming, &[r#"{"always_fail": true}"#.into()]);
+    let letters = moto.drain(&dlq, 1, Duration::from_secs(60));
+    assert_eq!(letters.len(), 1);
+    let envelope: Value = serde_json::from_str(letters[0].body().unwrap()).unwrap();
+    assert_eq!(envelope["attempts"], 2);
+    assert_eq!(envelope["source"]["kind"], "sqs");
+    assert_eq!(envelope["last_failure"]["reason"], "guest_retry");
+    assert_eq!(envelope["payload"], r#"{"always_fail": true}"#);
+    // The original is gone: nothing comes back after the visibility timeout.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(moto.drain(&incoming, 0, Duration::from_secs(1)).is_empty());
+    let _ = router;
+}
+
+#[test]
+fn the_heartbeat_keeps_a_long_invocation_from_being_redelivered() {
+    let moto = Moto::start();
+    let incoming = moto.queue(
+        "slow-in",
+        &[(QueueAttributeName::VisibilityTimeout, "3".into())],
+    );
+    let out = moto.queue("slow-out", &[]);
+    let router = start(
+        &moto,
+        &format!(
+            "{}{}[[flows]]\nname = \"slow\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\noutput_topic = \"out\"\ntimeout_secs = 20\n",
+            topic("in", &incoming, "\"test/slow\"", ""),
+            topic("out", &out, "", "\"test/slow\""),
+        ),
+    );
+    moto.send(&incoming, &[r#"{"id": "long", "sleep_ms": 10000}"#.into()]);
+    let outputs = moto.drain(&out, 1, Duration::from_secs(60));
+    assert_eq!(outputs.len(), 1);
+    // Give a redelivery the chance to happen, then count invocations.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        moto.drain(&out, 0, Duration::from_secs(1)).is_empty(),
+        "a second output"
+    );
+    let log = router.log();
+    let processed = log
+        .lines()
+        .filter(|l| l.contains("Message processed."))
+        .count();
+    assert_eq!(
+        processed, 1,
+        "invoked more than once under a 3 s visibility timeout"
+    );
+}
+
+#[test]
+fn a_saturated_flow_gives_messages_back_with_the_configured_delay() {
+    let moto = Moto::start();
+    let incoming = moto.queue(
+        "busy",
+        &[(QueueAttributeName::VisibilityTimeout, "30".into())],
+    );
+    let router = start(
+        &moto,
+        &format!(
+            "{}[[flows]]\nname = \"busy\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 4\nmax_receives = 10\n[flows.consumer]\nsaturation_delay_secs = 4\n",
+            topic("in", &incoming, "\"test/slow\"", ""),
+        ),
+    );
+    let bodies: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"id": "b{i:02}", "sleep_ms": 300}}"#))
+        .collect();
+    moto.send(&incoming, &bodies);
+    wait_for("the saturation report", Duration::from_secs(30), || {
+        router.log().contains("Flow is saturated").then_some(())
+    });
+    let log = router.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Flow is saturated"))
+        .unwrap();
+    assert!(line.contains("delay=4s"), "{line}");
+    // Given back, not lost: every message is processed in the end, and the
+    // ones given back come back no sooner than the delay.
+    wait_for("all twenty messages", Duration::from_secs(60), || {
+        (router.data_files("test/intervals").len() == 20).then_some(())
+    });
+    let mut times: Vec<u128> = router
+        .data_files("test/intervals")
+        .iter()
+        .map(|f| {
+            let t = String::from_utf8(router.data_file(&format!("test/intervals/{f}")).unwrap())
+                .unwrap();
+            t.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    times.sort();
+    let span_ms = (times[19] - times[0]) / 1_000_000;
+    assert!(
+        span_ms >= 4_000,
+        "all twenty ran within {span_ms} ms: nothing was delayed"
+    );
+}
+
+#[test]
+fn kill_9_mid_stream_loses_nothing() {
+    let moto = Moto::start();
+    let incoming = moto.queue(
+        "crashy",
+        &[(QueueAttributeName::VisibilityTimeout, "3".into())],
+    );
+    let mut router = start(
+        &moto,
+        &format!(
+            "{}[[flows]]\nname = \"slow\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 10\n[flows.consumer]\nsaturation_delay_secs = 2\n",
+            topic("in", &incoming, "\"test/slow\"", ""),
+        ),
+    );
+    let bodies: Vec<String> = (0..120)
+        .map(|i| format!(r#"{{"id": "k{i:03}", "sleep_ms": 50}}"#))
+        .collect();
+    moto.send(&incoming, &bodies);
+    wait_for("some progress", Duration::from_secs(60), || {
+        (router.data_files("test/intervals").len() >= 20).then_some(())
+    });
+    router.kill9();
+    assert!(
+        router.data_files("test/intervals").len() < 120,
+        "finished before the kill"
+    );
+    router.launch();
+    wait_for("all 120 messages", Duration::from_secs(120), || {
+        (router.data_files("test/intervals").len() == 120).then_some(())
+    });
+}
+
+#[test]
+fn an_unknown_queue_is_a_clear_error_naming_the_connection_and_queue() {
+    let moto = Moto::start();
+    let missing = format!("{}/123456789012/no-such-queue", moto.url);
+    let router = start(
+        &moto,
+        &format!(
+            "{}[[flows]]\nname = \"lost\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\n",
+            topic("in", &missing, "\"examples/echo\"", ""),
+        ),
+    );
+    let error = wait_for("the flow's error", Duration::from_secs(30), || {
+        router.flow("lost")["last_error"][1]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(error.contains("broker connection \"aws\" (sqs)"), "{error}");
+    assert!(error.contains("no-such-queue"), "{error}");
+    assert_eq!(router.flow("lost")["state"], "disconnected");
+    assert!(
+        router
+            .log()
+            .contains("Cannot open the flow's consumer; retrying.")
+    );
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error() {
+    // moto checks credentials against its own IAM when told to.
+    let moto = Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let url = format!("{}/123456789012/guarded", moto.url);
+    let router = start(
+        &moto,
+        &format!(
+            "{}[[flows]]\nname = \"guarded\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\n",
+            topic("in", &url, "\"examples/echo\"", ""),
+        ),
+    );
+    let error = wait_for("the flow's error", Duration::from_secs(30), || {
+        router.flow("guarded")["last_error"][1]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        error.contains("broker connection \"aws\" (sqs)") && error.contains("guarded"),
+        "{error}"
+    );
+    assert!(
+        error.contains("InvalidClientTokenId")
+            || error.contains("security token")
+            || error.contains("not authorized"),
+        "{error}"
+    );
+}
+
+#[test]
+fn readiness_flips_when_sqs_goes_down_and_back() {
+    let mut moto = Moto::start();
+    let incoming = moto.queue("ready", &[]);
+    let router = start(
+        &moto,
+        &format!(
+            "{}[[flows]]\nname = \"r\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\n",
+            topic("in", &incoming, "\"examples/echo\"", ""),
+        ),
+    );
+    let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
+    let ready = || support::http("GET", &format!("http://{}/readyz", addr.trim()), None, None);
+    assert_eq!(ready().0, 200, "{}", ready().1);
+    moto.stop();
+    let (status, body) = wait_for("readiness to drop", Duration::from_secs(60), || {
+        let r = ready();
+        (r.0 == 503).then_some(r)
+    });
+    assert_eq!(status, 503);
+    assert_eq!(body["brokers"][0]["state"], "down", "{body}");
+    assert!(
+        router
+            .metrics()
+            .contains("eventflow_broker_up{broker=\"aws\"} 0")
+    );
+    moto.restart();
+    wait_for("readiness to return", Duration::from_secs(60), || {
+        (ready().0 == 200).then_some(())
+    });
+}
