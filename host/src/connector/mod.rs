@@ -17,6 +17,8 @@ use crate::config::TopicSpec;
 use crate::message::{InboundMessage, OutboundMessage};
 
 pub mod embedded;
+#[cfg(feature = "servicebus")]
+pub mod servicebus;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 
@@ -29,6 +31,9 @@ pub enum BrokerSpec {
     /// Amazon SQS queues.
     #[cfg(feature = "sqs")]
     Sqs(sqs::SqsConfig),
+    /// Azure Service Bus queues.
+    #[cfg(feature = "servicebus")]
+    Servicebus(servicebus::ServiceBusConfig),
 }
 
 impl BrokerSpec {
@@ -38,6 +43,8 @@ impl BrokerSpec {
             BrokerSpec::Embedded(c) => &c.name,
             #[cfg(feature = "sqs")]
             BrokerSpec::Sqs(c) => &c.name,
+            #[cfg(feature = "servicebus")]
+            BrokerSpec::Servicebus(c) => &c.name,
         }
     }
 
@@ -47,6 +54,8 @@ impl BrokerSpec {
             BrokerSpec::Embedded(_) => "embedded",
             #[cfg(feature = "sqs")]
             BrokerSpec::Sqs(_) => "sqs",
+            #[cfg(feature = "servicebus")]
+            BrokerSpec::Servicebus(_) => "servicebus",
         }
     }
 
@@ -57,6 +66,8 @@ impl BrokerSpec {
             BrokerSpec::Embedded(_) => Ok(()),
             #[cfg(feature = "sqs")]
             BrokerSpec::Sqs(c) => c.validate(),
+            #[cfg(feature = "servicebus")]
+            BrokerSpec::Servicebus(c) => c.validate(),
         }
     }
 
@@ -89,6 +100,8 @@ pub async fn connect(
         )),
         #[cfg(feature = "sqs")]
         BrokerSpec::Sqs(c) => sqs::open(c, ctx).await,
+        #[cfg(feature = "servicebus")]
+        BrokerSpec::Servicebus(c) => servicebus::open(c, ctx).await,
     }
 }
 
