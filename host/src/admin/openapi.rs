@@ -294,6 +294,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked >= 20, "only {checked} routes found");
+        assert!(checked >= 19, "only {checked} routes found");
     }
 }

@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::TopicSpec;
 use crate::message::{InboundMessage, OutboundMessage};
 
+pub mod azure;
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "servicebus")]
 pub mod servicebus;
 #[cfg(feature = "sqs")]
@@ -28,6 +31,12 @@ pub mod sqs;
 pub enum BrokerSpec {
     /// The durable broker built into the router (the default).
     Embedded(embedded::EmbeddedConfig),
+    /// An Apache Kafka cluster.
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaConfig),
+    /// Azure Event Hubs through its Kafka endpoint.
+    #[cfg(feature = "kafka")]
+    Eventhubs(kafka::EventHubsConfig),
     /// Amazon SQS queues.
     #[cfg(feature = "sqs")]
     Sqs(sqs::SqsConfig),
@@ -41,6 +50,10 @@ impl BrokerSpec {
     pub fn name(&self) -> &str {
         match self {
             BrokerSpec::Embedded(c) => &c.name,
+            #[cfg(feature = "kafka")]
+            BrokerSpec::Kafka(c) => &c.name,
+            #[cfg(feature = "kafka")]
+            BrokerSpec::Eventhubs(c) => &c.name,
             #[cfg(feature = "sqs")]
             BrokerSpec::Sqs(c) => &c.name,
             #[cfg(feature = "servicebus")]
@@ -52,6 +65,10 @@ impl BrokerSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             BrokerSpec::Embedded(_) => "embedded",
+            #[cfg(feature = "kafka")]
+            BrokerSpec::Kafka(_) => "kafka",
+            #[cfg(feature = "kafka")]
+            BrokerSpec::Eventhubs(_) => "eventhubs",
             #[cfg(feature = "sqs")]
             BrokerSpec::Sqs(_) => "sqs",
             #[cfg(feature = "servicebus")]
@@ -64,6 +81,10 @@ impl BrokerSpec {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             BrokerSpec::Embedded(_) => Ok(()),
+            #[cfg(feature = "kafka")]
+            BrokerSpec::Kafka(c) => c.validate(),
+            #[cfg(feature = "kafka")]
+            BrokerSpec::Eventhubs(c) => c.validate(),
             #[cfg(feature = "sqs")]
             BrokerSpec::Sqs(c) => c.validate(),
             #[cfg(feature = "servicebus")]
@@ -98,6 +119,10 @@ pub async fn connect(
         BrokerSpec::Embedded(c) => Ok(std::sync::Arc::new(
             embedded::EmbeddedConnection::open(c, ctx).await?,
         )),
+        #[cfg(feature = "kafka")]
+        BrokerSpec::Kafka(c) => kafka::open(c, ctx).await,
+        #[cfg(feature = "kafka")]
+        BrokerSpec::Eventhubs(c) => kafka::open_eventhubs(c, ctx).await,
         #[cfg(feature = "sqs")]
         BrokerSpec::Sqs(c) => sqs::open(c, ctx).await,
         #[cfg(feature = "servicebus")]
@@ -119,6 +144,8 @@ pub struct SourceOptions {
     pub group_id: String,
     /// SQS: how long messages received while saturated wait before redelivery.
     pub saturation_delay: Duration,
+    /// Where connectors report what only they know (Kafka's consumer lag).
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// Why a publish failed.

@@ -254,6 +254,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("eventflow-{}", spec.name)),
         saturation_delay: Duration::from_secs(spec.consumer.saturation_delay_secs.unwrap_or(300)),
+        metrics: Some(services.metrics.clone()),
     };
 
     let mut backoff = Backoff::new();

@@ -1,0 +1,248 @@
+//! Kafka end to end against tansu, a real Kafka-protocol broker, on
+//! loopback: the demo flow, dead-lettering, undecodable messages,
+//! at-least-once across `kill -9`, two routers in one group, and a broker
+//! restart. One broker is shared by the tests (its first consumer-group
+//! join takes about 20 s); each test has its own topics and groups.
+
+mod support;
+#[path = "support/tansu.rs"]
+mod tansu;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Plugins, Router, wait_for};
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn broker(bootstrap: &str) -> String {
+    format!(
+        "[[brokers]]\nname = \"kafka\"\nkind = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n"
+    )
+}
+
+fn topic(name: &str, address: &str, consumers: &str, publishers: &str) -> String {
+    format!(
+        "[[topics]]\nname = \"{name}\"\naddress = \"{address}\"\nconsumers = [{consumers}]\npublishers = [{publishers}]\n"
+    )
+}
+
+const JOIN: Duration = Duration::from_secs(120);
+
+#[test]
+fn the_demo_flow_over_kafka() {
+    let bootstrap = tansu::shared();
+    let (input, dlq) = (unique("demo-in"), unique("demo-dlq"));
+    tansu::create_topics(&bootstrap, &[&input, &dlq], 1);
+    let router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"store\"\ntopic = \"incoming\"\nalgorithm = \"ezra/store_file/0.1.0\"\ndead_letter_topic = \"dlq\"\n",
+        broker(&bootstrap),
+        topic("incoming", &input, "\"ezra/store_file\"", ""),
+        topic("dlq", &dlq, "", "\"ezra/store_file\""),
+    ));
+    router.cli_ok(&[
+        "send",
+        "incoming",
+        "--data",
+        r#"{"filename": "some-new-file.txt", "data": "file contents to store"}"#,
+    ]);
+    let stored = wait_for("the stored file", JOIN, || {
+        router.data_file("ezra/TestingEventFlow/some-new-file.txt")
+    });
+    assert_eq!(stored, b"file contents to store");
+    let topics = router.cli_ok(&["topics", "list"]);
+    assert!(
+        topics.contains(&format!("kafka:{input}")) || topics.contains("kafka:incoming"),
+        "{topics}"
+    );
+}
+
+#[test]
+fn dead_lettering_after_max_receives_and_undecodable_messages() {
+    let bootstrap = tansu::shared();
+    let (input, out, dlq) = (unique("dl-in"), unique("dl-out"), unique("dl-dlq"));
+    tansu::create_topics(&bootstrap, &[&input, &out, &dlq], 1);
+    let router = Router::start(&format!(
+        "{}{}{}{}[[flows]]\nname = \"flaky\"\ntopic = \"in\"\nalgorithm = \"test/flaky\"\noutput_topic = \"out\"\ndead_letter_topic = \"dlq\"\nmax_receives = 3\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 200\njitter = false\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"test/flaky\"", ""),
+        topic("out", &out, "", "\"test/flaky\""),
+        topic("dlq", &dlq, "", "\"test/flaky\""),
+    ));
+    tansu::produce(
+        &bootstrap,
+        &input,
+        &[
+            (br#"{"always_fail": true}"#.to_vec(), vec![]),
+            (b"{}".to_vec(), vec![("binary".into(), vec![0xff, 0xfe])]),
+            (br#"{"fail_times": 0}"#.to_vec(), vec![]),
+        ],
+    );
+    let letters = tansu::read_all(&bootstrap, &dlq, 2, JOIN);
+    assert_eq!(
+        letters.len(),
+        2,
+        "the always-failing and the undecodable message"
+    );
+    let envelopes: Vec<Value> = letters
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    let failing = envelopes
+        .iter()
+        .find(|e| e["last_failure"]["reason"] == "guest_retry")
+        .unwrap();
+    assert_eq!(failing["attempts"], 3);
+    assert_eq!(failing["source"]["kind"], "kafka");
+    let bad = envelopes
+        .iter()
+        .find(|e| e["last_failure"]["reason"] == "invalid_input")
+        .unwrap();
+    assert!(
+        bad["last_failure"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("binary")
+    );
+    // The partition went on: the good message after them was processed.
+    let outputs = tansu::read_all(&bootstrap, &out, 1, Duration::from_secs(30));
+    assert_eq!(outputs.len(), 1);
+    let _ = router;
+}
+
+#[test]
+fn kill_9_mid_stream_loses_nothing() {
+    let bootstrap = tansu::shared();
+    let (input, out) = (unique("k9-in"), unique("k9-out"));
+    tansu::create_topics(&bootstrap, &[&input, &out], 4);
+    let mut router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"echo\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\noutput_topic = \"out\"\nconcurrency = 8\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"examples/echo\"", ""),
+        topic("out", &out, "", "\"examples/echo\""),
+    ));
+    let bodies: Vec<String> = (0..300).map(|i| format!("m{i:03}")).collect();
+    tansu::produce_text(&bootstrap, &input, &bodies);
+    wait_for("some progress", JOIN, || {
+        (router
+            .metrics()
+            .contains("eventflow_messages_succeeded_total{flow=\"echo\""))
+        .then_some(())
+    });
+    router.kill9();
+    router.launch();
+    let outputs = tansu::read_all(&bootstrap, &out, 300, Duration::from_secs(180));
+    let got: BTreeSet<String> = outputs
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .collect();
+    let want: BTreeSet<String> = bodies.into_iter().collect();
+    assert_eq!(
+        got, want,
+        "every produced message reached the output (duplicates allowed)"
+    );
+}
+
+#[test]
+fn two_routers_in_one_group_split_the_partitions() {
+    let bootstrap = tansu::shared();
+    let (input, out) = (unique("two-in"), unique("two-out"));
+    tansu::create_topics(&bootstrap, &[&input, &out], 4);
+    let group = unique("shared-group");
+    let config = format!(
+        "{}{}{}[[flows]]\nname = \"echo\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\noutput_topic = \"out\"\n[flows.consumer]\ngroup_id = \"{group}\"\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"examples/echo\"", ""),
+        topic("out", &out, "", "\"examples/echo\""),
+    );
+    let a = Router::start_with(&config, Plugins::Shared);
+    let b = Router::start_with(&config, Plugins::Shared);
+    // Wait until both have joined and hold partitions.
+    wait_for("both routers to be assigned partitions", JOIN, || {
+        let assigned = |r: &Router| r.log().contains("Kafka partitions assigned");
+        (assigned(&a) && assigned(&b)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let bodies: Vec<String> = (0..200).map(|i| format!("p{i:03}")).collect();
+    tansu::produce_text(&bootstrap, &input, &bodies);
+    let outputs = tansu::read_all(&bootstrap, &out, 200, Duration::from_secs(120));
+    let got: BTreeSet<String> = outputs
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(got.len(), 200);
+    let processed = |r: &Router| {
+        r.log()
+            .lines()
+            .filter(|l| l.contains("Message processed."))
+            .count()
+    };
+    let (pa, pb) = (processed(&a), processed(&b));
+    assert!(
+        pa > 0 && pb > 0,
+        "one router did all the work: {pa} and {pb}"
+    );
+}
+
+#[test]
+fn a_broker_restart_is_survived() {
+    let mut kafka = tansu::Tansu::start();
+    let (input, out) = (unique("rs-in"), unique("rs-out"));
+    tansu::create_topics(&kafka.bootstrap, &[&input, &out], 1);
+    let mut router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"echo\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\noutput_topic = \"out\"\n",
+        broker(&kafka.bootstrap),
+        topic("in", &input, "\"examples/echo\"", ""),
+        topic("out", &out, "", "\"examples/echo\""),
+    ));
+    tansu::produce_text(&kafka.bootstrap, &input, &["before".into()]);
+    assert_eq!(tansu::read_all(&kafka.bootstrap, &out, 1, JOIN).len(), 1);
+
+    kafka.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    // The router does not hang: its API answers while the broker is away.
+    assert!(router.is_running_check());
+    kafka.restart();
+    tansu::create_topics(&kafka.bootstrap, &[&input, &out], 1);
+    tansu::produce_text(&kafka.bootstrap, &input, &["after".into()]);
+    let outputs = tansu::read_all(&kafka.bootstrap, &out, 1, Duration::from_secs(180));
+    assert!(
+        outputs.iter().any(|r| r.payload == b"after"),
+        "nothing was processed after the broker came back"
+    );
+    assert!(router.stop().success(), "a graceful stop after the outage");
+}
+
+#[test]
+fn an_unreachable_bootstrap_server_is_a_clear_error_and_retried() {
+    let router = Router::start(&format!(
+        "{}{}[[flows]]\nname = \"nowhere\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\n",
+        broker("127.0.0.1:1"),
+        topic("in", "in", "\"examples/echo\"", ""),
+    ));
+    assert!(
+        router.log().contains("Kafka is unreachable at start"),
+        "{}",
+        router.log()
+    );
+    let error = wait_for("the flow's error", Duration::from_secs(60), || {
+        router.flow("nowhere")["last_error"][1]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        error.contains("broker connection \"kafka\"") && error.contains("127.0.0.1:1"),
+        "{error}"
+    );
+    wait_for("a retry", Duration::from_secs(60), || {
+        (router
+            .log()
+            .matches("Cannot open the flow's consumer; retrying.")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+}
