@@ -14,26 +14,13 @@ use support::{Plugins, Router, wait_for};
 
 /// `bytes` with a custom section appended: the same behaviour, another hash.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"eventflow-test-variant";
-    let mut content = Vec::new();
-    leb(name.len(), &mut content);
-    content.extend_from_slice(name);
-    content.extend_from_slice(tag.as_bytes());
+    use wasm_encoder::Section;
     let mut out = bytes.to_vec();
-    out.push(0);
-    leb(content.len(), &mut out);
-    out.extend_from_slice(&content);
+    wasm_encoder::CustomSection {
+        name: "eventflow-test-variant".into(),
+        data: tag.as_bytes().into(),
+    }
+    .append_to(&mut out);
     out
 }
 

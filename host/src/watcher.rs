@@ -4,13 +4,14 @@
 //! Events from `notify` are debounced per file: a file is looked at once no
 //! event has touched it for [`QUIET`], so a copy arriving in several writes
 //! is read once it is whole (and if it was read too early, it fails to
-//! validate, is rejected, and the next write's event loads it again). Files
+//! validate, is rejected, and the next write's event loads it again). A file
+//! renamed into place is whole at once and is loaded without waiting. Files
 //! are compiled on the blocking pool, off the flows' path. A periodic rescan
 //! catches anything the watcher missed, and the watcher is re-created if it
 //! fails. The safe way to deploy is still to write a temporary name and
 //! rename it into place.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -43,7 +44,11 @@ fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 enum Event {
-    Paths(Vec<PathBuf>),
+    /// Paths touched; `renamed` when a rename put them in place.
+    Paths {
+        paths: Vec<PathBuf>,
+        renamed: bool,
+    },
     Error(String),
 }
 
@@ -56,7 +61,15 @@ fn watch(
             // Reads (our own scans among them) change nothing; reacting to
             // them would make every scan trigger another.
             Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return,
-            Ok(event) => Event::Paths(event.paths),
+            Ok(event) => Event::Paths {
+                renamed: matches!(
+                    event.kind,
+                    notify::EventKind::Modify(notify::event::ModifyKind::Name(
+                        notify::event::RenameMode::To | notify::event::RenameMode::Both
+                    ))
+                ),
+                paths: event.paths,
+            },
             Err(e) => Event::Error(e.to_string()),
         });
     })?;
@@ -85,11 +98,17 @@ async fn run(router: Arc<Router>) {
         .filter_map(|(_, p)| stamp(&p).map(|s| (p, s)))
         .collect();
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
+    // Files renamed into place: whole, so due without the quiet period.
+    let mut renamed_in: HashSet<PathBuf> = HashSet::new();
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.reset();
     let mut rearm_at: Option<Instant> = None;
     loop {
-        let next_due = pending.values().min().map(|t| *t + QUIET);
+        let next_due = if renamed_in.is_empty() {
+            pending.values().min().map(|t| *t + QUIET)
+        } else {
+            Some(Instant::now())
+        };
         let sleep_until = next_due
             .into_iter()
             .chain(rearm_at)
@@ -97,17 +116,24 @@ async fn run(router: Arc<Router>) {
             .unwrap_or_else(|| Instant::now() + RESCAN);
         tokio::select! {
             event = rx.recv() => match event {
-                Some(Event::Paths(paths)) => {
-                    tracing::trace!(?paths, "Plugin directory event.");
+                Some(Event::Paths { paths, renamed }) => {
+                    tracing::trace!(?paths, renamed, "Plugin directory event.");
                     let now = Instant::now();
+                    // A rename's destination is the last path.
+                    let destination = paths.last().cloned();
                     for p in paths {
-                        if p.is_dir() || id_from_path(&dir, &p).is_none() {
+                        if renamed && Some(&p) == destination.as_ref() && id_from_path(&dir, &p).is_some() {
+                            renamed_in.insert(p.clone());
+                            pending.insert(p, now);
+                        } else if p.is_dir() || id_from_path(&dir, &p).is_none() {
                             // A directory appeared or vanished, or a temporary
                             // file was renamed: compare the whole tree.
                             for path in diff(&dir, &known) {
                                 pending.insert(path, now);
                             }
                         } else {
+                            // Written in place: wait for the writes to stop.
+                            renamed_in.remove(&p);
                             pending.insert(p, now);
                         }
                     }
@@ -144,11 +170,12 @@ async fn run(router: Arc<Router>) {
         }
         let due: Vec<PathBuf> = pending
             .iter()
-            .filter(|(_, t)| t.elapsed() >= QUIET)
+            .filter(|(p, t)| t.elapsed() >= QUIET || renamed_in.contains(*p))
             .map(|(p, _)| p.clone())
             .collect();
         for path in due {
             pending.remove(&path);
+            renamed_in.remove(&path);
             settle_file(&router, &dir, &path, &mut known).await;
         }
         let _ = &watcher;

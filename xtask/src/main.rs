@@ -9,6 +9,9 @@
 //! - `plugins [--out DIR]`: builds the algorithms in plugins/ and installs
 //!   them as `<DIR>/<owner>/<name>/<version>.wasm`.
 //! - `test-deps`: only the installation part of `test`.
+//! - `bench [--quick] [--only B1,B2,...]`: builds the algorithms and the
+//!   benchmark suite in release mode and runs it; reports go to
+//!   `bench-results/`.
 //!
 //! Build output goes to `$CARGO_TARGET_DIR`, by default
 //! `~/.cache/eventflow-target`, so later runs are incremental.
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("test-deps") => test_deps().map(|_| ()),
+        Some("bench") => bench(&args[1..]),
         Some("plugins") => {
             let out = match args.get(1).map(String::as_str) {
                 Some("--out") => args.get(2).map(PathBuf::from),
@@ -39,7 +43,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | test [cargo test args] | plugins [--out DIR] | test-deps>"
+                "usage: cargo xtask <demo | test [cargo test args] | plugins [--out DIR] | test-deps | bench [--quick] [--only B1,...]>"
             );
             return ExitCode::from(2);
         }
@@ -334,7 +338,10 @@ fn test_deps() -> anyhow::Result<Vec<(String, String)>> {
     ])
 }
 
-fn test(args: &[String]) -> anyhow::Result<()> {
+/// Builds the test algorithms into `<target>/test-plugins` and installs the
+/// test servers; returns that directory and a cargo command whose
+/// environment points at the servers.
+fn cargo_with_test_deps() -> anyhow::Result<(PathBuf, Command)> {
     check_system_packages()?;
     let plugins = target_dir().join("test-plugins");
     build_plugins(&plugins, true)?;
@@ -342,9 +349,27 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     for (k, v) in test_deps()? {
         cmd.env(k, v);
     }
+    Ok((plugins, cmd))
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let (plugins, mut cmd) = cargo_with_test_deps()?;
     cmd.env("EVENTFLOW_TEST_PLUGINS", &plugins);
     // The optional OTLP exporter is built and tested too.
     cmd.args(["test", "--workspace", "--features", "eventflow/otlp"])
+        .args(args);
+    run(&mut cmd)
+}
+
+/// Runs the benchmark suite in release mode. The brokers (tansu, moto) come
+/// from the same virtualenv as the tests'.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let (plugins, mut cmd) = cargo_with_test_deps()?;
+    cmd.args(["run", "--release", "-p", "eventflow-bench", "--"])
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--out")
+        .arg(root().join("bench-results"))
         .args(args);
     run(&mut cmd)
 }

@@ -75,10 +75,33 @@ pub struct Algorithm {
     pub loaded_at: SystemTime,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
-    pre: AlgorithmPre<HostState>,
+    code: Code,
+}
+
+/// A native stand-in for an algorithm: what the benchmarks compare the
+/// sandbox against, in the same pipeline.
+pub type NativeFn = Arc<dyn Fn(&InboundMessage) -> Result<Option<Vec<u8>>, Failure> + Send + Sync>;
+
+enum Code {
+    Wasm(AlgorithmPre<HostState>),
+    Native(NativeFn),
 }
 
 impl Algorithm {
+    /// An algorithm implemented by a Rust function instead of a component.
+    /// It runs without a sandbox: only benchmarks use it, to measure what
+    /// the sandbox costs in the same pipeline.
+    pub fn native(id: AlgorithmId, f: NativeFn) -> Self {
+        Self {
+            id,
+            hash: "0".repeat(64),
+            size: 0,
+            loaded_at: SystemTime::now(),
+            from_cache: false,
+            code: Code::Native(f),
+        }
+    }
+
     /// `owner/name@version#hash12`, the label used in logs and envelopes.
     pub fn label(&self) -> String {
         format!(
@@ -252,7 +275,7 @@ impl Sandbox {
             size: bytes.len() as u64,
             loaded_at: SystemTime::now(),
             from_cache,
-            pre,
+            code: Code::Wasm(pre),
         })
     }
 
@@ -295,6 +318,22 @@ impl Sandbox {
     /// Runs `algorithm` on one message in a fresh instance.
     pub async fn invoke(&self, algorithm: &Algorithm, inv: Invocation<'_>) -> Outcome {
         let started = Instant::now();
+        let pre = match &algorithm.code {
+            Code::Wasm(pre) => pre,
+            Code::Native(f) => {
+                let result = match check_input(inv.message, inv.limits) {
+                    Some(failure) => Err(failure),
+                    None => f(inv.message).and_then(|o| check_output(o, inv.limits)),
+                };
+                return Outcome {
+                    result,
+                    published: Vec::new(),
+                    duration: started.elapsed(),
+                    peak_memory_bytes: 0,
+                    fuel_used: None,
+                };
+            }
+        };
         let limits = inv.limits;
         let timeout = inv.timeout;
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
@@ -355,7 +394,7 @@ impl Sandbox {
             None => {
                 let message = WitMessage::from(inv.message);
                 let call = async {
-                    let instance = algorithm.pre.instantiate_async(&mut store).await?;
+                    let instance = pre.instantiate_async(&mut store).await?;
                     instance.call_apply(&mut store, &message).await
                 };
                 // The epoch deadline stops computation; this outer deadline,
@@ -385,6 +424,81 @@ impl Sandbox {
             peak_memory_bytes: state.limiter.peak_memory as u64,
             fuel_used,
         }
+    }
+}
+
+impl Sandbox {
+    /// Instances of the pooling allocator in use now (component instances,
+    /// core instances, memories); all zero when nothing runs. `None` without
+    /// the pooling allocator. For leak checks.
+    pub fn pool_in_use(&self) -> Option<(u64, u64, usize)> {
+        self.engine
+            .pooling_allocator_metrics()
+            .map(|m| (m.component_instances(), m.core_instances(), m.memories()))
+    }
+
+    /// Calls `apply` `n` times on ONE instance, without limits, and returns
+    /// the time taken. A measurement aid: the router never reuses instances.
+    pub async fn time_reused_instance(
+        &self,
+        algorithm: &Algorithm,
+        message: &InboundMessage,
+        n: u32,
+    ) -> anyhow::Result<Duration> {
+        let Code::Wasm(pre) = &algorithm.code else {
+            anyhow::bail!("a native algorithm has no instance");
+        };
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_limit: usize::MAX,
+                peak_memory: 0,
+            },
+            owner: algorithm.id.owner.clone(),
+            label: algorithm.label().into(),
+            flow: "benchmark".into(),
+            message_id: message.id.clone(),
+            data: self.data.clone(),
+            resolver: Arc::new(NoPublishing),
+            published: Vec::new(),
+            host_calls: 0,
+            max_host_calls: u32::MAX,
+            data_written: 0,
+            max_data_write_bytes: u64::MAX,
+            host_call_timeout: Duration::from_secs(60),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        if self.settings.fuel {
+            let _ = store.set_fuel(u64::MAX);
+        }
+        if self.settings.epoch_interruption {
+            store.set_epoch_deadline(u64::MAX / 2);
+        }
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let wit = WitMessage::from(message);
+        let started = Instant::now();
+        for _ in 0..n {
+            let out = instance
+                .call_apply(&mut store, &wit)
+                .await
+                .map_err(anyhow::Error::from)?;
+            std::hint::black_box(out.ok());
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// Refuses every publish (the reused-instance measurement publishes nothing).
+struct NoPublishing;
+
+impl TopicResolver for NoPublishing {
+    fn resolve(&self, _topic: &str, _size: usize) -> Result<String, PublishRefusal> {
+        Err(PublishRefusal::UnknownTopic)
     }
 }
 

@@ -1,0 +1,149 @@
+//! Eventflow's benchmark suite: the router measured against native code and
+//! raw broker clients, side by side in the same run, because this machine is
+//! shared and noisy and ratios are what count.
+//!
+//! `cargo xtask bench [--quick]` builds the algorithms and runs everything;
+//! each run writes `bench-results/<time>-<rev>.json`, `.md` and `.png`.
+//! Benchmarks never fail a test run: they measure and report, including the
+//! targets they miss.
+//!
+//! - B1 per-message overhead: native fn, reused instance, fresh instance.
+//! - B2 throughput: embedded → identity → embedded, durable, 1 KiB, against
+//!   a native identity in the same pipeline and the broker alone.
+//! - B3 sandbox cost: a CPU-bound algorithm without interruption, with epoch
+//!   interruption, with fuel; pooling against on-demand allocation.
+//! - B4 latency: open-loop load at 10/50/80 % of B2's best, HDR histograms
+//!   measured from the intended send time (corrected for coordinated
+//!   omission).
+//! - B5 hot swap under load: swap latency, throughput dip, lost messages.
+//! - B6 failure path: 1 % traps and 0.1 % timeouts; trap-to-dead-letter p99;
+//!   pool slots in use after many traps.
+//! - B7 brokers: the router against a plain rdkafka consume-and-produce loop
+//!   (tansu) and a plain SDK receive-and-delete loop (moto).
+
+mod brokers;
+mod pipeline;
+mod report;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Short runs, for a smoke test of the suite.
+    pub quick: bool,
+    /// The installed algorithms (`<owner>/<name>/<version>.wasm`).
+    pub plugins: PathBuf,
+    /// Where reports go.
+    pub out: PathBuf,
+    /// Only these stages (`B1`, `B2`, ...).
+    pub only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn wants(&self, stage: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s.eq_ignore_ascii_case(stage)))
+    }
+
+    /// `quick` or `full`, whichever applies.
+    pub fn pick<T>(&self, quick: T, full: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut args = std::env::args().skip(1);
+    let mut options = Options {
+        quick: false,
+        plugins: PathBuf::new(),
+        out: PathBuf::from("bench-results"),
+        only: None,
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => options.quick = true,
+            "--plugins" => options.plugins = args.next().context("--plugins DIR")?.into(),
+            "--out" => options.out = args.next().context("--out DIR")?.into(),
+            "--only" => {
+                options.only = Some(
+                    args.next()
+                        .context("--only B1,B2,...")?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
+            other => anyhow::bail!(
+                "unknown argument {other:?}; usage: eventflow-bench --plugins DIR [--out DIR] [--quick] [--only B1,B2,...]"
+            ),
+        }
+    }
+    if options.plugins.as_os_str().is_empty() {
+        anyhow::bail!("--plugins DIR is required (`cargo xtask bench` passes it)");
+    }
+    Ok(options)
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = parse_args()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(options))
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut report = report::Report::new(&options);
+    eprintln!("bench: {}", report.machine.summary());
+    if options.wants("B1") {
+        eprintln!("bench: B1 per-message overhead");
+        report.b1 = Some(sandbox::b1(&options).await?);
+    }
+    if options.wants("B3") {
+        eprintln!("bench: B3 sandbox cost");
+        report.b3 = Some(sandbox::b3(&options).await?);
+    }
+    if options.wants("B6") {
+        eprintln!("bench: B6 failure path (pool)");
+        report.b6_pool = Some(sandbox::b6_pool(&options).await?);
+    }
+    if options.wants("B2") || options.wants("B4") || options.wants("B5") || options.wants("B6") {
+        eprintln!("bench: B2 throughput");
+        report.b2 = Some(pipeline::b2(&options).await?);
+    }
+    let best = report
+        .b2
+        .as_ref()
+        .map(|b| b.best_wasm_rate())
+        .unwrap_or(1000.0);
+    if options.wants("B4") {
+        eprintln!("bench: B4 latency (B2's best: {best:.0} msgs/s)");
+        report.b4 = Some(pipeline::b4(&options, best).await?);
+    }
+    if options.wants("B5") {
+        eprintln!("bench: B5 hot swap under load");
+        report.b5 = Some(pipeline::b5(&options, best).await?);
+    }
+    if options.wants("B6") {
+        eprintln!("bench: B6 failure path (pipeline)");
+        report.b6 = Some(pipeline::b6(&options).await?);
+    }
+    if options.wants("B7") {
+        eprintln!("bench: B7 brokers");
+        report.b7 = Some(brokers::b7(&options).await);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let written = report.write(&options.out)?;
+    for path in written {
+        eprintln!("bench: wrote {}", path.display());
+    }
+    println!("{}", report.markdown());
+    Ok(())
+}

@@ -1,0 +1,855 @@
+//! Stages that run the router in-process on the embedded broker: B2, B4,
+//! B5 and B6's pipeline part.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use eventflow::config::{self, Config, TopicSpec};
+use eventflow::connector::{Source, SourceOptions};
+use eventflow::message::OutboundMessage;
+use eventflow::router::Router;
+use eventflow::sandbox::{Algorithm, AlgorithmId, NativeFn};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// An in-process router in a temporary directory.
+pub struct Bed {
+    /// The router.
+    pub router: Arc<Router>,
+    /// Its configuration.
+    pub config: Config,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a router with `body` after router sections pointing at `plugins`
+/// (or a fresh directory when `None`).
+pub async fn bed(plugins: Option<&Path>, body: &str) -> anyhow::Result<Bed> {
+    let dir = tempfile::tempdir()?;
+    let plugins = plugins
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.path().join("plugins"));
+    std::fs::create_dir_all(&plugins)?;
+    let text = format!(
+        "[router]\nplugins_dir = {:?}\ndata_dir = {:?}\nstate_dir = {:?}\nshutdown_grace_secs = 5\n\n[sandbox]\nmax_instances = 64\n\n{body}",
+        plugins.display().to_string(),
+        dir.path().join("data").display().to_string(),
+        dir.path().join("state").display().to_string(),
+    );
+    let config = config::parse("bench.toml", &text)?;
+    let router = Router::start(config.clone()).await?;
+    Ok(Bed {
+        router,
+        config,
+        _dir: dir,
+    })
+}
+
+impl Bed {
+    /// Publishes messages to `broker:topic` in batches.
+    pub async fn publish(&self, key: &str, messages: Vec<OutboundMessage>) -> anyhow::Result<()> {
+        let topology = self.router.topology();
+        for chunk in messages.chunks(500) {
+            topology.publish(key, chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `messages` to `local:in`, enables the flow `p`, waits until
+    /// it has settled them all and shuts the router down; messages per
+    /// second from enabling to the last one settled.
+    pub async fn drain_rate(self, messages: Vec<OutboundMessage>) -> anyhow::Result<f64> {
+        let n = messages.len();
+        self.publish("local:in", messages).await?;
+        let started = Instant::now();
+        self.enable().await?;
+        self.wait_settled("p", n as u64, Duration::from_secs(600))
+            .await?;
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        self.router.shutdown().await;
+        Ok(rate)
+    }
+
+    /// Enables every flow.
+    pub async fn enable(&self) -> anyhow::Result<()> {
+        let mut config = self.config.clone();
+        for f in &mut config.flows {
+            f.enabled = true;
+        }
+        self.router.apply(config).await
+    }
+
+    /// Messages a flow has finished with: processed, dead-lettered or dropped.
+    pub fn settled(&self, flow: &str) -> u64 {
+        self.router
+            .flow_reports()
+            .iter()
+            .find(|r| r.name == flow)
+            .map(|r| r.succeeded + r.dead_lettered + r.dropped)
+            .unwrap_or(0)
+    }
+
+    /// Waits until `flow` has settled `n` messages; returns the time taken.
+    pub async fn wait_settled(
+        &self,
+        flow: &str,
+        n: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while self.settled(flow) < n {
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "flow {flow} settled {} of {n} messages within {timeout:?}",
+                self.settled(flow)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// A consumer of `topic` on the embedded broker `local`.
+    pub async fn consumer(&self, topic: &str) -> anyhow::Result<Box<dyn Source>> {
+        let topology = self.router.topology();
+        let spec: TopicSpec = topology
+            .topic("local", topic)
+            .cloned()
+            .context_topic(topic)?;
+        let broker = &topology.brokers["local"];
+        broker
+            .connection
+            .source(
+                &spec,
+                &SourceOptions {
+                    flow: "bench".into(),
+                    lease: Duration::from_secs(60),
+                    max_batch: 64,
+                    group_id: "bench".into(),
+                    saturation_delay: Duration::from_secs(1),
+                    metrics: None,
+                },
+            )
+            .await
+    }
+}
+
+trait ContextTopic<T> {
+    fn context_topic(self, topic: &str) -> anyhow::Result<T>;
+}
+
+impl<T> ContextTopic<T> for Option<T> {
+    fn context_topic(self, topic: &str) -> anyhow::Result<T> {
+        self.ok_or_else(|| anyhow::anyhow!("no topic {topic}"))
+    }
+}
+
+/// `n` messages of `size` bytes.
+pub fn messages(n: usize, size: usize) -> Vec<OutboundMessage> {
+    (0..n)
+        .map(|i| {
+            let mut payload = format!("{i:08}").into_bytes();
+            payload.resize(size, b'x');
+            OutboundMessage {
+                payload,
+                headers: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+fn pipeline_config(algorithm: &str, concurrency: u32, extra: &str) -> String {
+    format!(
+        r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "in"
+consumers = ["examples/echo", "bench/native", "bench/swap", "test/chaos"]
+
+[[topics]]
+name = "out"
+publishers = ["examples/echo", "bench/native", "bench/swap", "test/chaos"]
+
+[[topics]]
+name = "dlq"
+publishers = ["examples/echo", "bench/native", "bench/swap", "test/chaos"]
+
+[[flows]]
+name = "p"
+topic = "in"
+algorithm = "{algorithm}"
+output_topic = "out"
+dead_letter_topic = "dlq"
+concurrency = {concurrency}
+enabled = false
+{extra}
+"#
+    )
+}
+
+/// B2's numbers for one concurrency.
+#[derive(Debug, Serialize)]
+pub struct ThroughputRow {
+    /// Flow concurrency.
+    pub concurrency: u32,
+    /// Messages per second through the identity component.
+    pub wasm: f64,
+    /// The same pipeline with a native identity function.
+    pub native: f64,
+    /// The embedded broker alone: receive, publish the output, ack.
+    pub broker_alone: f64,
+}
+
+/// B2's results.
+#[derive(Debug, Serialize)]
+pub struct Throughput {
+    /// Messages per run.
+    pub messages: usize,
+    /// Payload bytes.
+    pub payload_bytes: usize,
+    /// One row per concurrency.
+    pub rows: Vec<ThroughputRow>,
+}
+
+impl Throughput {
+    /// The best wasm rate, the basis of B4 and B5's loads.
+    pub fn best_wasm_rate(&self) -> f64 {
+        self.rows.iter().map(|r| r.wasm).fold(0.0, f64::max)
+    }
+}
+
+async fn pipeline_rate(
+    o: &crate::Options,
+    concurrency: u32,
+    n: usize,
+    native: bool,
+) -> anyhow::Result<f64> {
+    let algorithm = if native {
+        "bench/native/1.0.0"
+    } else {
+        "examples/echo/0.1.0"
+    };
+    let bed = bed(
+        Some(&o.plugins),
+        &pipeline_config(algorithm, concurrency, ""),
+    )
+    .await?;
+    if native {
+        let identity: NativeFn = Arc::new(|m| Ok(Some(m.payload.clone())));
+        let id = AlgorithmId {
+            owner: "bench".into(),
+            name: "native".into(),
+            version: semver::Version::new(1, 0, 0),
+        };
+        bed.router
+            .services()
+            .registry
+            .insert(PathBuf::new(), Algorithm::native(id, identity));
+    }
+    bed.drain_rate(messages(n, 1024)).await
+}
+
+async fn broker_alone_rate(n: usize) -> anyhow::Result<f64> {
+    let bed = bed(None, &pipeline_config("examples/echo", 1, "")).await?;
+    bed.publish("local:in", messages(n, 1024)).await?;
+    let mut source = bed.consumer("in").await?;
+    let topology = bed.router.topology();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let batch = source.receive(64).await?;
+        let outputs: Vec<OutboundMessage> = batch
+            .iter()
+            .map(|d| OutboundMessage {
+                payload: d.message.payload.clone(),
+                headers: Vec::new(),
+            })
+            .collect();
+        topology.publish("local:out", outputs).await?;
+        let acks = batch
+            .into_iter()
+            .map(|mut d| async move { d.settle.ack().await });
+        for r in futures::future::join_all(acks).await {
+            r?;
+        }
+        done += 64.min(n - done);
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    bed.router.shutdown().await;
+    Ok(rate)
+}
+
+/// B2: throughput at concurrency 1, 2 and 8.
+pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
+    let n = o.pick(2_000usize, 20_000);
+    let mut rows = Vec::new();
+    for concurrency in [1u32, 2, 8] {
+        let wasm = pipeline_rate(o, concurrency, n, false).await?;
+        let native = pipeline_rate(o, concurrency, n, true).await?;
+        let broker_alone = broker_alone_rate(n).await?;
+        eprintln!(
+            "  concurrency {concurrency}: wasm {wasm:.0}/s, native {native:.0}/s, broker alone {broker_alone:.0}/s"
+        );
+        rows.push(ThroughputRow {
+            concurrency,
+            wasm,
+            native,
+            broker_alone,
+        });
+    }
+    Ok(Throughput {
+        messages: n,
+        payload_bytes: 1024,
+        rows,
+    })
+}
+
+const INTENDED: &str = "bench-intended-ns";
+
+fn unix_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+/// Publishes `rate` messages a second for `duration`, each stamped with the
+/// time it was meant to be sent, without waiting for earlier publishes (open
+/// loop). `body(i)` is the payload of message `i`, which is meant to be
+/// sent `i / rate` seconds after the start. Returns how many were sent and
+/// the start, in nanoseconds since the Unix epoch.
+async fn open_loop(
+    router: &Router,
+    rate: f64,
+    duration: Duration,
+    body: fn(usize) -> Vec<u8>,
+) -> anyhow::Result<(usize, u128)> {
+    let total = (rate * duration.as_secs_f64()) as usize;
+    let topology = router.topology();
+    let start = tokio::time::Instant::now();
+    let start_ns = unix_ns();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let offset = Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(start + offset).await;
+        let intended = start_ns + offset.as_nanos();
+        let topology = topology.clone();
+        tasks.spawn(async move {
+            let payload = body(i);
+            topology
+                .publish(
+                    "local:in",
+                    vec![OutboundMessage {
+                        payload,
+                        headers: vec![(INTENDED.into(), intended.to_string())],
+                    }],
+                )
+                .await
+        });
+        while let Some(r) = tasks.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok((total, start_ns))
+}
+
+/// A 1 KiB payload numbered `i`.
+fn kib(i: usize) -> Vec<u8> {
+    let mut payload = format!("{i:08}").into_bytes();
+    payload.resize(1024, b'x');
+    payload
+}
+
+/// B4's numbers for one load level.
+#[derive(Debug, Serialize)]
+pub struct LatencyRow {
+    /// Fraction of B2's best rate.
+    pub load: f64,
+    /// Messages per second offered.
+    pub rate: f64,
+    /// Messages measured.
+    pub messages: u64,
+    /// Percentiles of intended-send-to-output latency, in microseconds.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// The worst.
+    pub max_us: u64,
+}
+
+/// B4: open-loop latency at 10, 50 and 80 % of B2's best.
+pub async fn b4(o: &crate::Options, best: f64) -> anyhow::Result<Vec<LatencyRow>> {
+    let duration = Duration::from_secs(o.pick(3, 10));
+    let mut rows = Vec::new();
+    for load in [0.1, 0.5, 0.8] {
+        let rate = (best * load).max(10.0);
+        let bed = bed(
+            Some(&o.plugins),
+            &pipeline_config("examples/echo/0.1.0", 8, ""),
+        )
+        .await?;
+        bed.enable().await?;
+        let mut consumer = bed.consumer("out").await?;
+        let duration = duration + Duration::from_secs(1);
+        let expected = (rate * duration.as_secs_f64()) as u64;
+        // Arrival times by message number; outputs carry no input headers,
+        // so the number at the start of the payload says which message it is.
+        let measure = tokio::spawn(async move {
+            let mut arrivals: Vec<(usize, u128)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while (arrivals.len() as u64) < expected && Instant::now() < deadline {
+                let batch = consumer.receive(64).await?;
+                let now = unix_ns();
+                for d in &batch {
+                    if let Some(i) =
+                        std::str::from_utf8(&d.message.payload[..8.min(d.message.payload.len())])
+                            .ok()
+                            .and_then(|v| v.parse::<usize>().ok())
+                    {
+                        arrivals.push((i, now));
+                    }
+                }
+                let acks = batch
+                    .into_iter()
+                    .map(|mut d| async move { d.settle.ack().await });
+                for r in futures::future::join_all(acks).await {
+                    r?;
+                }
+            }
+            anyhow::Ok(arrivals)
+        });
+        let (_, start_ns) = open_loop(&bed.router, rate, duration, kib).await?;
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        // The first second warms the pipeline up and is not counted.
+        let warm_up = rate as usize;
+        for (i, at) in measure.await?? {
+            if i < warm_up {
+                continue;
+            }
+            let intended = start_ns + (i as f64 / rate * 1e9) as u128;
+            h.record(((at.saturating_sub(intended)) / 1000).clamp(1, 60_000_000) as u64)?;
+        }
+        let row = LatencyRow {
+            load,
+            rate,
+            messages: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        };
+        eprintln!(
+            "  {:.0}% ({rate:.0}/s): p50 {} µs, p99 {} µs, p99.9 {} µs",
+            load * 100.0,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us
+        );
+        rows.push(row);
+        bed.router.shutdown().await;
+    }
+    Ok(rows)
+}
+
+/// A component with a custom section appended (`tag` and `padding` zero
+/// bytes): the same code, another hash.
+pub fn variant(bytes: &[u8], tag: &str, padding: usize) -> Vec<u8> {
+    use wasm_encoder::Section;
+    let mut data = tag.as_bytes().to_vec();
+    data.resize(data.len() + padding, 0);
+    let mut out = bytes.to_vec();
+    wasm_encoder::CustomSection {
+        name: "eventflow-bench-variant".into(),
+        data: data.into(),
+    }
+    .append_to(&mut out);
+    out
+}
+
+/// `component` with an extra core module of about `code_bytes` of function
+/// bodies appended: a big component whose code wasmtime compiles in full
+/// (every core module of a component is compiled, used or not), and a
+/// custom section `tag` for a distinct hash.
+pub fn big_component(component: &[u8], tag: &str, code_bytes: usize) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ComponentSection, ExportKind, ExportSection, Function, FunctionSection,
+        Instruction, Module, ModuleSection, TypeSection, ValType,
+    };
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I32], [ValType::I32]);
+    let mut functions = FunctionSection::new();
+    let mut exports = ExportSection::new();
+    let mut code = CodeSection::new();
+    let mut written = 0;
+    let mut index = 0u32;
+    while written < code_bytes {
+        let mut f = Function::new([]);
+        for j in 0..500i32 {
+            f.instruction(&Instruction::LocalGet(0));
+            f.instruction(&Instruction::I32Const(j.wrapping_mul(index as i32 + 7)));
+            f.instruction(&Instruction::I32Add);
+            f.instruction(&Instruction::I32Const(j | 1));
+            f.instruction(&Instruction::I32Mul);
+            f.instruction(&Instruction::LocalSet(0));
+        }
+        f.instruction(&Instruction::LocalGet(0));
+        f.instruction(&Instruction::End);
+        written += f.byte_len();
+        functions.function(0);
+        exports.export(&format!("f{index}"), ExportKind::Func, index);
+        code.function(&f);
+        index += 1;
+    }
+    let mut module = Module::new();
+    module
+        .section(&types)
+        .section(&functions)
+        .section(&exports)
+        .section(&code);
+    let mut out = variant(component, tag, 0);
+    ModuleSection(&module).append_to_component(&mut out);
+    out
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Writes `bytes` to `<dir>/<version>.wasm` through a temporary name.
+fn deploy(dir: &Path, version: &str, bytes: &[u8]) -> anyhow::Result<Instant> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{version}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(format!("{version}.wasm")))?;
+    Ok(Instant::now())
+}
+
+/// Waits until the registry serves `hash` for `reference`; the time since
+/// `deployed`.
+async fn swap_latency(
+    bed: &Bed,
+    reference: &config::AlgorithmRef,
+    hash: &str,
+    deployed: Instant,
+) -> anyhow::Result<Duration> {
+    loop {
+        if bed
+            .router
+            .services()
+            .registry
+            .resolve(reference)
+            .is_some_and(|a| a.hash == hash)
+        {
+            return Ok(deployed.elapsed());
+        }
+        anyhow::ensure!(
+            deployed.elapsed() < Duration::from_secs(60),
+            "the new version never served"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// B5's results.
+#[derive(Debug, Serialize)]
+pub struct HotSwap {
+    /// Offered messages per second.
+    pub rate: f64,
+    /// Seconds of load.
+    pub seconds: f64,
+    /// Swaps under load.
+    pub swaps: usize,
+    /// Swap latency (rename to serving) of new content, compiled, in ms.
+    pub compile_p50_ms: f64,
+    /// Its worst (the p99 of so few samples).
+    pub compile_p99_ms: f64,
+    /// Size of the swapped component.
+    pub component_bytes: usize,
+    /// Swap latency of content already in the compiled-code cache, in ms.
+    pub cached_p99_ms: f64,
+    /// Size of the big component: echo with about 2 MiB of extra code.
+    pub big_component_bytes: usize,
+    /// Swap latency of the big component (hashing, validation and the
+    /// compilation of all its code), in ms.
+    pub big_p99_ms: f64,
+    /// The worst drop of throughput in the second after a swap, against the
+    /// median second.
+    pub max_dip: f64,
+    /// Messages published and not processed (must be 0).
+    pub lost: i64,
+}
+
+fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// B5: swap the version every 5 s under load at half of B2's best.
+pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
+    let seconds = o.pick(12u64, 30);
+    let rate = (best * 0.5).max(10.0);
+    let echo = std::fs::read(o.plugins.join("examples/echo/0.1.0.wasm"))?;
+    let plugins = tempfile::tempdir()?;
+    let dir = plugins.path().join("bench/swap");
+    deploy(&dir, "0.1.0", &variant(&echo, "v0", 0))?;
+    let bed = bed(
+        Some(plugins.path()),
+        &pipeline_config("bench/swap/0.1.0", 8, ""),
+    )
+    .await?;
+    let watcher = eventflow::watcher::spawn(bed.router.clone());
+    bed.enable().await?;
+    let reference: config::AlgorithmRef = "bench/swap/0.1.0".parse().map_err(anyhow::Error::msg)?;
+
+    // Throughput, sampled every 250 ms while the load runs.
+    let sampler = {
+        let router = bed.router.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(seconds + 2) {
+                let done = router
+                    .flow_reports()
+                    .iter()
+                    .find(|r| r.name == "p")
+                    .map(|r| r.succeeded)
+                    .unwrap_or(0);
+                samples.push((started.elapsed().as_secs_f64(), done));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            samples
+        })
+    };
+    let load_started = Instant::now();
+    let load = {
+        let router = bed.router.clone();
+        tokio::spawn(async move {
+            open_loop(&router, rate, Duration::from_secs(seconds), kib)
+                .await
+                .map(|(n, _)| n)
+        })
+    };
+    let mut compile_ms = Vec::new();
+    let mut swap_times = Vec::new();
+    let mut k = 1;
+    while load_started.elapsed() < Duration::from_secs(seconds.saturating_sub(1)) {
+        tokio::time::sleep(
+            Duration::from_secs(5)
+                .min(Duration::from_secs(seconds).saturating_sub(load_started.elapsed())),
+        )
+        .await;
+        if load_started.elapsed() >= Duration::from_secs(seconds.saturating_sub(1)) {
+            break;
+        }
+        let next = variant(&echo, &format!("v{k}"), 0);
+        swap_times.push(load_started.elapsed().as_secs_f64());
+        let at = deploy(&dir, "0.1.0", &next)?;
+        compile_ms.push(
+            swap_latency(&bed, &reference, &sha256(&next), at)
+                .await?
+                .as_secs_f64()
+                * 1000.0,
+        );
+        k += 1;
+    }
+    let sent = load.await??;
+    bed.wait_settled("p", sent as u64, Duration::from_secs(120))
+        .await
+        .ok();
+    let samples = sampler.await?;
+    let settled = bed.settled("p") as i64;
+
+    // Swaps outside the load: from the cache, and a 2 MiB component.
+    let mut cached_ms = Vec::new();
+    let mut big_ms = Vec::new();
+    for i in 0..3 {
+        let old = variant(&echo, &format!("v{}", i % k.max(1)), 0);
+        let at = deploy(&dir, "0.1.0", &old)?;
+        cached_ms.push(
+            swap_latency(&bed, &reference, &sha256(&old), at)
+                .await?
+                .as_secs_f64()
+                * 1000.0,
+        );
+        let big = big_component(&echo, &format!("big{i}"), 2 << 20);
+        let at = deploy(&dir, "0.1.0", &big)?;
+        big_ms.push(
+            swap_latency(&bed, &reference, &sha256(&big), at)
+                .await?
+                .as_secs_f64()
+                * 1000.0,
+        );
+    }
+    watcher.abort();
+    bed.router.shutdown().await;
+
+    // Throughput per second, and the worst second after a swap.
+    let per_second: Vec<(f64, f64)> = samples
+        .windows(5)
+        .map(|w| (w[0].0, (w[4].1 - w[0].1) as f64 / (w[4].0 - w[0].0)))
+        .filter(|(t, _)| *t > 1.0 && *t < seconds as f64 - 1.0)
+        .collect();
+    let median = percentile(per_second.iter().map(|(_, r)| *r).collect(), 0.5);
+    let max_dip = swap_times
+        .iter()
+        .filter_map(|ts| {
+            per_second
+                .iter()
+                .filter(|(t, _)| *t >= *ts && *t < ts + 1.0)
+                .map(|(_, r)| *r)
+                .reduce(f64::min)
+        })
+        .map(|r| {
+            if median > 0.0 {
+                (1.0 - r / median).max(0.0)
+            } else {
+                0.0
+            }
+        })
+        .fold(0.0, f64::max);
+    let result = HotSwap {
+        rate,
+        seconds: seconds as f64,
+        swaps: compile_ms.len(),
+        compile_p50_ms: percentile(compile_ms.clone(), 0.5),
+        compile_p99_ms: percentile(compile_ms, 0.99),
+        component_bytes: echo.len(),
+        cached_p99_ms: percentile(cached_ms, 0.99),
+        big_component_bytes: big_component(&echo, "size", 2 << 20).len(),
+        big_p99_ms: percentile(big_ms, 0.99),
+        max_dip,
+        lost: sent as i64 - settled,
+    };
+    eprintln!("  {result:?}");
+    Ok(result)
+}
+
+/// B6's pipeline numbers.
+#[derive(Debug, Serialize)]
+pub struct FailurePath {
+    /// Messages per run.
+    pub messages: usize,
+    /// Settled per second with no failures (a backlog drained).
+    pub clean_rate: f64,
+    /// Settled per second with 1 % traps and 0.1 % timeouts.
+    pub failing_rate: f64,
+    /// Trapping messages measured for latency.
+    pub traps_measured: usize,
+    /// Under open-loop load at half the clean rate, the 99th percentile of
+    /// a trapping message's time from its intended send to its dead letter
+    /// (envelope timestamps have millisecond precision), in ms.
+    pub trap_to_dead_letter_p99_ms: f64,
+}
+
+/// 1 % `TRAP`, 0.1 % `LOOP` (a timeout), the rest echoed.
+fn chaos_body(i: usize) -> Vec<u8> {
+    if i % 1000 == 500 {
+        format!("LOOP {i}").into_bytes()
+    } else if i % 100 == 7 {
+        format!("TRAP {i}").into_bytes()
+    } else {
+        format!("ok {i}").into_bytes()
+    }
+}
+
+const CHAOS_LIMITS: &str = "max_receives = 1\ntimeout_secs = 0.2";
+
+/// Drains a backlog of `n` messages through test/chaos; messages per second.
+async fn chaos_rate(o: &crate::Options, n: usize, failing: bool) -> anyhow::Result<f64> {
+    let bed = bed(
+        Some(&o.plugins),
+        &pipeline_config("test/chaos/0.1.0", 8, CHAOS_LIMITS),
+    )
+    .await?;
+    let msgs = (0..n)
+        .map(|i| OutboundMessage {
+            payload: if failing {
+                chaos_body(i)
+            } else {
+                format!("ok {i}").into_bytes()
+            },
+            headers: Vec::new(),
+        })
+        .collect();
+    bed.drain_rate(msgs).await
+}
+
+/// B6: the failure path's cost in the pipeline.
+pub async fn b6(o: &crate::Options) -> anyhow::Result<FailurePath> {
+    let n = o.pick(2_000usize, 20_000);
+    let clean_rate = chaos_rate(o, n, false).await?;
+    let failing_rate = chaos_rate(o, n, true).await?;
+
+    // Trap-to-dead-letter latency under open-loop load.
+    let bed = bed(
+        Some(&o.plugins),
+        &pipeline_config("test/chaos/0.1.0", 8, CHAOS_LIMITS),
+    )
+    .await?;
+    bed.enable().await?;
+    let rate = (clean_rate * 0.5).max(10.0);
+    let (sent, _) = open_loop(
+        &bed.router,
+        rate,
+        Duration::from_secs(o.pick(3, 10)),
+        chaos_body,
+    )
+    .await?;
+    bed.wait_settled("p", sent as u64, Duration::from_secs(120))
+        .await?;
+    let topology = bed.router.topology();
+    let dlq = topology
+        .topic("local", "dlq")
+        .cloned()
+        .context_topic("dlq")?;
+    let letters = topology.brokers["local"]
+        .connection
+        .peek(&dlq, 1_000_000)
+        .await?;
+    let mut ms = Vec::new();
+    for l in letters {
+        let e: serde_json::Value = serde_json::from_slice(&l.payload)?;
+        if !e["payload"].as_str().is_some_and(|p| p.starts_with("TRAP")) {
+            continue;
+        }
+        let intended = e["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h[0] == INTENDED || h["name"] == INTENDED)
+            .and_then(|h| h[1].as_str().or(h["value"].as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|ns| ns / 1e6);
+        let dead = e["dead_lettered_at"].as_str().and_then(unix_ms);
+        if let (Some(a), Some(b)) = (intended, dead) {
+            ms.push((b - a).max(0.0));
+        }
+    }
+    bed.router.shutdown().await;
+    let result = FailurePath {
+        messages: n,
+        clean_rate,
+        failing_rate,
+        traps_measured: ms.len(),
+        trap_to_dead_letter_p99_ms: percentile(ms, 0.99),
+    };
+    eprintln!("  {result:?}");
+    Ok(result)
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time.
+fn unix_ms(s: &str) -> Option<f64> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    Some(t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs_f64() * 1000.0)
+}
