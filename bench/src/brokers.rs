@@ -16,7 +16,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 
-use crate::pipeline::bed;
+use crate::pipeline::{bed, kib};
 
 /// The router and a raw client side by side.
 #[derive(Debug, Serialize)]
@@ -101,12 +101,6 @@ fn start(bin: &str, args: &[String], port: u16) -> anyhow::Result<Server> {
     Ok(server)
 }
 
-fn payload(i: usize) -> Vec<u8> {
-    let mut p = format!("{i:08}").into_bytes();
-    p.resize(1024, b'x');
-    p
-}
-
 async fn kafka(o: &crate::Options, bin: &str) -> anyhow::Result<Pair> {
     let n = o.pick(2_000usize, 20_000);
     let port = free_port();
@@ -143,7 +137,7 @@ async fn kafka(o: &crate::Options, bin: &str) -> anyhow::Result<Pair> {
         .create()?;
     for topic in ["raw-in", "r-in"] {
         let sends = (0..n).map(|i| {
-            let p = payload(i);
+            let p = kib(i);
             let key = format!("k{i}");
             let producer = producer.clone();
             async move {
@@ -303,7 +297,7 @@ async fn sqs(o: &crate::Options, bin: &str) -> anyhow::Result<Pair> {
                 .map(|i| {
                     aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
                         .id(format!("m{i}"))
-                        .message_body(String::from_utf8(payload(*i)).unwrap_or_default())
+                        .message_body(String::from_utf8(kib(*i)).unwrap_or_default())
                         .build()
                 })
                 .collect::<Result<_, _>>()?;
@@ -385,13 +379,10 @@ enabled = false
 "#,
         urls[1]
     );
-    let bed = bed(Some(&o.plugins), &body).await?;
-    let started = Instant::now();
-    bed.enable().await?;
-    bed.wait_settled("p", n as u64, Duration::from_secs(600))
+    let router = bed(Some(&o.plugins), &body)
+        .await?
+        .enable_and_drain(n)
         .await?;
-    let router = n as f64 / started.elapsed().as_secs_f64();
-    bed.router.shutdown().await;
     Ok(Pair {
         messages: n,
         router,

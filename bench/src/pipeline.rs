@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use eventflow::config::{self, Config, TopicSpec};
 use eventflow::connector::{Source, SourceOptions};
-use eventflow::message::OutboundMessage;
+use eventflow::flow::envelope::Envelope;
+use eventflow::message::{OutboundMessage, header};
 use eventflow::router::Router;
 use eventflow::sandbox::{Algorithm, AlgorithmId, NativeFn};
 use hdrhistogram::Histogram;
@@ -45,6 +47,16 @@ pub async fn bed(plugins: Option<&Path>, body: &str) -> anyhow::Result<Bed> {
     })
 }
 
+/// Messages `flow` has finished with: processed, dead-lettered or dropped.
+fn settled(router: &Router, flow: &str) -> u64 {
+    router
+        .flow_reports()
+        .iter()
+        .find(|r| r.name == flow)
+        .map(|r| r.succeeded + r.dead_lettered + r.dropped)
+        .unwrap_or(0)
+}
+
 impl Bed {
     /// Publishes messages to `broker:topic` in batches.
     pub async fn publish(&self, key: &str, messages: Vec<OutboundMessage>) -> anyhow::Result<()> {
@@ -61,6 +73,13 @@ impl Bed {
     pub async fn drain_rate(self, messages: Vec<OutboundMessage>) -> anyhow::Result<f64> {
         let n = messages.len();
         self.publish("local:in", messages).await?;
+        self.enable_and_drain(n).await
+    }
+
+    /// Enables the flow `p`, waits until it has settled `n` messages already
+    /// waiting in its source and shuts the router down; messages per second
+    /// from enabling to the last one settled.
+    pub async fn enable_and_drain(self, n: usize) -> anyhow::Result<f64> {
         let started = Instant::now();
         self.enable().await?;
         self.wait_settled("p", n as u64, Duration::from_secs(600))
@@ -79,23 +98,13 @@ impl Bed {
         self.router.apply(config).await
     }
 
-    /// Messages a flow has finished with: processed, dead-lettered or dropped.
+    /// Messages `flow` has finished with.
     pub fn settled(&self, flow: &str) -> u64 {
-        self.router
-            .flow_reports()
-            .iter()
-            .find(|r| r.name == flow)
-            .map(|r| r.succeeded + r.dead_lettered + r.dropped)
-            .unwrap_or(0)
+        settled(&self.router, flow)
     }
 
-    /// Waits until `flow` has settled `n` messages; returns the time taken.
-    pub async fn wait_settled(
-        &self,
-        flow: &str,
-        n: u64,
-        timeout: Duration,
-    ) -> anyhow::Result<Duration> {
+    /// Waits until `flow` has settled `n` messages.
+    pub async fn wait_settled(&self, flow: &str, n: u64, timeout: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         while self.settled(flow) < n {
             anyhow::ensure!(
@@ -105,18 +114,22 @@ impl Bed {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok(started.elapsed())
+        Ok(())
+    }
+
+    /// The declaration of `topic` on the embedded broker `local`.
+    fn topic(&self, topic: &str) -> anyhow::Result<TopicSpec> {
+        self.router
+            .topology()
+            .topic("local", topic)
+            .cloned()
+            .with_context(|| format!("no topic {topic}"))
     }
 
     /// A consumer of `topic` on the embedded broker `local`.
     pub async fn consumer(&self, topic: &str) -> anyhow::Result<Box<dyn Source>> {
-        let topology = self.router.topology();
-        let spec: TopicSpec = topology
-            .topic("local", topic)
-            .cloned()
-            .context_topic(topic)?;
-        let broker = &topology.brokers["local"];
-        broker
+        let spec = self.topic(topic)?;
+        self.router.topology().brokers["local"]
             .connection
             .source(
                 &spec,
@@ -133,26 +146,19 @@ impl Bed {
     }
 }
 
-trait ContextTopic<T> {
-    fn context_topic(self, topic: &str) -> anyhow::Result<T>;
+/// A 1 KiB payload numbered `i`: its first eight bytes are `i`.
+pub fn kib(i: usize) -> Vec<u8> {
+    let mut payload = format!("{i:08}").into_bytes();
+    payload.resize(1024, b'x');
+    payload
 }
 
-impl<T> ContextTopic<T> for Option<T> {
-    fn context_topic(self, topic: &str) -> anyhow::Result<T> {
-        self.ok_or_else(|| anyhow::anyhow!("no topic {topic}"))
-    }
-}
-
-/// `n` messages of `size` bytes.
-pub fn messages(n: usize, size: usize) -> Vec<OutboundMessage> {
+/// `n` numbered 1 KiB messages.
+pub fn messages(n: usize) -> Vec<OutboundMessage> {
     (0..n)
-        .map(|i| {
-            let mut payload = format!("{i:08}").into_bytes();
-            payload.resize(size, b'x');
-            OutboundMessage {
-                payload,
-                headers: Vec::new(),
-            }
+        .map(|i| OutboundMessage {
+            payload: kib(i),
+            headers: Vec::new(),
         })
         .collect()
 }
@@ -248,12 +254,12 @@ async fn pipeline_rate(
             .registry
             .insert(PathBuf::new(), Algorithm::native(id, identity));
     }
-    bed.drain_rate(messages(n, 1024)).await
+    bed.drain_rate(messages(n)).await
 }
 
 async fn broker_alone_rate(n: usize) -> anyhow::Result<f64> {
     let bed = bed(None, &pipeline_config("examples/echo", 1, "")).await?;
-    bed.publish("local:in", messages(n, 1024)).await?;
+    bed.publish("local:in", messages(n)).await?;
     let mut source = bed.consumer("in").await?;
     let topology = bed.router.topology();
     let started = Instant::now();
@@ -358,13 +364,6 @@ async fn open_loop(
     Ok((total, start_ns))
 }
 
-/// A 1 KiB payload numbered `i`.
-fn kib(i: usize) -> Vec<u8> {
-    let mut payload = format!("{i:08}").into_bytes();
-    payload.resize(1024, b'x');
-    payload
-}
-
 /// B4's numbers for one load level.
 #[derive(Debug, Serialize)]
 pub struct LatencyRow {
@@ -458,16 +457,14 @@ pub async fn b4(o: &crate::Options, best: f64) -> anyhow::Result<Vec<LatencyRow>
     Ok(rows)
 }
 
-/// A component with a custom section appended (`tag` and `padding` zero
-/// bytes): the same code, another hash.
-pub fn variant(bytes: &[u8], tag: &str, padding: usize) -> Vec<u8> {
+/// A component with a custom section `tag` appended: the same code,
+/// another hash.
+pub fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     use wasm_encoder::Section;
-    let mut data = tag.as_bytes().to_vec();
-    data.resize(data.len() + padding, 0);
     let mut out = bytes.to_vec();
     wasm_encoder::CustomSection {
         name: "eventflow-bench-variant".into(),
-        data: data.into(),
+        data: tag.as_bytes().into(),
     }
     .append_to(&mut out);
     out
@@ -513,7 +510,7 @@ pub fn big_component(component: &[u8], tag: &str, code_bytes: usize) -> Vec<u8> 
         .section(&functions)
         .section(&exports)
         .section(&code);
-    let mut out = variant(component, tag, 0);
+    let mut out = variant(component, tag);
     ModuleSection(&module).append_to_component(&mut out);
     out
 }
@@ -532,14 +529,16 @@ fn deploy(dir: &Path, version: &str, bytes: &[u8]) -> anyhow::Result<Instant> {
     Ok(Instant::now())
 }
 
-/// Waits until the registry serves `hash` for `reference`; the time since
-/// `deployed`.
-async fn swap_latency(
+/// Deploys `bytes` as `<dir>/0.1.0.wasm` and waits until the registry
+/// serves them for `reference`; milliseconds from the rename to serving.
+async fn swap_ms(
     bed: &Bed,
     reference: &config::AlgorithmRef,
-    hash: &str,
-    deployed: Instant,
-) -> anyhow::Result<Duration> {
+    dir: &Path,
+    bytes: &[u8],
+) -> anyhow::Result<f64> {
+    let hash = sha256(bytes);
+    let deployed = deploy(dir, "0.1.0", bytes)?;
     loop {
         if bed
             .router
@@ -548,7 +547,7 @@ async fn swap_latency(
             .resolve(reference)
             .is_some_and(|a| a.hash == hash)
         {
-            return Ok(deployed.elapsed());
+            return Ok(deployed.elapsed().as_secs_f64() * 1000.0);
         }
         anyhow::ensure!(
             deployed.elapsed() < Duration::from_secs(60),
@@ -602,7 +601,7 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
     let echo = std::fs::read(o.plugins.join("examples/echo/0.1.0.wasm"))?;
     let plugins = tempfile::tempdir()?;
     let dir = plugins.path().join("bench/swap");
-    deploy(&dir, "0.1.0", &variant(&echo, "v0", 0))?;
+    deploy(&dir, "0.1.0", &variant(&echo, "v0"))?;
     let bed = bed(
         Some(plugins.path()),
         &pipeline_config("bench/swap/0.1.0", 8, ""),
@@ -619,13 +618,7 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
             let mut samples = Vec::new();
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(seconds + 2) {
-                let done = router
-                    .flow_reports()
-                    .iter()
-                    .find(|r| r.name == "p")
-                    .map(|r| r.succeeded)
-                    .unwrap_or(0);
-                samples.push((started.elapsed().as_secs_f64(), done));
+                samples.push((started.elapsed().as_secs_f64(), settled(&router, "p")));
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             samples
@@ -652,15 +645,9 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
         if load_started.elapsed() >= Duration::from_secs(seconds.saturating_sub(1)) {
             break;
         }
-        let next = variant(&echo, &format!("v{k}"), 0);
+        let next = variant(&echo, &format!("v{k}"));
         swap_times.push(load_started.elapsed().as_secs_f64());
-        let at = deploy(&dir, "0.1.0", &next)?;
-        compile_ms.push(
-            swap_latency(&bed, &reference, &sha256(&next), at)
-                .await?
-                .as_secs_f64()
-                * 1000.0,
-        );
+        compile_ms.push(swap_ms(&bed, &reference, &dir, &next).await?);
         k += 1;
     }
     let sent = load.await??;
@@ -673,23 +660,13 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
     // Swaps outside the load: from the cache, and a 2 MiB component.
     let mut cached_ms = Vec::new();
     let mut big_ms = Vec::new();
+    let mut big_component_bytes = 0;
     for i in 0..3 {
-        let old = variant(&echo, &format!("v{}", i % k.max(1)), 0);
-        let at = deploy(&dir, "0.1.0", &old)?;
-        cached_ms.push(
-            swap_latency(&bed, &reference, &sha256(&old), at)
-                .await?
-                .as_secs_f64()
-                * 1000.0,
-        );
+        let old = variant(&echo, &format!("v{}", i % k.max(1)));
+        cached_ms.push(swap_ms(&bed, &reference, &dir, &old).await?);
         let big = big_component(&echo, &format!("big{i}"), 2 << 20);
-        let at = deploy(&dir, "0.1.0", &big)?;
-        big_ms.push(
-            swap_latency(&bed, &reference, &sha256(&big), at)
-                .await?
-                .as_secs_f64()
-                * 1000.0,
-        );
+        big_component_bytes = big.len();
+        big_ms.push(swap_ms(&bed, &reference, &dir, &big).await?);
     }
     watcher.abort();
     bed.router.shutdown().await;
@@ -726,7 +703,7 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
         compile_p99_ms: percentile(compile_ms, 0.99),
         component_bytes: echo.len(),
         cached_p99_ms: percentile(cached_ms, 0.99),
-        big_component_bytes: big_component(&echo, "size", 2 << 20).len(),
+        big_component_bytes,
         big_p99_ms: percentile(big_ms, 0.99),
         max_dip,
         lost: sent as i64 - settled,
@@ -808,31 +785,21 @@ pub async fn b6(o: &crate::Options) -> anyhow::Result<FailurePath> {
     .await?;
     bed.wait_settled("p", sent as u64, Duration::from_secs(120))
         .await?;
-    let topology = bed.router.topology();
-    let dlq = topology
-        .topic("local", "dlq")
-        .cloned()
-        .context_topic("dlq")?;
-    let letters = topology.brokers["local"]
+    let dlq = bed.topic("dlq")?;
+    let letters = bed.router.topology().brokers["local"]
         .connection
         .peek(&dlq, 1_000_000)
         .await?;
     let mut ms = Vec::new();
     for l in letters {
-        let e: serde_json::Value = serde_json::from_slice(&l.payload)?;
-        if !e["payload"].as_str().is_some_and(|p| p.starts_with("TRAP")) {
+        let e: Envelope = serde_json::from_slice(&l.payload)?;
+        if !e.original_payload()?.starts_with(b"TRAP") {
             continue;
         }
-        let intended = e["headers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|h| h[0] == INTENDED || h["name"] == INTENDED)
-            .and_then(|h| h[1].as_str().or(h["value"].as_str()))
+        let intended = header(&e.headers, INTENDED)
             .and_then(|v| v.parse::<f64>().ok())
             .map(|ns| ns / 1e6);
-        let dead = e["dead_lettered_at"].as_str().and_then(unix_ms);
-        if let (Some(a), Some(b)) = (intended, dead) {
+        if let (Some(a), Some(b)) = (intended, unix_ms(&e.dead_lettered_at)) {
             ms.push((b - a).max(0.0));
         }
     }

@@ -7,19 +7,8 @@ use std::time::{Duration, Instant};
 use eventflow::config::{Limits, SandboxConfig};
 use eventflow::data::Collections;
 use eventflow::message::InboundMessage;
-use eventflow::sandbox::{
-    Algorithm, AlgorithmId, Invocation, PublishRefusal, Sandbox, TopicResolver,
-};
+use eventflow::sandbox::{Algorithm, AlgorithmId, Invocation, NoTopics, Sandbox};
 use serde::Serialize;
-
-/// Refuses publishing: the measured algorithms publish nothing.
-struct NoTopics;
-
-impl TopicResolver for NoTopics {
-    fn resolve(&self, _topic: &str, _size: usize) -> Result<String, PublishRefusal> {
-        Err(PublishRefusal::UnknownTopic)
-    }
-}
 
 /// A sandbox with `settings`, its data in a temporary directory.
 pub fn sandbox(settings: SandboxConfig) -> anyhow::Result<(Sandbox, tempfile::TempDir)> {
@@ -59,13 +48,9 @@ pub fn message(payload: Vec<u8>) -> InboundMessage {
     }
 }
 
-/// One fresh-instance invocation; `Ok` if the algorithm succeeded.
-pub async fn invoke(
-    sandbox: &Sandbox,
-    algorithm: &Algorithm,
-    m: &InboundMessage,
-    timeout: Duration,
-) -> bool {
+/// One fresh-instance invocation with the default limits and a 10 s
+/// timeout; whether the algorithm succeeded.
+async fn invoke(sandbox: &Sandbox, algorithm: &Algorithm, m: &InboundMessage) -> bool {
     let limits = Limits::default();
     let outcome = sandbox
         .invoke(
@@ -73,7 +58,7 @@ pub async fn invoke(
             Invocation {
                 flow: "bench".into(),
                 message: m,
-                timeout,
+                timeout: Duration::from_secs(10),
                 limits: &limits,
                 env: &[],
                 resolver: Arc::new(NoTopics),
@@ -81,6 +66,29 @@ pub async fn invoke(
         )
         .await;
     outcome.result.is_ok()
+}
+
+/// Nanoseconds per fresh-instance invocation of `algorithm` on `m`, over
+/// `n` invocations after `warm_up` unmeasured ones; an error if one fails.
+async fn fresh_ns(
+    sandbox: &Sandbox,
+    algorithm: &Algorithm,
+    m: &InboundMessage,
+    warm_up: u32,
+    n: u32,
+) -> anyhow::Result<f64> {
+    for _ in 0..warm_up {
+        invoke(sandbox, algorithm, m).await;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        anyhow::ensure!(
+            invoke(sandbox, algorithm, m).await,
+            "{} failed",
+            algorithm.label()
+        );
+    }
+    Ok(started.elapsed().as_nanos() as f64 / f64::from(n))
 }
 
 /// B1's numbers for one payload size.
@@ -117,17 +125,7 @@ pub async fn b1(o: &crate::Options) -> anyhow::Result<Vec<OverheadRow>> {
         sb.time_reused_instance(&echo, &m, 100).await?;
         let reused_ns =
             sb.time_reused_instance(&echo, &m, n).await?.as_nanos() as f64 / f64::from(n);
-        for _ in 0..100 {
-            invoke(&sb, &echo, &m, Duration::from_secs(10)).await;
-        }
-        let started = Instant::now();
-        for _ in 0..n {
-            anyhow::ensure!(
-                invoke(&sb, &echo, &m, Duration::from_secs(10)).await,
-                "echo failed"
-            );
-        }
-        let fresh_ns = started.elapsed().as_nanos() as f64 / f64::from(n);
+        let fresh_ns = fresh_ns(&sb, &echo, &m, 100, n).await?;
         eprintln!(
             "  {size:>6} B: native {native_ns:.0} ns, reused {reused_ns:.0} ns, fresh {fresh_ns:.0} ns"
         );
@@ -200,17 +198,7 @@ pub async fn b3(o: &crate::Options) -> anyhow::Result<Vec<SandboxCostRow>> {
     for (name, settings) in variants {
         let (sb, _dir) = sandbox(settings)?;
         let redact = load(&sb, &o.plugins, "examples", "redact")?;
-        for _ in 0..50 {
-            invoke(&sb, &redact, &payload, Duration::from_secs(10)).await;
-        }
-        let started = Instant::now();
-        for _ in 0..n {
-            anyhow::ensure!(
-                invoke(&sb, &redact, &payload, Duration::from_secs(10)).await,
-                "redact failed"
-            );
-        }
-        let ns = started.elapsed().as_nanos() as f64 / f64::from(n);
+        let ns = fresh_ns(&sb, &redact, &payload, 50, n).await?;
         eprintln!("  {name}: {ns:.0} ns");
         rows.push(SandboxCostRow {
             variant: name.into(),
@@ -249,7 +237,7 @@ pub async fn b6_pool(o: &crate::Options) -> anyhow::Result<PoolCheck> {
             let m = message(b"trap".to_vec());
             let mut failed = 0u64;
             for _ in 0..share {
-                if !invoke(&sb, &panic, &m, Duration::from_secs(10)).await {
+                if !invoke(&sb, &panic, &m).await {
                     failed += 1;
                 }
             }

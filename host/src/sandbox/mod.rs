@@ -346,26 +346,15 @@ impl Sandbox {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let state = HostState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_limit: (limits.max_memory_mib as usize) << 20,
-                peak_memory: 0,
-            },
-            owner: algorithm.id.owner.clone(),
-            label: algorithm.label().into(),
-            flow: inv.flow.clone(),
-            message_id: inv.message.id.clone(),
-            data: self.data.clone(),
-            resolver: inv.resolver.clone(),
-            published: Vec::new(),
-            host_calls: 0,
-            max_host_calls: limits.max_host_calls,
-            data_written: 0,
-            max_data_write_bytes: limits.max_data_write_bytes,
-            host_call_timeout: Duration::from_secs_f64(limits.host_call_timeout_secs).min(timeout),
-        };
+        let state = self.host_state(
+            algorithm,
+            wasi.build(),
+            inv.flow.clone(),
+            &inv.message.id,
+            inv.resolver.clone(),
+            limits,
+            Duration::from_secs_f64(limits.host_call_timeout_secs).min(timeout),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let fuel = self
@@ -428,6 +417,40 @@ impl Sandbox {
 }
 
 impl Sandbox {
+    /// The host side of one instance of `algorithm`.
+    #[allow(clippy::too_many_arguments)]
+    fn host_state(
+        &self,
+        algorithm: &Algorithm,
+        wasi: WasiCtx,
+        flow: Arc<str>,
+        message_id: &str,
+        resolver: Arc<dyn TopicResolver>,
+        limits: &Limits,
+        host_call_timeout: Duration,
+    ) -> HostState {
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_limit: (limits.max_memory_mib as usize) << 20,
+                peak_memory: 0,
+            },
+            owner: algorithm.id.owner.clone(),
+            label: algorithm.label().into(),
+            flow,
+            message_id: message_id.to_string(),
+            data: self.data.clone(),
+            resolver,
+            published: Vec::new(),
+            host_calls: 0,
+            max_host_calls: limits.max_host_calls,
+            data_written: 0,
+            max_data_write_bytes: limits.max_data_write_bytes,
+            host_call_timeout,
+        }
+    }
+
     /// Instances of the pooling allocator in use now (component instances,
     /// core instances, memories); all zero when nothing runs. `None` without
     /// the pooling allocator. For leak checks.
@@ -437,7 +460,8 @@ impl Sandbox {
             .map(|m| (m.component_instances(), m.core_instances(), m.memories()))
     }
 
-    /// Calls `apply` `n` times on ONE instance, without limits, and returns
+    /// Calls `apply` `n` times on ONE instance, under the default limits
+    /// (counted across the calls) and an unreachable epoch deadline, and returns
     /// the time taken. A measurement aid: the router never reuses instances.
     pub async fn time_reused_instance(
         &self,
@@ -448,26 +472,16 @@ impl Sandbox {
         let Code::Wasm(pre) = &algorithm.code else {
             anyhow::bail!("a native algorithm has no instance");
         };
-        let state = HostState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_limit: usize::MAX,
-                peak_memory: 0,
-            },
-            owner: algorithm.id.owner.clone(),
-            label: algorithm.label().into(),
-            flow: "benchmark".into(),
-            message_id: message.id.clone(),
-            data: self.data.clone(),
-            resolver: Arc::new(NoPublishing),
-            published: Vec::new(),
-            host_calls: 0,
-            max_host_calls: u32::MAX,
-            data_written: 0,
-            max_data_write_bytes: u64::MAX,
-            host_call_timeout: Duration::from_secs(60),
-        };
+        let limits = Limits::default();
+        let state = self.host_state(
+            algorithm,
+            WasiCtx::builder().build(),
+            "benchmark".into(),
+            &message.id,
+            Arc::new(NoTopics),
+            &limits,
+            Duration::from_secs_f64(limits.host_call_timeout_secs),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.settings.fuel {
@@ -493,10 +507,11 @@ impl Sandbox {
     }
 }
 
-/// Refuses every publish (the reused-instance measurement publishes nothing).
-struct NoPublishing;
+/// Refuses every publish: for invocations outside a flow, which have no
+/// topics (the benchmarks').
+pub struct NoTopics;
 
-impl TopicResolver for NoPublishing {
+impl TopicResolver for NoTopics {
     fn resolve(&self, _topic: &str, _size: usize) -> Result<String, PublishRefusal> {
         Err(PublishRefusal::UnknownTopic)
     }
