@@ -266,6 +266,7 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<f64> {
     let mut done = 0;
     while done < n {
         let batch = source.receive(64).await?;
+        done += batch.len();
         let outputs: Vec<OutboundMessage> = batch
             .iter()
             .map(|d| OutboundMessage {
@@ -280,7 +281,6 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<f64> {
         for r in futures::future::join_all(acks).await {
             r?;
         }
-        done += 64.min(n - done);
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     bed.router.shutdown().await;
