@@ -176,19 +176,23 @@ fn the_heartbeat_keeps_a_long_invocation_from_being_redelivered() {
 #[test]
 fn a_saturated_flow_gives_messages_back_with_the_configured_delay() {
     let moto = Moto::start();
+    // Visibility 4 s: a received message that waits 2 s for a free slot
+    // marks the flow as saturated.
     let incoming = moto.queue(
         "busy",
-        &[(QueueAttributeName::VisibilityTimeout, "30".into())],
+        &[(QueueAttributeName::VisibilityTimeout, "4".into())],
     );
     let router = start(
         &moto,
         &format!(
-            "{}[[flows]]\nname = \"busy\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 4\nmax_receives = 10\n[flows.consumer]\nsaturation_delay_secs = 4\n",
+            "{}[[flows]]\nname = \"busy\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 2\nmax_receives = 10\n[flows.consumer]\nsaturation_delay_secs = 12\n",
             topic("in", &incoming, "\"test/slow\"", ""),
         ),
     );
-    let bodies: Vec<String> = (0..20)
-        .map(|i| format!(r#"{{"id": "b{i:02}", "sleep_ms": 300}}"#))
+    // Two slots, 2.5 s each: the messages received ahead of the slots wait
+    // longer than half the visibility timeout.
+    let bodies: Vec<String> = (0..6)
+        .map(|i| format!(r#"{{"id": "b{i:02}", "sleep_ms": 2500}}"#))
         .collect();
     moto.send(&incoming, &bodies);
     wait_for("the saturation report", Duration::from_secs(30), || {
@@ -199,13 +203,14 @@ fn a_saturated_flow_gives_messages_back_with_the_configured_delay() {
         .lines()
         .find(|l| l.contains("Flow is saturated"))
         .unwrap();
-    assert!(line.contains("delay=4s"), "{line}");
+    assert!(line.contains("delay=12s"), "{line}");
     // Given back, not lost: every message is processed in the end, and the
-    // ones given back come back no sooner than the delay.
-    wait_for("all twenty messages", Duration::from_secs(60), || {
-        (router.data_files("test/intervals").len() == 20).then_some(())
+    // ones given back come back no sooner than the delay. Without it the six
+    // would start within three rounds of 2.5 s.
+    wait_for("all six messages", Duration::from_secs(90), || {
+        (router.data_files("test/intervals").len() == 6).then_some(())
     });
-    let mut times: Vec<u128> = router
+    let mut starts: Vec<u128> = router
         .data_files("test/intervals")
         .iter()
         .map(|f| {
@@ -214,11 +219,40 @@ fn a_saturated_flow_gives_messages_back_with_the_configured_delay() {
             t.split(' ').next().unwrap().parse().unwrap()
         })
         .collect();
-    times.sort();
-    let span_ms = (times[19] - times[0]) / 1_000_000;
+    starts.sort();
+    let span_ms = (starts[5] - starts[0]) / 1_000_000;
     assert!(
-        span_ms >= 4_000,
-        "all twenty ran within {span_ms} ms: nothing was delayed"
+        span_ms >= 12_000,
+        "all six started within {span_ms} ms: nothing given back was delayed"
+    );
+}
+
+#[test]
+fn a_backlog_flows_through_a_small_flow_without_give_backs() {
+    let moto = Moto::start();
+    let incoming = moto.queue("backlog", &[]);
+    // The backlog is there before the router starts, so every receive
+    // comes back full.
+    let bodies: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"id": "q{i:03}", "sleep_ms": 1}}"#))
+        .collect();
+    moto.send(&incoming, &bodies);
+    // Concurrency 4 with two receivers would overflow a flow that received
+    // before it had room; the default saturation delay (5 minutes) would
+    // then hold the surplus well past this test's wait.
+    let router = start(
+        &moto,
+        &format!(
+            "{}[[flows]]\nname = \"small\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 4\n",
+            topic("in", &incoming, "\"test/slow\"", ""),
+        ),
+    );
+    wait_for("all 300 messages", Duration::from_secs(120), || {
+        (router.data_files("test/intervals").len() == 300).then_some(())
+    });
+    assert!(
+        !router.log().contains("Flow is saturated"),
+        "a backlog was handed back as saturation"
     );
 }
 
@@ -232,7 +266,7 @@ fn kill_9_mid_stream_loses_nothing() {
     let mut router = start(
         &moto,
         &format!(
-            "{}[[flows]]\nname = \"slow\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 10\n[flows.consumer]\nsaturation_delay_secs = 2\n",
+            "{}[[flows]]\nname = \"slow\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 10\n",
             topic("in", &incoming, "\"test/slow\"", ""),
         ),
     );

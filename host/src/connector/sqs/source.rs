@@ -2,15 +2,20 @@
 //!
 //! `receivers` background tasks long-poll the queue and hand messages to the
 //! flow through a channel as deep as the flow's batch (its concurrency, up
-//! to 64). A poller waits until there is room for one message, so receiving
-//! pauses while the flow is saturated, then asks for a whole batch (up to
-//! ten); what does not fit because the flow is busy goes back to the queue
-//! with the flow's saturation delay, 5 minutes by default (the platform's
-//! documented behaviour; it counts as a receive). Flows with a concurrency
-//! below ten and a busy queue meet this often: lower the delay, or raise the
-//! concurrency. Deletes are
-//! batched (`DeleteMessageBatch`), a retry is a visibility change, and a
-//! heartbeat extends the visibility of a message while its invocation runs.
+//! to 64) or one batch per receiver, whichever is more. A poller first reserves room in that channel for a whole batch
+//! (up to ten), so it only receives what the flow has room to hold and a
+//! backlog flows through without anything being handed back; while the flow
+//! is saturated the channel stays full and receiving pauses.
+//!
+//! A message that then waits in the channel for half its visibility timeout
+//! (the flow is saturated: every slot has been busy that long) goes back to
+//! the queue with the flow's saturation delay, 5 minutes by default (the
+//! platform's documented behaviour; it counts as a receive), instead of
+//! having its lease extended while nothing works on it. Give the queue a
+//! visibility timeout of at least twice the algorithm's run time so that an
+//! ordinary backlog never meets this. Deletes are batched
+//! (`DeleteMessageBatch`), a retry is a visibility change, and a heartbeat
+//! extends the visibility of a message while its invocation runs.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -90,6 +95,8 @@ pub struct SqsSource {
     max_receive_count: Option<u32>,
     acks: mpsc::UnboundedSender<AckRequest>,
     stop: CancellationToken,
+    saturation_delay: Duration,
+    flow: String,
 }
 
 impl Drop for SqsSource {
@@ -109,14 +116,17 @@ impl SqsSource {
     ) -> anyhow::Result<Self> {
         let queue = topic.address().to_string();
         let facts = queue_facts(&client, connection, &queue).await?;
-        let (tx, rx) = mpsc::channel(options.max_batch.max(1));
+        let batch = options.max_batch.clamp(1, 10);
+        // Room for every receiver's batch, so the receives overlap; at
+        // least the flow's own batch.
+        let depth = options.max_batch.max(batch * config.receivers as usize);
+        let (tx, rx) = mpsc::channel(depth);
         let stop = CancellationToken::new();
         let poller = Poller {
             client: client.clone(),
             queue: queue.clone(),
-            batch: options.max_batch.clamp(1, 10) as i32,
+            batch: batch as i32,
             wait_secs: config.wait_time_secs,
-            saturation_delay: options.saturation_delay,
             flow: options.flow.clone(),
         };
         for _ in 0..config.receivers {
@@ -133,6 +143,8 @@ impl SqsSource {
             max_receive_count: facts.max_receive_count,
             acks,
             stop,
+            saturation_delay: options.saturation_delay,
+            flow: options.flow.clone(),
         })
     }
 
@@ -168,25 +180,25 @@ impl SqsSource {
         }
     }
 
-    /// Messages that waited in the channel for half their visibility get it
-    /// renewed before the flow starts on them; if that fails the message is
-    /// already visible again and is skipped (SQS redelivers it).
-    async fn fresh(&self, received: Received) -> Option<Received> {
-        if received.at.elapsed() < self.visibility / 2 {
-            return Some(received);
+    /// Hands back, with the saturation delay, the messages that waited in
+    /// the channel for half their visibility timeout: the flow has been
+    /// saturated that long. Returns the others.
+    async fn drop_stale(&self, batch: Vec<Received>) -> Vec<Received> {
+        let (fresh, stale): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|r| r.at.elapsed() < self.visibility / 2);
+        if !stale.is_empty() {
+            tracing::info!(
+                flow = %self.flow,
+                queue = %self.queue,
+                returned = stale.len(),
+                delay = ?self.saturation_delay,
+                "Flow is saturated: gave received messages back to the queue with a delay."
+            );
+            let stale: Vec<Message> = stale.into_iter().map(|r| r.message).collect();
+            give_back(&self.client, &self.queue, &stale, self.saturation_delay).await;
         }
-        let renewed = self
-            .client
-            .change_message_visibility()
-            .queue_url(&self.queue)
-            .receipt_handle(received.message.receipt_handle().unwrap_or_default())
-            .visibility_timeout(self.visibility.as_secs() as i32)
-            .send()
-            .await;
-        renewed.ok().map(|_| Received {
-            at: Instant::now(),
-            ..received
-        })
+        fresh
     }
 }
 
@@ -206,10 +218,8 @@ impl Source for SqsSource {
                 Err(_) => break,
             }
         }
-        for received in batch {
-            if let Some(r) = self.fresh(received).await {
-                out.push(self.delivery(r));
-            }
+        for received in self.drop_stale(batch).await {
+            out.push(self.delivery(received));
         }
         Ok(out)
     }
@@ -238,7 +248,6 @@ struct Poller {
     /// Messages asked for per receive.
     batch: i32,
     wait_secs: u32,
-    saturation_delay: Duration,
     flow: String,
 }
 
@@ -249,15 +258,16 @@ impl Poller {
             queue,
             batch,
             wait_secs,
-            saturation_delay,
             flow,
         } = self;
         let mut failures = 0u32;
         loop {
-            // Wait for room: receiving pauses while the flow is saturated.
-            let permit = tokio::select! {
+            // Wait for room for a whole batch: receiving pauses while the
+            // flow is saturated, and nothing received has to be handed back
+            // for want of room.
+            let mut permits = tokio::select! {
                 _ = stop.cancelled() => return,
-                p = tx.reserve() => match p {
+                p = tx.reserve_many(batch as usize) => match p {
                     Ok(p) => p,
                     Err(_) => return,
                 },
@@ -289,7 +299,7 @@ impl Poller {
                         retry_in = ?delay,
                         "Receiving from SQS failed; retrying."
                     );
-                    drop(permit);
+                    drop(permits);
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => continue,
@@ -297,33 +307,16 @@ impl Poller {
                 }
             };
             let now = Instant::now();
-            let mut messages = messages.into_iter();
-            let Some(first) = messages.next() else {
-                continue;
-            };
-            permit.send(Received {
-                message: first,
-                at: now,
-            });
-            let mut surplus = Vec::new();
+            // SQS returns at most `batch`, one permit each; should a server
+            // return more, the extra go straight back.
+            let mut extra = Vec::new();
             for message in messages {
-                if let Err(e) = tx.try_send(Received { message, at: now }) {
-                    match e {
-                        mpsc::error::TrySendError::Full(r)
-                        | mpsc::error::TrySendError::Closed(r) => surplus.push(r.message),
-                    }
+                match permits.next() {
+                    Some(permit) => permit.send(Received { message, at: now }),
+                    None => extra.push(message),
                 }
             }
-            if !surplus.is_empty() {
-                tracing::info!(
-                    flow = %flow,
-                    queue = %queue,
-                    returned = surplus.len(),
-                    delay = ?saturation_delay,
-                    "Flow is saturated: gave received messages back to the queue with a delay."
-                );
-                give_back(&client, &queue, &surplus, saturation_delay).await;
-            }
+            give_back(&client, &queue, &extra, Duration::ZERO).await;
         }
     }
 }
