@@ -1,6 +1,7 @@
 //! Kafka end to end against tansu, a real Kafka-protocol broker, on
 //! loopback: the demo flow, dead-lettering, undecodable messages,
-//! at-least-once across `kill -9`, two routers in one group, and a broker
+//! at-least-once across `kill -9`, partition order with overlapping
+//! invocations, two routers in one group, and a broker
 //! restart. One broker is shared by the tests (its first consumer-group
 //! join takes about 20 s); each test has its own topics and groups.
 
@@ -143,6 +144,47 @@ fn kill_9_mid_stream_loses_nothing() {
     assert_eq!(
         got, want,
         "every produced message reached the output (duplicates allowed)"
+    );
+}
+
+#[test]
+fn overlapping_invocations_keep_the_partition_order_of_outputs() {
+    let bootstrap = tansu::shared();
+    let (input, out) = (unique("order-in"), unique("order-out"));
+    tansu::create_topics(&bootstrap, &[&input, &out], 1);
+    let router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"order\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\noutput_topic = \"out\"\nconcurrency = 8\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"test/slow\"", ""),
+        topic("out", &out, "", "\"test/slow\""),
+    ));
+    // In each run of eight, a later message sleeps less, so it finishes
+    // before the ones ahead of it.
+    let bodies: Vec<String> = (0..48)
+        .map(|i| format!(r#"{{"id": "o{i:02}", "sleep_ms": {}}}"#, (7 - i % 8) * 40))
+        .collect();
+    tansu::produce_text(&bootstrap, &input, &bodies);
+    let outputs = tansu::read_all(&bootstrap, &out, 48, JOIN);
+    let got: Vec<String> = outputs
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(got, bodies, "outputs in the input partition's order");
+    // The invocations did overlap: the order was kept at publishing.
+    let mut intervals: Vec<(u128, u128)> = router
+        .data_files("test/intervals")
+        .iter()
+        .map(|f| {
+            let t = String::from_utf8(router.data_file(&format!("test/intervals/{f}")).unwrap())
+                .unwrap();
+            let (a, b) = t.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    intervals.sort();
+    assert!(
+        intervals.windows(2).any(|w| w[1].0 < w[0].1),
+        "no two invocations of the partition overlapped"
     );
 }
 

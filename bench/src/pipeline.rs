@@ -139,6 +139,7 @@ impl Bed {
                     max_batch: 64,
                     group_id: "bench".into(),
                     saturation_delay: Duration::from_secs(1),
+                    in_flight_per_partition: 1,
                     metrics: None,
                 },
             )

@@ -350,6 +350,12 @@ pub struct ConsumerOptions {
     /// before they become visible again, in seconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saturation_delay_secs: Option<u64>,
+    /// Kafka: how many messages of one partition may be in flight at once
+    /// (default 8, at most 64). Their outputs and publishes are produced,
+    /// and their offsets stored, in partition order either way; 1 also runs
+    /// the invocations themselves one after another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight_per_partition: Option<u32>,
 }
 
 /// How long to wait before the next attempt of a failed message.
@@ -893,6 +899,14 @@ pub fn check_flow(f: &FlowSpec, topics: &[TopicSpec]) -> Result<(), FieldError> 
     if f.max_receives == 0 {
         return Err(("max_receives".into(), "must be at least 1".into()));
     }
+    if let Some(n) = f.consumer.in_flight_per_partition
+        && !(1..=64).contains(&n)
+    {
+        return Err((
+            "consumer.in_flight_per_partition".into(),
+            format!("{n} must be between 1 and 64"),
+        ));
+    }
     if f.retry.base_ms > f.retry.cap_ms {
         return Err((
             "retry.base_ms".into(),
@@ -999,6 +1013,16 @@ dead_letter_topic = "dlq"
         assert_eq!(
             e,
             "bad.toml: flows[0].broker: no broker connection named \"nope\""
+        );
+    }
+
+    #[test]
+    fn partition_depth_out_of_range_is_named() {
+        let text = format!("{GOOD}[flows.consumer]\nin_flight_per_partition = 0\n");
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "bad.toml: flows[0].consumer.in_flight_per_partition: 0 must be between 1 and 64"
         );
     }
 

@@ -144,6 +144,8 @@ pub struct SourceOptions {
     pub group_id: String,
     /// SQS: how long messages received while saturated wait before redelivery.
     pub saturation_delay: Duration,
+    /// Kafka: messages of one partition in flight at once.
+    pub in_flight_per_partition: usize,
     /// Where connectors report what only they know (Kafka's consumer lag).
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
@@ -262,4 +264,14 @@ pub trait Settle: Send + Sync {
     fn heartbeat(&self) -> Option<Duration> {
         None
     }
+
+    /// Waits until this message may publish its effects. Sources that keep
+    /// an order (a Kafka partition) let a message through once every earlier
+    /// message of its partition has passed its turn; the others at once.
+    async fn wait_turn(&mut self) {}
+
+    /// This message's effects are handed to the producer (enqueued, in
+    /// order), or it has none: the next message may take its turn. `ack`
+    /// and `retry` pass the turn too, as does dropping the settle.
+    fn pass_turn(&mut self) {}
 }

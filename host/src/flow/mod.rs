@@ -254,6 +254,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("eventflow-{}", spec.name)),
         saturation_delay: Duration::from_secs(spec.consumer.saturation_delay_secs.unwrap_or(300)),
+        in_flight_per_partition: spec.consumer.in_flight_per_partition.unwrap_or(8) as usize,
         metrics: Some(services.metrics.clone()),
     };
 

@@ -197,17 +197,35 @@ impl Worker {
         }
 
         let failure = match outcome.result {
-            Ok(output) => match self
-                .publish_effects(algorithm, message, output, outcome.published, trace)
-                .await
-            {
-                Ok(()) => {
-                    self.succeed(settle, algorithm, message).await;
-                    return;
+            Ok(output) => {
+                // In order: wait until the messages before this one (in its
+                // Kafka partition) have handed their effects over. The first
+                // poll of the publish hands every message to its producer
+                // (Kafka enqueues before it awaits anything, see
+                // `connector::kafka::sink::publish`), so the next message may
+                // take its turn while this one waits for delivery.
+                settle.wait_turn().await;
+                let publishing =
+                    self.publish_effects(algorithm, message, output, outcome.published, trace);
+                let mut publishing = std::pin::pin!(publishing);
+                let first = futures::poll!(publishing.as_mut());
+                settle.pass_turn();
+                let published = match first {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => publishing.await,
+                };
+                match published {
+                    Ok(()) => {
+                        self.succeed(settle, algorithm, message).await;
+                        return;
+                    }
+                    Err(e) => Failure::new(Reason::PublishFailed, e),
                 }
-                Err(e) => Failure::new(Reason::PublishFailed, e),
-            },
-            Err(failure) => failure,
+            }
+            Err(failure) => {
+                settle.pass_turn();
+                failure
+            }
         };
         self.fail(settle, algorithm, message, failure).await;
     }
@@ -294,12 +312,17 @@ impl Worker {
                 ),
             }
         }
-        for (key, messages) in groups {
-            topology
-                .publish(&key, messages)
-                .await
-                .map_err(|e| format!("cannot publish to {key}: {e:#}"))?;
-        }
+        // All at once, so that one poll hands every group to its producer.
+        let publishes = groups.into_iter().map(|(key, messages)| {
+            let topology = &topology;
+            async move {
+                topology
+                    .publish(&key, messages)
+                    .await
+                    .map_err(|e| format!("cannot publish to {key}: {e:#}"))
+            }
+        });
+        futures::future::try_join_all(publishes).await?;
         Ok(())
     }
 

@@ -1,9 +1,9 @@
 //! Producing to Kafka: idempotent, `acks=all`, every delivery confirmed.
 
-use std::time::Duration;
-
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::{KEY_HEADER, Producers};
 use crate::connector::PublishError;
@@ -22,6 +22,11 @@ pub fn headers(headers: &[(String, String)]) -> OwnedHeaders {
 }
 
 /// Produces `messages` to `topic` and waits for every delivery report.
+///
+/// Every message is handed to librdkafka before the first `.await`, in the
+/// order given: a caller that polls this future once has enqueued them all
+/// (the worker relies on it to keep a partition's outputs in order). A full
+/// producer queue is an error, not a wait, for the same reason.
 pub async fn publish(
     producers: &Producers,
     connection: &str,
@@ -36,7 +41,13 @@ pub async fn publish(
         });
     }
     let (generation, producer) = producers.get();
-    let sends = messages.iter().map(|m| {
+    let failed = |e: &dyn std::fmt::Display| {
+        PublishError::Broker(anyhow::anyhow!(
+            "broker connection {connection:?}: cannot produce to topic {topic}: {e}"
+        ))
+    };
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for m in &messages {
         let key = m
             .headers
             .iter()
@@ -48,14 +59,24 @@ pub async fn publish(
         if let Some(k) = key {
             record = record.key(k);
         }
-        producer.send(record, Duration::from_secs(10))
-    });
-    for result in futures::future::join_all(sends).await {
-        if let Err((e, _)) = result {
-            producers.replace(generation);
-            return Err(PublishError::Broker(anyhow::anyhow!(
-                "broker connection {connection:?}: cannot produce to topic {topic}: {e}"
-            )));
+        match producer.send_result(record) {
+            Ok(delivery) => deliveries.push(delivery),
+            Err((e, _)) => {
+                if e != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+                    producers.replace(generation);
+                }
+                return Err(failed(&e));
+            }
+        }
+    }
+    for delivery in futures::future::join_all(deliveries).await {
+        match delivery {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                producers.replace(generation);
+                return Err(failed(&e));
+            }
+            Err(_) => return Err(failed(&"the producer was closed")),
         }
     }
     Ok(())

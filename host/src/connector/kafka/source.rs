@@ -1,10 +1,20 @@
 //! Consuming a Kafka topic for one flow, in its own consumer group.
 //!
 //! A background task polls the consumer into per-partition buffers; the flow
-//! takes at most one message per partition at a time, so a partition's
-//! successes are settled (and their offsets stored) in order. When the
-//! buffers hold more than a high-water mark the assigned partitions are
-//! paused, and resumed once the flow has drained them. On revoke, stored
+//! takes up to `in_flight_per_partition` messages of a partition at a time
+//! (8 by default). Their invocations may overlap, but each message waits
+//! for its turn before it publishes anything: the messages before it in its
+//! partition must have handed their effects to the producer, or failed. As
+//! the producer is idempotent and keeps the order of what it is handed per
+//! partition, a partition's successes reach their topics in order. Offsets
+//! are stored in order too: a settled message's offset is stored only once
+//! every message before it is settled. With `in_flight_per_partition = 1`
+//! the invocations themselves run one after another.
+//!
+//! When the buffers hold more than a high-water mark (messages or bytes)
+//! the assigned partitions are paused, and resumed once the flow has drained
+//! half of it; the marks are high because librdkafka drops what it fetched
+//! for a paused partition and fetches it again on resume. On revoke, stored
 //! offsets are committed and the revoked partitions' buffers dropped;
 //! settling a message of a partition the router no longer owns stores
 //! nothing, so the new owner processes it again (at-least-once).
@@ -33,17 +43,54 @@ use crate::metrics::PartitionLabels;
 const POLL: Duration = Duration::from_millis(500);
 /// The longest a retry waits in the router before its copy is produced.
 pub const MAX_IN_ROUTER_DELAY: Duration = Duration::from_secs(30);
+/// Buffered messages at which the partitions are paused.
+const HIGH_WATER_MESSAGES: usize = 10_000;
+/// Buffered payload bytes at which the partitions are paused.
+const HIGH_WATER_BYTES: usize = 64 << 20;
 
 struct Pending {
     message: OwnedMessage,
     /// Set when a retry could not be produced and is redelivered locally.
     attempt: Option<u32>,
+    /// The message already has its place in `in_flight` (a local redelivery).
+    placed: bool,
+}
+
+impl Pending {
+    fn bytes(&self) -> usize {
+        self.message.payload().map_or(0, <[u8]>::len)
+    }
+}
+
+/// A message of a partition taken by the flow and not yet past the stored
+/// offset.
+struct InFlight {
+    offset: i64,
+    /// Its effects are handed to the producer, or it has none.
+    passed: bool,
+    /// Acknowledged, or its retry copy produced.
+    settled: bool,
 }
 
 struct Partition {
     buffer: VecDeque<Pending>,
-    in_flight: bool,
+    /// In offset order.
+    in_flight: VecDeque<InFlight>,
     generation: u64,
+}
+
+impl Partition {
+    fn entry(&mut self, offset: i64) -> Option<&mut InFlight> {
+        self.in_flight.iter_mut().find(|e| e.offset == offset)
+    }
+
+    /// Whether every message before `offset` has passed its turn.
+    fn turn_of(&self, offset: i64) -> bool {
+        self.in_flight
+            .iter()
+            .take_while(|e| e.offset != offset)
+            .all(|e| e.passed)
+    }
 }
 
 #[derive(Default)]
@@ -51,14 +98,38 @@ struct State {
     partitions: BTreeMap<i32, Partition>,
     generation: u64,
     buffered: usize,
+    buffered_bytes: usize,
     paused: bool,
     cursor: i32,
+}
+
+impl State {
+    fn over_high_water(&self) -> bool {
+        self.buffered >= HIGH_WATER_MESSAGES || self.buffered_bytes >= HIGH_WATER_BYTES
+    }
+
+    fn below_low_water(&self) -> bool {
+        self.buffered <= HIGH_WATER_MESSAGES / 2 && self.buffered_bytes <= HIGH_WATER_BYTES / 2
+    }
+
+    fn unbuffer(&mut self, pending: &Pending) {
+        self.buffered -= 1;
+        self.buffered_bytes -= pending.bytes();
+    }
+
+    /// The partition, if it is still the assignment of `generation`.
+    fn owned(&mut self, partition: i32, generation: u64) -> Option<&mut Partition> {
+        self.partitions
+            .get_mut(&partition)
+            .filter(|p| p.generation == generation)
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
     notify: Notify,
-    high_water: usize,
+    /// Messages of one partition in flight at once.
+    depth: usize,
 }
 
 impl Shared {
@@ -91,7 +162,9 @@ impl ConsumerContext for FlowContext {
             let mut state = self.shared.lock();
             for elem in tpl.elements() {
                 if let Some(p) = state.partitions.remove(&elem.partition()) {
-                    state.buffered -= p.buffer.len();
+                    for pending in &p.buffer {
+                        state.unbuffer(pending);
+                    }
                 }
             }
             tracing::info!(flow = %self.flow, partitions = tpl.count(), "Kafka partitions revoked.");
@@ -109,7 +182,7 @@ impl ConsumerContext for FlowContext {
                     elem.partition(),
                     Partition {
                         buffer: VecDeque::new(),
-                        in_flight: false,
+                        in_flight: VecDeque::new(),
                         generation,
                     },
                 );
@@ -149,7 +222,7 @@ impl KafkaSource {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            high_water: (options.max_batch * 16).max(256),
+            depth: options.in_flight_per_partition.max(1),
         });
         let mut config = client_config(properties);
         config
@@ -207,6 +280,8 @@ impl KafkaSource {
                 generation,
                 attempt: message.attempt,
                 id: message.id.clone(),
+                offset: pending.message.offset(),
+                turn_passed: false,
                 message: Some(pending.message),
             }),
             message,
@@ -286,16 +361,19 @@ async fn poll(
                     let pause = {
                         let mut state = shared.lock();
                         let partition = owned.partition();
+                        let pending = Pending { message: owned, attempt: None, placed: false };
+                        let bytes = pending.bytes();
                         match state.partitions.get_mut(&partition) {
                             Some(p) => {
-                                p.buffer.push_back(Pending { message: owned, attempt: None });
+                                p.buffer.push_back(pending);
                                 state.buffered += 1;
+                                state.buffered_bytes += bytes;
                             }
                             None => {
                                 // Not (or no longer) ours: the owner reads it.
                             }
                         }
-                        let pause = !state.paused && state.buffered >= shared.high_water;
+                        let pause = !state.paused && state.over_high_water();
                         if pause {
                             state.paused = true;
                         }
@@ -397,25 +475,46 @@ impl Source for KafkaSource {
                 let mut picked = Vec::new();
                 let keys: Vec<i32> = state.partitions.keys().copied().collect();
                 let start = keys.iter().position(|k| *k > state.cursor).unwrap_or(0);
-                for i in 0..keys.len() {
-                    if picked.len() >= max {
-                        break;
-                    }
-                    let key = keys[(start + i) % keys.len()];
-                    let p = state.partitions.get_mut(&key).expect("key from the map");
-                    if p.in_flight {
-                        continue;
-                    }
-                    if let Some(pending) = p.buffer.pop_front() {
-                        p.in_flight = true;
+                // Round robin, one message per partition per pass.
+                let mut progress = true;
+                while progress && picked.len() < max {
+                    progress = false;
+                    for i in 0..keys.len() {
+                        if picked.len() >= max {
+                            break;
+                        }
+                        let key = keys[(start + i) % keys.len()];
+                        let p = state.partitions.get_mut(&key).expect("key from the map");
+                        let Some(front) = p.buffer.front() else {
+                            continue;
+                        };
+                        // A local redelivery already has its place.
+                        if !front.placed && p.in_flight.len() >= self.shared.depth {
+                            continue;
+                        }
+                        let pending = p.buffer.pop_front().expect("checked above");
+                        if pending.placed {
+                            if let Some(e) = p.entry(pending.message.offset()) {
+                                e.passed = false;
+                            }
+                        } else {
+                            p.in_flight.push_back(InFlight {
+                                offset: pending.message.offset(),
+                                passed: false,
+                                settled: false,
+                            });
+                        }
                         picked.push((key, p.generation, pending));
+                        progress = true;
                     }
                 }
-                state.buffered -= picked.len();
+                for (_, _, pending) in &picked {
+                    state.unbuffer(pending);
+                }
                 if let Some((last, _, _)) = picked.last() {
                     state.cursor = *last;
                 }
-                let resume = state.paused && state.buffered <= self.shared.high_water / 4;
+                let resume = state.paused && state.below_low_water();
                 if resume {
                     state.paused = false;
                 }
@@ -466,11 +565,38 @@ struct KafkaSettle {
     generation: u64,
     attempt: u32,
     id: String,
+    offset: i64,
+    turn_passed: bool,
     message: Option<OwnedMessage>,
 }
 
-/// Marks a partition's in-flight message settled and stores its offset, if
-/// the partition is still ours.
+impl KafkaSettle {
+    fn pass(&mut self) {
+        if std::mem::replace(&mut self.turn_passed, true) {
+            return;
+        }
+        if let Some(e) = self
+            .shared
+            .lock()
+            .owned(self.partition, self.generation)
+            .and_then(|p| p.entry(self.offset))
+        {
+            e.passed = true;
+        }
+        self.shared.notify.notify_waiters();
+    }
+}
+
+impl Drop for KafkaSettle {
+    /// A message dropped unsettled (its task aborted at shutdown) keeps the
+    /// offsets from moving past it, but must not hold up the others.
+    fn drop(&mut self) {
+        self.pass();
+    }
+}
+
+/// Marks a partition's message settled and stores the offset of the settled
+/// messages at the front of the partition, if it is still ours.
 fn settle_offset(
     consumer: &FlowConsumer,
     shared: &Shared,
@@ -481,15 +607,24 @@ fn settle_offset(
 ) {
     {
         let mut state = shared.lock();
-        match state.partitions.get_mut(&partition) {
-            Some(p) if p.generation == generation => {
-                // librdkafka stores offset + 1: the next one to read.
-                if let Err(e) = consumer.store_offset(topic, partition, offset) {
-                    tracing::warn!(topic = %topic, partition, offset, error = %e, "Could not store a Kafka offset.");
+        match state.owned(partition, generation) {
+            Some(p) => {
+                if let Some(e) = p.entry(offset) {
+                    e.passed = true;
+                    e.settled = true;
                 }
-                p.in_flight = false;
+                let mut done = None;
+                while p.in_flight.front().is_some_and(|e| e.settled) {
+                    done = p.in_flight.pop_front().map(|e| e.offset);
+                }
+                // librdkafka stores offset + 1: the next one to read.
+                if let Some(done) = done
+                    && let Err(e) = consumer.store_offset(topic, partition, done)
+                {
+                    tracing::warn!(topic = %topic, partition, offset = done, error = %e, "Could not store a Kafka offset.");
+                }
             }
-            _ => {
+            None => {
                 tracing::debug!(topic = %topic, partition, offset, "Settled a message of a partition no longer assigned; its new owner reads it again.")
             }
         }
@@ -499,7 +634,30 @@ fn settle_offset(
 
 #[async_trait]
 impl Settle for KafkaSettle {
+    async fn wait_turn(&mut self) {
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.shared.lock();
+                match state.owned(self.partition, self.generation) {
+                    Some(p) if !p.turn_of(self.offset) => {}
+                    // Its turn, or the partition is no longer ours (nothing
+                    // of it is stored any more; the new owner redoes it).
+                    _ => return,
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn pass_turn(&mut self) {
+        self.pass();
+    }
+
     async fn ack(&mut self) -> anyhow::Result<()> {
+        self.turn_passed = true;
         if let Some(m) = &self.message {
             settle_offset(
                 &self.consumer,
@@ -514,6 +672,9 @@ impl Settle for KafkaSettle {
     }
 
     async fn retry(&mut self, delay: Duration) -> anyhow::Result<()> {
+        // Its copy goes to the end of the partition: the messages after it
+        // need not wait.
+        self.pass();
         let Some(message) = self.message.take() else {
             return Ok(());
         };
@@ -528,8 +689,8 @@ impl Settle for KafkaSettle {
             self.attempt,
             self.id.clone(),
         );
-        // The partition waits (it keeps being polled) while the delay runs,
-        // then a copy with the next attempt number goes to its end.
+        // The delay runs here (the partition's offsets wait behind it), then
+        // a copy with the next attempt number goes to its end.
         tokio::spawn(async move {
             tokio::time::sleep(delay.min(MAX_IN_ROUTER_DELAY)).await;
             let mut headers: Vec<(String, String)> = Vec::new();
@@ -579,15 +740,16 @@ impl Settle for KafkaSettle {
             } else {
                 // Redeliver it here instead; the attempt counts.
                 let mut state = shared.lock();
-                if let Some(p) = state.partitions.get_mut(&partition)
-                    && p.generation == generation
-                {
-                    p.buffer.push_front(Pending {
+                if let Some(p) = state.owned(partition, generation) {
+                    let pending = Pending {
                         message,
                         attempt: Some(attempt + 1),
-                    });
-                    p.in_flight = false;
+                        placed: true,
+                    };
+                    let bytes = pending.bytes();
+                    p.buffer.push_front(pending);
                     state.buffered += 1;
+                    state.buffered_bytes += bytes;
                 }
                 drop(state);
                 shared.notify.notify_waiters();
