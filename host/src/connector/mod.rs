@@ -166,6 +166,10 @@ pub enum PublishError {
     Broker(#[from] anyhow::Error),
 }
 
+/// The wait for enqueued messages to be durable.
+pub type Delivering =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send>>;
+
 /// A live connection to one broker, shared by all flows that use it.
 #[async_trait]
 pub trait Connection: Send + Sync + 'static {
@@ -187,6 +191,20 @@ pub trait Connection: Send + Sync + 'static {
         topic: &TopicSpec,
         messages: Vec<OutboundMessage>,
     ) -> Result<(), PublishError>;
+
+    /// Hands `messages` to the broker's producer, in order, and returns the
+    /// wait for their delivery. A publish that starts after this returns is
+    /// delivered after these messages (per partition, on Kafka). The default
+    /// publishes completely before it returns, which keeps that order on any
+    /// broker; Kafka returns as soon as librdkafka has them queued.
+    async fn enqueue(
+        &self,
+        topic: &TopicSpec,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<Delivering, PublishError> {
+        self.publish(topic, messages).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// The largest payload the broker accepts, in bytes.
     fn max_payload_bytes(&self) -> usize;

@@ -67,6 +67,19 @@ impl Topology {
         broker.connection.publish(topic, messages).await
     }
 
+    /// Hands messages to the producer of the topic behind `key`; see
+    /// [`crate::connector::Connection::enqueue`].
+    pub async fn enqueue(
+        &self,
+        key: &str,
+        messages: Vec<OutboundMessage>,
+    ) -> Result<crate::connector::Delivering, PublishError> {
+        let (topic, broker) = self
+            .by_key(key)
+            .ok_or_else(|| PublishError::Broker(anyhow::anyhow!("no topic {key}")))?;
+        broker.connection.enqueue(topic, messages).await
+    }
+
     /// The timeout and limits for `algorithm` in `flow`, with the version's
     /// overrides applied.
     pub fn limits_for(&self, flow: &FlowSpec, algorithm: &AlgorithmId) -> (Duration, Limits) {

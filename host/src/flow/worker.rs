@@ -199,20 +199,17 @@ impl Worker {
         let failure = match outcome.result {
             Ok(output) => {
                 // In order: wait until the messages before this one (in its
-                // Kafka partition) have handed their effects over. The first
-                // poll of the publish hands every message to its producer
-                // (Kafka enqueues before it awaits anything, see
-                // `connector::kafka::sink::publish`), so the next message may
-                // take its turn while this one waits for delivery.
+                // Kafka partition) have handed their effects to the producer,
+                // hand ours over, let the next message take its turn, and
+                // only then wait for delivery.
                 settle.wait_turn().await;
-                let publishing =
-                    self.publish_effects(algorithm, message, output, outcome.published, trace);
-                let mut publishing = std::pin::pin!(publishing);
-                let first = futures::poll!(publishing.as_mut());
+                let enqueued = self
+                    .enqueue_effects(algorithm, message, output, outcome.published, trace)
+                    .await;
                 settle.pass_turn();
-                let published = match first {
-                    std::task::Poll::Ready(r) => r,
-                    std::task::Poll::Pending => publishing.await,
+                let published = match enqueued {
+                    Ok(delivering) => futures::future::try_join_all(delivering).await.map(|_| ()),
+                    Err(e) => Err(e),
                 };
                 match published {
                     Ok(()) => {
@@ -256,16 +253,17 @@ impl Worker {
         }
     }
 
-    /// Publishes what the algorithm published, then its output; all must be
-    /// durable before the input is acknowledged.
-    async fn publish_effects(
+    /// Hands what the algorithm published, then its output, to the
+    /// producers, topic by topic; returns the waits for their delivery, all
+    /// of which must succeed before the input is acknowledged.
+    async fn enqueue_effects(
         &self,
         algorithm: &Algorithm,
         message: &InboundMessage,
         output: Option<Vec<u8>>,
         published: Vec<(String, OutboundMessage)>,
         trace: &TraceContext,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<futures::future::BoxFuture<'static, Result<(), String>>>, String> {
         let provenance = |mut m: OutboundMessage| {
             set_header(
                 &mut m.headers,
@@ -312,18 +310,18 @@ impl Worker {
                 ),
             }
         }
-        // All at once, so that one poll hands every group to its producer.
-        let publishes = groups.into_iter().map(|(key, messages)| {
-            let topology = &topology;
-            async move {
-                topology
-                    .publish(&key, messages)
-                    .await
+        let mut delivering = Vec::with_capacity(groups.len());
+        for (key, messages) in groups {
+            let wait = topology
+                .enqueue(&key, messages)
+                .await
+                .map_err(|e| format!("cannot publish to {key}: {e:#}"))?;
+            delivering.push(Box::pin(async move {
+                wait.await
                     .map_err(|e| format!("cannot publish to {key}: {e:#}"))
-            }
-        });
-        futures::future::try_join_all(publishes).await?;
-        Ok(())
+            }) as futures::future::BoxFuture<'static, _>);
+        }
+        Ok(delivering)
     }
 
     async fn fail(

@@ -62,9 +62,41 @@ impl Producers {
         (guard.0, guard.1.clone())
     }
 
+    /// After a failed delivery on `producer` (of generation `generation`):
+    /// replaces it if it cannot deliver any more: a fatal error, lost
+    /// idempotence state, or a delivery timeout (an idempotent producer
+    /// whose broker lost its state times out forever). Other errors (a
+    /// record too large, an unknown topic) leave it: replacing it while
+    /// records of other messages are still queued on it could let later
+    /// records overtake them.
+    pub fn failed(
+        &self,
+        generation: u64,
+        producer: &FutureProducer,
+        error: &rdkafka::error::KafkaError,
+    ) {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let broken = producer.client().fatal_error().is_some()
+            || matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    C::Fatal
+                        | C::MessageTimedOut
+                        | C::OutOfOrderSequenceNumber
+                        | C::UnknownProducerId
+                        | C::InvalidProducerEpoch
+                        | C::InvalidProducerIdMapping
+                        | C::ProducerFenced
+                )
+            );
+        if broken {
+            self.replace(generation);
+        }
+    }
+
     /// Replaces the producer of generation `failed`, unless another caller
     /// already did.
-    pub fn replace(&self, failed: u64) {
+    fn replace(&self, failed: u64) {
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
         if guard.0 != failed {
             return;
@@ -174,6 +206,21 @@ impl Connection for KafkaConnection {
         messages: Vec<crate::message::OutboundMessage>,
     ) -> Result<(), PublishError> {
         sink::publish(
+            &self.producers,
+            &self.name,
+            topic.address(),
+            messages,
+            self.max_message_bytes,
+        )
+        .await
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &TopicSpec,
+        messages: Vec<crate::message::OutboundMessage>,
+    ) -> Result<crate::connector::Delivering, PublishError> {
+        sink::enqueue(
             &self.producers,
             &self.name,
             topic.address(),

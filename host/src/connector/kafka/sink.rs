@@ -1,13 +1,19 @@
 //! Producing to Kafka: idempotent, `acks=all`, every delivery confirmed.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{KEY_HEADER, Producers};
-use crate::connector::PublishError;
+use crate::connector::{Delivering, PublishError};
 use crate::message::OutboundMessage;
+
+/// How long a full producer queue is waited out before a publish fails.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(10);
 
 /// Kafka headers from ours, leaving out the record key.
 pub fn headers(headers: &[(String, String)]) -> OwnedHeaders {
@@ -22,30 +28,45 @@ pub fn headers(headers: &[(String, String)]) -> OwnedHeaders {
 }
 
 /// Produces `messages` to `topic` and waits for every delivery report.
-///
-/// Every message is handed to librdkafka before the first `.await`, in the
-/// order given: a caller that polls this future once has enqueued them all
-/// (the worker relies on it to keep a partition's outputs in order). A full
-/// producer queue is an error, not a wait, for the same reason.
 pub async fn publish(
-    producers: &Producers,
+    producers: &Arc<Producers>,
     connection: &str,
     topic: &str,
     messages: Vec<OutboundMessage>,
     max_bytes: usize,
 ) -> Result<(), PublishError> {
+    enqueue(producers, connection, topic, messages, max_bytes)
+        .await?
+        .await
+}
+
+/// Hands `messages` to librdkafka in the order given and returns the wait
+/// for their delivery reports. A full producer queue is waited out (up to
+/// `QUEUE_FULL_WAIT`) before this returns, so what is enqueued after it
+/// returns comes after these messages.
+pub async fn enqueue(
+    producers: &Arc<Producers>,
+    connection: &str,
+    topic: &str,
+    messages: Vec<OutboundMessage>,
+    max_bytes: usize,
+) -> Result<Delivering, PublishError> {
     if let Some(m) = messages.iter().find(|m| m.payload.len() > max_bytes) {
         return Err(PublishError::TooLarge {
             size: m.payload.len(),
             limit: max_bytes,
         });
     }
-    let (generation, producer) = producers.get();
-    let failed = |e: &dyn std::fmt::Display| {
-        PublishError::Broker(anyhow::anyhow!(
-            "broker connection {connection:?}: cannot produce to topic {topic}: {e}"
-        ))
+    let failed = {
+        let (connection, topic) = (connection.to_string(), topic.to_string());
+        move |e: &dyn std::fmt::Display| {
+            PublishError::Broker(anyhow::anyhow!(
+                "broker connection {connection:?}: cannot produce to topic {topic}: {e}"
+            ))
+        }
     };
+    let (generation, producer) = producers.get();
+    let started = Instant::now();
     let mut deliveries = Vec::with_capacity(messages.len());
     for m in &messages {
         let key = m
@@ -59,25 +80,37 @@ pub async fn publish(
         if let Some(k) = key {
             record = record.key(k);
         }
-        match producer.send_result(record) {
-            Ok(delivery) => deliveries.push(delivery),
-            Err((e, _)) => {
-                if e != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
-                    producers.replace(generation);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
                 }
-                return Err(failed(&e));
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if started.elapsed() < QUEUE_FULL_WAIT =>
+                {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err((e, _)) => {
+                    producers.failed(generation, &producer, &e);
+                    return Err(failed(&e));
+                }
             }
         }
     }
-    for delivery in futures::future::join_all(deliveries).await {
-        match delivery {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                producers.replace(generation);
-                return Err(failed(&e));
+    let producers = producers.clone();
+    Ok(Box::pin(async move {
+        for delivery in futures::future::join_all(deliveries).await {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    producers.failed(generation, &producer, &e);
+                    return Err(failed(&e));
+                }
+                Err(_) => return Err(failed(&"the producer was closed")),
             }
-            Err(_) => return Err(failed(&"the producer was closed")),
         }
-    }
-    Ok(())
+        Ok(())
+    }))
 }

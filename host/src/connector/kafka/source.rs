@@ -282,6 +282,7 @@ impl KafkaSource {
                 id: message.id.clone(),
                 offset: pending.message.offset(),
                 turn_passed: false,
+                settled: false,
                 message: Some(pending.message),
             }),
             message,
@@ -567,6 +568,8 @@ struct KafkaSettle {
     id: String,
     offset: i64,
     turn_passed: bool,
+    /// Acknowledged, or handed to a retry.
+    settled: bool,
     message: Option<OwnedMessage>,
 }
 
@@ -588,11 +591,51 @@ impl KafkaSettle {
 }
 
 impl Drop for KafkaSettle {
-    /// A message dropped unsettled (its task aborted at shutdown) keeps the
-    /// offsets from moving past it, but must not hold up the others.
+    /// A message dropped unsettled (its task panicked, or was aborted at
+    /// shutdown) must not hold up the others: it passes its turn and is
+    /// delivered again here, keeping its place, so the offsets can move past
+    /// it once it is settled.
     fn drop(&mut self) {
         self.pass();
+        if self.settled {
+            return;
+        }
+        let Some(message) = self.message.take() else {
+            return;
+        };
+        redeliver(
+            &self.shared,
+            self.partition,
+            self.generation,
+            message,
+            self.attempt + 1,
+        );
     }
+}
+
+/// Puts a message back at the front of its partition's buffer, keeping its
+/// place in the offset order, to be delivered again here with `attempt`.
+fn redeliver(
+    shared: &Shared,
+    partition: i32,
+    generation: u64,
+    message: OwnedMessage,
+    attempt: u32,
+) {
+    let mut state = shared.lock();
+    if let Some(p) = state.owned(partition, generation) {
+        let pending = Pending {
+            message,
+            attempt: Some(attempt),
+            placed: true,
+        };
+        let bytes = pending.bytes();
+        p.buffer.push_front(pending);
+        state.buffered += 1;
+        state.buffered_bytes += bytes;
+    }
+    drop(state);
+    shared.notify.notify_waiters();
 }
 
 /// Marks a partition's message settled and stores the offset of the settled
@@ -658,6 +701,7 @@ impl Settle for KafkaSettle {
 
     async fn ack(&mut self) -> anyhow::Result<()> {
         self.turn_passed = true;
+        self.settled = true;
         if let Some(m) = &self.message {
             settle_offset(
                 &self.consumer,
@@ -675,6 +719,7 @@ impl Settle for KafkaSettle {
         // Its copy goes to the end of the partition: the messages after it
         // need not wait.
         self.pass();
+        self.settled = true;
         let Some(message) = self.message.take() else {
             return Ok(());
         };
@@ -723,7 +768,7 @@ impl Settle for KafkaSettle {
                         break;
                     }
                     Err((e, _)) => {
-                        producers.replace(producer_generation);
+                        producers.failed(producer_generation, &producer, &e);
                         tracing::warn!(topic = %message.topic(), partition, error = %e, "Could not produce a retry; trying again.");
                     }
                 }
@@ -739,20 +784,7 @@ impl Settle for KafkaSettle {
                 );
             } else {
                 // Redeliver it here instead; the attempt counts.
-                let mut state = shared.lock();
-                if let Some(p) = state.owned(partition, generation) {
-                    let pending = Pending {
-                        message,
-                        attempt: Some(attempt + 1),
-                        placed: true,
-                    };
-                    let bytes = pending.bytes();
-                    p.buffer.push_front(pending);
-                    state.buffered += 1;
-                    state.buffered_bytes += bytes;
-                }
-                drop(state);
-                shared.notify.notify_waiters();
+                redeliver(&shared, partition, generation, message, attempt + 1);
             }
         });
         Ok(())
