@@ -2,10 +2,11 @@
 //!
 //! `receivers` background tasks long-poll the queue and hand messages to the
 //! flow through a channel as deep as the flow's batch (its concurrency, up
-//! to 64) or one batch per receiver, whichever is more. A poller first reserves room in that channel for a whole batch
-//! (up to ten), so it only receives what the flow has room to hold and a
-//! backlog flows through without anything being handed back; while the flow
-//! is saturated the channel stays full and receiving pauses.
+//! to 64) or one batch per receiver, whichever is more. A poller first
+//! reserves room in that channel for a whole batch (up to ten), so it only
+//! receives what the flow has room to hold and a backlog flows through
+//! without anything being handed back; while the flow is saturated the
+//! channel stays full and receiving pauses.
 //!
 //! A message that then waits in the channel for half its visibility timeout
 //! (the flow is saturated: every slot has been busy that long) goes back to
