@@ -72,6 +72,11 @@ enum Command {
         /// Overrides router.state_dir.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// When a store file (state.redb, an embedded broker's file) is
+        /// damaged, rename it to `<file>.damaged-<timestamp>` and start with
+        /// an empty one instead of refusing to start.
+        #[arg(long)]
+        move_damaged_aside: bool,
     },
     /// Checks a configuration file and prints what it declares.
     Check {
@@ -297,6 +302,18 @@ enum SecretsCommand {
     List {
         /// `owner/name`.
         algorithm: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Re-encrypts every secret with a new key (the router must be
+    /// stopped): a new random key in place of the current key file, or the
+    /// key in --new-key-file (created if missing).
+    RotateKey {
+        /// Use this key file (32 bytes or 64 hex digits; created if
+        /// missing); point EVENTFLOW_SECRET_KEY_FILE or
+        /// router.secret_key_file at it afterwards.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -554,8 +571,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             plugins,
             data,
             state,
+            move_damaged_aside,
         } => {
             let mut cfg = load(&config)?;
+            cfg.router.move_damaged_aside = move_damaged_aside;
             if let Some(p) = plugins {
                 cfg.router.plugins_dir = p;
             }
@@ -1129,6 +1148,34 @@ async fn secrets_command(command: SecretsCommand) -> Result<(), Failure> {
                 )
                 .await?;
             println!("set secret {key} of {algorithm}");
+        }
+        SecretsCommand::RotateKey {
+            new_key_file,
+            config,
+        } => {
+            let cfg = load(&config)?;
+            let options = crate::state::StateOptions {
+                damaged: crate::state::Damaged::Refuse,
+                key_file: cfg.router.secret_key_file.clone(),
+            };
+            let dir = cfg.router.state_dir.clone();
+            let keep = new_key_file.clone();
+            let rotation = tokio::task::spawn_blocking(move || {
+                crate::state::rotate_key(&dir, &options, keep.as_deref())
+            })
+            .await
+            .context("the key rotation failed")??;
+            println!(
+                "re-encrypted {} secrets with {}",
+                rotation.secrets,
+                rotation.key_file.display()
+            );
+            if new_key_file.is_some() {
+                println!(
+                    "point EVENTFLOW_SECRET_KEY_FILE (or router.secret_key_file) at {} before the next start",
+                    rotation.key_file.display()
+                );
+            }
         }
         SecretsCommand::List { algorithm, config } => {
             let answer = client(&config)?

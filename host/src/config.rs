@@ -127,6 +127,17 @@ pub struct RouterConfig {
     /// releases them back to their brokers.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: f64,
+    /// The key that encrypts secrets at rest (32 bytes, or 64 hex digits).
+    /// By default `EVENTFLOW_SECRET_KEY_FILE`, else `<state_dir>/secret.key`,
+    /// created on first start. Keep it away from the state directory so a
+    /// copy of the state alone does not reveal the secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<PathBuf>,
+    /// Move damaged store files aside (`<file>.damaged-<timestamp>`) and
+    /// start with empty ones instead of refusing to start. Not read from the
+    /// file: set by `eventflow run --move-damaged-aside`.
+    #[serde(skip)]
+    pub move_damaged_aside: bool,
 }
 
 fn default_plugins_dir() -> PathBuf {
@@ -149,6 +160,8 @@ impl Default for RouterConfig {
             data_dir: default_data_dir(),
             state_dir: default_state_dir(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            secret_key_file: None,
+            move_damaged_aside: false,
         }
     }
 }
@@ -200,6 +213,11 @@ pub struct SandboxConfig {
     /// compilation.
     #[serde(default = "yes")]
     pub cache_compiled: bool,
+    /// The most disk the compiled-code cache may use, in MiB. Entries of
+    /// versions no longer loaded are deleted anyway; beyond this, the least
+    /// recently used ones go too (they are recompiled when next loaded).
+    #[serde(default = "default_compiled_cache_max_mib")]
+    pub compiled_cache_max_mib: u64,
     /// Use the pooling allocator (pre-reserved instance slots). Turning it
     /// off allocates each instance on demand; only benchmarks should.
     #[serde(default = "yes")]
@@ -219,6 +237,9 @@ const fn default_pool_memory_mib() -> u64 {
 const fn default_max_wasm_stack_kib() -> u64 {
     512
 }
+const fn default_compiled_cache_max_mib() -> u64 {
+    1024
+}
 const fn yes() -> bool {
     true
 }
@@ -231,6 +252,7 @@ impl Default for SandboxConfig {
             max_wasm_stack_kib: default_max_wasm_stack_kib(),
             fuel: false,
             cache_compiled: true,
+            compiled_cache_max_mib: default_compiled_cache_max_mib(),
             pooling: true,
             epoch_interruption: true,
         }
@@ -627,6 +649,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     config.router.plugins_dir = base.join(&config.router.plugins_dir);
     config.router.data_dir = base.join(&config.router.data_dir);
     config.router.state_dir = base.join(&config.router.state_dir);
+    if let Some(key) = &mut config.router.secret_key_file {
+        *key = base.join(&*key);
+    }
     Ok(config)
 }
 

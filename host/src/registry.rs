@@ -7,7 +7,7 @@
 //! that fails to load is recorded as rejected; if that version had loaded
 //! before, the last good content keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -155,6 +155,17 @@ impl Registry {
             self.changed();
         }
         removed
+    }
+
+    /// The SHA-256 of every component that serves a version: what the
+    /// compiled-code cache must keep.
+    pub fn hashes_in_use(&self) -> HashSet<String> {
+        let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
+        algorithms
+            .values()
+            .flat_map(|versions| versions.values())
+            .filter_map(|slot| slot.serving.as_ref().map(|a| a.hash.clone()))
+            .collect()
     }
 
     /// The slot of one version.

@@ -18,7 +18,7 @@ use crate::flow::{self, Broker, FlowReport, FlowStatus, Services, Topology, Topo
 use crate::metrics::{AlgorithmLabels, BrokerLabels, Metrics};
 use crate::registry::{self, Registry};
 use crate::sandbox::Sandbox;
-use crate::state::StateStore;
+use crate::state::{Damaged, StateOptions, StateStore};
 
 struct RunningFlow {
     spec: FlowSpec,
@@ -45,9 +45,18 @@ impl Router {
     /// and starts the enabled flows. Errors are setup errors.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
         let dirs = &config.router;
+        let damaged = if dirs.move_damaged_aside {
+            Damaged::MoveAside
+        } else {
+            Damaged::Refuse
+        };
         let state = {
             let dir = dirs.state_dir.clone();
-            tokio::task::spawn_blocking(move || StateStore::open(&dir)).await??
+            let options = StateOptions {
+                damaged,
+                key_file: dirs.secret_key_file.clone(),
+            };
+            tokio::task::spawn_blocking(move || StateStore::open(&dir, &options)).await??
         };
         let data = Arc::new(Collections::open(&dirs.data_dir).with_context(|| {
             format!("cannot open the data directory {}", dirs.data_dir.display())
@@ -80,11 +89,14 @@ impl Router {
             connect_ctx: ConnectContext {
                 state_dir: dirs.state_dir.clone(),
                 state: Some(services.state.clone()),
+                damaged,
             },
             plugins_dir: dirs.plugins_dir.clone(),
             background: CancellationToken::new(),
         });
         router.load_plugins().await;
+        router.evict_compiled().await;
+        router.spawn_cache_eviction();
         let config = router.seed(config).await?;
         router.apply(config).await?;
         router.spawn_sampler();
@@ -365,6 +377,51 @@ impl Router {
     /// The broker spec named `name`.
     pub fn broker_spec(&self, name: &str) -> Option<BrokerSpec> {
         self.config().brokers.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Trims the compiled-code cache to the versions loaded now (see
+    /// [`Sandbox::evict_compiled`]).
+    async fn evict_compiled(&self) {
+        let in_use = self.services.registry.hashes_in_use();
+        let sandbox = self.services.sandbox.clone();
+        match tokio::task::spawn_blocking(move || sandbox.evict_compiled(&in_use)).await {
+            Ok(Ok(outcome)) if outcome.removed > 0 => tracing::info!(
+                removed = outcome.removed,
+                removed_bytes = outcome.removed_bytes,
+                kept_bytes = outcome.kept_bytes,
+                "Trimmed the compiled-code cache."
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "Could not trim the compiled-code cache."
+            ),
+            Err(e) => tracing::warn!(error = %e, "Could not trim the compiled-code cache."),
+        }
+    }
+
+    /// Trims the cache again whenever versions are added, replaced or
+    /// removed (a burst of changes trims once).
+    fn spawn_cache_eviction(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let token = self.background.clone();
+        let mut changes = self.services.registry.subscribe();
+        changes.mark_unchanged();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                changes.mark_unchanged();
+                let Some(router) = weak.upgrade() else { return };
+                router.evict_compiled().await;
+            }
+        });
     }
 
     fn spawn_sampler(self: &Arc<Self>) {

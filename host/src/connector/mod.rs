@@ -103,6 +103,8 @@ impl BrokerSpec {
 pub struct ConnectContext {
     /// The router's state directory, for connectors that keep files there.
     pub state_dir: std::path::PathBuf,
+    /// What to do with a damaged store file (embedded broker).
+    pub damaged: crate::state::Damaged,
     /// The state store, to resolve `{ secret = "..." }` credentials.
     pub state: Option<crate::state::StateStore>,
 }

@@ -3,6 +3,11 @@
 //! Every publish, lease, retry and ack is committed durably before it
 //! returns, many at a time (group commit), so `kill -9` loses nothing that
 //! was acknowledged to a publisher and drops nothing unacknowledged.
+//!
+//! A damaged store file stops the start with an error naming it (or, with
+//! `eventflow run --move-damaged-aside`, is moved aside); a store that cannot
+//! write (full disk) makes the connection not ready until it recovers by
+//! itself.
 
 mod config;
 mod sink;
@@ -33,7 +38,8 @@ impl EmbeddedConnection {
             .path
             .clone()
             .unwrap_or_else(|| ctx.state_dir.join(format!("broker-{}.redb", config.name)));
-        let store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+        let damaged = ctx.damaged;
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, damaged)).await??;
         Ok(Self {
             store: Arc::new(store),
             max_payload_bytes: config.max_payload_bytes,
@@ -73,7 +79,7 @@ impl Connection for EmbeddedConnection {
     }
 
     async fn check(&self) -> Result<(), String> {
-        Ok(())
+        self.store.health()
     }
 
     async fn peek(&self, topic: &TopicSpec, max: usize) -> anyhow::Result<Vec<InboundMessage>> {

@@ -15,13 +15,22 @@
 //! under one lock, so the disk sees them in the same order. The router
 //! process owns the file (redb locks it); a lease found at open belonged to a
 //! process that is gone, so that message is visible again at once.
+//!
+//! When a commit fails with an I/O error (a full disk, say), redb refuses
+//! every later call until the database is reopened. The writer then marks
+//! the store unavailable ([`Store::health`] says why, logged once), answers
+//! writes with [`StoreError::Unavailable`], receives nothing, and reopens the
+//! file with backoff until a test write succeeds; the in-memory queues are
+//! then rebuilt from the file, and the store is available again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::state::{Damaged, StoreFileError, open_redb};
 use tokio::sync::{Notify, oneshot};
 
 use crate::message::{InboundMessage, OutboundMessage, from_unix_ms, unix_ms};
@@ -36,6 +45,15 @@ const STATE: TableDefinition<(&str, u64), (u32, u64, bool)> = TableDefinition::n
 
 /// The most changes one transaction takes.
 const MAX_BATCH: usize = 4096;
+/// A scratch table for the test write before the store is used again.
+const PROBE: TableDefinition<u8, &[u8]> = TableDefinition::new("probe");
+/// Bytes of the test write: enough to need fresh pages.
+const PROBE_BYTES: usize = 256 << 10;
+/// The first and the longest wait between attempts to reopen.
+const REOPEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+/// An outage that starts this soon after the last one logged is logged at
+/// debug level only, so a disk hovering at full does not flood the log.
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,10 +80,77 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("embedded store is closed")]
     Closed,
+    /// A write failed with an I/O error; the store reopens itself once
+    /// writes succeed again.
+    #[error("embedded store {path} is unavailable until writes succeed again: {reason}")]
+    Unavailable {
+        /// The store file.
+        path: PathBuf,
+        /// The I/O error that made it unavailable.
+        reason: String,
+    },
+    /// The file is damaged.
+    #[error("{0}")]
+    Damaged(String),
+}
+
+impl From<StoreFileError> for StoreError {
+    fn from(e: StoreFileError) -> Self {
+        match e {
+            StoreFileError::Locked { path } => StoreError::Locked { path },
+            e @ StoreFileError::Damaged { .. } => StoreError::Damaged(e.to_string()),
+            e @ StoreFileError::Io { .. } => StoreError::Storage(e.to_string()),
+        }
+    }
+}
+
+/// Whether a redb error leaves the database refusing every later call
+/// ("Previous I/O error occurred"), so that only a reopen helps.
+fn poisons(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
 }
 
 fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
+}
+
+/// The open database, or why there is none, shared by the writer and the
+/// readers.
+struct Shared {
+    path: PathBuf,
+    /// `None` while the store is unavailable.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Why the store is unavailable.
+    outage: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        Err(self.unavailable())
+    }
+
+    fn unavailable(&self) -> StoreError {
+        let reason = self
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "it is being reopened".into());
+        StoreError::Unavailable {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn is_available(&self) -> bool {
+        self.outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
 }
 
 /// A claim on one received message; settles it.
@@ -137,38 +222,56 @@ type Topics = Mutex<HashMap<String, TopicState>>;
 
 /// The embedded broker's store. Cheap to share behind an `Arc`.
 pub struct Store {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     topics: Arc<Topics>,
     writer: mpsc::Sender<Job>,
 }
 
 impl Store {
-    /// Opens or creates the store at `path`. Blocking.
+    /// Opens or creates the store at `path`, refusing a damaged file.
+    /// Blocking.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Damaged::Refuse)
+    }
+
+    /// Opens or creates the store at `path`; `damaged` says what to do with
+    /// a damaged file. Blocking.
+    pub fn open_with(path: &Path, damaged: Damaged) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                path: path.to_path_buf(),
-            },
-            e => StoreError::Storage(format!("cannot open {}: {e}", path.display())),
-        })?;
-        let db = Arc::new(db);
-        let topics = Arc::new(Mutex::new(load(&db)?));
+        let db = open_redb(path, damaged)?;
+        let topics = Arc::new(Mutex::new(load(&db, true).map_err(|e| {
+            StoreError::Storage(format!("cannot read {}: {e}", path.display()))
+        })?));
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+            outage: Mutex::new(None),
+        });
         let (tx, rx) = mpsc::channel();
-        let (wdb, wtopics) = (db.clone(), topics.clone());
+        let (wshared, wtopics) = (shared.clone(), topics.clone());
         std::thread::Builder::new()
             .name("embedded-store-writer".into())
-            .spawn(move || writer_loop(&wdb, &wtopics, rx))
+            .spawn(move || Writer::new(wshared, wtopics).run(rx))
             .map_err(storage)?;
         Ok(Self {
-            db,
+            shared,
             topics,
             writer: tx,
         })
+    }
+
+    /// `Err` with the reason while the store cannot write (see the module
+    /// documentation).
+    pub fn health(&self) -> Result<(), String> {
+        if self.shared.is_available() {
+            Ok(())
+        } else {
+            Err(self.shared.unavailable().to_string())
+        }
     }
 
     /// Runs `f` on the state of `topic` under the lock, creating it if new.
@@ -231,6 +334,12 @@ impl Store {
     ) -> Result<Vec<(InboundMessage, Lease)>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         let lease_ms = lease.as_millis() as u64;
+        if !self.shared.is_available() {
+            // Leasing needs a write; the outage is reported by `health`
+            // (readiness), not once per poll.
+            tokio::time::sleep_until(deadline).await;
+            return Ok(Vec::new());
+        }
         loop {
             let notify = self.with_topic(topic, |t| t.notify.clone());
             let notified = notify.notified();
@@ -281,7 +390,7 @@ impl Store {
         picked: Vec<(u64, Meta)>,
         lease: Duration,
     ) -> Result<Vec<(InboundMessage, Lease)>, StoreError> {
-        let db = self.db.clone();
+        let db = self.shared.db()?;
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
             let tx = db.begin_read().map_err(storage)?;
@@ -356,7 +465,7 @@ impl Store {
     /// Up to `max` messages of `topic`, oldest first, without leasing them.
     /// Blocking.
     pub fn peek(&self, topic: &str, max: usize) -> Result<Vec<InboundMessage>, StoreError> {
-        let tx = self.db.begin_read().map_err(storage)?;
+        let tx = self.shared.db()?.begin_read().map_err(storage)?;
         let messages = match tx.open_table(MESSAGES) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -383,7 +492,7 @@ impl Store {
     /// Deletes the message `id` of `topic`, leased or not. Returns whether it
     /// was there.
     pub async fn remove_by_id(&self, topic: &str, id: &str) -> Result<bool, StoreError> {
-        let db = self.db.clone();
+        let db = self.shared.db()?;
         let (t, i) = (topic.to_string(), id.to_string());
         let seq = tokio::task::spawn_blocking(move || -> Result<Option<u64>, StoreError> {
             let tx = db.begin_read().map_err(storage)?;
@@ -446,27 +555,36 @@ fn to_message(
     })
 }
 
-/// Rebuilds the in-memory queues from the `state` table.
-fn load(db: &Database) -> Result<HashMap<String, TopicState>, StoreError> {
-    let tx = db.begin_write().map_err(storage)?;
+/// Rebuilds the in-memory queues from the `state` table. At start
+/// (`free_leases`), a lease in the file belonged to a router that is gone;
+/// after a reopen, leases are this process's and stay until they expire.
+fn load(db: &Database, free_leases: bool) -> Result<HashMap<String, TopicState>, redb::Error> {
+    let tx = db.begin_write()?;
     // Creating the tables here lets readers assume they exist.
-    tx.open_table(MESSAGES).map_err(storage)?;
-    tx.open_table(STATE).map_err(storage)?;
-    tx.commit().map_err(storage)?;
+    tx.open_table(MESSAGES)?;
+    tx.open_table(STATE)?;
+    tx.commit()?;
     let now = unix_ms(SystemTime::now());
-    let tx = db.begin_read().map_err(storage)?;
-    let state = tx.open_table(STATE).map_err(storage)?;
+    let tx = db.begin_read()?;
+    let state = tx.open_table(STATE)?;
     let mut topics: HashMap<String, TopicState> = HashMap::new();
-    for entry in state.iter().map_err(storage)? {
-        let (key, value) = entry.map_err(storage)?;
+    for entry in state.iter()? {
+        let (key, value) = entry?;
         let (topic, seq) = key.value();
         let (receives, visible_ms, leased) = value.value();
         let t = topics.entry(topic.to_string()).or_default();
-        // A lease in the file belonged to a router that is gone.
-        let meta = Meta {
-            receives,
-            visible_ms: if leased { now } else { visible_ms },
-            leased: false,
+        let meta = if free_leases && leased {
+            Meta {
+                receives,
+                visible_ms: now,
+                leased: false,
+            }
+        } else {
+            Meta {
+                receives,
+                visible_ms,
+                leased,
+            }
         };
         t.reschedule(seq, meta);
         t.next_seq = t.next_seq.max(seq + 1);
@@ -474,30 +592,182 @@ fn load(db: &Database) -> Result<HashMap<String, TopicState>, StoreError> {
     Ok(topics)
 }
 
-fn writer_loop(db: &Database, topics: &Topics, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+/// The writer thread: commits batches, and owns recovery from outages.
+struct Writer {
+    shared: Arc<Shared>,
+    topics: Arc<Topics>,
+    /// The database being reopened: dropped once no reader holds it.
+    retired: Option<Arc<Database>>,
+    next_attempt: Instant,
+    backoff: Duration,
+    last_logged: Option<Instant>,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>, topics: Arc<Topics>) -> Self {
+        Self {
+            shared,
+            topics,
+            retired: None,
+            next_attempt: Instant::now(),
+            backoff: REOPEN_BACKOFF.0,
+            last_logged: None,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        loop {
+            let first = if self.shared.is_available() {
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            } else {
+                let wait = self.next_attempt.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.try_recover();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if !self.shared.is_available() && Instant::now() >= self.next_attempt {
+                self.try_recover();
+            }
+            let result = match self.shared.db() {
+                Ok(db) => match commit(&db, &jobs) {
+                    Ok(()) => {
+                        make_visible(&self.topics, &jobs);
+                        Ok(())
+                    }
+                    Err(e) if poisons(&e) => {
+                        drop(db);
+                        self.start_outage(&e);
+                        Err(self.shared.unavailable())
+                    }
+                    Err(e) => Err(storage(e)),
+                },
+                Err(e) => Err(e),
+            };
+            for job in jobs {
+                let _ = job.reply.send(result.clone());
             }
         }
-        let result = commit(db, &jobs);
-        if result.is_ok() {
-            make_visible(topics, &jobs);
+    }
+
+    fn start_outage(&mut self, error: &redb::Error) {
+        let reason = error.to_string();
+        let path = self.shared.path.display().to_string();
+        let recent = self
+            .last_logged
+            .is_some_and(|t| t.elapsed() < OUTAGE_LOG_INTERVAL);
+        if recent {
+            tracing::debug!(path = %path, error = %reason, "The embedded broker's store failed to write again.");
+        } else {
+            tracing::error!(
+                path = %path,
+                error = %reason,
+                "The embedded broker's store cannot write (is the disk full?): the broker is not ready; it reopens the store by itself once writes succeed again."
+            );
+            self.last_logged = Some(Instant::now());
         }
-        for job in jobs {
-            let _ = job.reply.send(result.clone());
+        *self.shared.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.retired = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.backoff = REOPEN_BACKOFF.0;
+        self.next_attempt = Instant::now() + self.backoff;
+    }
+
+    /// Reopens the file and makes a test write; on success, rebuilds the
+    /// queues from the file and ends the outage.
+    fn try_recover(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(REOPEN_BACKOFF.1);
+        if let Some(old) = self.retired.take() {
+            // redb locks the file per open; a reader still holding the old
+            // handle finishes within moments.
+            match Arc::try_unwrap(old) {
+                Ok(db) => drop(db),
+                Err(old) => {
+                    self.retired = Some(old);
+                    return;
+                }
+            }
+        }
+        let path = self.shared.path.clone();
+        let recovered = open_redb(&path, Damaged::Refuse)
+            .map_err(|e| e.to_string())
+            .and_then(|db| probe(&db).map(|()| db).map_err(|e| e.to_string()))
+            .and_then(|db| load(&db, false).map(|t| (db, t)).map_err(|e| e.to_string()));
+        match recovered {
+            Ok((db, fresh)) => {
+                {
+                    let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+                    for old in topics.values_mut() {
+                        let next_seq = old.next_seq;
+                        let notify = old.notify.clone();
+                        *old = TopicState {
+                            next_seq,
+                            notify,
+                            ..TopicState::default()
+                        };
+                    }
+                    for (name, new) in fresh {
+                        let t = topics.entry(name).or_default();
+                        t.queue = new.queue;
+                        t.meta = new.meta;
+                        t.next_seq = t.next_seq.max(new.next_seq);
+                    }
+                    for t in topics.values() {
+                        t.notify.notify_waiters();
+                    }
+                }
+                *self.shared.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+                *self.shared.outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.backoff = REOPEN_BACKOFF.0;
+                tracing::info!(
+                    path = %path.display(),
+                    "The embedded broker's store writes again: the broker is ready."
+                );
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "The embedded broker's store cannot be reopened yet.");
+            }
         }
     }
 }
 
-fn commit(db: &Database, jobs: &[Job]) -> Result<(), StoreError> {
-    let tx = db.begin_write().map_err(storage)?;
+/// A write that needs fresh pages, undone at once: whether the store can
+/// take writes again.
+fn probe(db: &Database) -> Result<(), redb::Error> {
+    let filler = vec![0u8; PROBE_BYTES];
+    let tx = db.begin_write()?;
+    tx.open_table(PROBE)?.insert(0, filler.as_slice())?;
+    tx.commit()?;
+    let tx = db.begin_write()?;
+    tx.delete_table(PROBE)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn commit(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
     {
-        let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
-        let mut state = tx.open_table(STATE).map_err(storage)?;
+        let mut messages = tx.open_table(MESSAGES)?;
+        let mut state = tx.open_table(STATE)?;
         for job in jobs {
             match &job.change {
                 Change::Insert(topic, rows) => {
@@ -511,30 +781,29 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<(), StoreError> {
                                     r.payload.as_slice(),
                                     r.enqueued_ms,
                                 ),
-                            )
-                            .map_err(storage)?;
-                        state
-                            .insert((topic.as_str(), r.seq), (0, r.enqueued_ms, false))
-                            .map_err(storage)?;
+                            )?;
+                        state.insert((topic.as_str(), r.seq), (0, r.enqueued_ms, false))?;
                     }
                 }
                 Change::State(topic, rows) => {
                     for (seq, m) in rows {
-                        state
-                            .insert((topic.as_str(), *seq), (m.receives, m.visible_ms, m.leased))
-                            .map_err(storage)?;
+                        state.insert(
+                            (topic.as_str(), *seq),
+                            (m.receives, m.visible_ms, m.leased),
+                        )?;
                     }
                 }
                 Change::Delete(topic, seqs) => {
                     for seq in seqs {
-                        messages.remove((topic.as_str(), *seq)).map_err(storage)?;
-                        state.remove((topic.as_str(), *seq)).map_err(storage)?;
+                        messages.remove((topic.as_str(), *seq))?;
+                        state.remove((topic.as_str(), *seq))?;
                     }
                 }
             }
         }
     }
-    tx.commit().map_err(storage)
+    tx.commit()?;
+    Ok(())
 }
 
 /// New messages join their queues only once they are on disk.
@@ -677,5 +946,93 @@ mod tests {
         let left = store.peek("t", 10).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].id, ids[1]);
+    }
+
+    /// A small tmpfs, unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        /// `None` where mounting is not permitted (not root).
+        fn mount(size: &str) -> Option<Self> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(Self(dir))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    /// Fills the file system of `dir` with `dir/filler` until it is full.
+    fn fill(dir: &Path) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+        let block = vec![1u8; 64 << 10];
+        while f.write_all(&block).and_then(|_| f.sync_all()).is_ok() {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_makes_the_store_unavailable_then_it_recovers_by_itself() {
+        let Some(fs) = Tmpfs::mount("6m") else {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        };
+        let path = fs.0.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        let mut published = store.publish("t", vec![msg("before")]).await.unwrap();
+        fill(fs.0.path());
+        // Writes fail once redb runs out of space in its file.
+        let big = OutboundMessage {
+            payload: vec![7u8; 64 << 10],
+            headers: Vec::new(),
+        };
+        let mut failed = None;
+        for _ in 0..200 {
+            match store.publish("t", vec![big.clone()]).await {
+                Ok(ids) => published.extend(ids),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let failed = failed.expect("writes never failed on a full disk");
+        assert!(matches!(failed, StoreError::Unavailable { .. }), "{failed}");
+        let health = store.health().unwrap_err();
+        assert!(health.contains(&path.display().to_string()), "{health}");
+        // While unavailable: writes fail at once, receives wait and get nothing.
+        assert!(matches!(
+            store.publish("t", vec![msg("during")]).await,
+            Err(StoreError::Unavailable { .. })
+        ));
+        assert!(store.receive("t", 10, LEASE, WAIT).await.unwrap().is_empty());
+        // Still unavailable after a few reopen attempts while the disk is full.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(store.health().is_err());
+
+        std::fs::remove_file(fs.0.path().join("filler")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.health().is_err() {
+            assert!(Instant::now() < deadline, "did not recover within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        published.extend(store.publish("t", vec![msg("after")]).await.unwrap());
+        // Nothing acknowledged was lost; everything is received.
+        let got = store
+            .receive("t", 1000, LEASE, WAIT)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(m, _)| m.id)
+            .collect::<Vec<_>>();
+        assert_eq!(got, published);
     }
 }

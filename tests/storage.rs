@@ -1,0 +1,387 @@
+//! The router's files, end to end with the real binary: secrets encrypted
+//! at rest and a private state directory, damaged store files refused with
+//! one line naming them (or moved aside when asked), an embedded broker that
+//! recovers by itself from a full disk, and a compiled-code cache that keeps
+//! only what loaded versions use.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Plugins, Router, wait_for};
+
+/// An embedded broker with a topic nobody consumes: what is published stays.
+const QUEUED: &str = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "parked"
+"#;
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn secrets_are_encrypted_at_rest_and_the_state_directory_is_private() {
+    let mut router = Router::start(QUEUED);
+    let value = "correct-horse-battery-staple-4711";
+    let (status, body) = router.http(
+        "PUT",
+        "/v1/algorithms/ezra/store_file/secrets/API_KEY",
+        Some(json!({ "value": value })),
+    );
+    assert!(status < 300, "{status} {body}");
+    router.publish("parked", &["hello".to_string()]);
+    let state = router.state_dir();
+    // While running: the directory and every file in it are private.
+    assert_eq!(mode(&state), 0o700);
+    for entry in walk(&state) {
+        let expected = if entry.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&entry), expected, "{}", entry.display());
+    }
+    assert!(state.join("secret.key").exists());
+    router.stop();
+    let bytes = std::fs::read(state.join("state.redb")).unwrap();
+    assert!(!contains(&bytes, value.as_bytes()), "the secret is in state.redb in plaintext");
+    // The value is still there for the algorithm after a restart.
+    router.launch();
+    let (status, body) = router.http("GET", "/v1/algorithms/ezra/store_file/secrets", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("API_KEY"), "{body}");
+    router.stop();
+    // Without its key, the state does not start (and says which key).
+    std::fs::rename(state.join("secret.key"), router.dir.path().join("elsewhere.key")).unwrap();
+    std::fs::write(state.join("secret.key"), [9u8; 32]).unwrap();
+    let out = run_once(&router.config, &state, &[]);
+    assert!(!out.0, "started with the wrong key");
+    assert!(out.1.contains("secret.key"), "{}", out.1);
+    // With the key kept elsewhere (EVENTFLOW_SECRET_KEY_FILE), it does.
+    std::fs::remove_file(state.join("secret.key")).unwrap();
+    router.set_env(
+        "EVENTFLOW_SECRET_KEY_FILE",
+        &router.dir.path().join("elsewhere.key").display().to_string(),
+    );
+    router.launch();
+    assert!(!state.join("secret.key").exists());
+    router.stop();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+/// Runs `eventflow run` on `state` until it exits or has clearly started
+/// (60 s). Returns (exited unsuccessfully, everything it wrote).
+fn run_once(config: &Path, state: &Path, extra: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--state")
+        .arg(state)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break !status.success();
+        }
+        if Instant::now() > deadline || state.join("admin.addr").exists() {
+            let _ = child.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(state.join("admin.addr"));
+    (failed, text)
+}
+
+const DAMAGES: [&str; 6] = ["zero", "truncated", "truncated-small", "head", "middle", "tail"];
+
+fn damage(path: &Path, how: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let garble = |b: &mut Vec<u8>, at: usize| {
+        let end = (at + 4096).min(b.len());
+        for (i, byte) in b[at..end].iter_mut().enumerate() {
+            *byte = (i as u8).wrapping_mul(151) ^ 0xa5;
+        }
+    };
+    match how {
+        "zero" => bytes.clear(),
+        "truncated" => bytes.truncate(bytes.len() / 2),
+        "truncated-small" => bytes.truncate(100),
+        "head" => garble(&mut bytes, 0),
+        "middle" => {
+            let at = bytes.len() / 2;
+            garble(&mut bytes, at)
+        }
+        "tail" => {
+            let at = bytes.len() - 4096;
+            garble(&mut bytes, at)
+        }
+        other => panic!("{other}"),
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A stopped router's state with API-made changes and queued messages.
+fn populated_state() -> Router {
+    let mut router = Router::start(QUEUED);
+    let (status, body) = router.http(
+        "POST",
+        "/v1/tokens",
+        Some(json!({ "owner": "ezra" })),
+    );
+    assert!(status < 300, "{status} {body}");
+    let payloads: Vec<String> = (0..1000).map(|i| format!("message {i} {}", "x".repeat(200))).collect();
+    router.publish("parked", &payloads);
+    router.stop();
+    router
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn damaged_store_files_stop_the_start_with_one_line_naming_them() {
+    let router = populated_state();
+    let mut failures = Vec::new();
+    for file in ["state.redb", "broker-local.redb"] {
+        for how in DAMAGES {
+            let copy = tempfile::tempdir().unwrap();
+            let state = copy.path().join("state");
+            copy_dir(&router.state_dir(), &state);
+            let path = state.join(file);
+            damage(&path, how);
+            let (failed, output) = run_once(&router.config, &state, &[]);
+            let errors: Vec<&str> = output.lines().filter(|l| l.starts_with("error:")).collect();
+            let ok = failed
+                && !output.contains("panicked")
+                && errors.len() == 1
+                && errors[0].contains(&path.display().to_string())
+                && errors[0].contains("--move-damaged-aside");
+            if !ok {
+                failures.push(format!("{file} {how}:\n{output}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+#[test]
+fn move_damaged_aside_starts_fresh_and_says_so() {
+    let mut router = populated_state();
+    let broker = router.state_dir().join("broker-local.redb");
+    damage(&broker, "zero");
+    let (failed, output) = run_once(&router.config, &router.state_dir(), &[]);
+    assert!(failed, "started on an empty broker file:\n{output}");
+    // The file is untouched by the refusal.
+    assert_eq!(std::fs::metadata(&broker).unwrap().len(), 0);
+    damage(&router.state_dir().join("state.redb"), "head");
+    let (failed, output) =
+        run_once(&router.config, &router.state_dir(), &["--move-damaged-aside"]);
+    assert!(!failed, "{output}");
+    let aside: Vec<String> = std::fs::read_dir(router.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 2, "{aside:?}\n{output}");
+    assert!(aside.iter().any(|n| n.starts_with("broker-local.redb.damaged-")));
+    assert!(aside.iter().any(|n| n.starts_with("state.redb.damaged-")));
+    assert_eq!(
+        output.matches("Moved a damaged store file aside").count(),
+        2,
+        "{output}"
+    );
+    router.launch();
+    assert!(router.peek("local", "parked").is_empty());
+    router.stop();
+}
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_makes_the_embedded_broker_not_ready_once_and_it_recovers_without_restart() {
+    let Some(fs) = Tmpfs::mount("8m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let broker_file = fs.0.path().join("broker.redb");
+    let mut router = Router::start(&format!(
+        r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+path = {:?}
+
+[[topics]]
+name = "parked"
+"#,
+        broker_file.display().to_string()
+    ));
+    let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
+    let ready = || support::http("GET", &format!("http://{}/readyz", addr.trim()), None, None);
+    assert_eq!(ready().0, 200, "{}", ready().1);
+    let mut accepted = 0usize;
+    router.publish("parked", &["first".to_string()]);
+    accepted += 1;
+    // Fill the file system, then publish until the broker cannot write.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+        let block = vec![1u8; 64 << 10];
+        while f.write_all(&block).and_then(|_| f.sync_all()).is_ok() {}
+    }
+    let big = "y".repeat(60 << 10);
+    let mut refused = false;
+    for _ in 0..300 {
+        let (status, _) = router.http(
+            "POST",
+            "/v1/messages",
+            Some(json!({ "topic": "parked", "messages": [{ "payload": big }] })),
+        );
+        if status == 200 {
+            accepted += 1;
+        } else {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "publishing never failed on a full disk");
+    // More attempts while full: still refused, still one log line.
+    for _ in 0..20 {
+        let (status, _) = router.http(
+            "POST",
+            "/v1/messages",
+            Some(json!({ "topic": "parked", "messages": [{ "payload": "z" }] })),
+        );
+        assert_ne!(status, 200);
+    }
+    let (status, body) = ready();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["brokers"][0]["state"], "down", "{body}");
+    let reason = body["brokers"][0]["error"].as_str().unwrap_or_default();
+    assert!(reason.contains(&broker_file.display().to_string()), "{body}");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = router.log();
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("store cannot write"))
+        .count();
+    assert_eq!(errors, 1, "{log}");
+
+    std::fs::remove_file(fs.0.path().join("filler")).unwrap();
+    let freed = Instant::now();
+    wait_for("the broker to be ready again", Duration::from_secs(15), || {
+        (ready().0 == 200).then_some(())
+    });
+    assert!(freed.elapsed() < Duration::from_secs(10));
+    router.publish("parked", &["after".to_string()]);
+    accepted += 1;
+    assert_eq!(router.peek("local", "parked").len(), accepted);
+    router.stop();
+    drop(fs);
+}
+
+#[test]
+fn the_compiled_cache_keeps_only_what_loaded_versions_use() {
+    let mut router = Router::configure("", Plugins::Copy(&[("examples", "echo")]));
+    let dir = router.plugins_dir().join("examples/echo");
+    let original = std::fs::read(dir.join("0.1.0.wasm")).unwrap();
+    for i in 1..=5 {
+        std::fs::write(dir.join(format!("0.2.{i}.wasm")), variant(&original, &i.to_string()))
+            .unwrap();
+    }
+    router.launch();
+    let cache = router.state_dir().join("compiled");
+    let entries = || {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".cwasm")
+            })
+            .count()
+    };
+    assert_eq!(entries(), 6);
+    // Deleting versions deletes their compiled code, without a restart.
+    for i in 1..=5 {
+        std::fs::remove_file(dir.join(format!("0.2.{i}.wasm"))).unwrap();
+    }
+    wait_for("the cache to shrink", Duration::from_secs(20), || {
+        (entries() == 1).then_some(())
+    });
+    router.stop();
+    // What an earlier version left behind goes at the next start.
+    std::fs::write(cache.join(format!("{}-0000000000000000.cwasm", "ab".repeat(32))), b"x")
+        .unwrap();
+    router.launch();
+    assert_eq!(entries(), 1);
+    router.stop();
+}
+
+/// The same code with a custom section: another file hash.
+fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
+    use wasm_encoder::Section;
+    let mut out = bytes.to_vec();
+    wasm_encoder::CustomSection {
+        name: "eventflow-test-variant".into(),
+        data: tag.as_bytes().into(),
+    }
+    .append_to(&mut out);
+    out
+}
