@@ -53,7 +53,10 @@ fn secrets_are_encrypted_at_rest_and_the_state_directory_is_private() {
     assert!(state.join("secret.key").exists());
     router.stop();
     let bytes = std::fs::read(state.join("state.redb")).unwrap();
-    assert!(!contains(&bytes, value.as_bytes()), "the secret is in state.redb in plaintext");
+    assert!(
+        !contains(&bytes, value.as_bytes()),
+        "the secret is in state.redb in plaintext"
+    );
     // The value is still there for the algorithm after a restart.
     router.launch();
     let (status, body) = router.http("GET", "/v1/algorithms/ezra/store_file/secrets", None);
@@ -61,7 +64,11 @@ fn secrets_are_encrypted_at_rest_and_the_state_directory_is_private() {
     assert!(body.to_string().contains("API_KEY"), "{body}");
     router.stop();
     // Without its key, the state does not start (and says which key).
-    std::fs::rename(state.join("secret.key"), router.dir.path().join("elsewhere.key")).unwrap();
+    std::fs::rename(
+        state.join("secret.key"),
+        router.dir.path().join("elsewhere.key"),
+    )
+    .unwrap();
     std::fs::write(state.join("secret.key"), [9u8; 32]).unwrap();
     let out = run_once(&router.config, &state, &[]);
     assert!(!out.0, "started with the wrong key");
@@ -70,7 +77,12 @@ fn secrets_are_encrypted_at_rest_and_the_state_directory_is_private() {
     std::fs::remove_file(state.join("secret.key")).unwrap();
     router.set_env(
         "EVENTFLOW_SECRET_KEY_FILE",
-        &router.dir.path().join("elsewhere.key").display().to_string(),
+        &router
+            .dir
+            .path()
+            .join("elsewhere.key")
+            .display()
+            .to_string(),
     );
     router.launch();
     assert!(!state.join("secret.key").exists());
@@ -124,7 +136,14 @@ fn run_once(config: &Path, state: &Path, extra: &[&str]) -> (bool, String) {
     (failed, text)
 }
 
-const DAMAGES: [&str; 6] = ["zero", "truncated", "truncated-small", "head", "middle", "tail"];
+const DAMAGES: [&str; 6] = [
+    "zero",
+    "truncated",
+    "truncated-small",
+    "head",
+    "middle",
+    "tail",
+];
 
 fn damage(path: &Path, how: &str) {
     let mut bytes = std::fs::read(path).unwrap();
@@ -155,20 +174,23 @@ fn damage(path: &Path, how: &str) {
 /// A stopped router's state with API-made changes and queued messages.
 fn populated_state() -> Router {
     let mut router = Router::start(QUEUED);
-    let (status, body) = router.http(
-        "POST",
-        "/v1/tokens",
-        Some(json!({ "owner": "ezra" })),
-    );
+    let (status, body) = router.http("POST", "/v1/tokens", Some(json!({ "owner": "ezra" })));
     assert!(status < 300, "{status} {body}");
-    let payloads: Vec<String> = (0..1000).map(|i| format!("message {i} {}", "x".repeat(200))).collect();
+    let payloads: Vec<String> = (0..1000)
+        .map(|i| format!("message {i} {}", "x".repeat(200)))
+        .collect();
     router.publish("parked", &payloads);
     router.stop();
     router
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -208,8 +230,11 @@ fn move_damaged_aside_starts_fresh_and_says_so() {
     // The file is untouched by the refusal.
     assert_eq!(std::fs::metadata(&broker).unwrap().len(), 0);
     damage(&router.state_dir().join("state.redb"), "head");
-    let (failed, output) =
-        run_once(&router.config, &router.state_dir(), &["--move-damaged-aside"]);
+    let (failed, output) = run_once(
+        &router.config,
+        &router.state_dir(),
+        &["--move-damaged-aside"],
+    );
     assert!(!failed, "{output}");
     let aside: Vec<String> = std::fs::read_dir(router.state_dir())
         .unwrap()
@@ -217,7 +242,11 @@ fn move_damaged_aside_starts_fresh_and_says_so() {
         .filter(|n| n.contains(".damaged-"))
         .collect();
     assert_eq!(aside.len(), 2, "{aside:?}\n{output}");
-    assert!(aside.iter().any(|n| n.starts_with("broker-local.redb.damaged-")));
+    assert!(
+        aside
+            .iter()
+            .any(|n| n.starts_with("broker-local.redb.damaged-"))
+    );
     assert!(aside.iter().any(|n| n.starts_with("state.redb.damaged-")));
     assert_eq!(
         output.matches("Moved a damaged store file aside").count(),
@@ -312,7 +341,10 @@ name = "parked"
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["brokers"][0]["state"], "down", "{body}");
     let reason = body["brokers"][0]["error"].as_str().unwrap_or_default();
-    assert!(reason.contains(&broker_file.display().to_string()), "{body}");
+    assert!(
+        reason.contains(&broker_file.display().to_string()),
+        "{body}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let log = router.log();
     let errors = log
@@ -323,9 +355,11 @@ name = "parked"
 
     std::fs::remove_file(fs.0.path().join("filler")).unwrap();
     let freed = Instant::now();
-    wait_for("the broker to be ready again", Duration::from_secs(15), || {
-        (ready().0 == 200).then_some(())
-    });
+    wait_for(
+        "the broker to be ready again",
+        Duration::from_secs(15),
+        || (ready().0 == 200).then_some(()),
+    );
     assert!(freed.elapsed() < Duration::from_secs(10));
     router.publish("parked", &["after".to_string()]);
     accepted += 1;
@@ -340,8 +374,11 @@ fn the_compiled_cache_keeps_only_what_loaded_versions_use() {
     let dir = router.plugins_dir().join("examples/echo");
     let original = std::fs::read(dir.join("0.1.0.wasm")).unwrap();
     for i in 1..=5 {
-        std::fs::write(dir.join(format!("0.2.{i}.wasm")), variant(&original, &i.to_string()))
-            .unwrap();
+        std::fs::write(
+            dir.join(format!("0.2.{i}.wasm")),
+            variant(&original, &i.to_string()),
+        )
+        .unwrap();
     }
     router.launch();
     let cache = router.state_dir().join("compiled");
@@ -367,8 +404,11 @@ fn the_compiled_cache_keeps_only_what_loaded_versions_use() {
     });
     router.stop();
     // What an earlier version left behind goes at the next start.
-    std::fs::write(cache.join(format!("{}-0000000000000000.cwasm", "ab".repeat(32))), b"x")
-        .unwrap();
+    std::fs::write(
+        cache.join(format!("{}-0000000000000000.cwasm", "ab".repeat(32))),
+        b"x",
+    )
+    .unwrap();
     router.launch();
     assert_eq!(entries(), 1);
     router.stop();

@@ -326,7 +326,11 @@ mod tests {
         let again = SecretKey::load(&path, false).unwrap();
         assert_eq!(again.unseal("ezra/a", "TOKEN", &sealed).unwrap(), "hunter2");
         let hex_path = dir.path().join("hex");
-        std::fs::write(&hex_path, format!("{}\n", hex::encode(std::fs::read(&path).unwrap()))).unwrap();
+        std::fs::write(
+            &hex_path,
+            format!("{}\n", hex::encode(std::fs::read(&path).unwrap())),
+        )
+        .unwrap();
         let hexed = SecretKey::load(&hex_path, false).unwrap();
         assert_eq!(hexed.unseal("ezra/a", "TOKEN", &sealed).unwrap(), "hunter2");
         // A missing non-default key file is an error, not a new key.

@@ -27,9 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 use anyhow::Context;
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretKey;
@@ -424,7 +422,11 @@ pub fn rotate_key(
             let (k, v) = entry?;
             let (scope, name) = k.value();
             let value = store.key.unseal(scope, name, v.value())?;
-            resealed.push((scope.to_string(), name.to_string(), new.seal(scope, name, &value)));
+            resealed.push((
+                scope.to_string(),
+                name.to_string(),
+                new.seal(scope, name, &value),
+            ));
         }
         for (scope, name, sealed) in &resealed {
             table.insert((scope.as_str(), name.as_str()), sealed.as_slice())?;
@@ -462,8 +464,8 @@ fn rewrite(db: Database, path: &Path) -> anyhow::Result<()> {
     let tmp = path.with_extension("redb.rewrite");
     let _ = std::fs::remove_file(&tmp);
     {
-        let new = Database::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let new =
+            Database::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
         let from = db.begin_read()?;
         let to = new.begin_write()?;
@@ -607,7 +609,11 @@ fn open_checked(path: &Path) -> Result<Database, StoreFileError> {
         Ok::<_, redb::DatabaseError>(db)
     });
     let db = match opened {
-        Err(panic) => return Err(damaged(format!("the database library failed on it: {panic}"))),
+        Err(panic) => {
+            return Err(damaged(format!(
+                "the database library failed on it: {panic}"
+            )));
+        }
         Ok(Ok(db)) => db,
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
             return Err(StoreFileError::Locked {
@@ -747,7 +753,8 @@ mod tests {
         {
             let s = StateStore::open(dir.path(), &StateOptions::default()).unwrap();
             s.set_secret("ezra/a", "TOKEN", VALUE).unwrap();
-            s.set_secret("_router", "sqs-key", "router-credential-xyz").unwrap();
+            s.set_secret("_router", "sqs-key", "router-credential-xyz")
+                .unwrap();
             s.flush().unwrap();
         }
         let bytes = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
@@ -759,7 +766,11 @@ mod tests {
         assert_eq!(
             all,
             vec![
-                ("_router".into(), "sqs-key".into(), "router-credential-xyz".into()),
+                (
+                    "_router".into(),
+                    "sqs-key".into(),
+                    "router-credential-xyz".into()
+                ),
                 ("ezra/a".into(), "TOKEN".into(), VALUE.into()),
             ]
         );
@@ -783,7 +794,12 @@ mod tests {
         let _s = StateStore::open(&state, &StateOptions::default()).unwrap();
         assert_eq!(mode(&state), 0o700);
         assert_eq!(mode(&state.join("compiled")), 0o700);
-        for f in [STATE_FILE, "secret.key", "broker-local.redb", "compiled/abc.cwasm"] {
+        for f in [
+            STATE_FILE,
+            "secret.key",
+            "broker-local.redb",
+            "compiled/abc.cwasm",
+        ] {
             assert_eq!(mode(&state.join(f)), 0o600, "{f}");
         }
     }
@@ -820,7 +836,10 @@ mod tests {
             assert_eq!(meta.get("seed").unwrap().unwrap().value(), "digest");
         }
         let bytes = std::fs::read(&path).unwrap();
-        assert!(!contains(&bytes, VALUE.as_bytes()), "plaintext left in the file");
+        assert!(
+            !contains(&bytes, VALUE.as_bytes()),
+            "plaintext left in the file"
+        );
         assert_eq!(mode(&path), 0o600);
         // And again: nothing to convert, same values.
         let s = StateStore::open(dir.path(), &StateOptions::default()).unwrap();
@@ -840,7 +859,10 @@ mod tests {
         let r = rotate_key(dir.path(), &options, None).unwrap();
         assert_eq!(r.secrets, 1);
         assert_eq!(r.key_file, dir.path().join("secret.key"));
-        assert_ne!(std::fs::read(dir.path().join("secret.key")).unwrap(), old_key);
+        assert_ne!(
+            std::fs::read(dir.path().join("secret.key")).unwrap(),
+            old_key
+        );
         assert!(!dir.path().join("secret.key.new").exists());
         let s = StateStore::open(dir.path(), &options).unwrap();
         assert_eq!(s.all_secrets().unwrap()[0].2, VALUE);
@@ -963,7 +985,10 @@ mod tests {
             .filter(|n| n.starts_with("state.redb.damaged-"))
             .collect();
         assert_eq!(aside.len(), 1, "{aside:?}");
-        assert_eq!(std::fs::metadata(dir.path().join(&aside[0])).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(&aside[0])).unwrap().len(),
+            0
+        );
         assert!(std::fs::metadata(&path).unwrap().len() > 0);
     }
 }

@@ -172,6 +172,9 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
+    /// Hashes being compiled now: their cache entries are not evicted
+    /// before the registry knows them.
+    compiling: std::sync::Mutex<HashSet<String>>,
     engine_hash: String,
     data: Arc<Collections>,
     settings: SandboxConfig,
@@ -245,6 +248,7 @@ impl Sandbox {
             engine,
             linker,
             cache_dir: cache_dir.filter(|_| settings.cache_compiled),
+            compiling: std::sync::Mutex::default(),
             engine_hash,
             data,
             settings: settings.clone(),
@@ -262,6 +266,7 @@ impl Sandbox {
     /// host cannot give. Blocking and CPU-heavy: run it off the hot path.
     pub fn load(&self, id: AlgorithmId, bytes: &[u8]) -> anyhow::Result<Algorithm> {
         let hash = hex::encode(sha2::Sha256::digest(bytes));
+        let _compiling = Compiling::start(&self.compiling, &hash);
         let (component, from_cache) = self.compile(&hash, bytes)?;
         let instance_pre = self
             .linker
@@ -345,6 +350,11 @@ impl Sandbox {
         let cap = self.settings.compiled_cache_max_mib.saturating_mul(1 << 20);
         let suffix = format!("-{}.cwasm", self.engine_hash);
         let mut kept = Vec::new();
+        let compiling = self
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let entries = std::fs::read_dir(dir)
             .with_context(|| format!("cannot list the cache directory {}", dir.display()))?;
         for entry in entries {
@@ -358,7 +368,7 @@ impl Sandbox {
             let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             let used = name
                 .strip_suffix(&suffix)
-                .is_some_and(|hash| in_use.contains(hash));
+                .is_some_and(|hash| in_use.contains(hash) || compiling.contains(hash));
             // A write in progress is a temporary file for a few seconds.
             let fresh_tmp = name.contains(".tmp-")
                 && modified.elapsed().unwrap_or_default() < Duration::from_secs(600);
@@ -662,6 +672,33 @@ fn classify(error: wasmtime::Error, timeout: Duration, stderr: &MemoryOutputPipe
 /// A component's preamble: magic, then version 0x0d and layer 1.
 fn looks_like_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// Marks a hash as being compiled for as long as it lives.
+struct Compiling<'a> {
+    set: &'a std::sync::Mutex<HashSet<String>>,
+    hash: String,
+}
+
+impl<'a> Compiling<'a> {
+    fn start(set: &'a std::sync::Mutex<HashSet<String>>, hash: &str) -> Self {
+        set.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash.to_string());
+        Self {
+            set,
+            hash: hash.to_string(),
+        }
+    }
+}
+
+impl Drop for Compiling<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.hash);
+    }
 }
 
 /// What [`Sandbox::evict_compiled`] did.

@@ -772,25 +772,22 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
             match &job.change {
                 Change::Insert(topic, rows) => {
                     for r in rows {
-                        messages
-                            .insert(
-                                (topic.as_str(), r.seq),
-                                (
-                                    r.id.as_str(),
-                                    r.headers.as_str(),
-                                    r.payload.as_slice(),
-                                    r.enqueued_ms,
-                                ),
-                            )?;
+                        messages.insert(
+                            (topic.as_str(), r.seq),
+                            (
+                                r.id.as_str(),
+                                r.headers.as_str(),
+                                r.payload.as_slice(),
+                                r.enqueued_ms,
+                            ),
+                        )?;
                         state.insert((topic.as_str(), r.seq), (0, r.enqueued_ms, false))?;
                     }
                 }
                 Change::State(topic, rows) => {
                     for (seq, m) in rows {
-                        state.insert(
-                            (topic.as_str(), *seq),
-                            (m.receives, m.visible_ms, m.leased),
-                        )?;
+                        state
+                            .insert((topic.as_str(), *seq), (m.receives, m.visible_ms, m.leased))?;
                     }
                 }
                 Change::Delete(topic, seqs) => {
@@ -967,7 +964,9 @@ mod tests {
 
     impl Drop for Tmpfs {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
         }
     }
 
@@ -1013,7 +1012,13 @@ mod tests {
             store.publish("t", vec![msg("during")]).await,
             Err(StoreError::Unavailable { .. })
         ));
-        assert!(store.receive("t", 10, LEASE, WAIT).await.unwrap().is_empty());
+        assert!(
+            store
+                .receive("t", 10, LEASE, WAIT)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // Still unavailable after a few reopen attempts while the disk is full.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(store.health().is_err());
