@@ -300,11 +300,11 @@ fn a_flow_without_a_grant_is_refused_naming_the_grant() {
         error.contains("ezra/transform has no grant to consume from topic \"in\""),
         "{error}"
     );
-    // A dead-letter topic the algorithm may not publish to is refused too.
+    // An output topic the algorithm may not publish to is refused too.
     let (status, answer) = router.http(
         "POST",
         "/v1/flows",
-        Some(json!({"algorithm": "bob/echo", "topic": "in", "dead_letter_topic": "dlq"})),
+        Some(json!({"algorithm": "bob/echo", "topic": "in", "output_topic": "dlq"})),
     );
     assert_eq!(status, 400, "{answer}");
     assert!(
@@ -314,6 +314,13 @@ fn a_flow_without_a_grant_is_refused_naming_the_grant() {
             .contains("no grant to publish"),
         "{answer}"
     );
+    // A dead-letter topic needs none: the router writes dead letters.
+    let (status, answer) = router.http(
+        "POST",
+        "/v1/flows",
+        Some(json!({"algorithm": "bob/echo", "topic": "in", "dead_letter_topic": "dlq"})),
+    );
+    assert_eq!(status, 200, "{answer}");
 }
 
 #[test]

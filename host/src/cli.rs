@@ -368,9 +368,13 @@ enum TopicsCommand {
         /// May consume from it.
         #[arg(long)]
         consume: bool,
-        /// May publish to it (also as output or dead-letter topic).
+        /// May publish to it (also as output topic).
         #[arg(long)]
         publish: bool,
+        /// May publish to it while it is a flow's dead-letter topic
+        /// (`publish` does not cover that: dead letters are the router's).
+        #[arg(long)]
+        dead_letter_publish: bool,
         /// The broker connection.
         #[arg(long)]
         broker: Option<String>,
@@ -389,6 +393,9 @@ enum TopicsCommand {
         /// Revoke publishing.
         #[arg(long)]
         publish: bool,
+        /// Revoke publishing to it as a dead-letter topic.
+        #[arg(long)]
+        dead_letter_publish: bool,
         /// The broker connection.
         #[arg(long)]
         broker: Option<String>,
@@ -459,11 +466,14 @@ enum PluginsCommand {
 
 #[derive(Subcommand, Debug)]
 enum DlqCommand {
-    /// Prints the flow's dead-letter envelopes, one JSON object per line.
+    /// Prints the flow's dead letters, one JSON object per line:
+    /// `{"status": "verified"|"unverified", "dead_letter_id", "envelope"}`.
+    /// Unverified ones were not written by this router (forged, or signed
+    /// with another router's dead-letter key).
     List {
         /// The flow.
         flow: String,
-        /// At most this many.
+        /// Read at most this many messages of the dead-letter topic.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         #[command(flatten)]
@@ -477,6 +487,9 @@ enum DlqCommand {
         /// Only the dead letter of this message id.
         #[arg(long)]
         id: Option<String>,
+        /// Replay unverified envelopes too (admin token only).
+        #[arg(long)]
+        include_unverified: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -684,18 +697,38 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     .get(&format!("/v1/flows/{flow}/dead-letters?limit={limit}"))
                     .await?;
                 for letter in answer["dead_letters"].as_array().into_iter().flatten() {
-                    println!("{}", letter["envelope"]);
+                    println!(
+                        "{}",
+                        json!({
+                            "status": letter["status"],
+                            "dead_letter_id": letter["dead_letter_id"],
+                            "envelope": letter["envelope"],
+                        })
+                    );
                 }
             }
-            DlqCommand::Replay { flow, id, config } => {
+            DlqCommand::Replay {
+                flow,
+                id,
+                include_unverified,
+                config,
+            } => {
                 let answer = client(&config)?
                     .post(
                         &format!("/v1/flows/{flow}/dead-letters/replay"),
-                        &json!({ "id": id }),
+                        &json!({ "id": id, "include_unverified": include_unverified }),
                     )
                     .await?;
                 let replayed = answer["replayed"].as_array().map(|a| a.len()).unwrap_or(0);
                 println!("replayed {replayed} dead letters of flow {flow}");
+                for s in answer["skipped"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "skipped dead letter {} (message {}): {}",
+                        s["dead_letter_id"].as_str().unwrap_or("?"),
+                        s["message_id"].as_str().unwrap_or("?"),
+                        s["why"].as_str().unwrap_or("?")
+                    );
+                }
             }
         },
     }
@@ -891,6 +924,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                 "address": address,
                 "consumers": existing.as_ref().map(|t| t["consumers"].clone()).unwrap_or(json!([])),
                 "publishers": existing.as_ref().map(|t| t["publishers"].clone()).unwrap_or(json!([])),
+                "dead_letter_publishers": existing.as_ref().and_then(|t| t.get("dead_letter_publishers").cloned()).unwrap_or(json!([])),
             });
             c.put(&path, &body).await?;
             println!("declared topic {broker}:{topic}");
@@ -900,6 +934,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
             algorithm,
             consume,
             publish,
+            dead_letter_publish,
             broker,
             config,
         } => {
@@ -907,7 +942,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                 &config,
                 &topic,
                 &algorithm,
-                (consume, publish),
+                (consume, publish, dead_letter_publish),
                 broker,
                 true,
             )
@@ -918,6 +953,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
             algorithm,
             consume,
             publish,
+            dead_letter_publish,
             broker,
             config,
         } => {
@@ -925,7 +961,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                 &config,
                 &topic,
                 &algorithm,
-                (consume, publish),
+                (consume, publish, dead_letter_publish),
                 broker,
                 false,
             )
@@ -973,19 +1009,26 @@ async fn change_grant(
     config: &ConfigArg,
     topic: &str,
     algorithm: &str,
-    (consume, publish): (bool, bool),
+    (consume, publish, dead_letter_publish): (bool, bool, bool),
     broker: Option<String>,
     add: bool,
 ) -> Result<(), Failure> {
-    if !consume && !publish {
-        return Err(anyhow::anyhow!("say what: --consume, --publish or both").into());
+    if !consume && !publish && !dead_letter_publish {
+        return Err(
+            anyhow::anyhow!("say what: --consume, --publish and/or --dead-letter-publish").into(),
+        );
     }
     let c = client(config)?;
     let broker = broker_of(&c, topic, broker).await?;
     let path = if add { "grants" } else { "grants/revoke" };
     c.post(
         &format!("/v1/brokers/{broker}/topics/{topic}/{path}"),
-        &json!({ "algorithm": algorithm, "consume": consume, "publish": publish }),
+        &json!({
+            "algorithm": algorithm,
+            "consume": consume,
+            "publish": publish,
+            "dead_letter_publish": dead_letter_publish,
+        }),
     )
     .await?;
     if add {

@@ -255,9 +255,16 @@ pub struct TopicSpec {
     #[serde(default)]
     pub consumers: Vec<String>,
     /// Algorithms (`owner/name`, or `owner/*`) that may publish to the topic,
-    /// including as a flow's output or dead-letter topic.
+    /// including as a flow's output topic. A flow's dead-letter topic needs
+    /// no grant: the router writes dead letters itself.
     #[serde(default)]
     pub publishers: Vec<String>,
+    /// Algorithms (`owner/name`, or `owner/*`) that may publish to the topic
+    /// (or use it as output topic) while it is some flow's dead-letter topic.
+    /// `publishers` does not cover that: dead letters are the router's to
+    /// write, and what an algorithm publishes there lists as unverified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter_publishers: Vec<String>,
 }
 
 impl TopicSpec {
@@ -275,6 +282,27 @@ impl TopicSpec {
     pub fn may_publish(&self, algorithm: &AlgorithmRef) -> bool {
         grants(&self.publishers, algorithm)
     }
+
+    /// Whether `algorithm` may publish to the topic while it is a flow's
+    /// dead-letter topic.
+    pub fn may_publish_dead_letters(&self, algorithm: &AlgorithmRef) -> bool {
+        grants(&self.dead_letter_publishers, algorithm)
+    }
+
+    /// The canonical key of the topic: `broker:name`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.broker, self.name)
+    }
+}
+
+/// The keys (`broker:name`) of every topic that is some flow's dead-letter
+/// topic, enabled or not (its dead letters stay on the topic either way).
+pub fn dead_letter_topic_keys(flows: &[FlowSpec], topics: &[TopicSpec]) -> HashSet<String> {
+    flows
+        .iter()
+        .filter_map(|f| find_topic(topics, &f.broker, f.dead_letter_topic.as_deref()?))
+        .map(TopicSpec::key)
+        .collect()
 }
 
 fn grants(list: &[String], algorithm: &AlgorithmRef) -> bool {
@@ -733,7 +761,11 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
                 "must be non-empty and may not contain ':'".into(),
             ));
         }
-        for (list, grants) in [("consumers", &t.consumers), ("publishers", &t.publishers)] {
+        for (list, grants) in [
+            ("consumers", &t.consumers),
+            ("publishers", &t.publishers),
+            ("dead_letter_publishers", &t.dead_letter_publishers),
+        ] {
             for (j, g) in grants.iter().enumerate() {
                 let ok = match g.split_once('/') {
                     Some((owner, name)) => {
@@ -783,13 +815,20 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
         }
         if f.enabled {
             resolve_broker(at("broker"), &mut f.broker)?;
-            check_flow(f, &topics).map_err(|(field, m)| (at(&field), m))?;
         } else if f.broker.is_empty() {
             // A disabled flow may point at a connection that is gone; it is
             // checked again when it is enabled.
             if let Some(name) = &only_broker {
                 f.broker = name.clone();
             }
+        }
+    }
+    // With every flow's broker known: which topics are dead-letter topics.
+    let dead_letter_topics = dead_letter_topic_keys(&config.flows, &topics);
+    for (i, f) in config.flows.iter().enumerate() {
+        let at = |field: &str| format!("flows[{i}].{field}");
+        if f.enabled {
+            check_flow(f, &topics, &dead_letter_topics).map_err(|(field, m)| (at(&field), m))?;
         }
         check_timeout(f.timeout_secs).map_err(|m| (at("timeout_secs"), m))?;
         check_limits(&f.limits, &config.sandbox)
@@ -845,8 +884,13 @@ pub fn find_topic<'a>(
     topics.iter().find(|t| t.broker == broker && t.name == name)
 }
 
-/// Checks one flow against the topics and their access lists.
-pub fn check_flow(f: &FlowSpec, topics: &[TopicSpec]) -> Result<(), FieldError> {
+/// Checks one flow against the topics and their access lists;
+/// `dead_letter_topics` holds the keys of every flow's dead-letter topic.
+pub fn check_flow(
+    f: &FlowSpec,
+    topics: &[TopicSpec],
+    dead_letter_topics: &HashSet<String>,
+) -> Result<(), FieldError> {
     let topic = find_topic(topics, &f.broker, &f.topic).ok_or_else(|| {
         (
             "topic".to_string(),
@@ -883,6 +927,22 @@ pub fn check_flow(f: &FlowSpec, topics: &[TopicSpec]) -> Result<(), FieldError> 
                 format!("no topic \"{target}\" is declared (add it to [[topics]])"),
             )
         })?;
+        if field == "dead_letter_topic" {
+            // The router writes dead letters itself: no grant needed.
+            continue;
+        }
+        if dead_letter_topics.contains(&t.key()) {
+            if !t.may_publish_dead_letters(&f.algorithm) {
+                return Err((
+                    field.to_string(),
+                    format!(
+                        "topic \"{}\" on broker \"{}\" is a flow's dead-letter topic, which only the router writes: add \"{alg}\" to that topic's dead_letter_publishers to let the algorithm's outputs go there",
+                        t.name, t.broker
+                    ),
+                ));
+            }
+            continue;
+        }
         if !t.may_publish(&f.algorithm) {
             return Err((
                 field.to_string(),
@@ -1041,10 +1101,36 @@ dead_letter_topic = "dlq"
             address: None,
             consumers: vec!["ezra/*".into()],
             publishers: vec!["bob/x".into()],
+            dead_letter_publishers: vec!["carol/*".into()],
         };
         let a: AlgorithmRef = "ezra/anything".parse().unwrap();
         assert!(t.may_consume(&a));
         assert!(!t.may_publish(&a));
         assert!(t.may_publish(&"bob/x/1.0.0".parse().unwrap()));
+        assert!(!t.may_publish_dead_letters(&"bob/x".parse().unwrap()));
+        assert!(t.may_publish_dead_letters(&"carol/y".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_dead_letter_topic_needs_no_publish_grant() {
+        let text = GOOD.replace("publishers = [\"ezra/*\"]", "publishers = []");
+        parse("good.toml", &text).unwrap();
+    }
+
+    #[test]
+    fn outputs_to_a_dead_letter_topic_need_a_dead_letter_grant() {
+        let text = format!(
+            "{GOOD}\n[[flows]]\nname = \"out\"\ntopic = \"incoming\"\nalgorithm = \"ezra/store_file\"\noutput_topic = \"dlq\"\n"
+        );
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains("flows[1].output_topic") && e.contains("dead_letter_publishers"),
+            "{e}"
+        );
+        let granted = text.replace(
+            "publishers = [\"ezra/*\"]",
+            "publishers = []\ndead_letter_publishers = [\"ezra/store_file\"]",
+        );
+        parse("good.toml", &granted).unwrap();
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::config::{self, AlgorithmRef, Declarations, FlowSpec, TopicSpec};
 use crate::connector::BrokerSpec;
+use crate::flow::envelope::{DeadLetter, Envelope};
 use crate::router::Router;
 use crate::secret::{ROUTER_SECRETS, SecretRef};
 use crate::state::TokenInfo;
@@ -86,7 +87,8 @@ pub struct EnableFlow {
     /// A version, or `latest` / absent to follow the highest.
     #[serde(default)]
     pub version: Option<String>,
-    /// Where failed messages go; must be a topic the algorithm may publish to.
+    /// Where failed messages go; the router writes them, so the algorithm
+    /// needs no grant on it.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
     /// Where outputs go.
@@ -160,9 +162,13 @@ pub struct Grant {
     /// May consume (be a flow's source).
     #[serde(default)]
     pub consume: bool,
-    /// May publish (including as output or dead-letter topic).
+    /// May publish (including as output topic).
     #[serde(default)]
     pub publish: bool,
+    /// May publish while the topic is a flow's dead-letter topic
+    /// (`dead_letter_publishers`).
+    #[serde(default)]
+    pub dead_letter_publish: bool,
 }
 
 /// A topic declaration through the API.
@@ -178,6 +184,65 @@ pub struct DeclareTopic {
     /// Who may publish.
     #[serde(default)]
     pub publishers: Vec<String>,
+    /// Who may publish while it is a flow's dead-letter topic.
+    #[serde(default)]
+    pub dead_letter_publishers: Vec<String>,
+}
+
+/// A replay of dead letters.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayDeadLetters {
+    /// Only this one: the original message id, or the dead letter's own id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Replay unverified envelopes too (admin token only): messages on the
+    /// dead-letter topic that this router's key did not sign.
+    #[serde(default)]
+    pub include_unverified: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// Original message ids, published back to the flow's topic.
+    pub replayed: Vec<String>,
+    /// Dead letters left where they are, and why.
+    pub skipped: Vec<SkippedDeadLetter>,
+}
+
+/// A dead letter a replay left on its topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedDeadLetter {
+    /// Its id on the dead-letter topic.
+    pub dead_letter_id: String,
+    /// The original message id it claims.
+    pub message_id: String,
+    /// Why it was not replayed.
+    pub why: String,
+}
+
+/// The most messages of a dead-letter topic one list or replay reads.
+pub const MAX_DEAD_LETTER_SCAN: usize = 100_000;
+
+/// Whether `envelope` is a dead letter of `flow` that `role` may see: the
+/// flow's name, source broker and topic, and algorithm (`owner/name`) all
+/// match, and an owner-scoped token sees its own owner's algorithms only.
+/// A flow deleted and re-created under the same name for another algorithm
+/// does not inherit the old one's dead letters.
+pub fn belongs_to(envelope: &Envelope, flow: &FlowSpec, role: &Role) -> bool {
+    let Some((owner, name)) = envelope.algorithm_owner_name() else {
+        return false;
+    };
+    envelope.flow == flow.name
+        && envelope.source.broker == flow.broker
+        && envelope.source.topic == flow.topic
+        && owner == flow.algorithm.owner
+        && name == flow.algorithm.name
+        && match role {
+            Role::Admin => true,
+            Role::Owner(o) => o == owner,
+        }
 }
 
 /// The control plane of one router.
@@ -476,6 +541,7 @@ impl ControlPlane {
             address: spec.address,
             consumers: spec.consumers,
             publishers: spec.publishers,
+            dead_letter_publishers: spec.dead_letter_publishers,
         };
         let t = topic.clone();
         self.change(move |d| {
@@ -504,9 +570,9 @@ impl ControlPlane {
     ) -> Result<TopicSpec, ControlError> {
         role.require_admin()?;
         check_grant(&grant.algorithm)?;
-        if !grant.consume && !grant.publish {
+        if !grant.consume && !grant.publish && !grant.dead_letter_publish {
             return Err(ControlError::BadRequest(
-                "say what to grant or revoke: consume, publish or both".into(),
+                "say what to grant or revoke: consume, publish, dead_letter_publish".into(),
             ));
         }
         let (b, t) = (broker.to_string(), topic.to_string());
@@ -522,6 +588,7 @@ impl ControlPlane {
                 for (wanted, list) in [
                     (grant.consume, &mut spec.consumers),
                     (grant.publish, &mut spec.publishers),
+                    (grant.dead_letter_publish, &mut spec.dead_letter_publishers),
                 ] {
                     if !wanted {
                         continue;
@@ -800,6 +867,183 @@ impl ControlPlane {
         })
         .await
         .map(|_| ())
+    }
+
+    // ----- dead letters -----
+
+    /// The flow `name` and its dead-letter topic, for a caller who may
+    /// manage the flow (404 for no such flow, 403 for another owner's).
+    fn dead_letter_topic(
+        &self,
+        role: &Role,
+        name: &str,
+    ) -> Result<(FlowSpec, TopicSpec), ControlError> {
+        let flow = self.flow_for(role, name)?;
+        let dlq = flow.dead_letter_topic.clone().ok_or_else(|| {
+            ControlError::BadRequest(format!("flow {name:?} has no dead_letter_topic"))
+        })?;
+        let topic = self
+            .router
+            .topology()
+            .topic(&flow.broker, &dlq)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("dead-letter topic {dlq:?} is not declared"))
+            })?;
+        Ok((flow, topic))
+    }
+
+    /// The dead letters of flow `name` the caller may see, oldest first,
+    /// among the first `scan` messages of its dead-letter topic (at most
+    /// [`MAX_DEAD_LETTER_SCAN`]). Every read of dead letters (list, replay)
+    /// goes through here: a dead-letter topic may be shared by flows and
+    /// owners, and may hold messages the router did not write, so only
+    /// envelopes of this flow's source topic, name and algorithm are kept
+    /// (see [`belongs_to`]), each marked verified or not.
+    pub async fn dead_letters(
+        &self,
+        role: &Role,
+        name: &str,
+        scan: usize,
+    ) -> Result<(FlowSpec, TopicSpec, Vec<DeadLetter>), ControlError> {
+        let (flow, topic) = self.dead_letter_topic(role, name)?;
+        let connection = self
+            .router
+            .topology()
+            .brokers
+            .get(&topic.broker)
+            .ok_or_else(|| {
+                ControlError::Unavailable(format!(
+                    "broker connection {:?} is not connected",
+                    topic.broker
+                ))
+            })?
+            .connection
+            .clone();
+        let messages = connection
+            .peek(&topic, scan.min(MAX_DEAD_LETTER_SCAN))
+            .await
+            .map_err(|e| {
+                ControlError::Unavailable(format!(
+                    "cannot read dead-letter topic {:?} on broker {:?}: {e:#}",
+                    topic.name, topic.broker
+                ))
+            })?;
+        let key = &self.router.services().dead_letter_key;
+        let letters = messages
+            .iter()
+            .filter_map(|m| DeadLetter::read(m, key))
+            .filter(|d| belongs_to(&d.envelope, &flow, role))
+            .collect();
+        Ok((flow, topic, letters))
+    }
+
+    /// Publishes dead letters of flow `name` back to its topic and removes
+    /// them from the dead-letter topic. Unverified envelopes (not written by
+    /// this router's key) are skipped unless `include_unverified`, which
+    /// only the admin token may ask for; envelopes whose payload was
+    /// truncated are always skipped.
+    pub async fn replay_dead_letters(
+        &self,
+        role: &Role,
+        name: &str,
+        req: ReplayDeadLetters,
+    ) -> Result<ReplayReport, ControlError> {
+        if req.include_unverified {
+            role.require_admin()?;
+        }
+        let (flow, dlq, letters) = self.dead_letters(role, name, MAX_DEAD_LETTER_SCAN).await?;
+        let topology = self.router.topology();
+        let source = topology
+            .topic(&flow.broker, &flow.topic)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("topic {:?} is not declared", flow.topic))
+            })?;
+        let mut report = ReplayReport::default();
+        for letter in letters {
+            let envelope = &letter.envelope;
+            if let Some(id) = &req.id
+                && *id != envelope.source.message_id
+                && *id != letter.id
+            {
+                continue;
+            }
+            let skip = if !letter.verified && !req.include_unverified {
+                Some(
+                    "unverified: not signed with this router's dead-letter key (forged, or written by a router with another key); the admin token can replay it with include_unverified",
+                )
+            } else if envelope.payload_truncated {
+                Some(
+                    "its payload was truncated to fit the dead-letter topic: the original cannot be replayed",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = skip {
+                report.skipped.push(SkippedDeadLetter {
+                    dead_letter_id: letter.id.clone(),
+                    message_id: envelope.source.message_id.clone(),
+                    why: why.to_string(),
+                });
+                continue;
+            }
+            let payload = envelope
+                .original_payload()
+                .map_err(|e| ControlError::BadRequest(format!("dead letter {}: {e}", letter.id)))?;
+            let mut headers = envelope.headers.clone();
+            crate::message::set_header(
+                &mut headers,
+                "eventflow-replayed-from",
+                envelope.source.message_id.clone(),
+            );
+            topology
+                .publish(
+                    &source.key(),
+                    vec![crate::message::OutboundMessage { payload, headers }],
+                )
+                .await
+                .map_err(|e| {
+                    ControlError::Unavailable(format!("cannot publish to {}: {e:#}", source.name))
+                })?;
+            let broker = topology.brokers.get(&dlq.broker).ok_or_else(|| {
+                ControlError::Unavailable(format!(
+                    "broker connection {:?} is not connected",
+                    dlq.broker
+                ))
+            })?;
+            broker
+                .connection
+                .remove(&dlq, &letter.id)
+                .await
+                .map_err(|e| {
+                    ControlError::Unavailable(format!(
+                        "replayed but cannot remove the dead letter {}: {e:#}",
+                        letter.id
+                    ))
+                })?;
+            tracing::info!(
+                flow = %name,
+                message_id = %envelope.source.message_id,
+                verified = letter.verified,
+                "Dead letter replayed."
+            );
+            report.replayed.push(envelope.source.message_id.clone());
+        }
+        if let Some(id) = &req.id
+            && report.replayed.is_empty()
+        {
+            return Err(match report.skipped.first() {
+                Some(s) => ControlError::Conflict(format!(
+                    "dead letter {id:?} of flow {name:?} was not replayed: {}",
+                    s.why
+                )),
+                None => {
+                    ControlError::NotFound(format!("no dead letter of flow {name:?} has id {id:?}"))
+                }
+            });
+        }
+        Ok(report)
     }
 
     // ----- secrets -----

@@ -57,12 +57,18 @@ impl Router {
             Some(dirs.state_dir.join("compiled")),
             data,
         )?);
+        let dead_letter_key = {
+            let dir = dirs.state_dir.clone();
+            tokio::task::spawn_blocking(move || flow::envelope::DeadLetterKey::load_or_create(&dir))
+                .await??
+        };
         let services = Arc::new(Services {
             sandbox,
             registry: Arc::new(Registry::new()),
             state,
             metrics: Arc::new(Metrics::new()),
             secrets: RwLock::new(HashMap::new()),
+            dead_letter_key,
         });
         services.reload_secrets()?;
         std::fs::create_dir_all(&dirs.plugins_dir).with_context(|| {
@@ -245,6 +251,10 @@ impl Router {
             brokers,
             topics: config.topics.clone(),
             algorithm_limits: config.algorithm_limits.clone(),
+            dead_letter_topics: crate::config::dead_letter_topic_keys(
+                &config.flows,
+                &config.topics,
+            ),
         });
 
         // Stop flows that are gone, disabled or changed.

@@ -7,8 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
-use crate::control::Role;
-use crate::flow::envelope::Envelope;
+use crate::control::ReplayDeadLetters;
 use crate::message::OutboundMessage;
 use crate::router::Router;
 
@@ -84,6 +83,17 @@ pub(super) async fn send_message(
             .map(MessageBody::into_message)
             .collect::<Result<_, _>>()?
     };
+    // The router's own headers (provenance, dead-letter signatures) are
+    // written by the router only.
+    if let Some((key, _)) = messages
+        .iter()
+        .flat_map(|m| &m.headers)
+        .find(|(k, _)| k.to_ascii_lowercase().starts_with("eventflow-"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "header {key:?}: eventflow-* headers are set by the router only"
+        )));
+    }
     let topology = state.router.topology();
     let candidates: Vec<_> = topology
         .topics
@@ -164,39 +174,6 @@ pub(super) struct ListQuery {
     pub(super) limit: Option<usize>,
 }
 
-/// The dead-letter topic of `flow`, or an error that says what is missing.
-fn dead_letter_topic(
-    router: &Router,
-    role: &Role,
-    flow: &str,
-) -> Result<(crate::config::FlowSpec, crate::config::TopicSpec), ApiError> {
-    let config = router.config();
-    let spec = config
-        .flows
-        .iter()
-        .find(|f| f.name == flow)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no flow named {flow:?}")))?;
-    if let Role::Owner(o) = role
-        && *o != spec.algorithm.owner
-    {
-        return Err(ApiError::forbidden(format!(
-            "the token of owner {o:?} cannot manage flows of {:?}",
-            spec.algorithm.owner
-        )));
-    }
-    let dlq = spec
-        .dead_letter_topic
-        .clone()
-        .ok_or_else(|| ApiError::bad_request(format!("flow {flow:?} has no dead_letter_topic")))?;
-    let topic = router
-        .topology()
-        .topic(&spec.broker, &dlq)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("dead-letter topic {dlq:?} is not declared")))?;
-    Ok((spec, topic))
-}
-
 async fn peek_messages(
     router: &Router,
     topic: &crate::config::TopicSpec,
@@ -213,100 +190,48 @@ async fn peek_messages(
         .map_err(|e| ApiError::unavailable(format!("cannot read {}: {e:#}", topic.name)))
 }
 
+/// The flow's dead letters among the first `limit` messages of its
+/// dead-letter topic, each marked `verified` (written by this router) or
+/// `unverified` (anything else on the topic that claims to be one).
 pub(super) async fn list_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    let (_, topic) = dead_letter_topic(&state.router, &caller.0, &flow)?;
-    let messages = peek_messages(&state.router, &topic, q.limit.unwrap_or(1000)).await?;
-    let letters: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let envelope = serde_json::from_slice::<Value>(&m.payload).unwrap_or_else(
-                |_| json!({ "unparsed_payload": String::from_utf8_lossy(&m.payload) }),
-            );
-            json!({ "dead_letter_id": m.id, "envelope": envelope })
+    let (_, _, letters) = state
+        .control
+        .dead_letters(&caller.0, &flow, q.limit.unwrap_or(1000))
+        .await?;
+    let verified = letters.iter().filter(|d| d.verified).count();
+    let out: Vec<Value> = letters
+        .into_iter()
+        .map(|d| {
+            json!({
+                "dead_letter_id": d.id,
+                "verified": d.verified,
+                "status": if d.verified { "verified" } else { "unverified" },
+                "envelope": d.raw,
+            })
         })
         .collect();
-    Ok(Json(json!({ "dead_letters": letters })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReplayRequest {
-    /// The original message id, or the dead letter's own id.
-    #[serde(default)]
-    id: Option<String>,
+    Ok(Json(json!({
+        "verified": verified,
+        "unverified": out.len() - verified,
+        "dead_letters": out,
+    })))
 }
 
 pub(super) async fn replay_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
-    body: Option<ApiJson<ReplayRequest>>,
+    body: Option<ApiJson<ReplayDeadLetters>>,
 ) -> ApiResult {
     let req = body.map(|ApiJson(r)| r).unwrap_or_default();
-    let (spec, dlq) = dead_letter_topic(&state.router, &caller.0, &flow)?;
-    let topology = state.router.topology();
-    let source = topology
-        .topic(&spec.broker, &spec.topic)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("topic {:?} is not declared", spec.topic)))?;
-    let letters = peek_messages(&state.router, &dlq, 100_000).await?;
-    let mut replayed = Vec::new();
-    for letter in letters {
-        let Ok(envelope) = serde_json::from_slice::<Envelope>(&letter.payload) else {
-            continue;
-        };
-        if envelope.flow != flow {
-            continue;
-        }
-        if let Some(id) = &req.id
-            && *id != envelope.source.message_id
-            && *id != letter.id
-        {
-            continue;
-        }
-        let payload = envelope
-            .original_payload()
-            .map_err(|e| ApiError::bad_request(format!("dead letter {}: {e}", letter.id)))?;
-        let mut headers = envelope.headers.clone();
-        crate::message::set_header(
-            &mut headers,
-            "eventflow-replayed-from",
-            envelope.source.message_id.clone(),
-        );
-        topology
-            .publish(
-                &crate::flow::Topology::key(&source),
-                vec![OutboundMessage { payload, headers }],
-            )
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!("cannot publish to {}: {e:#}", source.name))
-            })?;
-        let broker = &topology.brokers[&dlq.broker];
-        broker
-            .connection
-            .remove(&dlq, &letter.id)
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "replayed but cannot remove the dead letter {}: {e:#}",
-                    letter.id
-                ))
-            })?;
-        tracing::info!(flow = %flow, message_id = %envelope.source.message_id, "Dead letter replayed.");
-        replayed.push(envelope.source.message_id);
-    }
-    if let Some(id) = &req.id
-        && replayed.is_empty()
-    {
-        return Err(ApiError::not_found(format!(
-            "no dead letter of flow {flow:?} has id {id:?}"
-        )));
-    }
-    Ok(Json(json!({ "replayed": replayed })))
+    let report = state
+        .control
+        .replay_dead_letters(&caller.0, &flow, req)
+        .await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }

@@ -105,10 +105,10 @@ pub fn spec() -> Value {
                 "delete": op("Delete a flow (its messages stay in the broker)", &["flow"], None, &["403", "404"]),
             },
             "/v1/flows/{flow}/dead-letters": {
-                "get": op("Dead-letter envelopes of a flow", &["flow", "limit"], None, &["400", "403", "404", "503"]),
+                "get": op("A flow's dead letters (only this flow's; each verified or unverified)", &["flow", "limit"], None, &["400", "403", "404", "503"]),
             },
             "/v1/flows/{flow}/dead-letters/replay": {
-                "post": op("Publish dead letters back to the flow's topic and remove them", &["flow"], Some(schema("Replay")), &["400", "403", "404", "503"]),
+                "post": op("Publish dead letters back to the flow's topic and remove them", &["flow"], Some(schema("Replay")), &["400", "403", "404", "409", "503"]),
             },
             "/v1/messages": {
                 "post": op("Publish messages to a topic", &[], Some(schema("SendMessages")), &["400", "403", "404", "503"]),
@@ -203,7 +203,8 @@ pub fn spec() -> Value {
                     "properties": {
                         "address": {"type": "string"},
                         "consumers": {"type": "array", "items": {"type": "string"}},
-                        "publishers": {"type": "array", "items": {"type": "string"}}
+                        "publishers": {"type": "array", "items": {"type": "string"}},
+                        "dead_letter_publishers": {"type": "array", "items": {"type": "string"}}
                     },
                     "additionalProperties": false
                 },
@@ -211,7 +212,8 @@ pub fn spec() -> Value {
                     "type": "object", "required": ["algorithm"],
                     "properties": {
                         "algorithm": {"type": "string", "description": "owner/name or owner/*"},
-                        "consume": {"type": "boolean"}, "publish": {"type": "boolean"}
+                        "consume": {"type": "boolean"}, "publish": {"type": "boolean"},
+                        "dead_letter_publish": {"type": "boolean"}
                     },
                     "additionalProperties": false
                 },
@@ -247,7 +249,10 @@ pub fn spec() -> Value {
                 },
                 "Replay": {
                     "type": "object",
-                    "properties": {"id": {"type": "string", "nullable": true}},
+                    "properties": {
+                        "id": {"type": "string", "nullable": true},
+                        "include_unverified": {"type": "boolean", "description": "admin token only"}
+                    },
                     "additionalProperties": false
                 },
                 "SendMessages": {

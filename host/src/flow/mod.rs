@@ -44,6 +44,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The algorithms' secrets, by `owner/name`, mirrored from `state`.
     pub secrets: RwLock<HashMap<String, Vec<(String, String)>>>,
+    /// Signs the dead letters this router writes, and verifies them on read.
+    pub dead_letter_key: envelope::DeadLetterKey,
 }
 
 impl Services {

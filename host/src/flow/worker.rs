@@ -7,13 +7,13 @@ use std::sync::atomic::AtomicU32;
 use std::time::{Duration, SystemTime};
 
 use crate::config::FlowSpec;
-use crate::connector::{Delivery, Settle};
+use crate::connector::{Delivery, PublishError, Settle};
 use crate::message::{InboundMessage, OutboundMessage, set_header};
 use crate::metrics::{FlowLabels, FlowOnly, ReasonLabels};
 use crate::sandbox::{Algorithm, Failure, Invocation, Reason};
 use crate::state::{FailureHistory, FailureRecord};
 
-use super::envelope::{Envelope, SourceInfo};
+use super::envelope::{Envelope, SourceInfo, counted_size};
 use super::retry::{MAX_DELAY, backoff};
 use super::topology::{FlowResolver, Topology, TopologyHandle};
 use super::trace::TraceContext;
@@ -440,15 +440,11 @@ impl Worker {
             last.clone(),
         );
         let topology = self.topology.current();
-        let published = match topology.topic(&self.spec.broker, dlq) {
-            Some(topic) => topology
-                .publish(&Topology::key(topic), vec![envelope.to_message()])
-                .await
-                .map_err(|e| format!("{e:#}")),
-            None => Err(format!("dead-letter topic {dlq:?} is not declared")),
-        };
-        match published {
-            Ok(()) => {
+        match self
+            .write_dead_letter(&topology, dlq, message, &envelope)
+            .await
+        {
+            Ok(payload_truncated) => {
                 tracing::warn!(
                     flow = %self.flow,
                     message_id = %message.id,
@@ -456,7 +452,13 @@ impl Worker {
                     attempt = message.attempt,
                     reason = %last.reason,
                     dead_letter_topic = %dlq,
-                    "Message dead-lettered."
+                    payload_truncated,
+                    "Message dead-lettered{}.",
+                    if payload_truncated {
+                        " with its payload truncated to fit the dead-letter topic"
+                    } else {
+                        ""
+                    }
                 );
                 metrics.dead_lettered.get_or_create(&reason_labels).inc();
                 self.status.dead_lettered();
@@ -464,7 +466,30 @@ impl Worker {
                     self.forget(&message.id).await;
                 }
             }
-            Err(e) => {
+            Err(DeadLetterFailure::Permanent(e)) => {
+                // Retrying cannot make it fit: settle it rather than
+                // redeliver it forever, and say so once.
+                tracing::error!(
+                    flow = %self.flow,
+                    message_id = %message.id,
+                    algorithm = %algorithm.label(),
+                    attempt = message.attempt,
+                    reason = %last.reason,
+                    dead_letter_topic = %dlq,
+                    error = %e,
+                    "Dropping a message that failed for good: its dead letter cannot be written."
+                );
+                metrics.dropped.get_or_create(&reason_labels).inc();
+                self.status.dropped();
+                self.status.failed(&format!(
+                    "message {} dropped: dead letter cannot be written: {e}",
+                    message.id
+                ));
+                if self.ack(settle, message).await {
+                    self.forget(&message.id).await;
+                }
+            }
+            Err(DeadLetterFailure::Transient(e)) => {
                 // Not acknowledged: it comes back, and goes straight to the
                 // dead-letter topic then.
                 let delay = backoff(&self.spec.retry, message.attempt);
@@ -480,6 +505,58 @@ impl Worker {
                     .failed(&format!("dead-letter publish failed: {e}"));
                 self.retry(settle, message, delay).await;
             }
+        }
+    }
+
+    /// Publishes `envelope`, signed, to the dead-letter topic `dlq`. When
+    /// it is over the topic's message size limit (the connector's
+    /// `max_payload_bytes`, or a too-large refusal), publishes it once more
+    /// with the payload truncated to fit. Returns whether it was truncated.
+    async fn write_dead_letter(
+        &self,
+        topology: &Topology,
+        dlq: &str,
+        message: &InboundMessage,
+        envelope: &Envelope,
+    ) -> Result<bool, DeadLetterFailure> {
+        let Some(topic) = topology.topic(&self.spec.broker, dlq) else {
+            return Err(DeadLetterFailure::Transient(format!(
+                "dead-letter topic {dlq:?} is not declared"
+            )));
+        };
+        let key = Topology::key(topic);
+        let Some((_, broker)) = topology.by_key(&key) else {
+            return Err(DeadLetterFailure::Transient(format!(
+                "broker connection {:?} of the dead-letter topic is not connected",
+                topic.broker
+            )));
+        };
+        let limit = broker.connection.max_payload_bytes();
+        let signer = &self.services.dead_letter_key;
+        let whole = envelope.to_message(signer);
+        let size = counted_size(&whole);
+        // The envelope's own headers are the same once truncated.
+        let overhead = size - whole.payload.len();
+        let too_large = if size <= limit {
+            match topology.publish(&key, vec![whole]).await {
+                Ok(()) => return Ok(false),
+                Err(e @ PublishError::TooLarge { .. }) => e.to_string(),
+                Err(e) => return Err(DeadLetterFailure::Transient(format!("{e:#}"))),
+            }
+        } else {
+            format!("the envelope of {size} bytes is over the topic's limit of {limit} bytes")
+        };
+        let Some(cut) = envelope.truncated(&message.payload, limit.saturating_sub(overhead)) else {
+            return Err(DeadLetterFailure::Permanent(format!(
+                "{too_large}, and it does not fit even without its payload and headers"
+            )));
+        };
+        match topology.publish(&key, vec![cut.to_message(signer)]).await {
+            Ok(()) => Ok(true),
+            Err(e @ PublishError::TooLarge { .. }) => Err(DeadLetterFailure::Permanent(format!(
+                "{too_large}; with the payload truncated: {e}"
+            ))),
+            Err(e) => Err(DeadLetterFailure::Transient(format!("{e:#}"))),
         }
     }
 
@@ -567,6 +644,17 @@ impl Worker {
             })
             .inc();
     }
+}
+
+/// Why a dead letter could not be written.
+enum DeadLetterFailure {
+    /// Retrying cannot help (too large even with the payload truncated): the
+    /// message is dropped with an error log.
+    Permanent(String),
+    /// The broker did not take it, the topic is not declared or does not
+    /// exist (yet): the message stays on its topic and is retried with the
+    /// flow's backoff, so nothing is lost while an operator fixes it.
+    Transient(String),
 }
 
 /// Runs `work`, extending the delivery's lease on the broker's heartbeat

@@ -28,7 +28,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx};
 
-pub use failure::{Failure, Reason};
+pub use failure::{Failure, MAX_DETAIL_BYTES, Reason, cap_detail};
 pub use host::LimitTrap;
 
 use crate::config::{Limits, SandboxConfig};
@@ -551,9 +551,8 @@ fn check_output(output: Option<Vec<u8>>, limits: &Limits) -> Result<Option<Vec<u
 fn guest_failure(failure: WitFailure) -> Failure {
     match failure {
         WitFailure::Retry(r) => Failure {
-            reason: Reason::GuestRetry,
-            detail: r.reason,
             retry_after: Some(Duration::from_millis(r.delay_ms)),
+            ..Failure::new(Reason::GuestRetry, r.reason)
         },
         WitFailure::Reject(why) => Failure::new(Reason::GuestReject, why),
     }
