@@ -328,7 +328,7 @@ impl DeadLetterKey {
                 {
                     tracing::warn!(
                         path = %path.display(),
-                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        mode = %format!("{:o}", meta.permissions().mode() & 0o777),
                         "The dead-letter key is readable by others than its owner: whoever reads it can forge dead letters (chmod 600)."
                     );
                 }
