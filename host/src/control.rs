@@ -246,9 +246,41 @@ impl ControlPlane {
         Ok(declarations)
     }
 
-    /// Replaces all declarations (`eventflow apply -f`).
+    /// Replaces all declarations (`eventflow apply -f`). A broker connection
+    /// whose name exists with other settings is refused (409) before
+    /// anything is opened: connections are never edited in place, since the
+    /// old one still holds its store and its flows' leases.
     pub async fn apply(&self, role: &Role, d: Declarations) -> Result<Declarations, ControlError> {
         role.require_admin()?;
+        let current = self.declarations();
+        let mut candidate = self.router.config().with_declarations(d.clone());
+        config::validate(&mut candidate).map_err(|(field, message)| {
+            ControlError::BadRequest(format!(
+                "{}: {message}",
+                describe(&field, &candidate.declarations())
+            ))
+        })?;
+        for b in &d.brokers {
+            match current.brokers.iter().find(|c| c.name() == b.name()) {
+                Some(existing) if existing != b => {
+                    return Err(ControlError::Conflict(format!(
+                        "connection {:?} cannot be edited: create a new one with another name and move the topics",
+                        b.name()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let state = self.router.services().state.clone();
+                    let spec = b.clone();
+                    tokio::task::spawn_blocking(move || check_credentials(&spec, &state))
+                        .await
+                        .map_err(|e| ControlError::Unavailable(e.to_string()))?
+                        .map_err(|(field, m)| {
+                            ControlError::BadRequest(format!("broker {:?}.{field}: {m}", b.name()))
+                        })?;
+                }
+            }
+        }
         self.change(move |current| {
             *current = d;
             Ok(())
@@ -267,16 +299,25 @@ impl ControlPlane {
             .and_then(Value::as_str)
             .ok_or_else(|| ControlError::BadRequest("name: missing".into()))?
             .to_string();
-        if !config::is_valid_name(&name) {
-            return Err(ControlError::BadRequest(format!(
-                "name: {name:?} may only use letters, digits, '_', '-' and '.'"
-            )));
-        }
+        config::check_name(&name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))?;
         if self.declarations().brokers.iter().any(|b| b.name() == name) {
             return Err(ControlError::Conflict(format!(
                 "a broker connection named {name:?} exists; connections are never edited: create one under a new name and delete the old one"
             )));
         }
+        // The credentials are checked as given (inline values included),
+        // before anything is stored or opened, so a malformed one is a 400
+        // that names the part, not a failed connect.
+        let given: BrokerSpec = serde_json::from_value(spec.clone())
+            .map_err(|e| ControlError::BadRequest(format!("broker connection: {e}")))?;
+        given
+            .validate()
+            .map_err(|(field, m)| ControlError::BadRequest(format!("{field}: {m}")))?;
+        let state = self.router.services().state.clone();
+        tokio::task::spawn_blocking(move || check_credentials(&given, &state))
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .map_err(|(field, m)| ControlError::BadRequest(format!("{field}: {m}")))?;
         let mut inline = Vec::new();
         store_inline_secrets(&mut spec, &format!("broker.{name}"), &mut inline);
         let parsed: BrokerSpec = serde_json::from_value(spec)
@@ -813,6 +854,7 @@ impl ControlPlane {
         key: &str,
         value: String,
     ) -> Result<(), ControlError> {
+        check_algorithm(owner, name)?;
         role.require_owner(owner)?;
         check_variable(key)?;
         let (alg, k) = (format!("{owner}/{name}"), key.to_string());
@@ -828,6 +870,7 @@ impl ControlPlane {
         owner: &str,
         name: &str,
     ) -> Result<Vec<String>, ControlError> {
+        check_algorithm(owner, name)?;
         role.require_owner(owner)?;
         let alg = format!("{owner}/{name}");
         let all = self.with_state(|state| state.all_secrets()).await?;
@@ -848,7 +891,9 @@ impl ControlPlane {
         name: &str,
         key: &str,
     ) -> Result<(), ControlError> {
+        check_algorithm(owner, name)?;
         role.require_owner(owner)?;
+        check_variable(key)?;
         let (alg, k) = (format!("{owner}/{name}"), key.to_string());
         let existed = self.secrets_op(move |s| s.delete_secret(&alg, &k)).await?;
         if existed {
@@ -980,16 +1025,50 @@ fn check_grant(g: &str) -> Result<(), ControlError> {
 }
 
 fn check_variable(key: &str) -> Result<(), ControlError> {
-    let ok = !key.is_empty()
-        && key.len() <= 128
-        && !key.starts_with(|c: char| c.is_ascii_digit())
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
+    if config::is_valid_variable(key) {
         Ok(())
     } else {
         Err(ControlError::BadRequest(format!(
-            "secret name {key:?}: use letters, digits and '_', not starting with a digit (it becomes an environment variable)"
+            "key: secret name {}: use 1 to {} letters, digits and '_', not starting with a digit (it becomes an environment variable)",
+            config::quote_name(key),
+            config::MAX_NAME_BYTES
         )))
+    }
+}
+
+/// Checks the two parts of an algorithm named in a request (`owner/name`),
+/// which scope secrets and grants: `ezra/../../test/x` is no algorithm.
+fn check_algorithm(owner: &str, name: &str) -> Result<(), ControlError> {
+    config::check_name(owner).map_err(|m| ControlError::BadRequest(format!("owner: {m}")))?;
+    config::check_name(name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))
+}
+
+/// Resolves and parses the credentials a connection will use, without
+/// connecting: a Service Bus or Event Hubs connection string missing its
+/// `Endpoint`, `SharedAccessKeyName` or `SharedAccessKey`, or a reference
+/// that does not resolve, is the caller's mistake. Returns the field and why.
+fn check_credentials(
+    spec: &BrokerSpec,
+    state: &crate::state::StateStore,
+) -> Result<(), (String, String)> {
+    match spec {
+        #[cfg(feature = "servicebus")]
+        BrokerSpec::Servicebus(c) => c.check_connection_string(Some(state)),
+        #[cfg(feature = "kafka")]
+        BrokerSpec::Eventhubs(c) => {
+            let field = || "connection_string".to_string();
+            let secret = c
+                .connection_string
+                .resolve(Some(state))
+                .map_err(|e| (field(), format!("{e:#}")))?;
+            c.client_properties(&secret)
+                .map(|_| ())
+                .map_err(|m| (field(), m))
+        }
+        _ => {
+            let _ = state;
+            Ok(())
+        }
     }
 }
 
