@@ -868,6 +868,11 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                         t["publishers"]
                     );
                 }
+                if let Some(why) = answer["listing_error"].as_str() {
+                    println!(
+                        "{b}: only declared topics shown; the broker refused to list its own: {why}"
+                    );
+                }
             }
         }
         TopicsCommand::Declare {

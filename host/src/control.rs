@@ -453,8 +453,13 @@ impl ControlPlane {
 
     // ----- topics and grants -----
 
-    /// Declared topics of a broker, and those the broker lists.
-    pub async fn list_topics(&self, broker: &str) -> Result<Vec<Value>, ControlError> {
+    /// Declared topics of a broker, and those the broker lists. The second
+    /// value says why the broker's own list is missing when the broker
+    /// refused to give it (SQS without `ListQueues`, say).
+    pub async fn list_topics(
+        &self,
+        broker: &str,
+    ) -> Result<(Vec<Value>, Option<String>), ControlError> {
         let topology = self.router.topology();
         let connection = topology
             .brokers
@@ -495,10 +500,12 @@ impl ControlPlane {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(broker = %broker, error = %format!("{e:#}"), "Cannot list the broker's topics.");
+                let why = format!("{e:#}");
+                tracing::warn!(broker = %broker, error = %why, "Cannot list the broker's topics.");
+                return Ok((out, Some(why)));
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Declares a topic, or replaces its address and access lists.

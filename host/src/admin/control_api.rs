@@ -99,8 +99,9 @@ pub(super) async fn list_topics(
     UrlPath(broker): UrlPath<String>,
 ) -> ApiResult {
     caller.require_admin()?;
+    let (topics, listing_error) = state.control.list_topics(&broker).await?;
     Ok(Json(
-        json!({ "topics": state.control.list_topics(&broker).await? }),
+        json!({ "topics": topics, "listing_error": listing_error }),
     ))
 }
 

@@ -83,7 +83,7 @@ pub fn spec() -> Value {
                 "delete": op("Delete a broker connection (refused while flows use it, unless force)", &["broker", "force"], None, &["403", "404", "409"]),
             },
             "/v1/brokers/{broker}/topics": {
-                "get": op("Topics of a broker: declared ones and those the broker lists", &["broker"], None, &["403", "404"]),
+                "get": op("Topics of a broker: declared ones and those the broker lists; listing_error says why the broker's own list is missing when it refused", &["broker"], None, &["403", "404"]),
             },
             "/v1/brokers/{broker}/topics/{topic}": {
                 "put": op("Declare a topic or replace its access lists", &["broker", "topic"], Some(schema("DeclareTopic")), &["400", "403", "404"]),
