@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
-use crate::control::Role;
+use crate::control::{Action, Role};
 use crate::flow::envelope::Envelope;
 use crate::message::OutboundMessage;
 use crate::router::Router;
@@ -65,7 +65,6 @@ pub(super) async fn send_message(
     caller: Caller,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult {
-    caller.require_admin()?;
     let single = MessageBody {
         payload: req.payload,
         payload_base64: req.payload_base64,
@@ -109,6 +108,7 @@ pub(super) async fn send_message(
             )));
         }
     };
+    caller.0.authorize(Action::Send(topic))?;
     let key = crate::flow::Topology::key(topic);
     let count = messages.len();
     topology
@@ -126,7 +126,7 @@ pub(super) async fn peek_topic(
     UrlPath((broker, topic)): UrlPath<(String, String)>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    caller.require_admin()?;
+    caller.0.authorize(Action::PeekTopic)?;
     let topology = state.router.topology();
     let spec = topology
         .topics
@@ -177,14 +177,7 @@ fn dead_letter_topic(
         .find(|f| f.name == flow)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no flow named {flow:?}")))?;
-    if let Role::Owner(o) = role
-        && *o != spec.algorithm.owner
-    {
-        return Err(ApiError::forbidden(format!(
-            "the token of owner {o:?} cannot manage flows of {:?}",
-            spec.algorithm.owner
-        )));
-    }
+    role.authorize(Action::DeadLetters(&spec.algorithm.owner))?;
     let dlq = spec
         .dead_letter_topic
         .clone()

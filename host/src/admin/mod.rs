@@ -3,8 +3,9 @@
 //! JSON under versioned paths (`/v1/...`), bearer-token authenticated: the
 //! admin token (generated at first start, `<state_dir>/admin.token`, mode
 //! 0600) can do everything; owner-scoped tokens (created with
-//! `POST /v1/tokens`) only manage the flows and secrets of their owner's
-//! algorithms. `/metrics`, `/healthz`, `/readyz` and `/v1/openapi.json` are
+//! `POST /v1/tokens`) only manage their owner's algorithms' flows, dead
+//! letters and secrets and send to topics those algorithms consume
+//! ([`crate::control::Role::authorize`] decides every call). `/metrics`, `/healthz`, `/readyz` and `/v1/openapi.json` are
 //! open. Errors are JSON `{"error": "..."}`: 400 for bad input, 401 without a
 //! valid token, 403 for a token that may not, 404, 409 for conflicts.
 
@@ -41,9 +42,6 @@ pub struct ApiError(pub StatusCode, pub String);
 impl ApiError {
     fn bad_request(m: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, m.into())
-    }
-    fn forbidden(m: impl Into<String>) -> Self {
-        Self(StatusCode::FORBIDDEN, m.into())
     }
     fn not_found(m: impl Into<String>) -> Self {
         Self(StatusCode::NOT_FOUND, m.into())
@@ -110,17 +108,6 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> 
 /// The caller's role, put in the request by the authentication layer.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Role);
-
-impl Caller {
-    fn require_admin(&self) -> Result<(), ApiError> {
-        match &self.0 {
-            Role::Admin => Ok(()),
-            Role::Owner(o) => Err(ApiError::forbidden(format!(
-                "the token of owner {o:?} cannot do this: it needs the admin token"
-            ))),
-        }
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
