@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
-use crate::control::Role;
+use crate::control::{Action, Role};
 use crate::flow::envelope::Envelope;
 use crate::message::OutboundMessage;
 use crate::router::Router;
@@ -77,7 +77,6 @@ pub(super) async fn send_message(
     caller: Caller,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult {
-    caller.require_admin()?;
     crate::config::check_name(&req.topic)
         .map_err(|m| ApiError::bad_request(format!("topic: {m}")))?;
     if let Some(b) = &req.broker {
@@ -132,6 +131,7 @@ pub(super) async fn send_message(
             )));
         }
     };
+    caller.0.authorize(Action::Send(topic))?;
     let key = crate::flow::Topology::key(topic);
     let limit = topology
         .brokers
@@ -178,7 +178,7 @@ pub(super) async fn peek_topic(
     UrlPath((broker, topic)): UrlPath<(String, String)>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    caller.require_admin()?;
+    caller.0.authorize(Action::PeekTopic)?;
     let limit = q.limit.unwrap_or(DEFAULT_PEEK_MESSAGES);
     if limit > MAX_PEEK_MESSAGES {
         return Err(ApiError::bad_request(format!(
@@ -244,14 +244,7 @@ fn dead_letter_topic(
         .find(|f| f.name == flow)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no flow named {flow:?}")))?;
-    if let Role::Owner(o) = role
-        && *o != spec.algorithm.owner
-    {
-        return Err(ApiError::forbidden(format!(
-            "the token of owner {o:?} cannot manage flows of {:?}",
-            spec.algorithm.owner
-        )));
-    }
+    role.authorize(Action::DeadLetters(&spec.algorithm.owner))?;
     let dlq = spec
         .dead_letter_topic
         .clone()

@@ -3,12 +3,14 @@
 //! JSON under versioned paths (`/v1/...`), bearer-token authenticated: the
 //! admin token (generated at first start, `<state_dir>/admin.token`, mode
 //! 0600) can do everything; owner-scoped tokens (created with
-//! `POST /v1/tokens`) only manage the flows and secrets of their owner's
-//! algorithms. `/metrics`, `/healthz`, `/readyz` and `/v1/openapi.json` are
-//! open. Errors are JSON `{"error": "..."}`: 400 for bad input (a name in the
-//! path or body that is not a valid name included), 401 without a valid
-//! token, 403 for a token that may not, 404, 409 for conflicts, 413 for a
-//! body over [`MAX_BODY_BYTES`] or a message over its broker's limit.
+//! `POST /v1/tokens`) only manage their owner's algorithms' flows, dead
+//! letters and secrets and send to topics those algorithms consume
+//! ([`crate::control::Role::authorize`] decides every call). `/metrics`,
+//! `/healthz`, `/readyz` and `/v1/openapi.json` are open. Errors are JSON
+//! `{"error": "..."}`: 400 for bad input (a name in the path or body that is
+//! not a valid name included), 401 without a valid token, 403 for a token
+//! that may not, 404, 409 for conflicts, 413 for a body over
+//! [`MAX_BODY_BYTES`] or a message over its broker's limit.
 
 pub mod auth;
 pub mod client;
@@ -45,9 +47,6 @@ pub struct ApiError(pub StatusCode, pub String);
 impl ApiError {
     fn bad_request(m: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, m.into())
-    }
-    fn forbidden(m: impl Into<String>) -> Self {
-        Self(StatusCode::FORBIDDEN, m.into())
     }
     fn not_found(m: impl Into<String>) -> Self {
         Self(StatusCode::NOT_FOUND, m.into())
@@ -126,17 +125,6 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> 
 /// The caller's role, put in the request by the authentication layer.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Role);
-
-impl Caller {
-    fn require_admin(&self) -> Result<(), ApiError> {
-        match &self.0 {
-            Role::Admin => Ok(()),
-            Role::Owner(o) => Err(ApiError::forbidden(format!(
-                "the token of owner {o:?} cannot do this: it needs the admin token"
-            ))),
-        }
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;

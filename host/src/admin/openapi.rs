@@ -86,7 +86,7 @@ pub fn spec() -> Value {
                 "get": op("Topics of a broker: declared ones and those the broker lists; listing_error says why the broker's own list is missing when it refused", &["broker"], None, &["403", "404"]),
             },
             "/v1/brokers/{broker}/topics/{topic}": {
-                "put": op("Declare a topic or replace its access lists", &["broker", "topic"], Some(schema("DeclareTopic")), &["400", "403", "404"]),
+                "put": op("Declare a topic, or change the given fields of a declared one (omitted fields keep their values)", &["broker", "topic"], Some(schema("DeclareTopic")), &["400", "403", "404"]),
                 "delete": op("Delete a topic declaration (refused while flows use it, unless force)", &["broker", "topic", "force"], None, &["403", "404", "409"]),
             },
             "/v1/brokers/{broker}/topics/{topic}/grants": {
@@ -113,7 +113,7 @@ pub fn spec() -> Value {
                 "post": op("Enable a topic for an algorithm version (creates or re-enables a flow)", &[], Some(schema("EnableFlow")), &["400", "403", "409"]),
             },
             "/v1/flows/{flow}": {
-                "get": op("A flow", &["flow"], None, &["404"]),
+                "get": op("A flow", &["flow"], None, &["403", "404"]),
                 "patch": op("Edit a flow's version, dead-letter topic, limits or state", &["flow"], Some(schema("EditFlow")), &["400", "403", "404"]),
                 "delete": op("Delete a flow (its messages stay in the broker)", &["flow"], None, &["403", "404"]),
             },
@@ -127,7 +127,7 @@ pub fn spec() -> Value {
                 "post": op("Publish messages to a topic: at most 1000 per request, each within its broker's payload limit (413 above it); the whole body at most 24 MiB (413 above it)", &[], Some(schema("SendMessages")), &["400", "403", "404", "503"]),
             },
             "/v1/plugins": {
-                "get": op("Loaded algorithm versions", &[], None, &[]),
+                "get": op("Loaded algorithm versions (an owner-scoped token sees its owner's)", &[], None, &[]),
             },
             "/v1/tokens": {
                 "get": op("Owner-scoped tokens (without the tokens)", &[], None, &["403"]),
@@ -214,8 +214,9 @@ pub fn spec() -> Value {
                 },
                 "DeclareTopic": {
                     "type": "object",
+                    "description": "For a declared topic, omitted fields keep their values; null removes the address, [] empties a list",
                     "properties": {
-                        "address": {"type": "string"},
+                        "address": {"type": "string", "nullable": true},
                         "consumers": {"type": "array", "items": {"type": "string"}},
                         "publishers": {"type": "array", "items": {"type": "string"}}
                     },
@@ -240,7 +241,7 @@ pub fn spec() -> Value {
                         "name": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string", "pattern": name_pattern},
                         "topic": {"type": "string", "pattern": name_pattern},
                         "algorithm": {"type": "string", "description": "owner/name"},
-                        "version": {"type": "string", "description": "a semver version, or latest"},
+                        "version": {"type": "string", "description": "a semver version, or latest; absent keeps an existing flow's version"},
                         "dead_letter_topic": {"type": "string"}, "output_topic": {"type": "string"},
                         "timeout_secs": {"type": "number"}, "max_receives": {"type": "integer", "minimum": 0},
                         "concurrency": {"type": "integer", "minimum": 0}
