@@ -18,7 +18,6 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
 
 pub use config::SqsConfig;
 
@@ -36,10 +35,23 @@ pub struct SqsConnection {
     config: SqsConfig,
 }
 
-/// Formats an SDK error with its whole chain (the SDK's own `Display` says
-/// little more than "service error").
+/// Formats an SDK error with its whole chain of causes (the SDK's own
+/// `Display` says little more than "service error"), on one line. Not the
+/// SDK's `DisplayErrorContext`: it appends the error's `Debug` form, raw
+/// HTTP response, headers and body included, to every message.
 pub(crate) fn sdk_error<E: std::error::Error>(e: E) -> String {
-    DisplayErrorContext(e).to_string()
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Wrappers often repeat their cause's text; say it once.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 impl SqsConnection {
