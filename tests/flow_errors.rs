@@ -40,9 +40,11 @@ fn a_missing_dead_letter_queue_is_logged_a_few_times_an_interval_with_a_count() 
     // Every message fails, cannot be dead-lettered and comes back, again
     // and again.
     let started = Instant::now();
-    wait_for("many failed dead-letter publishes", Duration::from_secs(90), || {
-        (router.flow("rejects")["received"].as_u64().unwrap() >= 180).then_some(())
-    });
+    wait_for(
+        "many failed dead-letter publishes",
+        Duration::from_secs(90),
+        || (router.flow("rejects")["received"].as_u64().unwrap() >= 180).then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(12).saturating_sub(started.elapsed()));
     let elapsed = started.elapsed().as_secs_f64();
     let log = router.log();
@@ -59,18 +61,30 @@ fn a_missing_dead_letter_queue_is_logged_a_few_times_an_interval_with_a_count() 
             .filter_map(|f| f.strip_prefix("suppressed="))
             .any(|n| n.parse::<u64>().is_ok_and(|n| n > 0))
     });
-    assert!(counted, "no line counts the repeats:\n{}", errors.join("\n"));
     assert!(
-        router.metrics().contains("eventflow_log_lines_suppressed_total{flow=\"rejects\"}"),
+        counted,
+        "no line counts the repeats:\n{}",
+        errors.join("\n")
+    );
+    assert!(
+        router
+            .metrics()
+            .contains("eventflow_log_lines_suppressed_total{flow=\"rejects\"}"),
         "no suppressed-lines metric"
     );
 
     // The flow's last error is one short line that still says what is
     // wrong (it alternates with the algorithm's rejections).
-    let last = wait_for("the dead-letter error as the last error", Duration::from_secs(30), || {
-        let last = router.flow("rejects")["last_error"][1].as_str()?.to_string();
-        last.contains("dead-letter").then_some(last)
-    });
+    let last = wait_for(
+        "the dead-letter error as the last error",
+        Duration::from_secs(30),
+        || {
+            let last = router.flow("rejects")["last_error"][1]
+                .as_str()?
+                .to_string();
+            last.contains("dead-letter").then_some(last)
+        },
+    );
     assert!(!last.contains('\n') && !last.contains('\r'), "{last:?}");
     assert!(last.chars().count() <= 300, "{} chars: {last}", last.len());
     assert!(last.contains("no-such-dlq"), "{last}");

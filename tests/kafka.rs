@@ -325,7 +325,9 @@ fn a_flow_without_partitions_says_so_in_status_and_readiness() {
         "{body}"
     );
     assert!(
-        router.cli_ok(&["status"]).contains("waiting_for_partitions"),
+        router
+            .cli_ok(&["status"])
+            .contains("waiting_for_partitions"),
         "{}",
         router.cli_ok(&["status"])
     );

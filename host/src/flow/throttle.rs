@@ -145,7 +145,10 @@ mod tests {
         let counter = Counter::default();
         let t = LogThrottle::new(Duration::from_millis(200), counter.clone());
         let what = "Could not publish to the dead-letter topic";
-        assert_eq!(t.admit(Level::ERROR, what, "queue q does not exist"), Some(0));
+        assert_eq!(
+            t.admit(Level::ERROR, what, "queue q does not exist"),
+            Some(0)
+        );
         for _ in 0..50 {
             assert_eq!(t.admit(Level::ERROR, what, "queue q does not exist"), None);
         }

@@ -16,8 +16,8 @@ use crate::sandbox::{Algorithm, Failure, Invocation, Reason};
 use crate::state::{FailureHistory, FailureRecord};
 
 use super::envelope::{Envelope, SourceInfo};
-use super::throttle::LogThrottle;
 use super::retry::{MAX_DELAY, backoff};
+use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
 use super::trace::TraceContext;
 use super::{FlowStatus, Services};
@@ -359,7 +359,11 @@ impl Worker {
         // a broker away), so it is throttled.
         let admitted = match failure.reason {
             Reason::PublishFailed => self
-                .admit(Level::WARN, "Publishing a message's effects failed", &failure.detail)
+                .admit(
+                    Level::WARN,
+                    "Publishing a message's effects failed",
+                    &failure.detail,
+                )
                 .map(Some),
             _ => Some(None),
         };

@@ -35,9 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ATTEMPT_HEADER, MESSAGE_ID_HEADER, Producers, client_config};
 use crate::config::TopicSpec;
-use crate::connector::{
-    Assignment, Delivery, PartitionAssignment, Settle, Source, SourceOptions,
-};
+use crate::connector::{Assignment, Delivery, PartitionAssignment, Settle, Source, SourceOptions};
 use crate::message::{InboundMessage, from_unix_ms};
 use crate::metrics::PartitionLabels;
 
