@@ -598,6 +598,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     f.name, f.broker, f.topic, f.algorithm
                 );
             }
+            if let Some(warning) = crate::router::pool_oversubscription(&cfg) {
+                println!("warning: {warning}");
+            }
         }
         Command::Send {
             topic,
@@ -1323,8 +1326,15 @@ fn print_status(flows: &Value, ready: &Value) {
             );
         }
     }
+    for f in ready["flows_not_ready"].as_array().into_iter().flatten() {
+        println!(
+            "flow {} not ready: {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["reason"].as_str().unwrap_or("?")
+        );
+    }
     println!(
-        "{:<24} {:<19} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}  LAST ERROR",
+        "{:<24} {:<22} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}  LAST ERROR",
         "FLOW", "STATE", "IN/s", "OK/s", "FAIL/s", "IN-FLIGHT", "DEAD", "DROP"
     );
     for f in flows.as_array().into_iter().flatten() {
@@ -1339,7 +1349,7 @@ fn print_status(flows: &Value, ready: &Value) {
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<24} {:<19} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9} {:>6}  {}",
+            "{:<24} {:<22} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9} {:>6}  {}",
             f["name"].as_str().unwrap_or("?"),
             f["state"].as_str().unwrap_or("?"),
             f["received_per_sec"].as_f64().unwrap_or(0.0),

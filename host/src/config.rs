@@ -356,6 +356,11 @@ pub struct ConsumerOptions {
     /// the invocations themselves one after another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight_per_partition: Option<u32>,
+    /// Kafka: how long the flow's consumer may hold no partition assignment
+    /// (joining its group, or rebalancing after a broker outage) before
+    /// `/readyz` reports the router not ready, in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_grace_secs: Option<u64>,
 }
 
 /// How long to wait before the next attempt of a failed message.
