@@ -732,6 +732,7 @@ impl ControlPlane {
             .name
             .clone()
             .unwrap_or_else(|| format!("{}-{}-{}", algorithm.owner, algorithm.name, req.topic));
+        config::check_name(&name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))?;
         if let Some(existing) = d.flows.iter().find(|f| f.name == name) {
             role.require_owner(&existing.algorithm.owner)?;
             if existing.algorithm.owner != algorithm.owner
