@@ -1028,6 +1028,7 @@ impl ControlPlane {
             .name
             .clone()
             .unwrap_or_else(|| format!("{}-{}-{}", algorithm.owner, algorithm.name, req.topic));
+        config::check_name(&name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))?;
         let existed = match d.flows.iter().find(|f| f.name == name) {
             Some(existing) => {
                 role.authorize(Action::EnableFlow(&existing.algorithm.owner))?;
