@@ -457,8 +457,9 @@ mod tests {
                 ),
                 "{line:?}"
             );
+            let plain = strip_sgr(line);
             for field in ["flow=", "reason=", "detail=", "error=", "message_id="] {
-                assert!(line.contains(field), "{field} missing: {line:?}");
+                assert!(plain.contains(field), "{field} missing: {line:?}");
             }
         }
     }

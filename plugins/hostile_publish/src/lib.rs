@@ -22,6 +22,7 @@ mod wasi_random {
             package wasi:random@0.2.0;
             interface random {
                 get-random-bytes: func(len: u64) -> list<u8>;
+                get-random-u64: func() -> u64;
             }
             world hostile {
                 import random;
