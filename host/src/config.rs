@@ -441,6 +441,19 @@ pub struct Limits {
     /// epoch cannot interrupt the host, so host calls carry their own timeout.
     #[serde(default = "default_host_call_timeout_secs")]
     pub host_call_timeout_secs: f64,
+    /// Bytes one invocation may queue with `publish`: payloads, header names
+    /// and header values, summed over all its calls. A publish past it is
+    /// refused with `limit-exceeded`. Default: 4 x `max_output_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publish_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// The effective `max_publish_bytes`.
+    pub fn publish_budget(&self) -> u64 {
+        self.max_publish_bytes
+            .unwrap_or(self.max_output_bytes.saturating_mul(4))
+    }
 }
 
 const fn default_timeout_secs() -> f64 {
@@ -475,6 +488,7 @@ impl Default for Limits {
             max_data_write_bytes: default_max_data_write_bytes(),
             max_input_bytes: default_max_input_bytes(),
             host_call_timeout_secs: default_host_call_timeout_secs(),
+            max_publish_bytes: None,
         }
     }
 }
@@ -509,6 +523,9 @@ pub struct AlgorithmLimits {
     /// Overrides `host_call_timeout_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_call_timeout_secs: Option<f64>,
+    /// Overrides `max_publish_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publish_bytes: Option<u64>,
 }
 
 impl AlgorithmLimits {
@@ -526,6 +543,7 @@ impl AlgorithmLimits {
             host_call_timeout_secs: self
                 .host_call_timeout_secs
                 .unwrap_or(base.host_call_timeout_secs),
+            max_publish_bytes: self.max_publish_bytes.or(base.max_publish_bytes),
         }
     }
 }

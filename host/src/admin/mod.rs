@@ -18,6 +18,7 @@ mod control_api;
 mod health;
 mod messages;
 mod openapi;
+mod runtime;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -156,8 +157,9 @@ pub async fn serve(
     let token = auth::ensure_token(state_dir)?;
     let addr_file = state_dir.join(auth::ADDR_FILE);
     let _ = std::fs::remove_file(&addr_file);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    // Bound here, served on the admin runtime (see `runtime`).
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .with_context(|| format!("cannot listen on {listen} (admin.listen)"))?;
     let addr = listener.local_addr()?;
     let state = AppState {
@@ -240,6 +242,10 @@ pub async fn serve(
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            tokio::runtime::Handle::current(),
+            runtime::on_main_runtime,
         ));
     let app = Http::new()
         .merge(api)
@@ -253,14 +259,19 @@ pub async fn serve(
     std::fs::write(&tmp, addr.to_string())
         .and_then(|_| std::fs::rename(&tmp, &addr_file))
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+    runtime::spawn(async move {
+        let served = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "The admin API stopped.");
         }
-    });
+    })?;
     Ok(addr)
 }
 

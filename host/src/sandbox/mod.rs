@@ -390,7 +390,8 @@ impl Sandbox {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .max_random_size(host::MAX_RANDOM_BYTES);
         let state = self.host_state(
             algorithm,
             wasi.build(),
@@ -492,6 +493,9 @@ impl Sandbox {
             data: self.data.clone(),
             resolver,
             published: Vec::new(),
+            published_bytes: 0,
+            max_publish_bytes: limits.publish_budget(),
+            publish_refusals_logged: 0,
             host_calls: 0,
             max_host_calls: limits.max_host_calls,
             data_written: 0,
