@@ -384,6 +384,11 @@ pub struct ConsumerOptions {
     /// the invocations themselves one after another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight_per_partition: Option<u32>,
+    /// Kafka: how long the flow's consumer may hold no partition assignment
+    /// (joining its group, or rebalancing after a broker outage) before
+    /// `/readyz` reports the router not ready, in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_grace_secs: Option<u64>,
 }
 
 /// How long to wait before the next attempt of a failed message.
@@ -464,6 +469,19 @@ pub struct Limits {
     /// epoch cannot interrupt the host, so host calls carry their own timeout.
     #[serde(default = "default_host_call_timeout_secs")]
     pub host_call_timeout_secs: f64,
+    /// Bytes one invocation may queue with `publish`: payloads, header names
+    /// and header values, summed over all its calls. A publish past it is
+    /// refused with `limit-exceeded`. Default: 4 x `max_output_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publish_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// The effective `max_publish_bytes`.
+    pub fn publish_budget(&self) -> u64 {
+        self.max_publish_bytes
+            .unwrap_or(self.max_output_bytes.saturating_mul(4))
+    }
 }
 
 const fn default_timeout_secs() -> f64 {
@@ -498,6 +516,7 @@ impl Default for Limits {
             max_data_write_bytes: default_max_data_write_bytes(),
             max_input_bytes: default_max_input_bytes(),
             host_call_timeout_secs: default_host_call_timeout_secs(),
+            max_publish_bytes: None,
         }
     }
 }
@@ -532,6 +551,9 @@ pub struct AlgorithmLimits {
     /// Overrides `host_call_timeout_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_call_timeout_secs: Option<f64>,
+    /// Overrides `max_publish_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publish_bytes: Option<u64>,
 }
 
 impl AlgorithmLimits {
@@ -549,6 +571,7 @@ impl AlgorithmLimits {
             host_call_timeout_secs: self
                 .host_call_timeout_secs
                 .unwrap_or(base.host_call_timeout_secs),
+            max_publish_bytes: self.max_publish_bytes.or(base.max_publish_bytes),
         }
     }
 }
@@ -580,14 +603,66 @@ impl fmt::Display for AlgorithmRef {
     }
 }
 
-/// Whether `s` can be an owner, algorithm, collection or broker name.
+/// The longest name of anything (owner, algorithm, topic, broker connection,
+/// flow, token id), in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Whether `s` can be the name of an owner, algorithm, collection, topic,
+/// broker connection, flow, router secret or token: 1 to 128 of ASCII letters,
+/// digits, `_`, `-` and `.`, and neither `.` nor `..`. Names become path
+/// segments, file names and URL segments, so nothing else is allowed.
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 128
+        && s.len() <= MAX_NAME_BYTES
         && s != "."
         && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Checks a name with [`is_valid_name`]; the error says what a name may be
+/// and shows the name escaped and shortened (it may hold control characters
+/// or be very long).
+pub fn check_name(s: &str) -> Result<(), String> {
+    if is_valid_name(s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a valid name: use 1 to {MAX_NAME_BYTES} letters, digits, '_', '-' and '.' (not \".\" or \"..\")",
+            quote_name(s)
+        ))
+    }
+}
+
+/// Whether `s` can be the name of an algorithm's secret, which the algorithm
+/// sees as an environment variable: letters, digits and `_`, not starting
+/// with a digit, at most 128 bytes.
+pub fn is_valid_variable(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_BYTES
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `s` quoted with control characters escaped, cut to 64 characters: for
+/// showing a refused name in an error.
+pub fn quote_name(s: &str) -> String {
+    const SHOWN: usize = 64;
+    if s.chars().count() > SHOWN {
+        let head: String = s.chars().take(SHOWN).collect();
+        format!("{head:?}... ({} bytes)", s.len())
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// Checks a reference to a topic: `name`, or `broker:name` for a topic of
+/// another broker connection.
+pub fn check_topic_reference(s: &str) -> Result<(), String> {
+    match s.split_once(':') {
+        Some((broker, name)) => check_name(broker).and_then(|()| check_name(name)),
+        None => check_name(s),
+    }
 }
 
 impl FromStr for AlgorithmRef {
@@ -607,7 +682,9 @@ impl FromStr for AlgorithmRef {
         for (what, value) in [("owner", owner), ("name", name)] {
             if !is_valid_name(value) {
                 return Err(format!(
-                    "\"{s}\": the {what} \"{value}\" may only use letters, digits, '_', '-' and '.'"
+                    "{}: the {what} {} may only use letters, digits, '_', '-' and '.' (1 to {MAX_NAME_BYTES}, not \".\" or \"..\")",
+                    quote_name(s),
+                    quote_name(value)
                 ));
             }
         }
@@ -708,15 +785,7 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     }
     let mut broker_names = HashSet::new();
     for (i, b) in config.brokers.iter().enumerate() {
-        if !is_valid_name(b.name()) {
-            return Err((
-                format!("brokers[{i}].name"),
-                format!(
-                    "\"{}\" may only use letters, digits, '_', '-' and '.'",
-                    b.name()
-                ),
-            ));
-        }
+        check_name(b.name()).map_err(|m| (format!("brokers[{i}].name"), m))?;
         if !broker_names.insert(b.name().to_string()) {
             return Err((
                 format!("brokers[{i}].name"),
@@ -728,11 +797,15 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
         }
         b.validate()
             .map_err(|(f, m)| (format!("brokers[{i}].{f}"), m))?;
-        if let Some(path) = inline_secret(&serde_json::to_value(b).unwrap_or_default(), "") {
+        let spec = serde_json::to_value(b).unwrap_or_default();
+        if let Some(path) = inline_secret(&spec, "") {
             return Err((
                 format!("brokers[{i}]{path}"),
                 "credentials may not be written inline: use { env = \"VAR\" }, { file = \"PATH\" } or { secret = \"NAME\" } (the admin API stores inline values as secrets)".into(),
             ));
+        }
+        if let Some((path, m)) = bad_secret_name(&spec, "") {
+            return Err((format!("brokers[{i}]{path}.secret"), m));
         }
     }
     let only_broker = (config.brokers.len() == 1).then(|| config.brokers[0].name().to_string());
@@ -754,12 +827,13 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     };
     let mut topic_keys: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, t) in config.topics.iter_mut().enumerate() {
+        check_name(&t.name).map_err(|m| (format!("topics[{i}].name"), m))?;
+        if !t.broker.is_empty() {
+            check_name(&t.broker).map_err(|m| (format!("topics[{i}].broker"), m))?;
+        }
         resolve_broker(format!("topics[{i}].broker"), &mut t.broker)?;
-        if t.name.is_empty() || t.name.contains(':') {
-            return Err((
-                format!("topics[{i}].name"),
-                "must be non-empty and may not contain ':'".into(),
-            ));
+        if let Some(address) = &t.address {
+            check_address(address).map_err(|m| (format!("topics[{i}].address"), m))?;
         }
         for (list, grants) in [
             ("consumers", &t.consumers),
@@ -798,14 +872,25 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     let mut flow_names = HashSet::new();
     for (i, f) in config.flows.iter_mut().enumerate() {
         let at = |field: &str| format!("flows[{i}].{field}");
-        if !is_valid_name(&f.name) {
-            return Err((
-                at("name"),
-                format!(
-                    "\"{}\" may only use letters, digits, '_', '-' and '.'",
-                    f.name
-                ),
-            ));
+        check_name(&f.name).map_err(|m| (at("name"), m))?;
+        if !f.broker.is_empty() {
+            check_name(&f.broker).map_err(|m| (at("broker"), m))?;
+        }
+        check_name(&f.topic).map_err(|m| {
+            let hint = if f.topic.contains(':') {
+                " (a flow consumes from its own broker connection: use the plain topic name)"
+            } else {
+                ""
+            };
+            (at("topic"), format!("{m}{hint}"))
+        })?;
+        for (field, target) in [
+            ("output_topic", &f.output_topic),
+            ("dead_letter_topic", &f.dead_letter_topic),
+        ] {
+            if let Some(target) = target {
+                check_topic_reference(target).map_err(|m| (at(field), m))?;
+            }
         }
         if !flow_names.insert(f.name.clone()) {
             return Err((
@@ -851,6 +936,48 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
             .map_err(|(field, m)| (format!("algorithm_limits[{i}].{field}"), m))?;
     }
     Ok(())
+}
+
+/// The broker's own name for a topic (a queue URL, a queue, a Kafka topic)
+/// is the broker's to judge; only what no broker takes is refused here.
+fn check_address(address: &str) -> Result<(), String> {
+    const MAX_ADDRESS_BYTES: usize = 1024;
+    if address.is_empty() {
+        Err("may not be empty (leave it out to use the topic's name)".into())
+    } else if address.len() > MAX_ADDRESS_BYTES {
+        Err(format!(
+            "{} is longer than {MAX_ADDRESS_BYTES} bytes",
+            quote_name(address)
+        ))
+    } else if address.chars().any(char::is_control) {
+        Err(format!(
+            "{} contains control characters",
+            quote_name(address)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The path and error of the first router-secret reference
+/// (`{ secret = NAME }`) in `v` whose name is not a valid name.
+fn bad_secret_name(v: &serde_json::Value, path: &str) -> Option<(String, String)> {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.len() == 1
+                && let Some(serde_json::Value::String(name)) = map.get("secret")
+            {
+                return check_name(name).err().map(|m| (path.to_string(), m));
+            }
+            map.iter()
+                .find_map(|(k, v)| bad_secret_name(v, &format!("{path}.{k}")))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| bad_secret_name(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// The path of the first inline credential (`{ value = ... }`) in `v`.
@@ -1091,6 +1218,78 @@ dead_letter_topic = "dlq"
         let text = GOOD.replace("consumers = [\"ezra/store_file\"]", "consumers = []");
         let e = parse("bad.toml", &text).unwrap_err().to_string();
         assert!(e.contains("no grant to consume"), "{e}");
+    }
+
+    /// Names that would be a path, a dot segment, a control character or a
+    /// very long string, wherever a name goes in a file.
+    #[test]
+    fn names_are_validated_everywhere_a_file_gives_one() {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        for bad in [
+            "..",
+            ".",
+            "a/b",
+            "",
+            "a\\u0000b",
+            "a\\nb",
+            "%2e%2e",
+            "a b",
+            &long,
+        ] {
+            for (from, to, field) in [
+                ("name = \"incoming\"", "name = \"BAD\"", "topics[0].name"),
+                ("name = \"local\"", "name = \"BAD\"", "brokers[0].name"),
+                ("name = \"store\"", "name = \"BAD\"", "flows[0].name"),
+                (
+                    "dead_letter_topic = \"dlq\"",
+                    "dead_letter_topic = \"BAD\"",
+                    "flows[0].dead_letter_topic",
+                ),
+                ("topic = \"incoming\"", "topic = \"BAD\"", "flows[0].topic"),
+            ] {
+                let text = GOOD.replacen(from, &to.replace("BAD", bad), 1);
+                let e = parse("bad.toml", &text).unwrap_err().to_string();
+                assert!(
+                    e.starts_with(&format!("bad.toml: {field}: "))
+                        && e.contains("not a valid name"),
+                    "{bad:?} as {field}: {e}"
+                );
+            }
+        }
+        // A disabled flow is checked too, and so is another broker's topic.
+        let text = GOOD.replace(
+            "dead_letter_topic = \"dlq\"",
+            "dead_letter_topic = \"local:..\"\nenabled = false",
+        );
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("flows[0].dead_letter_topic"), "{e}");
+        let text = GOOD.replace(
+            "kind = \"embedded\"",
+            "kind = \"embedded\"\npath = \"x.redb\"",
+        );
+        assert!(parse("good.toml", &text).is_ok());
+    }
+
+    #[test]
+    fn a_router_secret_reference_must_be_a_name() {
+        let mut c = parse("good.toml", GOOD).unwrap();
+        c.brokers.push(
+            serde_json::from_value(serde_json::json!({
+                "name": "sb", "kind": "servicebus",
+                "connection_string": {"secret": "../other"},
+            }))
+            .unwrap(),
+        );
+        let (field, m) = validate(&mut c).unwrap_err();
+        assert_eq!(field, "brokers[1].connection_string.secret");
+        assert!(m.contains("not a valid name"), "{m}");
+    }
+
+    #[test]
+    fn refused_names_are_shown_escaped_and_short() {
+        let e = check_name(&format!("a\0{}", "y".repeat(500))).unwrap_err();
+        assert!(e.starts_with("\"a\\0yyy"), "{e}");
+        assert!(e.contains("(502 bytes)") && e.len() < 300, "{e}");
     }
 
     #[test]

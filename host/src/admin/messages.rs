@@ -2,12 +2,13 @@
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
-use crate::control::ReplayDeadLetters;
+use crate::control::{Action, ReplayDeadLetters};
 use crate::message::OutboundMessage;
 use crate::router::Router;
 
@@ -42,6 +43,17 @@ impl MessageBody {
     }
 }
 
+/// The most messages one `POST /v1/messages` may carry.
+pub const MAX_SEND_MESSAGES: usize = 1_000;
+
+/// The most messages one peek returns, and how many without `limit`.
+pub const MAX_PEEK_MESSAGES: usize = 1_000;
+const DEFAULT_PEEK_MESSAGES: usize = 10;
+
+/// The payload bytes one peek returns at most: it stops before the message
+/// that would go over (but always returns the first message).
+pub const MAX_PEEK_BYTES: usize = 16 << 20;
+
 /// A message, or a batch of them (`messages`), for one topic.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +76,17 @@ pub(super) async fn send_message(
     caller: Caller,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult {
-    caller.require_admin()?;
+    crate::config::check_name(&req.topic)
+        .map_err(|m| ApiError::bad_request(format!("topic: {m}")))?;
+    if let Some(b) = &req.broker {
+        crate::config::check_name(b).map_err(|m| ApiError::bad_request(format!("broker: {m}")))?;
+    }
+    if req.messages.len() > MAX_SEND_MESSAGES {
+        return Err(ApiError::bad_request(format!(
+            "messages: {} messages in one request; at most {MAX_SEND_MESSAGES} are allowed (send them in several requests)",
+            req.messages.len()
+        )));
+    }
     let single = MessageBody {
         payload: req.payload,
         payload_base64: req.payload_base64,
@@ -119,24 +141,60 @@ pub(super) async fn send_message(
             )));
         }
     };
+    caller.0.authorize(Action::Send(topic))?;
     let key = crate::flow::Topology::key(topic);
+    let limit = topology
+        .brokers
+        .get(&topic.broker)
+        .map(|b| b.connection.max_payload_bytes());
+    if let Some(limit) = limit
+        && let Some((i, m)) = messages
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.payload.len() > limit)
+    {
+        return Err(too_large(&topic.broker, i, m.payload.len(), limit));
+    }
     let count = messages.len();
     topology
         .publish(&key, messages)
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot publish to {key}: {e:#}")))?;
+        .map_err(|e| match e {
+            crate::connector::PublishError::TooLarge { size, limit } => {
+                too_large(&topic.broker, 0, size, limit)
+            }
+            e => ApiError::unavailable(format!("cannot publish to {key}: {e:#}")),
+        })?;
     Ok(Json(json!({ "published": count, "topic": key })))
 }
 
+/// 413 for a message over its broker's size limit, naming the limit.
+fn too_large(broker: &str, index: usize, size: usize, limit: usize) -> ApiError {
+    ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "message {index}: its payload of {size} bytes is larger than broker {broker:?}'s limit of {limit} bytes"
+        ),
+    )
+}
+
 /// Messages of a topic, oldest first, without consuming them (where the
-/// broker can peek).
+/// broker can peek): at most `limit` (default 10, at most
+/// [`MAX_PEEK_MESSAGES`]) and about [`MAX_PEEK_BYTES`] of payload;
+/// `truncated` says the byte limit cut the answer short.
 pub(super) async fn peek_topic(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((broker, topic)): UrlPath<(String, String)>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    caller.require_admin()?;
+    caller.0.authorize(Action::PeekTopic)?;
+    let limit = q.limit.unwrap_or(DEFAULT_PEEK_MESSAGES);
+    if limit > MAX_PEEK_MESSAGES {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is above the maximum of {MAX_PEEK_MESSAGES} messages per peek"
+        )));
+    }
     let topology = state.router.topology();
     let spec = topology
         .topics
@@ -144,8 +202,17 @@ pub(super) async fn peek_topic(
         .find(|t| t.broker == broker && t.name == topic)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no topic {topic:?} on broker {broker:?}")))?;
-    let messages = peek_messages(&state.router, &spec, q.limit.unwrap_or(100)).await?;
-    let out: Vec<Value> = messages
+    let messages = peek_messages(&state.router, &spec, limit).await?;
+    let mut bytes = 0usize;
+    let shown = messages
+        .iter()
+        .take_while(|m| {
+            bytes = bytes.saturating_add(m.payload.len());
+            bytes <= MAX_PEEK_BYTES || bytes == m.payload.len()
+        })
+        .count();
+    let truncated = shown < messages.len();
+    let out: Vec<Value> = messages[..shown]
         .iter()
         .map(|m| {
             let (payload, encoding) = match std::str::from_utf8(&m.payload) {
@@ -165,7 +232,7 @@ pub(super) async fn peek_topic(
             })
         })
         .collect();
-    Ok(Json(json!({ "messages": out })))
+    Ok(Json(json!({ "messages": out, "truncated": truncated })))
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,9 @@
 //!
 //! An [`Algorithm`] holds a pre-linked `InstancePre`; [`Sandbox::invoke`]
 //! instantiates it into a new store (a pooling-allocator slot) for every
-//! message, so no state leaks between messages. Limits: wall-clock timeout by
+//! message, so no state leaks between messages. An invocation first waits
+//! for one of the pool's `max_instances` slots (never failing for want of
+//! one), and holds it until its store is dropped. Limits: wall-clock timeout by
 //! epoch interruption (plus an outer timeout covering host calls), memory by a
 //! store limiter, stack by the engine, optional fuel, output size, host calls
 //! and data bytes. Breaking one is a [`Failure`] with a [`Reason`], never a
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use sha2::Digest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
@@ -45,6 +48,11 @@ const HOST_GRACE: Duration = Duration::from_millis(100);
 /// How much of an algorithm's stderr (a panic message, say) is kept for the
 /// failure detail.
 const STDERR_CAPTURE_BYTES: usize = 4096;
+/// Core module instances, linear memories and tables of the pool per
+/// instance slot, which are also the most one component may use.
+const CORE_INSTANCES_PER_SLOT: u32 = 8;
+const MEMORIES_PER_SLOT: u32 = 2;
+const TABLES_PER_SLOT: u32 = 8;
 
 /// `owner/name/version` of a loaded algorithm.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,8 +166,11 @@ pub struct Outcome {
     /// Messages the algorithm published, by resolver key, to be sent only if
     /// `result` is `Ok`.
     pub published: Vec<(String, OutboundMessage)>,
-    /// Wall-clock time of instantiation and call.
+    /// Wall-clock time of instantiation and call (not counting the wait for
+    /// an instance slot).
     pub duration: Duration,
+    /// Time spent waiting for a free instance slot of the pool.
+    pub slot_wait: Duration,
     /// Peak linear memory, in bytes.
     pub peak_memory_bytes: u64,
     /// Fuel used, when fuel is counted.
@@ -175,6 +186,9 @@ pub struct Sandbox {
     data: Arc<Collections>,
     settings: SandboxConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// One permit per instance slot of the pooling allocator; `None` without
+    /// the pool (instances are then allocated on demand).
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl Drop for Sandbox {
@@ -201,10 +215,17 @@ impl Sandbox {
         if settings.pooling {
             let slots = settings.max_instances;
             let mut pool = PoolingAllocationConfig::new();
+            // The per-component caps are each slot's share of the totals, so
+            // a store holding one slot permit (see `Sandbox::invoke`) always
+            // finds room in every pool; a component that needs more is
+            // rejected when it loads, not when the pool runs out under load.
             pool.total_component_instances(slots)
-                .total_core_instances(slots.saturating_mul(8))
-                .total_memories(slots.saturating_mul(2))
-                .total_tables(slots.saturating_mul(8))
+                .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+                .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
+                .total_memories(slots.saturating_mul(MEMORIES_PER_SLOT))
+                .max_memories_per_component(MEMORIES_PER_SLOT)
+                .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
+                .max_tables_per_component(TABLES_PER_SLOT)
                 .total_stacks(slots)
                 .max_memory_size((settings.max_memory_mib as usize) << 20);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -247,6 +268,9 @@ impl Sandbox {
             data,
             settings: settings.clone(),
             ticker_stop,
+            slots: settings
+                .pooling
+                .then(|| Arc::new(Semaphore::new(settings.max_instances as usize))),
         })
     }
 
@@ -315,8 +339,28 @@ impl Sandbox {
         Ok((component, false))
     }
 
+    /// Waits for a free instance slot of the pool. The permit must outlive
+    /// the store it is taken for: dropping the store frees the slot.
+    async fn instance_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slots = self.slots.as_ref()?;
+        // Never closed: the sandbox owns the semaphore.
+        slots.clone().acquire_owned().await.ok()
+    }
+
     /// Runs `algorithm` on one message in a fresh instance.
+    ///
+    /// When all of the pool's `max_instances` slots are taken, the call
+    /// first waits (in FIFO order across flows) for one to be freed. The
+    /// wait is not the algorithm's doing, so it is neither a failure nor
+    /// part of `timeout`: the timeout starts once the slot is held. (The
+    /// caller keeps the message leased meanwhile.)
     pub async fn invoke(&self, algorithm: &Algorithm, inv: Invocation<'_>) -> Outcome {
+        let waiting = Instant::now();
+        let slot = match &algorithm.code {
+            Code::Wasm(_) => self.instance_slot().await,
+            Code::Native(_) => None,
+        };
+        let slot_wait = waiting.elapsed();
         let started = Instant::now();
         let pre = match &algorithm.code {
             Code::Wasm(pre) => pre,
@@ -329,6 +373,7 @@ impl Sandbox {
                     result,
                     published: Vec::new(),
                     duration: started.elapsed(),
+                    slot_wait,
                     peak_memory_bytes: 0,
                     fuel_used: None,
                 };
@@ -345,7 +390,8 @@ impl Sandbox {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .max_random_size(host::MAX_RANDOM_BYTES);
         let state = self.host_state(
             algorithm,
             wasi.build(),
@@ -401,7 +447,10 @@ impl Sandbox {
             }
         };
         let fuel_used = fuel.and_then(|f| store.get_fuel().ok().map(|left| f - left));
+        // Dropping the store gives its instances back to the pool; only then
+        // may the next invocation have the slot.
         let state = store.into_data();
+        drop(slot);
         Outcome {
             published: if result.is_ok() {
                 state.published
@@ -410,6 +459,7 @@ impl Sandbox {
             },
             result,
             duration: started.elapsed(),
+            slot_wait,
             peak_memory_bytes: state.limiter.peak_memory as u64,
             fuel_used,
         }
@@ -443,6 +493,9 @@ impl Sandbox {
             data: self.data.clone(),
             resolver,
             published: Vec::new(),
+            published_bytes: 0,
+            max_publish_bytes: limits.publish_budget(),
+            publish_refusals_logged: 0,
             host_calls: 0,
             max_host_calls: limits.max_host_calls,
             data_written: 0,
@@ -473,6 +526,7 @@ impl Sandbox {
             anyhow::bail!("a native algorithm has no instance");
         };
         let limits = Limits::default();
+        let _slot = self.instance_slot().await;
         let state = self.host_state(
             algorithm,
             WasiCtx::builder().build(),
