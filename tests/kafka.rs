@@ -288,3 +288,56 @@ fn an_unreachable_bootstrap_server_is_a_clear_error_and_retried() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_flow_without_partitions_says_so_in_status_and_readiness() {
+    let bootstrap = tansu::shared();
+    let (input, out) = (unique("assign-in"), unique("assign-out"));
+    tansu::create_topics(&bootstrap, &[&input, &out], 1);
+    let router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"waits\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\noutput_topic = \"out\"\n[flows.consumer]\ngroup_id = \"{}\"\nassignment_grace_secs = 1\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"examples/echo\"", ""),
+        topic("out", &out, "", "\"examples/echo\""),
+        unique("assign-group"),
+    ));
+    let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
+    let ready = || support::http("GET", &format!("http://{}/readyz", addr.trim()), None, None);
+    // The group join takes a while on tansu: until it completes the flow
+    // holds no partitions, and after the grace the router is not ready.
+    let flow = wait_for("the consumer to be open", Duration::from_secs(10), || {
+        let f = router.flow("waits");
+        f.get("partitions_assigned").is_some().then_some(f)
+    });
+    assert_eq!(flow["partitions_assigned"], 0, "{flow}");
+    assert_eq!(flow["state"], "waiting_for_partitions", "{flow}");
+    let (status, body) = wait_for("readiness to drop", Duration::from_secs(5), || {
+        let r = ready();
+        (r.0 == 503).then_some(r)
+    });
+    assert_eq!(status, 503);
+    assert_eq!(body["flows_not_ready"][0]["name"], "waits", "{body}");
+    assert!(
+        body["flows_not_ready"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no partitions assigned"),
+        "{body}"
+    );
+    assert!(
+        router
+            .cli_ok(&["status"])
+            .contains("waiting_for_partitions"),
+        "{}",
+        router.cli_ok(&["status"])
+    );
+    // Once the group assigns the partition: running, and ready.
+    let flow = wait_for("the partition assignment", JOIN, || {
+        let f = router.flow("waits");
+        (f["partitions_assigned"] == 1).then_some(f)
+    });
+    assert_eq!(flow["state"], "running", "{flow}");
+    assert!(flow.get("unassigned_secs").is_none(), "{flow}");
+    let (status, body) = ready();
+    assert_eq!(status, 200, "{body}");
+}

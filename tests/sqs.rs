@@ -1,9 +1,12 @@
 //! Amazon SQS end to end, against moto's server on loopback: the demo flow,
 //! native and router-side dead-lettering, the visibility heartbeat,
-//! saturation, `kill -9`, and clear errors for a queue that is not there.
+//! saturation, `kill -9`, clear one-line errors for a queue that is not
+//! there, and a router that needs no more than the queue-owner role.
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/sqs_role_proxy.rs"]
+mod sqs_role_proxy;
 mod support;
 
 use std::time::Duration;
@@ -288,6 +291,23 @@ fn kill_9_mid_stream_loses_nothing() {
     });
 }
 
+/// An SQS error as the operator sees it: one line, no SDK debug output (raw
+/// HTTP responses, headers, `SdkBody`).
+fn assert_one_short_line(error: &str) {
+    assert!(!error.contains('\n'), "more than one line: {error}");
+    assert!(error.len() < 600, "{} bytes: {error}", error.len());
+    for dump in [
+        "SdkBody",
+        "headers",
+        "raw:",
+        "ServiceError {",
+        "ErrorMetadata",
+        "DispatchFailure(",
+    ] {
+        assert!(!error.contains(dump), "SDK debug output ({dump}): {error}");
+    }
+}
+
 #[test]
 fn an_unknown_queue_is_a_clear_error_naming_the_connection_and_queue() {
     let moto = Moto::start();
@@ -306,7 +326,19 @@ fn an_unknown_queue_is_a_clear_error_naming_the_connection_and_queue() {
     });
     assert!(error.contains("broker connection \"aws\" (sqs)"), "{error}");
     assert!(error.contains("no-such-queue"), "{error}");
+    assert_one_short_line(&error);
+    assert!(
+        error.contains("does not exist") || error.contains("NonExistentQueue"),
+        "{error}"
+    );
     assert_eq!(router.flow("lost")["state"], "disconnected");
+    // `eventflow status` shows the same single line.
+    let status = router.cli_ok(&["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.contains("no-such-queue"))
+        .unwrap_or_else(|| panic!("status names no queue: {status}"));
+    assert_one_short_line(line);
     assert!(
         router
             .log()
@@ -364,6 +396,7 @@ fn readiness_flips_when_sqs_goes_down_and_back() {
     });
     assert_eq!(status, 503);
     assert_eq!(body["brokers"][0]["state"], "down", "{body}");
+    assert_one_short_line(body["brokers"][0]["error"].as_str().unwrap());
     assert!(
         router
             .metrics()
@@ -373,4 +406,67 @@ fn readiness_flips_when_sqs_goes_down_and_back() {
     wait_for("readiness to return", Duration::from_secs(60), || {
         (ready().0 == 200).then_some(())
     });
+}
+
+#[test]
+fn readiness_and_consuming_need_only_the_queue_owner_role() {
+    // The platform's queue-owner role grants ChangeMessageVisibility,
+    // DeleteMessage, GetQueueAttributes and ReceiveMessage on the consumed
+    // queue (SendMessage on published ones), never ListQueues: a router
+    // that asks for anything else looks not ready, or fails.
+    let moto = Moto::start();
+    let incoming = moto.queue("role-in", &[]);
+    let out = moto.queue("role-out", &[]);
+    let proxy = sqs_role_proxy::RoleProxy::start(&moto.url, sqs_role_proxy::QUEUE_OWNER_ROLE);
+    let broker = moto.broker().replace(&moto.url, &proxy.url);
+    let mut router = Router::configure(
+        &format!(
+            "{broker}\n{}{}[[flows]]\nname = \"role\"\ntopic = \"in\"\nalgorithm = \"examples/echo\"\noutput_topic = \"out\"\n",
+            topic("in", &incoming, "\"examples/echo\"", ""),
+            topic("out", &out, "", "\"examples/echo\""),
+        ),
+        support::Plugins::Shared,
+    );
+    moto::credentials(&mut router);
+    router.launch();
+    let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
+    let ready = || support::http("GET", &format!("http://{}/readyz", addr.trim()), None, None);
+    let (status, body) = wait_for("readiness", Duration::from_secs(30), || {
+        let r = ready();
+        (r.0 == 200).then_some(r)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["brokers"][0]["state"], "connected", "{body}");
+    moto.send(&incoming, &[r#"{"through": "the role"}"#.into()]);
+    let outputs = moto.drain(&out, 1, Duration::from_secs(60));
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].body(), Some(r#"{"through": "the role"}"#));
+    assert_eq!(ready().0, 200);
+    assert!(
+        router.flow("role")["last_error"].is_null(),
+        "{}",
+        router.flow("role")
+    );
+    let seen = proxy.seen();
+    assert!(seen.iter().any(|a| a == "GetQueueAttributes"), "{seen:?}");
+    assert!(seen.iter().any(|a| a == "ReceiveMessage"), "{seen:?}");
+    assert_eq!(
+        proxy.denied(),
+        Vec::<String>::new(),
+        "asked for more than the role: {seen:?}"
+    );
+
+    // `topics list` may ask ListQueues; refused, it lists the declared
+    // topics and says why the broker's own list is missing.
+    let topics = router.cli_ok(&["topics", "list"]);
+    assert!(
+        topics.contains("aws:in") && topics.contains("aws:out"),
+        "{topics}"
+    );
+    let note = topics
+        .lines()
+        .find(|l| l.contains("refused to list"))
+        .unwrap_or_else(|| panic!("topics list does not say the listing was refused: {topics}"));
+    assert!(note.contains("AccessDenied"), "{note}");
+    assert_eq!(proxy.denied(), vec!["ListQueues".to_string()]);
 }

@@ -51,7 +51,8 @@ struct ConfigArg {
     )]
     config: PathBuf,
     /// An API token; the admin token from the state directory by default.
-    /// Owner-scoped tokens manage only their owner's flows and secrets.
+    /// Owner-scoped tokens manage only their owner's algorithms: flows, dead
+    /// letters, secrets, and sending to topics those algorithms consume.
     #[arg(long, env = "EVENTFLOW_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
@@ -219,7 +220,8 @@ enum FlowsCommand {
         config: ConfigArg,
     },
     /// Enables a topic for an algorithm version (creates the flow, or
-    /// re-enables it).
+    /// re-enables it). Re-enabling keeps the flow's version unless
+    /// --version or --latest is given.
     Enable {
         /// `owner/name`.
         #[arg(long)]
@@ -227,9 +229,13 @@ enum FlowsCommand {
         /// The topic to consume.
         #[arg(long)]
         topic: String,
-        /// A version, or `latest` (the default).
-        #[arg(long)]
+        /// A version (or `latest`). Without it an existing flow keeps its
+        /// version and a new flow follows the highest loaded version.
+        #[arg(long, conflicts_with = "latest")]
         version: Option<String>,
+        /// Follow the highest loaded version (also for an existing flow).
+        #[arg(long)]
+        latest: bool,
         /// Where failed messages go.
         #[arg(long)]
         dead_letter_topic: Option<String>,
@@ -248,13 +254,17 @@ enum FlowsCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Edits a flow's version or dead-letter topic.
+    /// Edits a flow's version or dead-letter topic. A version that is not
+    /// loaded is accepted with a warning: the flow waits for it.
     Edit {
         /// The flow.
         name: String,
         /// A version, or `latest`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "latest")]
         version: Option<String>,
+        /// Follow the highest loaded version.
+        #[arg(long)]
+        latest: bool,
         /// A new dead-letter topic.
         #[arg(long, conflicts_with = "no_dead_letter_topic")]
         dead_letter_topic: Option<String>,
@@ -363,7 +373,8 @@ enum TopicsCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Declares a topic (or changes its address).
+    /// Declares a topic, or changes the address of a declared one (its
+    /// access lists are kept; change them with grant and revoke).
     Declare {
         /// The topic's name.
         topic: String,
@@ -385,9 +396,13 @@ enum TopicsCommand {
         /// May consume from it.
         #[arg(long)]
         consume: bool,
-        /// May publish to it (also as output or dead-letter topic).
+        /// May publish to it (also as output topic).
         #[arg(long)]
         publish: bool,
+        /// May publish to it while it is a flow's dead-letter topic
+        /// (`publish` does not cover that: dead letters are the router's).
+        #[arg(long)]
+        dead_letter_publish: bool,
         /// The broker connection.
         #[arg(long)]
         broker: Option<String>,
@@ -406,6 +421,9 @@ enum TopicsCommand {
         /// Revoke publishing.
         #[arg(long)]
         publish: bool,
+        /// Revoke publishing to it as a dead-letter topic.
+        #[arg(long)]
+        dead_letter_publish: bool,
         /// The broker connection.
         #[arg(long)]
         broker: Option<String>,
@@ -476,11 +494,14 @@ enum PluginsCommand {
 
 #[derive(Subcommand, Debug)]
 enum DlqCommand {
-    /// Prints the flow's dead-letter envelopes, one JSON object per line.
+    /// Prints the flow's dead letters, one JSON object per line:
+    /// `{"status": "verified"|"unverified", "dead_letter_id", "envelope"}`.
+    /// Unverified ones were not written by this router (forged, or signed
+    /// with another router's dead-letter key).
     List {
         /// The flow.
         flow: String,
-        /// At most this many.
+        /// Read at most this many messages of the dead-letter topic.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         #[command(flatten)]
@@ -494,6 +515,9 @@ enum DlqCommand {
         /// Only the dead letter of this message id.
         #[arg(long)]
         id: Option<String>,
+        /// Replay unverified envelopes too (admin token only).
+        #[arg(long)]
+        include_unverified: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -606,6 +630,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     f.name, f.broker, f.topic, f.algorithm
                 );
             }
+            if let Some(warning) = crate::router::pool_oversubscription(&cfg) {
+                println!("warning: {warning}");
+            }
         }
         Command::Send {
             topic,
@@ -703,18 +730,38 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     .get(&format!("/v1/flows/{flow}/dead-letters?limit={limit}"))
                     .await?;
                 for letter in answer["dead_letters"].as_array().into_iter().flatten() {
-                    println!("{}", letter["envelope"]);
+                    println!(
+                        "{}",
+                        json!({
+                            "status": letter["status"],
+                            "dead_letter_id": letter["dead_letter_id"],
+                            "envelope": letter["envelope"],
+                        })
+                    );
                 }
             }
-            DlqCommand::Replay { flow, id, config } => {
+            DlqCommand::Replay {
+                flow,
+                id,
+                include_unverified,
+                config,
+            } => {
                 let answer = client(&config)?
                     .post(
                         &format!("/v1/flows/{flow}/dead-letters/replay"),
-                        &json!({ "id": id }),
+                        &json!({ "id": id, "include_unverified": include_unverified }),
                     )
                     .await?;
                 let replayed = answer["replayed"].as_array().map(|a| a.len()).unwrap_or(0);
                 println!("replayed {replayed} dead letters of flow {flow}");
+                for s in answer["skipped"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "skipped dead letter {} (message {}): {}",
+                        s["dead_letter_id"].as_str().unwrap_or("?"),
+                        s["message_id"].as_str().unwrap_or("?"),
+                        s["why"].as_str().unwrap_or("?")
+                    );
+                }
             }
         },
     }
@@ -887,6 +934,11 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                         t["publishers"]
                     );
                 }
+                if let Some(why) = answer["listing_error"].as_str() {
+                    println!(
+                        "{b}: only declared topics shown; the broker refused to list its own: {why}"
+                    );
+                }
             }
         }
         TopicsCommand::Declare {
@@ -898,27 +950,26 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
             let c = client(&config)?;
             let broker = broker_of(&c, &topic, broker).await?;
             let path = format!("/v1/brokers/{broker}/topics/{topic}");
-            // Keep the access lists of an existing declaration.
-            let state = c.get("/v1/state").await?;
-            let existing = state["topics"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|t| t["name"] == topic.as_str() && t["broker"] == broker.as_str())
-                .cloned();
-            let body = json!({
-                "address": address,
-                "consumers": existing.as_ref().map(|t| t["consumers"].clone()).unwrap_or(json!([])),
-                "publishers": existing.as_ref().map(|t| t["publishers"].clone()).unwrap_or(json!([])),
-            });
-            c.put(&path, &body).await?;
-            println!("declared topic {broker}:{topic}");
+            // Only the fields given: the router keeps the others of a
+            // declared topic, so this never wipes an access list.
+            let mut body = serde_json::Map::new();
+            if let Some(a) = address {
+                body.insert("address".into(), json!(a));
+            }
+            let declared = c.put(&path, &Value::Object(body)).await?;
+            println!(
+                "declared topic {broker}:{topic}  address={}  consumers={}  publishers={}",
+                declared["address"].as_str().unwrap_or(&topic),
+                declared["consumers"],
+                declared["publishers"]
+            );
         }
         TopicsCommand::Grant {
             topic,
             algorithm,
             consume,
             publish,
+            dead_letter_publish,
             broker,
             config,
         } => {
@@ -926,7 +977,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                 &config,
                 &topic,
                 &algorithm,
-                (consume, publish),
+                (consume, publish, dead_letter_publish),
                 broker,
                 true,
             )
@@ -937,6 +988,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
             algorithm,
             consume,
             publish,
+            dead_letter_publish,
             broker,
             config,
         } => {
@@ -944,7 +996,7 @@ async fn topics_command(command: TopicsCommand) -> Result<(), Failure> {
                 &config,
                 &topic,
                 &algorithm,
-                (consume, publish),
+                (consume, publish, dead_letter_publish),
                 broker,
                 false,
             )
@@ -992,19 +1044,26 @@ async fn change_grant(
     config: &ConfigArg,
     topic: &str,
     algorithm: &str,
-    (consume, publish): (bool, bool),
+    (consume, publish, dead_letter_publish): (bool, bool, bool),
     broker: Option<String>,
     add: bool,
 ) -> Result<(), Failure> {
-    if !consume && !publish {
-        return Err(anyhow::anyhow!("say what: --consume, --publish or both").into());
+    if !consume && !publish && !dead_letter_publish {
+        return Err(
+            anyhow::anyhow!("say what: --consume, --publish and/or --dead-letter-publish").into(),
+        );
     }
     let c = client(config)?;
     let broker = broker_of(&c, topic, broker).await?;
     let path = if add { "grants" } else { "grants/revoke" };
     c.post(
         &format!("/v1/brokers/{broker}/topics/{topic}/{path}"),
-        &json!({ "algorithm": algorithm, "consume": consume, "publish": publish }),
+        &json!({
+            "algorithm": algorithm,
+            "consume": consume,
+            "publish": publish,
+            "dead_letter_publish": dead_letter_publish,
+        }),
     )
     .await?;
     if add {
@@ -1027,19 +1086,30 @@ async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
                         "TOPIC", "ENABLED", "FLOW", "VERSION"
                     );
                     for t in answer["topics"].as_array().into_iter().flatten() {
-                        let flow = &t["flow"];
-                        println!(
-                            "{:<32} {:<9} {:<24} {:<10} {}",
-                            format!(
-                                "{}:{}",
-                                t["broker"].as_str().unwrap_or("?"),
-                                t["topic"].as_str().unwrap_or("?")
-                            ),
-                            if t["enabled"] == true { "yes" } else { "no" },
-                            flow["name"].as_str().unwrap_or("-"),
-                            flow["version"].as_str().unwrap_or("-"),
-                            flow["dead_letter_topic"].as_str().unwrap_or("-"),
+                        let topic = format!(
+                            "{}:{}",
+                            t["broker"].as_str().unwrap_or("?"),
+                            t["topic"].as_str().unwrap_or("?")
                         );
+                        let flows = t["flows"].as_array().cloned().unwrap_or_default();
+                        if flows.is_empty() {
+                            println!("{topic:<32} {:<9} {:<24} {:<10} -", "no", "-", "-");
+                        }
+                        // Every flow of the algorithm on the topic, one a line.
+                        for flow in &flows {
+                            println!(
+                                "{:<32} {:<9} {:<24} {:<10} {}{}",
+                                topic,
+                                if flow["enabled"] == true { "yes" } else { "no" },
+                                flow["name"].as_str().unwrap_or("-"),
+                                flow["version"].as_str().unwrap_or("-"),
+                                flow["dead_letter_topic"].as_str().unwrap_or("-"),
+                                flow["waiting_for"]
+                                    .as_str()
+                                    .map(|w| format!("  (waiting: {w})"))
+                                    .unwrap_or_default(),
+                            );
+                        }
                     }
                 }
                 None => {
@@ -1054,6 +1124,7 @@ async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
             algorithm,
             topic,
             version,
+            latest,
             dead_letter_topic,
             output_topic,
             name,
@@ -1067,7 +1138,7 @@ async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
                     &json!({
                         "algorithm": algorithm,
                         "topic": topic,
-                        "version": version,
+                        "version": if latest { Some("latest".to_string()) } else { version },
                         "dead_letter_topic": dead_letter_topic,
                         "output_topic": output_topic,
                         "name": name,
@@ -1077,17 +1148,24 @@ async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
                 )
                 .await?;
             println!(
-                "enabled flow {}: {}:{} -> {} {}",
+                "enabled flow {}: {}:{} -> {} {}{}",
                 answer["name"].as_str().unwrap_or("?"),
                 answer["broker"].as_str().unwrap_or("?"),
                 answer["topic"].as_str().unwrap_or("?"),
                 answer["algorithm"].as_str().unwrap_or("?"),
                 answer["version"].as_str().unwrap_or("?"),
+                if answer["version_kept"] == true {
+                    " (the version it had; --version V or --latest changes it)"
+                } else {
+                    ""
+                },
             );
+            print_warnings(&answer);
         }
         FlowsCommand::Edit {
             name,
             version,
+            latest,
             dead_letter_topic,
             no_dead_letter_topic,
             config,
@@ -1096,16 +1174,24 @@ async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
             if let Some(v) = version {
                 edit.insert("version".into(), json!(v));
             }
+            if latest {
+                edit.insert("version".into(), json!("latest"));
+            }
             if let Some(d) = dead_letter_topic {
                 edit.insert("dead_letter_topic".into(), json!(d));
             }
             if no_dead_letter_topic {
                 edit.insert("dead_letter_topic".into(), Value::Null);
             }
-            client(&config)?
+            let answer = client(&config)?
                 .patch(&format!("/v1/flows/{name}"), &Value::Object(edit))
                 .await?;
-            println!("edited flow {name}");
+            println!(
+                "edited flow {name}: {} {}",
+                answer["algorithm"].as_str().unwrap_or("?"),
+                answer["version"].as_str().unwrap_or("?")
+            );
+            print_warnings(&answer);
         }
         FlowsCommand::Disable { name, config } => {
             client(&config)?
@@ -1121,6 +1207,13 @@ async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Prints the `warnings` of an API answer, one `warning: ...` line each.
+fn print_warnings(answer: &Value) {
+    for w in answer["warnings"].as_array().into_iter().flatten() {
+        println!("warning: {}", w.as_str().unwrap_or_default());
+    }
 }
 
 async fn secrets_command(command: SecretsCommand) -> Result<(), Failure> {
@@ -1322,8 +1415,15 @@ fn print_status(flows: &Value, ready: &Value) {
             );
         }
     }
+    for f in ready["flows_not_ready"].as_array().into_iter().flatten() {
+        println!(
+            "flow {} not ready: {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["reason"].as_str().unwrap_or("?")
+        );
+    }
     println!(
-        "{:<24} {:<19} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}  LAST ERROR",
+        "{:<24} {:<22} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}  LAST ERROR",
         "FLOW", "STATE", "IN/s", "OK/s", "FAIL/s", "IN-FLIGHT", "DEAD", "DROP"
     );
     for f in flows.as_array().into_iter().flatten() {
@@ -1338,7 +1438,7 @@ fn print_status(flows: &Value, ready: &Value) {
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<24} {:<19} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9} {:>6}  {}",
+            "{:<24} {:<22} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9} {:>6}  {}",
             f["name"].as_str().unwrap_or("?"),
             f["state"].as_str().unwrap_or("?"),
             f["received_per_sec"].as_f64().unwrap_or(0.0),
@@ -1349,5 +1449,8 @@ fn print_status(flows: &Value, ready: &Value) {
             f["dropped"].as_u64().unwrap_or(0),
             last
         );
+        if let Some(waiting) = f["waiting_for"].as_str() {
+            println!("    waiting: {waiting}");
+        }
     }
 }

@@ -277,9 +277,16 @@ pub struct TopicSpec {
     #[serde(default)]
     pub consumers: Vec<String>,
     /// Algorithms (`owner/name`, or `owner/*`) that may publish to the topic,
-    /// including as a flow's output or dead-letter topic.
+    /// including as a flow's output topic. A flow's dead-letter topic needs
+    /// no grant: the router writes dead letters itself.
     #[serde(default)]
     pub publishers: Vec<String>,
+    /// Algorithms (`owner/name`, or `owner/*`) that may publish to the topic
+    /// (or use it as output topic) while it is some flow's dead-letter topic.
+    /// `publishers` does not cover that: dead letters are the router's to
+    /// write, and what an algorithm publishes there lists as unverified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter_publishers: Vec<String>,
 }
 
 impl TopicSpec {
@@ -297,6 +304,27 @@ impl TopicSpec {
     pub fn may_publish(&self, algorithm: &AlgorithmRef) -> bool {
         grants(&self.publishers, algorithm)
     }
+
+    /// Whether `algorithm` may publish to the topic while it is a flow's
+    /// dead-letter topic.
+    pub fn may_publish_dead_letters(&self, algorithm: &AlgorithmRef) -> bool {
+        grants(&self.dead_letter_publishers, algorithm)
+    }
+
+    /// The canonical key of the topic: `broker:name`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.broker, self.name)
+    }
+}
+
+/// The keys (`broker:name`) of every topic that is some flow's dead-letter
+/// topic, enabled or not (its dead letters stay on the topic either way).
+pub fn dead_letter_topic_keys(flows: &[FlowSpec], topics: &[TopicSpec]) -> HashSet<String> {
+    flows
+        .iter()
+        .filter_map(|f| find_topic(topics, &f.broker, f.dead_letter_topic.as_deref()?))
+        .map(TopicSpec::key)
+        .collect()
 }
 
 fn grants(list: &[String], algorithm: &AlgorithmRef) -> bool {
@@ -378,6 +406,11 @@ pub struct ConsumerOptions {
     /// the invocations themselves one after another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_flight_per_partition: Option<u32>,
+    /// Kafka: how long the flow's consumer may hold no partition assignment
+    /// (joining its group, or rebalancing after a broker outage) before
+    /// `/readyz` reports the router not ready, in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_grace_secs: Option<u64>,
 }
 
 /// How long to wait before the next attempt of a failed message.
@@ -458,6 +491,19 @@ pub struct Limits {
     /// epoch cannot interrupt the host, so host calls carry their own timeout.
     #[serde(default = "default_host_call_timeout_secs")]
     pub host_call_timeout_secs: f64,
+    /// Bytes one invocation may queue with `publish`: payloads, header names
+    /// and header values, summed over all its calls. A publish past it is
+    /// refused with `limit-exceeded`. Default: 4 x `max_output_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publish_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// The effective `max_publish_bytes`.
+    pub fn publish_budget(&self) -> u64 {
+        self.max_publish_bytes
+            .unwrap_or(self.max_output_bytes.saturating_mul(4))
+    }
 }
 
 const fn default_timeout_secs() -> f64 {
@@ -492,6 +538,7 @@ impl Default for Limits {
             max_data_write_bytes: default_max_data_write_bytes(),
             max_input_bytes: default_max_input_bytes(),
             host_call_timeout_secs: default_host_call_timeout_secs(),
+            max_publish_bytes: None,
         }
     }
 }
@@ -526,6 +573,9 @@ pub struct AlgorithmLimits {
     /// Overrides `host_call_timeout_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_call_timeout_secs: Option<f64>,
+    /// Overrides `max_publish_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_publish_bytes: Option<u64>,
 }
 
 impl AlgorithmLimits {
@@ -543,6 +593,7 @@ impl AlgorithmLimits {
             host_call_timeout_secs: self
                 .host_call_timeout_secs
                 .unwrap_or(base.host_call_timeout_secs),
+            max_publish_bytes: self.max_publish_bytes.or(base.max_publish_bytes),
         }
     }
 }
@@ -574,14 +625,66 @@ impl fmt::Display for AlgorithmRef {
     }
 }
 
-/// Whether `s` can be an owner, algorithm, collection or broker name.
+/// The longest name of anything (owner, algorithm, topic, broker connection,
+/// flow, token id), in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Whether `s` can be the name of an owner, algorithm, collection, topic,
+/// broker connection, flow, router secret or token: 1 to 128 of ASCII letters,
+/// digits, `_`, `-` and `.`, and neither `.` nor `..`. Names become path
+/// segments, file names and URL segments, so nothing else is allowed.
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 128
+        && s.len() <= MAX_NAME_BYTES
         && s != "."
         && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Checks a name with [`is_valid_name`]; the error says what a name may be
+/// and shows the name escaped and shortened (it may hold control characters
+/// or be very long).
+pub fn check_name(s: &str) -> Result<(), String> {
+    if is_valid_name(s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a valid name: use 1 to {MAX_NAME_BYTES} letters, digits, '_', '-' and '.' (not \".\" or \"..\")",
+            quote_name(s)
+        ))
+    }
+}
+
+/// Whether `s` can be the name of an algorithm's secret, which the algorithm
+/// sees as an environment variable: letters, digits and `_`, not starting
+/// with a digit, at most 128 bytes.
+pub fn is_valid_variable(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_BYTES
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `s` quoted with control characters escaped, cut to 64 characters: for
+/// showing a refused name in an error.
+pub fn quote_name(s: &str) -> String {
+    const SHOWN: usize = 64;
+    if s.chars().count() > SHOWN {
+        let head: String = s.chars().take(SHOWN).collect();
+        format!("{head:?}... ({} bytes)", s.len())
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// Checks a reference to a topic: `name`, or `broker:name` for a topic of
+/// another broker connection.
+pub fn check_topic_reference(s: &str) -> Result<(), String> {
+    match s.split_once(':') {
+        Some((broker, name)) => check_name(broker).and_then(|()| check_name(name)),
+        None => check_name(s),
+    }
 }
 
 impl FromStr for AlgorithmRef {
@@ -601,7 +704,9 @@ impl FromStr for AlgorithmRef {
         for (what, value) in [("owner", owner), ("name", name)] {
             if !is_valid_name(value) {
                 return Err(format!(
-                    "\"{s}\": the {what} \"{value}\" may only use letters, digits, '_', '-' and '.'"
+                    "{}: the {what} {} may only use letters, digits, '_', '-' and '.' (1 to {MAX_NAME_BYTES}, not \".\" or \"..\")",
+                    quote_name(s),
+                    quote_name(value)
                 ));
             }
         }
@@ -705,15 +810,7 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     }
     let mut broker_names = HashSet::new();
     for (i, b) in config.brokers.iter().enumerate() {
-        if !is_valid_name(b.name()) {
-            return Err((
-                format!("brokers[{i}].name"),
-                format!(
-                    "\"{}\" may only use letters, digits, '_', '-' and '.'",
-                    b.name()
-                ),
-            ));
-        }
+        check_name(b.name()).map_err(|m| (format!("brokers[{i}].name"), m))?;
         if !broker_names.insert(b.name().to_string()) {
             return Err((
                 format!("brokers[{i}].name"),
@@ -725,11 +822,15 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
         }
         b.validate()
             .map_err(|(f, m)| (format!("brokers[{i}].{f}"), m))?;
-        if let Some(path) = inline_secret(&serde_json::to_value(b).unwrap_or_default(), "") {
+        let spec = serde_json::to_value(b).unwrap_or_default();
+        if let Some(path) = inline_secret(&spec, "") {
             return Err((
                 format!("brokers[{i}]{path}"),
                 "credentials may not be written inline: use { env = \"VAR\" }, { file = \"PATH\" } or { secret = \"NAME\" } (the admin API stores inline values as secrets)".into(),
             ));
+        }
+        if let Some((path, m)) = bad_secret_name(&spec, "") {
+            return Err((format!("brokers[{i}]{path}.secret"), m));
         }
     }
     let only_broker = (config.brokers.len() == 1).then(|| config.brokers[0].name().to_string());
@@ -751,14 +852,19 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     };
     let mut topic_keys: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, t) in config.topics.iter_mut().enumerate() {
-        resolve_broker(format!("topics[{i}].broker"), &mut t.broker)?;
-        if t.name.is_empty() || t.name.contains(':') {
-            return Err((
-                format!("topics[{i}].name"),
-                "must be non-empty and may not contain ':'".into(),
-            ));
+        check_name(&t.name).map_err(|m| (format!("topics[{i}].name"), m))?;
+        if !t.broker.is_empty() {
+            check_name(&t.broker).map_err(|m| (format!("topics[{i}].broker"), m))?;
         }
-        for (list, grants) in [("consumers", &t.consumers), ("publishers", &t.publishers)] {
+        resolve_broker(format!("topics[{i}].broker"), &mut t.broker)?;
+        if let Some(address) = &t.address {
+            check_address(address).map_err(|m| (format!("topics[{i}].address"), m))?;
+        }
+        for (list, grants) in [
+            ("consumers", &t.consumers),
+            ("publishers", &t.publishers),
+            ("dead_letter_publishers", &t.dead_letter_publishers),
+        ] {
             for (j, g) in grants.iter().enumerate() {
                 let ok = match g.split_once('/') {
                     Some((owner, name)) => {
@@ -791,14 +897,25 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     let mut flow_names = HashSet::new();
     for (i, f) in config.flows.iter_mut().enumerate() {
         let at = |field: &str| format!("flows[{i}].{field}");
-        if !is_valid_name(&f.name) {
-            return Err((
-                at("name"),
-                format!(
-                    "\"{}\" may only use letters, digits, '_', '-' and '.'",
-                    f.name
-                ),
-            ));
+        check_name(&f.name).map_err(|m| (at("name"), m))?;
+        if !f.broker.is_empty() {
+            check_name(&f.broker).map_err(|m| (at("broker"), m))?;
+        }
+        check_name(&f.topic).map_err(|m| {
+            let hint = if f.topic.contains(':') {
+                " (a flow consumes from its own broker connection: use the plain topic name)"
+            } else {
+                ""
+            };
+            (at("topic"), format!("{m}{hint}"))
+        })?;
+        for (field, target) in [
+            ("output_topic", &f.output_topic),
+            ("dead_letter_topic", &f.dead_letter_topic),
+        ] {
+            if let Some(target) = target {
+                check_topic_reference(target).map_err(|m| (at(field), m))?;
+            }
         }
         if !flow_names.insert(f.name.clone()) {
             return Err((
@@ -808,13 +925,20 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
         }
         if f.enabled {
             resolve_broker(at("broker"), &mut f.broker)?;
-            check_flow(f, &topics).map_err(|(field, m)| (at(&field), m))?;
         } else if f.broker.is_empty() {
             // A disabled flow may point at a connection that is gone; it is
             // checked again when it is enabled.
             if let Some(name) = &only_broker {
                 f.broker = name.clone();
             }
+        }
+    }
+    // With every flow's broker known: which topics are dead-letter topics.
+    let dead_letter_topics = dead_letter_topic_keys(&config.flows, &topics);
+    for (i, f) in config.flows.iter().enumerate() {
+        let at = |field: &str| format!("flows[{i}].{field}");
+        if f.enabled {
+            check_flow(f, &topics, &dead_letter_topics).map_err(|(field, m)| (at(&field), m))?;
         }
         check_timeout(f.timeout_secs).map_err(|m| (at("timeout_secs"), m))?;
         check_limits(&f.limits, &config.sandbox)
@@ -837,6 +961,48 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
             .map_err(|(field, m)| (format!("algorithm_limits[{i}].{field}"), m))?;
     }
     Ok(())
+}
+
+/// The broker's own name for a topic (a queue URL, a queue, a Kafka topic)
+/// is the broker's to judge; only what no broker takes is refused here.
+fn check_address(address: &str) -> Result<(), String> {
+    const MAX_ADDRESS_BYTES: usize = 1024;
+    if address.is_empty() {
+        Err("may not be empty (leave it out to use the topic's name)".into())
+    } else if address.len() > MAX_ADDRESS_BYTES {
+        Err(format!(
+            "{} is longer than {MAX_ADDRESS_BYTES} bytes",
+            quote_name(address)
+        ))
+    } else if address.chars().any(char::is_control) {
+        Err(format!(
+            "{} contains control characters",
+            quote_name(address)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The path and error of the first router-secret reference
+/// (`{ secret = NAME }`) in `v` whose name is not a valid name.
+fn bad_secret_name(v: &serde_json::Value, path: &str) -> Option<(String, String)> {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.len() == 1
+                && let Some(serde_json::Value::String(name)) = map.get("secret")
+            {
+                return check_name(name).err().map(|m| (path.to_string(), m));
+            }
+            map.iter()
+                .find_map(|(k, v)| bad_secret_name(v, &format!("{path}.{k}")))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| bad_secret_name(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// The path of the first inline credential (`{ value = ... }`) in `v`.
@@ -870,8 +1036,13 @@ pub fn find_topic<'a>(
     topics.iter().find(|t| t.broker == broker && t.name == name)
 }
 
-/// Checks one flow against the topics and their access lists.
-pub fn check_flow(f: &FlowSpec, topics: &[TopicSpec]) -> Result<(), FieldError> {
+/// Checks one flow against the topics and their access lists;
+/// `dead_letter_topics` holds the keys of every flow's dead-letter topic.
+pub fn check_flow(
+    f: &FlowSpec,
+    topics: &[TopicSpec],
+    dead_letter_topics: &HashSet<String>,
+) -> Result<(), FieldError> {
     let topic = find_topic(topics, &f.broker, &f.topic).ok_or_else(|| {
         (
             "topic".to_string(),
@@ -908,6 +1079,22 @@ pub fn check_flow(f: &FlowSpec, topics: &[TopicSpec]) -> Result<(), FieldError> 
                 format!("no topic \"{target}\" is declared (add it to [[topics]])"),
             )
         })?;
+        if field == "dead_letter_topic" {
+            // The router writes dead letters itself: no grant needed.
+            continue;
+        }
+        if dead_letter_topics.contains(&t.key()) {
+            if !t.may_publish_dead_letters(&f.algorithm) {
+                return Err((
+                    field.to_string(),
+                    format!(
+                        "topic \"{}\" on broker \"{}\" is a flow's dead-letter topic, which only the router writes: add \"{alg}\" to that topic's dead_letter_publishers to let the algorithm's outputs go there",
+                        t.name, t.broker
+                    ),
+                ));
+            }
+            continue;
+        }
         if !t.may_publish(&f.algorithm) {
             return Err((
                 field.to_string(),
@@ -1058,6 +1245,78 @@ dead_letter_topic = "dlq"
         assert!(e.contains("no grant to consume"), "{e}");
     }
 
+    /// Names that would be a path, a dot segment, a control character or a
+    /// very long string, wherever a name goes in a file.
+    #[test]
+    fn names_are_validated_everywhere_a_file_gives_one() {
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        for bad in [
+            "..",
+            ".",
+            "a/b",
+            "",
+            "a\\u0000b",
+            "a\\nb",
+            "%2e%2e",
+            "a b",
+            &long,
+        ] {
+            for (from, to, field) in [
+                ("name = \"incoming\"", "name = \"BAD\"", "topics[0].name"),
+                ("name = \"local\"", "name = \"BAD\"", "brokers[0].name"),
+                ("name = \"store\"", "name = \"BAD\"", "flows[0].name"),
+                (
+                    "dead_letter_topic = \"dlq\"",
+                    "dead_letter_topic = \"BAD\"",
+                    "flows[0].dead_letter_topic",
+                ),
+                ("topic = \"incoming\"", "topic = \"BAD\"", "flows[0].topic"),
+            ] {
+                let text = GOOD.replacen(from, &to.replace("BAD", bad), 1);
+                let e = parse("bad.toml", &text).unwrap_err().to_string();
+                assert!(
+                    e.starts_with(&format!("bad.toml: {field}: "))
+                        && e.contains("not a valid name"),
+                    "{bad:?} as {field}: {e}"
+                );
+            }
+        }
+        // A disabled flow is checked too, and so is another broker's topic.
+        let text = GOOD.replace(
+            "dead_letter_topic = \"dlq\"",
+            "dead_letter_topic = \"local:..\"\nenabled = false",
+        );
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert!(e.contains("flows[0].dead_letter_topic"), "{e}");
+        let text = GOOD.replace(
+            "kind = \"embedded\"",
+            "kind = \"embedded\"\npath = \"x.redb\"",
+        );
+        assert!(parse("good.toml", &text).is_ok());
+    }
+
+    #[test]
+    fn a_router_secret_reference_must_be_a_name() {
+        let mut c = parse("good.toml", GOOD).unwrap();
+        c.brokers.push(
+            serde_json::from_value(serde_json::json!({
+                "name": "sb", "kind": "servicebus",
+                "connection_string": {"secret": "../other"},
+            }))
+            .unwrap(),
+        );
+        let (field, m) = validate(&mut c).unwrap_err();
+        assert_eq!(field, "brokers[1].connection_string.secret");
+        assert!(m.contains("not a valid name"), "{m}");
+    }
+
+    #[test]
+    fn refused_names_are_shown_escaped_and_short() {
+        let e = check_name(&format!("a\0{}", "y".repeat(500))).unwrap_err();
+        assert!(e.starts_with("\"a\\0yyy"), "{e}");
+        assert!(e.contains("(502 bytes)") && e.len() < 300, "{e}");
+    }
+
     #[test]
     fn grants_match_owner_wildcards() {
         let t = TopicSpec {
@@ -1066,10 +1325,36 @@ dead_letter_topic = "dlq"
             address: None,
             consumers: vec!["ezra/*".into()],
             publishers: vec!["bob/x".into()],
+            dead_letter_publishers: vec!["carol/*".into()],
         };
         let a: AlgorithmRef = "ezra/anything".parse().unwrap();
         assert!(t.may_consume(&a));
         assert!(!t.may_publish(&a));
         assert!(t.may_publish(&"bob/x/1.0.0".parse().unwrap()));
+        assert!(!t.may_publish_dead_letters(&"bob/x".parse().unwrap()));
+        assert!(t.may_publish_dead_letters(&"carol/y".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_dead_letter_topic_needs_no_publish_grant() {
+        let text = GOOD.replace("publishers = [\"ezra/*\"]", "publishers = []");
+        parse("good.toml", &text).unwrap();
+    }
+
+    #[test]
+    fn outputs_to_a_dead_letter_topic_need_a_dead_letter_grant() {
+        let text = format!(
+            "{GOOD}\n[[flows]]\nname = \"out\"\ntopic = \"incoming\"\nalgorithm = \"ezra/store_file\"\noutput_topic = \"dlq\"\n"
+        );
+        let e = parse("bad.toml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains("flows[1].output_topic") && e.contains("dead_letter_publishers"),
+            "{e}"
+        );
+        let granted = text.replace(
+            "publishers = [\"ezra/*\"]",
+            "publishers = []\ndead_letter_publishers = [\"ezra/store_file\"]",
+        );
+        parse("good.toml", &granted).unwrap();
     }
 }

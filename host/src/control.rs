@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::config::{self, AlgorithmRef, Declarations, FlowSpec, TopicSpec};
 use crate::connector::BrokerSpec;
+use crate::flow::envelope::{DeadLetter, Envelope};
 use crate::router::Router;
 use crate::secret::{ROUTER_SECRETS, SecretRef};
 use crate::state::TokenInfo;
@@ -23,29 +24,153 @@ use crate::state::TokenInfo;
 pub enum Role {
     /// The admin token: everything.
     Admin,
-    /// An owner-scoped token: the flows and secrets of this owner's
-    /// algorithms only.
+    /// An owner-scoped token: see [`Role::authorize`] for what it may do.
     Owner(String),
 }
 
-impl Role {
-    fn require_admin(&self) -> Result<(), ControlError> {
+/// One thing a caller asks to do, with the owner of the algorithm (or the
+/// topic) it concerns. Every permission of the admin API is decided by
+/// [`Role::authorize`] on one of these: handlers and control-plane methods
+/// never look at the role themselves.
+#[derive(Debug, Clone, Copy)]
+pub enum Action<'a> {
+    /// Read the whole desired state (`GET /v1/state`).
+    ReadState,
+    /// Replace the whole desired state (`eventflow apply -f`).
+    ApplyState,
+    /// List or show broker connections.
+    ReadBrokers,
+    /// Create a broker connection.
+    CreateBroker,
+    /// Delete a broker connection.
+    DeleteBroker,
+    /// List a broker's topics and their access lists.
+    ListTopics,
+    /// Declare a topic or change its address and access lists.
+    DeclareTopic,
+    /// Delete a topic declaration.
+    DeleteTopic,
+    /// Grant or revoke an algorithm's access to a topic.
+    ChangeGrant,
+    /// Read a topic's messages without consuming them.
+    PeekTopic,
+    /// Publish messages to this topic.
+    Send(&'a TopicSpec),
+    /// See the topics an algorithm of this owner may consume (its queues tab).
+    AlgorithmTopics(&'a str),
+    /// List, show and see the status of a flow of an algorithm of this owner.
+    SeeFlow(&'a str),
+    /// Enable (create or re-enable) a flow for an algorithm of this owner.
+    EnableFlow(&'a str),
+    /// Edit or disable a flow of an algorithm of this owner.
+    EditFlow(&'a str),
+    /// Delete a flow of an algorithm of this owner.
+    DeleteFlow(&'a str),
+    /// List or replay the dead letters of a flow of an algorithm of this owner.
+    DeadLetters(&'a str),
+    /// List the names of, set or delete secrets of an algorithm of this owner.
+    Secrets(&'a str),
+    /// See the loaded versions of the algorithms of this owner.
+    SeePlugins(&'a str),
+    /// Create, list or revoke owner-scoped tokens.
+    ManageTokens,
+    /// Replay messages on a dead-letter topic that the router did not sign.
+    ReplayUnverified,
+}
+
+impl Action<'_> {
+    /// What the caller asked, as a phrase for a refusal.
+    fn describe(&self) -> String {
         match self {
-            Role::Admin => Ok(()),
-            Role::Owner(o) => Err(ControlError::Forbidden(format!(
-                "the token of owner {o:?} cannot do this: it needs the admin token"
-            ))),
+            Action::ReadState => "read the desired state".into(),
+            Action::ApplyState => "replace the desired state".into(),
+            Action::ReadBrokers => "see broker connections".into(),
+            Action::CreateBroker => "create broker connections".into(),
+            Action::DeleteBroker => "delete broker connections".into(),
+            Action::ListTopics => "list topics".into(),
+            Action::DeclareTopic => "declare topics".into(),
+            Action::DeleteTopic => "delete topics".into(),
+            Action::ChangeGrant => "grant or revoke access to topics".into(),
+            Action::PeekTopic => "peek at topics".into(),
+            Action::Send(t) => format!(
+                "send to topic {:?} on broker {:?} (none of its algorithms may consume it)",
+                t.name, t.broker
+            ),
+            Action::AlgorithmTopics(o) => format!("see the topics of algorithms of {o:?}"),
+            Action::SeeFlow(o) => format!("see flows of algorithms of {o:?}"),
+            Action::EnableFlow(o) => format!("enable flows of algorithms of {o:?}"),
+            Action::EditFlow(o) => format!("edit flows of algorithms of {o:?}"),
+            Action::DeleteFlow(o) => format!("delete flows of algorithms of {o:?}"),
+            Action::DeadLetters(o) => {
+                format!("read or replay dead letters of flows of algorithms of {o:?}")
+            }
+            Action::Secrets(o) => format!("manage secrets of algorithms of {o:?}"),
+            Action::SeePlugins(o) => format!("see algorithms of {o:?}"),
+            Action::ManageTokens => "manage tokens".into(),
+            Action::ReplayUnverified => "replay unverified dead letters".into(),
+        }
+    }
+}
+
+impl Role {
+    /// Whether this caller may do `action`: the one place that decides.
+    ///
+    /// The admin token may do everything. An owner-scoped token may, for
+    /// algorithms of its own owner only: see, enable, edit, disable and
+    /// delete flows (and see their status); list and replay those flows'
+    /// dead letters; set, delete and list the names of secrets; see the
+    /// algorithms' topics and loaded versions; and send messages to a topic
+    /// one of its algorithms may consume (to test a queue). Everything else
+    /// (brokers, topics, grants, peeking, the whole state, tokens, and
+    /// anything of another owner) is refused.
+    pub fn authorize(&self, action: Action<'_>) -> Result<(), ControlError> {
+        let Role::Owner(me) = self else {
+            return Ok(());
+        };
+        let allowed = match action {
+            Action::AlgorithmTopics(owner)
+            | Action::SeeFlow(owner)
+            | Action::EnableFlow(owner)
+            | Action::EditFlow(owner)
+            | Action::DeleteFlow(owner)
+            | Action::DeadLetters(owner)
+            | Action::Secrets(owner)
+            | Action::SeePlugins(owner) => owner == me.as_str(),
+            Action::Send(topic) => topic.consumers.iter().any(|g| {
+                g.split_once('/')
+                    .is_some_and(|(owner, _)| owner == me.as_str())
+            }),
+            Action::ReadState
+            | Action::ApplyState
+            | Action::ReadBrokers
+            | Action::CreateBroker
+            | Action::DeleteBroker
+            | Action::ListTopics
+            | Action::DeclareTopic
+            | Action::DeleteTopic
+            | Action::ChangeGrant
+            | Action::PeekTopic
+            | Action::ManageTokens
+            | Action::ReplayUnverified => {
+                return Err(ControlError::Forbidden(format!(
+                    "the token of owner {me:?} cannot {}: it needs the admin token",
+                    action.describe()
+                )));
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ControlError::Forbidden(format!(
+                "the token of owner {me:?} cannot {}",
+                action.describe()
+            )))
         }
     }
 
-    fn require_owner(&self, owner: &str) -> Result<(), ControlError> {
-        match self {
-            Role::Admin => Ok(()),
-            Role::Owner(o) if o == owner => Ok(()),
-            Role::Owner(o) => Err(ControlError::Forbidden(format!(
-                "the token of owner {o:?} cannot manage algorithms of {owner:?}"
-            ))),
-        }
+    /// Whether `action` is allowed, for filtering listings.
+    pub fn may(&self, action: Action<'_>) -> bool {
+        self.authorize(action).is_ok()
     }
 }
 
@@ -83,10 +208,12 @@ pub struct EnableFlow {
     pub topic: String,
     /// `owner/name`.
     pub algorithm: String,
-    /// A version, or `latest` / absent to follow the highest.
+    /// A version, or `latest` to follow the highest loaded one. Absent: an
+    /// existing flow keeps its version; a new one follows the highest.
     #[serde(default)]
     pub version: Option<String>,
-    /// Where failed messages go; must be a topic the algorithm may publish to.
+    /// Where failed messages go; the router writes them, so the algorithm
+    /// needs no grant on it.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
     /// Where outputs go.
@@ -130,6 +257,30 @@ pub struct EditFlow {
     pub concurrency: Option<u32>,
 }
 
+/// A flow after it was enabled or edited, and what its caller should know.
+#[derive(Debug, Clone)]
+pub struct FlowChange {
+    /// The flow as declared now.
+    pub flow: FlowSpec,
+    /// The flow as shown in listings.
+    view: Value,
+    /// The flow kept the version it had (no version was given).
+    pub version_kept: bool,
+    /// What will not work yet, e.g. `version 9.9.9 of ezra/x is not loaded;
+    /// the flow waits for it`.
+    pub warnings: Vec<String>,
+}
+
+impl FlowChange {
+    /// The API's answer: the flow's view with `version_kept` and `warnings`.
+    pub fn to_json(&self) -> Value {
+        let mut v = self.view.clone();
+        v["version_kept"] = Value::Bool(self.version_kept);
+        v["warnings"] = serde_json::json!(self.warnings);
+        v
+    }
+}
+
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -160,24 +311,96 @@ pub struct Grant {
     /// May consume (be a flow's source).
     #[serde(default)]
     pub consume: bool,
-    /// May publish (including as output or dead-letter topic).
+    /// May publish (including as output topic).
     #[serde(default)]
     pub publish: bool,
+    /// May publish while the topic is a flow's dead-letter topic
+    /// (`dead_letter_publishers`).
+    #[serde(default)]
+    pub dead_letter_publish: bool,
 }
 
-/// A topic declaration through the API.
+/// A topic declaration through the API. For a topic that exists, omitted
+/// fields keep their values (so a `PUT` with only `address` never wipes the
+/// access lists); `"address": null` removes the address and `[]` empties a
+/// list. A new topic starts with omitted fields empty.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeclareTopic {
-    /// The broker's own name (queue URL, queue, Kafka topic), if it differs.
+    /// The broker's own name (queue URL, queue, Kafka topic), if it differs;
+    /// `null` removes it.
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub address: Option<Option<String>>,
+    /// Who may consume: replaces the list when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Vec<String>>,
+    /// Who may publish: replaces the list when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publishers: Option<Vec<String>>,
+    /// Who may publish while it is a flow's dead-letter topic: replaces the
+    /// list when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_publishers: Option<Vec<String>>,
+}
+
+/// A replay of dead letters.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayDeadLetters {
+    /// Only this one: the original message id, or the dead letter's own id.
     #[serde(default)]
-    pub address: Option<String>,
-    /// Who may consume.
+    pub id: Option<String>,
+    /// Replay unverified envelopes too (admin token only): messages on the
+    /// dead-letter topic that this router's key did not sign.
     #[serde(default)]
-    pub consumers: Vec<String>,
-    /// Who may publish.
-    #[serde(default)]
-    pub publishers: Vec<String>,
+    pub include_unverified: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// Original message ids, published back to the flow's topic.
+    pub replayed: Vec<String>,
+    /// Dead letters left where they are, and why.
+    pub skipped: Vec<SkippedDeadLetter>,
+}
+
+/// A dead letter a replay left on its topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedDeadLetter {
+    /// Its id on the dead-letter topic.
+    pub dead_letter_id: String,
+    /// The original message id it claims.
+    pub message_id: String,
+    /// Why it was not replayed.
+    pub why: String,
+}
+
+/// The most messages of a dead-letter topic one list or replay reads.
+pub const MAX_DEAD_LETTER_SCAN: usize = 100_000;
+
+/// Whether `envelope` is a dead letter of `flow` that `role` may see: the
+/// flow's name, source broker and topic, and algorithm (`owner/name`) all
+/// match, and an owner-scoped token sees its own owner's algorithms only.
+/// A flow deleted and re-created under the same name for another algorithm
+/// does not inherit the old one's dead letters.
+pub fn belongs_to(envelope: &Envelope, flow: &FlowSpec, role: &Role) -> bool {
+    let Some((owner, name)) = envelope.algorithm_owner_name() else {
+        return false;
+    };
+    envelope.flow == flow.name
+        && envelope.source.broker == flow.broker
+        && envelope.source.topic == flow.topic
+        && owner == flow.algorithm.owner
+        && name == flow.algorithm.name
+        && match role {
+            Role::Admin => true,
+            Role::Owner(o) => o == owner,
+        }
 }
 
 /// The control plane of one router.
@@ -246,9 +469,41 @@ impl ControlPlane {
         Ok(declarations)
     }
 
-    /// Replaces all declarations (`eventflow apply -f`).
+    /// Replaces all declarations (`eventflow apply -f`). A broker connection
+    /// whose name exists with other settings is refused (409) before
+    /// anything is opened: connections are never edited in place, since the
+    /// old one still holds its store and its flows' leases.
     pub async fn apply(&self, role: &Role, d: Declarations) -> Result<Declarations, ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::ApplyState)?;
+        let current = self.declarations();
+        let mut candidate = self.router.config().with_declarations(d.clone());
+        config::validate(&mut candidate).map_err(|(field, message)| {
+            ControlError::BadRequest(format!(
+                "{}: {message}",
+                describe(&field, &candidate.declarations())
+            ))
+        })?;
+        for b in &d.brokers {
+            match current.brokers.iter().find(|c| c.name() == b.name()) {
+                Some(existing) if existing != b => {
+                    return Err(ControlError::Conflict(format!(
+                        "connection {:?} cannot be edited: create a new one with another name and move the topics",
+                        b.name()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    let state = self.router.services().state.clone();
+                    let spec = b.clone();
+                    tokio::task::spawn_blocking(move || check_credentials(&spec, &state))
+                        .await
+                        .map_err(|e| ControlError::Unavailable(e.to_string()))?
+                        .map_err(|(field, m)| {
+                            ControlError::BadRequest(format!("broker {:?}.{field}: {m}", b.name()))
+                        })?;
+                }
+            }
+        }
         self.change(move |current| {
             *current = d;
             Ok(())
@@ -261,22 +516,31 @@ impl ControlPlane {
     /// Creates a broker connection. Inline credentials (`{"value": ...}`)
     /// are stored as router secrets and replaced by references.
     pub async fn create_broker(&self, role: &Role, mut spec: Value) -> Result<Value, ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::CreateBroker)?;
         let name = spec
             .get("name")
             .and_then(Value::as_str)
             .ok_or_else(|| ControlError::BadRequest("name: missing".into()))?
             .to_string();
-        if !config::is_valid_name(&name) {
-            return Err(ControlError::BadRequest(format!(
-                "name: {name:?} may only use letters, digits, '_', '-' and '.'"
-            )));
-        }
+        config::check_name(&name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))?;
         if self.declarations().brokers.iter().any(|b| b.name() == name) {
             return Err(ControlError::Conflict(format!(
                 "a broker connection named {name:?} exists; connections are never edited: create one under a new name and delete the old one"
             )));
         }
+        // The credentials are checked as given (inline values included),
+        // before anything is stored or opened, so a malformed one is a 400
+        // that names the part, not a failed connect.
+        let given: BrokerSpec = serde_json::from_value(spec.clone())
+            .map_err(|e| ControlError::BadRequest(format!("broker connection: {e}")))?;
+        given
+            .validate()
+            .map_err(|(field, m)| ControlError::BadRequest(format!("{field}: {m}")))?;
+        let state = self.router.services().state.clone();
+        tokio::task::spawn_blocking(move || check_credentials(&given, &state))
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .map_err(|(field, m)| ControlError::BadRequest(format!("{field}: {m}")))?;
         let mut inline = Vec::new();
         store_inline_secrets(&mut spec, &format!("broker.{name}"), &mut inline);
         let parsed: BrokerSpec = serde_json::from_value(spec)
@@ -315,8 +579,32 @@ impl ControlPlane {
             .await;
     }
 
+    /// The desired state as `GET /v1/state` shows it: brokers redacted.
+    pub fn state(&self, role: &Role) -> Result<Value, ControlError> {
+        role.authorize(Action::ReadState)?;
+        let d = self.declarations();
+        Ok(serde_json::json!({
+            "brokers": self.list_brokers(),
+            "topics": d.topics,
+            "flows": d.flows,
+            "algorithm_limits": d.algorithm_limits,
+        }))
+    }
+
+    /// Every broker connection, redacted, for a caller who may see them.
+    pub fn brokers(&self, role: &Role) -> Result<Vec<Value>, ControlError> {
+        role.authorize(Action::ReadBrokers)?;
+        Ok(self.list_brokers())
+    }
+
+    /// One broker connection, redacted, for a caller who may see it.
+    pub fn broker(&self, role: &Role, name: &str) -> Result<Value, ControlError> {
+        role.authorize(Action::ReadBrokers)?;
+        self.show_broker(name)
+    }
+
     /// Every broker connection, redacted.
-    pub fn list_brokers(&self) -> Vec<Value> {
+    fn list_brokers(&self) -> Vec<Value> {
         self.declarations()
             .brokers
             .iter()
@@ -325,7 +613,7 @@ impl ControlPlane {
     }
 
     /// One broker connection, redacted.
-    pub fn show_broker(&self, name: &str) -> Result<Value, ControlError> {
+    fn show_broker(&self, name: &str) -> Result<Value, ControlError> {
         self.declarations()
             .brokers
             .iter()
@@ -359,7 +647,7 @@ impl ControlPlane {
         name: &str,
         force: bool,
     ) -> Result<Vec<String>, ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::DeleteBroker)?;
         let d = self.declarations();
         if !d.brokers.iter().any(|b| b.name() == name) {
             return Err(ControlError::NotFound(format!(
@@ -412,8 +700,15 @@ impl ControlPlane {
 
     // ----- topics and grants -----
 
-    /// Declared topics of a broker, and those the broker lists.
-    pub async fn list_topics(&self, broker: &str) -> Result<Vec<Value>, ControlError> {
+    /// Declared topics of a broker, and those the broker lists. The second
+    /// value says why the broker's own list is missing when the broker
+    /// refused to give it (SQS without `ListQueues`, say).
+    pub async fn list_topics(
+        &self,
+        role: &Role,
+        broker: &str,
+    ) -> Result<(Vec<Value>, Option<String>), ControlError> {
+        role.authorize(Action::ListTopics)?;
         let topology = self.router.topology();
         let connection = topology
             .brokers
@@ -454,13 +749,16 @@ impl ControlPlane {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(broker = %broker, error = %format!("{e:#}"), "Cannot list the broker's topics.");
+                let why = format!("{e:#}");
+                tracing::warn!(broker = %broker, error = %why, "Cannot list the broker's topics.");
+                return Ok((out, Some(why)));
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
-    /// Declares a topic, or replaces its address and access lists.
+    /// Declares a topic, or changes the fields `spec` gives of an existing
+    /// one (the others keep their values).
     pub async fn declare_topic(
         &self,
         role: &Role,
@@ -468,29 +766,42 @@ impl ControlPlane {
         name: &str,
         spec: DeclareTopic,
     ) -> Result<TopicSpec, ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::DeclareTopic)?;
         self.require_broker(broker)?;
-        let topic = TopicSpec {
-            name: name.to_string(),
-            broker: broker.to_string(),
-            address: spec.address,
-            consumers: spec.consumers,
-            publishers: spec.publishers,
-        };
-        let t = topic.clone();
-        self.change(move |d| {
-            match d
-                .topics
-                .iter_mut()
-                .find(|x| x.broker == t.broker && x.name == t.name)
-            {
-                Some(existing) => *existing = t,
-                None => d.topics.push(t),
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(topic)
+        let (b, n) = (broker.to_string(), name.to_string());
+        let d = self
+            .change(move |d| {
+                match d.topics.iter_mut().find(|x| x.broker == b && x.name == n) {
+                    Some(existing) => {
+                        if let Some(address) = spec.address {
+                            existing.address = address;
+                        }
+                        if let Some(consumers) = spec.consumers {
+                            existing.consumers = consumers;
+                        }
+                        if let Some(publishers) = spec.publishers {
+                            existing.publishers = publishers;
+                        }
+                        if let Some(dlp) = spec.dead_letter_publishers {
+                            existing.dead_letter_publishers = dlp;
+                        }
+                    }
+                    None => d.topics.push(TopicSpec {
+                        name: n,
+                        broker: b,
+                        address: spec.address.flatten(),
+                        consumers: spec.consumers.unwrap_or_default(),
+                        publishers: spec.publishers.unwrap_or_default(),
+                        dead_letter_publishers: spec.dead_letter_publishers.unwrap_or_default(),
+                    }),
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(d.topics
+            .into_iter()
+            .find(|x| x.broker == broker && x.name == name)
+            .expect("the topic was just declared"))
     }
 
     /// Adds (`add`) or removes grants of an algorithm on a topic.
@@ -502,11 +813,11 @@ impl ControlPlane {
         grant: Grant,
         add: bool,
     ) -> Result<TopicSpec, ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::ChangeGrant)?;
         check_grant(&grant.algorithm)?;
-        if !grant.consume && !grant.publish {
+        if !grant.consume && !grant.publish && !grant.dead_letter_publish {
             return Err(ControlError::BadRequest(
-                "say what to grant or revoke: consume, publish or both".into(),
+                "say what to grant or revoke: consume, publish, dead_letter_publish".into(),
             ));
         }
         let (b, t) = (broker.to_string(), topic.to_string());
@@ -522,6 +833,7 @@ impl ControlPlane {
                 for (wanted, list) in [
                     (grant.consume, &mut spec.consumers),
                     (grant.publish, &mut spec.publishers),
+                    (grant.dead_letter_publish, &mut spec.dead_letter_publishers),
                 ] {
                     if !wanted {
                         continue;
@@ -549,7 +861,7 @@ impl ControlPlane {
         topic: &str,
         force: bool,
     ) -> Result<Vec<String>, ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::DeleteTopic)?;
         let d = self.declarations();
         if !d
             .topics
@@ -602,14 +914,15 @@ impl ControlPlane {
     // ----- flows -----
 
     /// The "queues" tab of an algorithm: every topic it may consume, each
-    /// with its flow, enabled or not.
+    /// with all of the algorithm's flows on it (a topic may carry several,
+    /// under different names or versions), enabled or not.
     pub fn algorithm_topics(
         &self,
         role: &Role,
         owner: &str,
         name: &str,
     ) -> Result<Vec<Value>, ControlError> {
-        role.require_owner(owner)?;
+        role.authorize(Action::AlgorithmTopics(owner))?;
         let alg = AlgorithmRef {
             owner: owner.into(),
             name: name.into(),
@@ -620,17 +933,21 @@ impl ControlPlane {
             .iter()
             .filter(|t| t.may_consume(&alg))
             .map(|t| {
-                let flow = d.flows.iter().find(|f| {
-                    f.broker == t.broker
-                        && f.topic == t.name
-                        && f.algorithm.owner == owner
-                        && f.algorithm.name == name
-                });
+                let flows: Vec<&FlowSpec> = d
+                    .flows
+                    .iter()
+                    .filter(|f| {
+                        f.broker == t.broker
+                            && f.topic == t.name
+                            && f.algorithm.owner == owner
+                            && f.algorithm.name == name
+                    })
+                    .collect();
                 serde_json::json!({
                     "broker": t.broker,
                     "topic": t.name,
-                    "enabled": flow.is_some_and(|f| f.enabled),
-                    "flow": flow.map(flow_view),
+                    "enabled": flows.iter().any(|f| f.enabled),
+                    "flows": flows.iter().map(|f| self.flow_view(f)).collect::<Vec<_>>(),
                 })
             })
             .collect())
@@ -641,32 +958,122 @@ impl ControlPlane {
         self.declarations()
             .flows
             .into_iter()
-            .filter(|f| match role {
-                Role::Admin => true,
-                Role::Owner(o) => f.algorithm.owner == *o,
+            .filter(|f| role.may(Action::SeeFlow(&f.algorithm.owner)))
+            .collect()
+    }
+
+    /// The status of every flow the caller may see (`GET /v1/flows`): the
+    /// router's report, the flow as declared (`spec`) and, for an enabled
+    /// flow whose algorithm version is not loaded, what it waits for
+    /// (`waiting_for`).
+    pub fn flow_statuses(&self, role: &Role) -> Vec<Value> {
+        let visible = self.flows(role);
+        self.router
+            .flow_reports()
+            .into_iter()
+            .filter_map(|r| {
+                let spec = visible.iter().find(|f| f.name == r.name)?;
+                let mut v = serde_json::to_value(&r).unwrap_or_default();
+                v["spec"] = self.flow_view(spec);
+                if let Some(waiting) = self.waiting_for(spec) {
+                    v["waiting_for"] = Value::String(waiting);
+                }
+                Some(v)
             })
             .collect()
     }
 
-    fn flow_for(&self, role: &Role, name: &str) -> Result<FlowSpec, ControlError> {
-        let flow = self
-            .declarations()
+    /// One flow as declared, with its status (`GET /v1/flows/{flow}`).
+    pub fn flow_status(&self, role: &Role, name: &str) -> Result<Value, ControlError> {
+        let spec = self.flow_named(name)?;
+        role.authorize(Action::SeeFlow(&spec.algorithm.owner))?;
+        let report = self
+            .router
+            .flow_reports()
+            .into_iter()
+            .find(|r| r.name == name);
+        let mut v = self.flow_view(&spec);
+        v["status"] = serde_json::to_value(report).unwrap_or_default();
+        Ok(v)
+    }
+
+    /// A flow as shown in listings, with `waiting_for` when it is enabled
+    /// and no loaded version of its algorithm matches.
+    pub fn flow_view(&self, f: &FlowSpec) -> Value {
+        let mut v = flow_view(f);
+        if let Some(waiting) = self.waiting_for(f) {
+            v["waiting_for"] = Value::String(waiting);
+        }
+        v
+    }
+
+    /// What an enabled flow waits for: the version it names is not loaded.
+    fn waiting_for(&self, f: &FlowSpec) -> Option<String> {
+        if f.enabled {
+            self.missing_version(&f.algorithm)
+        } else {
+            None
+        }
+    }
+
+    /// Why `algorithm` does not resolve to a loaded version, if it does not.
+    fn missing_version(&self, algorithm: &AlgorithmRef) -> Option<String> {
+        if self.router.services().registry.resolve(algorithm).is_some() {
+            return None;
+        }
+        Some(match &algorithm.version {
+            Some(v) => format!("version {v} of {} is not loaded", algorithm.unversioned()),
+            None => format!("no version of {} is loaded", algorithm.unversioned()),
+        })
+    }
+
+    /// The flow `name`, or 404.
+    fn flow_named(&self, name: &str) -> Result<FlowSpec, ControlError> {
+        self.declarations()
             .flows
             .into_iter()
             .find(|f| f.name == name)
-            .ok_or_else(|| ControlError::NotFound(format!("no flow named {name:?}")))?;
-        role.require_owner(&flow.algorithm.owner)?;
-        Ok(flow)
+            .ok_or_else(|| ControlError::NotFound(format!("no flow named {name:?}")))
+    }
+
+    /// The result of a flow change: the flow, whether it kept its version,
+    /// and warnings about a version that is not loaded.
+    fn flow_change(&self, flow: FlowSpec, version_kept: bool, version_given: bool) -> FlowChange {
+        let mut warnings = Vec::new();
+        if (flow.enabled || version_given)
+            && let Some(missing) = self.missing_version(&flow.algorithm)
+        {
+            let what = if flow.algorithm.version.is_some() {
+                "it"
+            } else {
+                "one"
+            };
+            let when = if flow.enabled { "" } else { " once enabled" };
+            tracing::warn!(
+                flow = %flow.name,
+                algorithm = %flow.algorithm,
+                "The flow names a version that is not loaded; it waits for it."
+            );
+            warnings.push(format!("{missing}; the flow waits for {what}{when}"));
+        }
+        FlowChange {
+            view: self.flow_view(&flow),
+            flow,
+            version_kept,
+            warnings,
+        }
     }
 
     /// Enables a topic for an algorithm version: creates the flow, or
-    /// updates and enables the existing one of that name.
+    /// updates and enables the existing one of that name. Without a version
+    /// an existing flow keeps the version it had (a new one follows the
+    /// highest loaded version); `latest` switches it to the highest.
     pub async fn enable_flow(
         &self,
         role: &Role,
         req: EnableFlow,
-    ) -> Result<FlowSpec, ControlError> {
-        let mut algorithm: AlgorithmRef = req
+    ) -> Result<FlowChange, ControlError> {
+        let algorithm: AlgorithmRef = req
             .algorithm
             .parse()
             .map_err(|e: String| ControlError::BadRequest(format!("algorithm: {e}")))?;
@@ -675,8 +1082,13 @@ impl ControlPlane {
                 "algorithm: give owner/name here and the version in `version`".into(),
             ));
         }
-        role.require_owner(&algorithm.owner)?;
-        algorithm.version = parse_version(req.version.as_deref())?;
+        role.authorize(Action::EnableFlow(&algorithm.owner))?;
+        // `None`: keep the version; `Some(None)`: latest; `Some(Some(v))`: v.
+        let requested = req
+            .version
+            .as_deref()
+            .map(|v| parse_version(Some(v)))
+            .transpose()?;
         let d = self.declarations();
         let broker = match &req.broker {
             Some(b) => b.clone(),
@@ -691,31 +1103,43 @@ impl ControlPlane {
             .name
             .clone()
             .unwrap_or_else(|| format!("{}-{}-{}", algorithm.owner, algorithm.name, req.topic));
-        if let Some(existing) = d.flows.iter().find(|f| f.name == name) {
-            role.require_owner(&existing.algorithm.owner)?;
-            if existing.algorithm.owner != algorithm.owner
-                || existing.algorithm.name != algorithm.name
-            {
-                return Err(ControlError::Conflict(format!(
-                    "flow {name:?} exists for {}; choose another name",
-                    existing.algorithm.unversioned()
-                )));
+        config::check_name(&name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))?;
+        let existed = match d.flows.iter().find(|f| f.name == name) {
+            Some(existing) => {
+                role.authorize(Action::EnableFlow(&existing.algorithm.owner))?;
+                if existing.algorithm.owner != algorithm.owner
+                    || existing.algorithm.name != algorithm.name
+                {
+                    return Err(ControlError::Conflict(format!(
+                        "flow {name:?} exists for {}; choose another name",
+                        existing.algorithm.unversioned()
+                    )));
+                }
+                true
             }
-        }
+            None => false,
+        };
         let spec_name = name.clone();
+        let version = requested.clone();
         let d = self
             .change(move |d| {
                 let flow = match d.flows.iter_mut().find(|f| f.name == spec_name) {
                     Some(f) => f,
                     None => {
+                        let mut fresh = algorithm.clone();
+                        fresh.version = version.clone().flatten();
                         d.flows
-                            .push(new_flow(&spec_name, &broker, &req.topic, algorithm.clone()));
+                            .push(new_flow(&spec_name, &broker, &req.topic, fresh));
                         d.flows.last_mut().expect("just pushed")
                     }
                 };
                 flow.broker = broker;
                 flow.topic = req.topic;
-                flow.algorithm = algorithm;
+                flow.algorithm.owner = algorithm.owner;
+                flow.algorithm.name = algorithm.name;
+                if let Some(v) = version {
+                    flow.algorithm.version = v;
+                }
                 flow.enabled = true;
                 if req.dead_letter_topic.is_some() {
                     flow.dead_letter_topic = req.dead_letter_topic;
@@ -735,24 +1159,30 @@ impl ControlPlane {
                 Ok(())
             })
             .await?;
-        Ok(d.flows
+        let flow = d
+            .flows
             .into_iter()
             .find(|f| f.name == name)
-            .expect("the flow exists"))
+            .expect("the flow exists");
+        Ok(self.flow_change(flow, existed && requested.is_none(), requested.is_some()))
     }
 
     /// Edits a flow's version, dead-letter topic, output, limits or state.
+    /// A version that is not loaded is accepted (it may be deployed later)
+    /// with a warning: the flow waits for it.
     pub async fn edit_flow(
         &self,
         role: &Role,
         name: &str,
         edit: EditFlow,
-    ) -> Result<FlowSpec, ControlError> {
-        let flow = self.flow_for(role, name)?;
+    ) -> Result<FlowChange, ControlError> {
+        let flow = self.flow_named(name)?;
+        role.authorize(Action::EditFlow(&flow.algorithm.owner))?;
         let version = match &edit.version {
             Some(v) => Some(parse_version(Some(v))?),
             None => None,
         };
+        let version_given = version.is_some();
         let n = flow.name.clone();
         let d = self
             .change(move |d| {
@@ -785,21 +1215,214 @@ impl ControlPlane {
                 Ok(())
             })
             .await?;
-        Ok(d.flows
+        let flow = d
+            .flows
             .into_iter()
             .find(|f| f.name == name)
-            .expect("the flow exists"))
+            .expect("the flow exists");
+        Ok(self.flow_change(flow, !version_given, version_given))
     }
 
     /// Deletes a flow. Its messages stay in the broker.
     pub async fn delete_flow(&self, role: &Role, name: &str) -> Result<(), ControlError> {
-        let flow = self.flow_for(role, name)?;
+        let flow = self.flow_named(name)?;
+        role.authorize(Action::DeleteFlow(&flow.algorithm.owner))?;
         self.change(move |d| {
             d.flows.retain(|f| f.name != flow.name);
             Ok(())
         })
         .await
         .map(|_| ())
+    }
+
+    // ----- dead letters -----
+
+    /// The flow `name`, for a caller who may read its dead letters (404 for
+    /// no such flow, 403 for another owner's).
+    fn flow_for(&self, role: &Role, name: &str) -> Result<FlowSpec, ControlError> {
+        let flow = self
+            .declarations()
+            .flows
+            .into_iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| ControlError::NotFound(format!("no flow named {name:?}")))?;
+        role.authorize(Action::DeadLetters(&flow.algorithm.owner))?;
+        Ok(flow)
+    }
+
+    /// The flow `name` and its dead-letter topic, for a caller who may
+    /// manage the flow (404 for no such flow, 403 for another owner's).
+    fn dead_letter_topic(
+        &self,
+        role: &Role,
+        name: &str,
+    ) -> Result<(FlowSpec, TopicSpec), ControlError> {
+        let flow = self.flow_for(role, name)?;
+        let dlq = flow.dead_letter_topic.clone().ok_or_else(|| {
+            ControlError::BadRequest(format!("flow {name:?} has no dead_letter_topic"))
+        })?;
+        let topic = self
+            .router
+            .topology()
+            .topic(&flow.broker, &dlq)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("dead-letter topic {dlq:?} is not declared"))
+            })?;
+        Ok((flow, topic))
+    }
+
+    /// The dead letters of flow `name` the caller may see, oldest first,
+    /// among the first `scan` messages of its dead-letter topic (at most
+    /// [`MAX_DEAD_LETTER_SCAN`]). Every read of dead letters (list, replay)
+    /// goes through here: a dead-letter topic may be shared by flows and
+    /// owners, and may hold messages the router did not write, so only
+    /// envelopes of this flow's source topic, name and algorithm are kept
+    /// (see [`belongs_to`]), each marked verified or not.
+    pub async fn dead_letters(
+        &self,
+        role: &Role,
+        name: &str,
+        scan: usize,
+    ) -> Result<(FlowSpec, TopicSpec, Vec<DeadLetter>), ControlError> {
+        let (flow, topic) = self.dead_letter_topic(role, name)?;
+        let connection = self
+            .router
+            .topology()
+            .brokers
+            .get(&topic.broker)
+            .ok_or_else(|| {
+                ControlError::Unavailable(format!(
+                    "broker connection {:?} is not connected",
+                    topic.broker
+                ))
+            })?
+            .connection
+            .clone();
+        let messages = connection
+            .peek(&topic, scan.min(MAX_DEAD_LETTER_SCAN))
+            .await
+            .map_err(|e| {
+                ControlError::Unavailable(format!(
+                    "cannot read dead-letter topic {:?} on broker {:?}: {e:#}",
+                    topic.name, topic.broker
+                ))
+            })?;
+        let key = &self.router.services().dead_letter_key;
+        let letters = messages
+            .iter()
+            .filter_map(|m| DeadLetter::read(m, key))
+            .filter(|d| belongs_to(&d.envelope, &flow, role))
+            .collect();
+        Ok((flow, topic, letters))
+    }
+
+    /// Publishes dead letters of flow `name` back to its topic and removes
+    /// them from the dead-letter topic. Unverified envelopes (not written by
+    /// this router's key) are skipped unless `include_unverified`, which
+    /// only the admin token may ask for; envelopes whose payload was
+    /// truncated are always skipped.
+    pub async fn replay_dead_letters(
+        &self,
+        role: &Role,
+        name: &str,
+        req: ReplayDeadLetters,
+    ) -> Result<ReplayReport, ControlError> {
+        if req.include_unverified {
+            role.authorize(Action::ReplayUnverified)?;
+        }
+        let (flow, dlq, letters) = self.dead_letters(role, name, MAX_DEAD_LETTER_SCAN).await?;
+        let topology = self.router.topology();
+        let source = topology
+            .topic(&flow.broker, &flow.topic)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("topic {:?} is not declared", flow.topic))
+            })?;
+        let mut report = ReplayReport::default();
+        for letter in letters {
+            let envelope = &letter.envelope;
+            if let Some(id) = &req.id
+                && *id != envelope.source.message_id
+                && *id != letter.id
+            {
+                continue;
+            }
+            let skip = if !letter.verified && !req.include_unverified {
+                Some(
+                    "unverified: not signed with this router's dead-letter key (forged, or written by a router with another key); the admin token can replay it with include_unverified",
+                )
+            } else if envelope.payload_truncated {
+                Some(
+                    "its payload was truncated to fit the dead-letter topic: the original cannot be replayed",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = skip {
+                report.skipped.push(SkippedDeadLetter {
+                    dead_letter_id: letter.id.clone(),
+                    message_id: envelope.source.message_id.clone(),
+                    why: why.to_string(),
+                });
+                continue;
+            }
+            let payload = envelope
+                .original_payload()
+                .map_err(|e| ControlError::BadRequest(format!("dead letter {}: {e}", letter.id)))?;
+            let mut headers = envelope.headers.clone();
+            crate::message::set_header(
+                &mut headers,
+                "eventflow-replayed-from",
+                envelope.source.message_id.clone(),
+            );
+            topology
+                .publish(
+                    &source.key(),
+                    vec![crate::message::OutboundMessage { payload, headers }],
+                )
+                .await
+                .map_err(|e| {
+                    ControlError::Unavailable(format!("cannot publish to {}: {e:#}", source.name))
+                })?;
+            let broker = topology.brokers.get(&dlq.broker).ok_or_else(|| {
+                ControlError::Unavailable(format!(
+                    "broker connection {:?} is not connected",
+                    dlq.broker
+                ))
+            })?;
+            broker
+                .connection
+                .remove(&dlq, &letter.id)
+                .await
+                .map_err(|e| {
+                    ControlError::Unavailable(format!(
+                        "replayed but cannot remove the dead letter {}: {e:#}",
+                        letter.id
+                    ))
+                })?;
+            tracing::info!(
+                flow = %name,
+                message_id = %envelope.source.message_id,
+                verified = letter.verified,
+                "Dead letter replayed."
+            );
+            report.replayed.push(envelope.source.message_id.clone());
+        }
+        if let Some(id) = &req.id
+            && report.replayed.is_empty()
+        {
+            return Err(match report.skipped.first() {
+                Some(s) => ControlError::Conflict(format!(
+                    "dead letter {id:?} of flow {name:?} was not replayed: {}",
+                    s.why
+                )),
+                None => {
+                    ControlError::NotFound(format!("no dead letter of flow {name:?} has id {id:?}"))
+                }
+            });
+        }
+        Ok(report)
     }
 
     // ----- secrets -----
@@ -813,7 +1436,8 @@ impl ControlPlane {
         key: &str,
         value: String,
     ) -> Result<(), ControlError> {
-        role.require_owner(owner)?;
+        check_algorithm(owner, name)?;
+        role.authorize(Action::Secrets(owner))?;
         check_variable(key)?;
         let (alg, k) = (format!("{owner}/{name}"), key.to_string());
         self.secrets_op(move |s| s.set_secret(&alg, &k, &value).map(|_| true))
@@ -828,7 +1452,8 @@ impl ControlPlane {
         owner: &str,
         name: &str,
     ) -> Result<Vec<String>, ControlError> {
-        role.require_owner(owner)?;
+        check_algorithm(owner, name)?;
+        role.authorize(Action::Secrets(owner))?;
         let alg = format!("{owner}/{name}");
         let all = self.with_state(|state| state.all_secrets()).await?;
         let mut names: Vec<String> = all
@@ -848,7 +1473,9 @@ impl ControlPlane {
         name: &str,
         key: &str,
     ) -> Result<(), ControlError> {
-        role.require_owner(owner)?;
+        check_algorithm(owner, name)?;
+        role.authorize(Action::Secrets(owner))?;
+        check_variable(key)?;
         let (alg, k) = (format!("{owner}/{name}"), key.to_string());
         let existed = self.secrets_op(move |s| s.delete_secret(&alg, &k)).await?;
         if existed {
@@ -884,7 +1511,7 @@ impl ControlPlane {
         role: &Role,
         owner: &str,
     ) -> Result<(TokenInfo, String), ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::ManageTokens)?;
         if !config::is_valid_name(owner) {
             return Err(ControlError::BadRequest(format!(
                 "owner: {owner:?} is not a valid owner name"
@@ -904,13 +1531,13 @@ impl ControlPlane {
 
     /// Every owner-scoped token (without the tokens).
     pub async fn tokens(&self, role: &Role) -> Result<Vec<TokenInfo>, ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::ManageTokens)?;
         self.with_state(|state| state.tokens()).await
     }
 
     /// Revokes a token.
     pub async fn delete_token(&self, role: &Role, id: &str) -> Result<(), ControlError> {
-        role.require_admin()?;
+        role.authorize(Action::ManageTokens)?;
         let id2 = id.to_string();
         let found = self
             .with_state(move |state| state.delete_token(&id2))
@@ -980,16 +1607,50 @@ fn check_grant(g: &str) -> Result<(), ControlError> {
 }
 
 fn check_variable(key: &str) -> Result<(), ControlError> {
-    let ok = !key.is_empty()
-        && key.len() <= 128
-        && !key.starts_with(|c: char| c.is_ascii_digit())
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
+    if config::is_valid_variable(key) {
         Ok(())
     } else {
         Err(ControlError::BadRequest(format!(
-            "secret name {key:?}: use letters, digits and '_', not starting with a digit (it becomes an environment variable)"
+            "key: secret name {}: use 1 to {} letters, digits and '_', not starting with a digit (it becomes an environment variable)",
+            config::quote_name(key),
+            config::MAX_NAME_BYTES
         )))
+    }
+}
+
+/// Checks the two parts of an algorithm named in a request (`owner/name`),
+/// which scope secrets and grants: `ezra/../../test/x` is no algorithm.
+fn check_algorithm(owner: &str, name: &str) -> Result<(), ControlError> {
+    config::check_name(owner).map_err(|m| ControlError::BadRequest(format!("owner: {m}")))?;
+    config::check_name(name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))
+}
+
+/// Resolves and parses the credentials a connection will use, without
+/// connecting: a Service Bus or Event Hubs connection string missing its
+/// `Endpoint`, `SharedAccessKeyName` or `SharedAccessKey`, or a reference
+/// that does not resolve, is the caller's mistake. Returns the field and why.
+fn check_credentials(
+    spec: &BrokerSpec,
+    state: &crate::state::StateStore,
+) -> Result<(), (String, String)> {
+    match spec {
+        #[cfg(feature = "servicebus")]
+        BrokerSpec::Servicebus(c) => c.check_connection_string(Some(state)),
+        #[cfg(feature = "kafka")]
+        BrokerSpec::Eventhubs(c) => {
+            let field = || "connection_string".to_string();
+            let secret = c
+                .connection_string
+                .resolve(Some(state))
+                .map_err(|e| (field(), format!("{e:#}")))?;
+            c.client_properties(&secret)
+                .map(|_| ())
+                .map_err(|m| (field(), m))
+        }
+        _ => {
+            let _ = state;
+            Ok(())
+        }
     }
 }
 
@@ -1108,17 +1769,65 @@ mod tests {
     }
 
     #[test]
-    fn roles_are_enforced() {
-        assert!(Role::Admin.require_admin().is_ok());
-        assert!(Role::Owner("ezra".into()).require_owner("ezra").is_ok());
-        assert!(matches!(
-            Role::Owner("ezra".into()).require_owner("bob"),
-            Err(ControlError::Forbidden(_))
-        ));
-        assert!(matches!(
-            Role::Owner("ezra".into()).require_admin(),
-            Err(ControlError::Forbidden(_))
-        ));
+    fn an_owner_token_may_only_manage_its_own_algorithms() {
+        let ezra = Role::Owner("ezra".into());
+        let topic = |consumers: &[&str]| TopicSpec {
+            name: "in".into(),
+            broker: "local".into(),
+            address: None,
+            consumers: consumers.iter().map(|c| c.to_string()).collect(),
+            publishers: vec!["ezra/x".into()],
+            dead_letter_publishers: vec![],
+        };
+        let consumable = topic(&["bob/y", "ezra/x"]);
+        let by_owner = topic(&["ezra/*"]);
+        let publish_only = topic(&["bob/y"]);
+        let allowed = [
+            Action::AlgorithmTopics("ezra"),
+            Action::SeeFlow("ezra"),
+            Action::EnableFlow("ezra"),
+            Action::EditFlow("ezra"),
+            Action::DeleteFlow("ezra"),
+            Action::DeadLetters("ezra"),
+            Action::Secrets("ezra"),
+            Action::SeePlugins("ezra"),
+            Action::Send(&consumable),
+            Action::Send(&by_owner),
+        ];
+        for action in allowed {
+            assert!(ezra.may(action), "{action:?}");
+            assert!(Role::Admin.may(action), "{action:?}");
+        }
+        let refused = [
+            Action::ReadState,
+            Action::ApplyState,
+            Action::ReadBrokers,
+            Action::CreateBroker,
+            Action::DeleteBroker,
+            Action::ListTopics,
+            Action::DeclareTopic,
+            Action::DeleteTopic,
+            Action::ChangeGrant,
+            Action::PeekTopic,
+            Action::ManageTokens,
+            Action::AlgorithmTopics("bob"),
+            Action::SeeFlow("bob"),
+            Action::EnableFlow("bob"),
+            Action::EditFlow("bob"),
+            Action::DeleteFlow("bob"),
+            Action::DeadLetters("bob"),
+            Action::Secrets("bob"),
+            Action::SeePlugins("bob"),
+            Action::SeeFlow("ezr"),
+            Action::Send(&publish_only),
+        ];
+        for action in refused {
+            assert!(
+                matches!(ezra.authorize(action), Err(ControlError::Forbidden(_))),
+                "{action:?}"
+            );
+            assert!(Role::Admin.may(action), "{action:?}");
+        }
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //! URIs are checked twice. [`DataUri::parse`] refuses anything that could
 //! name a file outside its collection (`..`, absolute paths, empty segments,
 //! NUL and control bytes, backslashes, percent-encoded dots, slashes and NUL).
-//! Then every file operation goes through a `cap-std` directory handle rooted
-//! at the collection, which refuses symlinks that lead out of it. Writes are
-//! durable when they return: a temporary file, fsync, rename, fsync of the
-//! directory.
+//! Then the owner's directory, the collection and every directory below are
+//! opened one segment at a time without following symlinks, so a link can
+//! never lead an algorithm into another owner's tree or another collection,
+//! even one inside the data directory; the last segment is resolved by a
+//! `cap-std` handle rooted at its directory, which refuses symlinks that lead
+//! out of it. Writes are durable when they return: a temporary file, fsync,
+//! rename, fsync of the directory.
 
 use std::io::{self, Write};
 use std::path::Path;
 
+use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
@@ -100,10 +104,6 @@ impl DataUri {
             path: path.into(),
         })
     }
-
-    fn collection_dir(&self) -> String {
-        format!("{}/{}", self.owner, self.collection)
-    }
 }
 
 fn check_segment(segment: &str) -> Result<(), String> {
@@ -145,9 +145,7 @@ fn io_error(uri: &DataUri, e: io::Error) -> DataError {
         io::ErrorKind::NotFound => DataError::NotFound,
         // cap-std reports a path (a symlink, say) that leads outside its
         // root as PermissionDenied.
-        io::ErrorKind::PermissionDenied => {
-            DataError::InvalidUri(format!("{uri}: the path leads outside its collection"))
-        }
+        io::ErrorKind::PermissionDenied => outside(uri),
         io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory => {
             DataError::InvalidUri(format!("{uri}: {e}"))
         }
@@ -155,7 +153,54 @@ fn io_error(uri: &DataUri, e: io::Error) -> DataError {
         io::ErrorKind::AlreadyExists => DataError::InvalidUri(format!(
             "{uri}: a segment of the path is not a directory of the collection"
         )),
+        _ if e.raw_os_error() == Some(libc::ELOOP) => outside(uri),
         _ => DataError::Io(e.to_string()),
+    }
+}
+
+fn outside(uri: &DataUri) -> DataError {
+    DataError::InvalidUri(format!("{uri}: the path leads outside its collection"))
+}
+
+/// Opens the directory `name` (one segment) of `dir` without following a
+/// symlink, creating it first when `create`. A symlink there is refused
+/// whatever it points to: the owner's directory, its collections and the
+/// directories in them must be real directories, so no link can lead an
+/// algorithm into another owner's tree (or another collection), even one
+/// that stays inside the data directory.
+fn open_segment(dir: &Dir, name: &str, create: bool, uri: &DataUri) -> Result<Dir, DataError> {
+    if create {
+        match dir.create_dir(name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error(uri, e)),
+        }
+    }
+    dir.open_dir_nofollow(name).map_err(|e| {
+        let is_link = dir
+            .symlink_metadata(name)
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            DataError::InvalidUri(format!(
+                "{uri}: {name:?} is a symbolic link; data paths do not follow links to directories"
+            ))
+        } else {
+            io_error(uri, e)
+        }
+    })
+}
+
+/// Refuses a last segment that is a symlink leading out of `dir` (so that
+/// `put` and `delete` give the same answer as `get`, instead of replacing or
+/// removing the link). A link to a file beside it is allowed.
+fn check_last_segment(dir: &Dir, name: &str, uri: &DataUri) -> Result<(), DataError> {
+    match dir.symlink_metadata(name) {
+        Ok(m) if m.file_type().is_symlink() => match dir.metadata(name) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(_) => Err(outside(uri)),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -173,48 +218,48 @@ impl Collections {
         })
     }
 
+    /// The collection's directory, reached from the data directory one
+    /// segment at a time without following symlinks (owner, then
+    /// collection), created when `create`.
     fn collection(&self, uri: &DataUri, create: bool) -> Result<Dir, DataError> {
-        if create {
-            self.root
-                .create_dir_all(uri.collection_dir())
-                .map_err(|e| io_error(uri, e))?;
+        let owner = open_segment(&self.root, &uri.owner, create, uri)?;
+        open_segment(&owner, &uri.collection, create, uri)
+    }
+
+    /// The directory holding the last segment of `uri.path`, and that
+    /// segment. Every directory on the way is opened without following
+    /// symlinks (and created when `create`).
+    fn parent<'u>(&self, uri: &'u DataUri, create: bool) -> Result<(Dir, &'u str), DataError> {
+        let mut dir = self.collection(uri, create)?;
+        let mut segments: Vec<&str> = uri.path.split('/').collect();
+        let last = segments.pop().unwrap_or_default();
+        for segment in segments {
+            dir = open_segment(&dir, segment, create, uri)?;
         }
-        self.root
-            .open_dir(uri.collection_dir())
-            .map_err(|e| io_error(uri, e))
+        Ok((dir, last))
+    }
+
+    fn names_a_file(uri: &DataUri) -> Result<(), DataError> {
+        if uri.path.is_empty() {
+            return Err(DataError::InvalidUri(format!(
+                "{uri}: names a collection, not a file"
+            )));
+        }
+        Ok(())
     }
 
     /// Reads a whole file. Blocking.
     pub fn get(&self, uri: &DataUri) -> Result<Vec<u8>, DataError> {
-        if uri.path.is_empty() {
-            return Err(DataError::InvalidUri(format!(
-                "{uri}: names a collection, not a file"
-            )));
-        }
-        self.collection(uri, false)?
-            .read(&uri.path)
-            .map_err(|e| io_error(uri, e))
+        Self::names_a_file(uri)?;
+        let (dir, name) = self.parent(uri, false)?;
+        dir.read(name).map_err(|e| io_error(uri, e))
     }
 
     /// Replaces a whole file; durable when it returns. Blocking.
     pub fn put(&self, uri: &DataUri, contents: &[u8]) -> Result<(), DataError> {
-        if uri.path.is_empty() {
-            return Err(DataError::InvalidUri(format!(
-                "{uri}: names a collection, not a file"
-            )));
-        }
-        let dir = self.collection(uri, true)?;
-        let (parent, name) = match uri.path.rsplit_once('/') {
-            Some((parent, name)) => (Some(parent), name),
-            None => (None, uri.path.as_str()),
-        };
-        let parent_dir = match parent {
-            Some(p) => {
-                dir.create_dir_all(p).map_err(|e| io_error(uri, e))?;
-                dir.open_dir(p).map_err(|e| io_error(uri, e))?
-            }
-            None => dir,
-        };
+        Self::names_a_file(uri)?;
+        let (parent_dir, name) = self.parent(uri, true)?;
+        check_last_segment(&parent_dir, name, uri)?;
         let tmp = format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4());
         let written = (|| {
             let mut f = parent_dir.create(&tmp)?;
@@ -237,16 +282,16 @@ impl Collections {
     /// Lists a directory of a collection; directories end with `/`. A
     /// collection that does not exist yet is empty. Blocking.
     pub fn list(&self, uri: &DataUri) -> Result<Vec<String>, DataError> {
-        let dir = match self.collection(uri, false) {
+        let mut dir = match self.collection(uri, false) {
             Err(DataError::NotFound) => return Ok(Vec::new()),
             other => other?,
         };
-        let entries = if uri.path.is_empty() {
-            dir.entries()
-        } else {
-            dir.read_dir(&uri.path)
+        if !uri.path.is_empty() {
+            for segment in uri.path.split('/') {
+                dir = open_segment(&dir, segment, false, uri)?;
+            }
         }
-        .map_err(|e| io_error(uri, e))?;
+        let entries = dir.entries().map_err(|e| io_error(uri, e))?;
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_error(uri, e))?;
@@ -263,14 +308,10 @@ impl Collections {
 
     /// Deletes a file. Blocking.
     pub fn delete(&self, uri: &DataUri) -> Result<(), DataError> {
-        if uri.path.is_empty() {
-            return Err(DataError::InvalidUri(format!(
-                "{uri}: names a collection, not a file"
-            )));
-        }
-        self.collection(uri, false)?
-            .remove_file(&uri.path)
-            .map_err(|e| io_error(uri, e))
+        Self::names_a_file(uri)?;
+        let (dir, name) = self.parent(uri, false)?;
+        check_last_segment(&dir, name, uri)?;
+        dir.remove_file(name).map_err(|e| io_error(uri, e))
     }
 }
 
@@ -358,5 +399,147 @@ mod tests {
             );
         }
         assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"s");
+    }
+
+    /// A data directory where mallory owns `c/f` and `c/sub/g`, and ezra a
+    /// collection `own` with `f`.
+    fn two_owners() -> (tempfile::TempDir, Collections) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("mallory/c/sub")).unwrap();
+        std::fs::write(root.join("mallory/c/f"), b"mallory's").unwrap();
+        std::fs::write(root.join("mallory/c/sub/g"), b"mallory's too").unwrap();
+        std::fs::create_dir_all(root.join("ezra/own")).unwrap();
+        std::fs::write(root.join("ezra/own/f"), b"ezra's").unwrap();
+        let c = Collections::open(root).unwrap();
+        (dir, c)
+    }
+
+    fn link(root: &Path, target: impl AsRef<Path>, at: &str) {
+        std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+    }
+
+    fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, DataError>) {
+        assert!(
+            matches!(
+                result,
+                Err(DataError::InvalidUri(_) | DataError::AccessDenied)
+            ),
+            "{what}: {result:?}"
+        );
+    }
+
+    /// Tries get, put, list and delete on each URI, expecting refusals, then checks mallory's tree is as it
+    /// was.
+    fn all_refused(root: &Path, c: &Collections, uris: &[&str]) {
+        for uri in uris {
+            let u = DataUri::parse(uri).unwrap();
+            refused(&format!("get {uri}"), c.get(&u));
+            refused(&format!("put {uri}"), c.put(&u, b"ezra was here"));
+            refused(&format!("delete {uri}"), c.delete(&u));
+            refused(&format!("list {uri}"), c.list(&u));
+        }
+        assert_eq!(
+            std::fs::read(root.join("mallory/c/f")).unwrap(),
+            b"mallory's"
+        );
+        assert_eq!(
+            std::fs::read(root.join("mallory/c/sub/g")).unwrap(),
+            b"mallory's too"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(root.join("mallory/c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["f", "sub"],
+            "something was written to mallory's collection"
+        );
+    }
+
+    #[test]
+    fn an_owner_directory_that_links_to_another_owner_is_refused() {
+        let (dir, c) = two_owners();
+        let root = dir.path();
+        link(root, "mallory", "bob");
+        link(root, root.join("mallory"), "eve");
+        all_refused(
+            root,
+            &c,
+            &["data://bob/c/f", "data://bob/c/sub/g", "data://eve/c/f"],
+        );
+        refused("list", c.list(&DataUri::parse("data://bob/c").unwrap()));
+    }
+
+    #[test]
+    fn a_collection_that_links_to_another_owners_collection_is_refused() {
+        // The example: data/ezra/somecoll -> ../mallory/c.
+        let (dir, c) = two_owners();
+        let root = dir.path();
+        link(root, "../mallory/c", "ezra/somecoll");
+        link(root, root.join("mallory/c"), "ezra/abscoll");
+        link(root, "../mallory", "ezra/up");
+        all_refused(
+            root,
+            &c,
+            &[
+                "data://ezra/somecoll/f",
+                "data://ezra/somecoll/sub/g",
+                "data://ezra/abscoll/f",
+                "data://ezra/up/c",
+            ],
+        );
+        refused(
+            "list",
+            c.list(&DataUri::parse("data://ezra/somecoll").unwrap()),
+        );
+    }
+
+    #[test]
+    fn an_intermediate_directory_that_links_elsewhere_is_refused() {
+        let (dir, c) = two_owners();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("ezra/c/real")).unwrap();
+        // To another owner's collection, and to a sibling collection of
+        // the same owner: either way it leaves the collection.
+        link(root, "../../mallory/c", "ezra/c/sub");
+        link(root, "../../own", "ezra/c/real/own");
+        all_refused(
+            root,
+            &c,
+            &[
+                "data://ezra/c/sub/f",
+                "data://ezra/c/sub/sub/g",
+                "data://ezra/c/real/own/f",
+            ],
+        );
+        refused(
+            "list",
+            c.list(&DataUri::parse("data://ezra/c/sub/").unwrap()),
+        );
+        assert_eq!(std::fs::read(root.join("ezra/own/f")).unwrap(), b"ezra's");
+    }
+
+    #[test]
+    fn a_file_link_into_another_owners_tree_is_refused() {
+        let (dir, c) = two_owners();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("ezra/c/d")).unwrap();
+        link(root, "../../mallory/c/f", "ezra/c/f");
+        link(root, root.join("mallory/c/sub/g"), "ezra/c/d/g");
+        all_refused(root, &c, &["data://ezra/c/f", "data://ezra/c/d/g"]);
+        // The links are still there: delete refused to act on them.
+        assert!(root.join("ezra/c/f").is_symlink());
+    }
+
+    #[test]
+    fn a_file_link_beside_its_target_still_works() {
+        let (dir, c) = two_owners();
+        let root = dir.path();
+        link(root, "f", "ezra/own/alias");
+        let alias = DataUri::parse("data://ezra/own/alias").unwrap();
+        assert_eq!(c.get(&alias).unwrap(), b"ezra's");
     }
 }

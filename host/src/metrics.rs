@@ -97,6 +97,10 @@ pub struct Metrics {
     pub in_flight: Family<FlowOnly, Gauge>,
     /// Time to instantiate and run the algorithm.
     pub invocation_seconds: HistogramFamily<FlowLabels>,
+    /// Time an invocation waited for a free instance slot of the pool.
+    pub instance_wait_seconds: HistogramFamily<FlowOnly>,
+    /// Log lines of repeated errors left out (counted in the next line).
+    pub log_lines_suppressed: Family<FlowOnly, Counter>,
     /// From the broker's enqueue time to settlement.
     pub end_to_end_seconds: HistogramFamily<FlowOnly>,
     /// Peak linear memory of each invocation.
@@ -138,6 +142,8 @@ impl Metrics {
             settle_errors: Family::default(),
             in_flight: Family::default(),
             invocation_seconds: Family::new_with_constructor(seconds),
+            instance_wait_seconds: Family::new_with_constructor(seconds),
+            log_lines_suppressed: Family::default(),
             end_to_end_seconds: Family::new_with_constructor(seconds),
             peak_memory_bytes: Family::new_with_constructor(bytes),
             fuel_used: Family::new_with_constructor(fuel),
@@ -182,6 +188,16 @@ impl Metrics {
             "invocation_duration_seconds",
             "Time to instantiate and run the algorithm on one message",
             m.invocation_seconds.clone(),
+        );
+        registry.register(
+            "instance_wait_seconds",
+            "Time an invocation waited for a free instance slot of the pool ([sandbox] max_instances)",
+            m.instance_wait_seconds.clone(),
+        );
+        registry.register(
+            "log_lines_suppressed",
+            "Log lines of repeated errors left out; each summary line says how many",
+            m.log_lines_suppressed.clone(),
         );
         registry.register(
             "end_to_end_latency_seconds",

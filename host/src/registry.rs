@@ -185,32 +185,38 @@ impl Registry {
             .map(|(name, r)| (name.clone(), self.resolve(r).map(|a| a.id.to_string())))
             .collect();
         let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
+        // Sorted by owner, name and then version as semver (0.1.2 before
+        // 0.1.10), not by the text of `owner/name/version`.
+        let mut keyed = Vec::new();
         for ((owner, name), versions) in algorithms.iter() {
             for (version, slot) in versions {
                 let algorithm = format!("{owner}/{name}/{version}");
                 let serving = slot.serving.as_ref();
-                out.push(PluginInfo {
-                    status: if slot.rejected.is_some() {
-                        "rejected"
-                    } else {
-                        "ok"
+                let key = (owner.clone(), name.clone(), version.clone());
+                keyed.push((
+                    key,
+                    PluginInfo {
+                        status: if slot.rejected.is_some() {
+                            "rejected"
+                        } else {
+                            "ok"
+                        },
+                        hash: serving.map(|a| a.hash.clone()),
+                        size: serving.map(|a| a.size),
+                        loaded_at: serving.map(|a| a.loaded_at),
+                        rejected: slot.rejected.clone(),
+                        flows: resolved
+                            .iter()
+                            .filter(|(_, r)| r.as_deref() == Some(algorithm.as_str()))
+                            .map(|(f, _)| f.clone())
+                            .collect(),
+                        algorithm,
                     },
-                    hash: serving.map(|a| a.hash.clone()),
-                    size: serving.map(|a| a.size),
-                    loaded_at: serving.map(|a| a.loaded_at),
-                    rejected: slot.rejected.clone(),
-                    flows: resolved
-                        .iter()
-                        .filter(|(_, r)| r.as_deref() == Some(algorithm.as_str()))
-                        .map(|(f, _)| f.clone())
-                        .collect(),
-                    algorithm,
-                });
+                ));
             }
         }
-        out.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
-        out
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.into_iter().map(|(_, info)| info).collect()
     }
 }
 
@@ -329,5 +335,54 @@ mod tests {
         ] {
             assert!(id_from_path(dir, Path::new(other)).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn versions_are_listed_in_semver_order() {
+        let registry = Registry::new();
+        for (owner, name, version) in [
+            ("ezra", "store_file", "0.1.10"),
+            ("ezra", "store_file", "0.1.2"),
+            ("ezra", "store_file", "0.2.0"),
+            ("ezra", "store_file", "0.2.0-rc.1"),
+            ("ezra", "store_file", "10.0.0"),
+            ("ezra", "store_file", "9.0.0"),
+            ("ezra", "echo", "1.0.0"),
+            ("bob", "store_file", "0.0.1"),
+        ] {
+            let id = AlgorithmId {
+                owner: owner.into(),
+                name: name.into(),
+                version: semver::Version::parse(version).unwrap(),
+            };
+            let path = PathBuf::from(format!("/p/{id}.wasm"));
+            registry.reject(
+                path,
+                &id,
+                Rejection {
+                    reason: "test".into(),
+                    hash: String::new(),
+                    at: SystemTime::now(),
+                },
+            );
+        }
+        let listed: Vec<String> = registry
+            .list(&[])
+            .into_iter()
+            .map(|p| p.algorithm)
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "bob/store_file/0.0.1",
+                "ezra/echo/1.0.0",
+                "ezra/store_file/0.1.2",
+                "ezra/store_file/0.1.10",
+                "ezra/store_file/0.2.0-rc.1",
+                "ezra/store_file/0.2.0",
+                "ezra/store_file/9.0.0",
+                "ezra/store_file/10.0.0",
+            ]
+        );
     }
 }

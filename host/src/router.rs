@@ -66,12 +66,18 @@ impl Router {
             Some(dirs.state_dir.join("compiled")),
             data,
         )?);
+        let dead_letter_key = {
+            let dir = dirs.state_dir.clone();
+            tokio::task::spawn_blocking(move || flow::envelope::DeadLetterKey::load_or_create(&dir))
+                .await??
+        };
         let services = Arc::new(Services {
             sandbox,
             registry: Arc::new(Registry::new()),
             state,
             metrics: Arc::new(Metrics::new()),
             secrets: RwLock::new(HashMap::new()),
+            dead_letter_key,
         });
         services.reload_secrets()?;
         std::fs::create_dir_all(&dirs.plugins_dir).with_context(|| {
@@ -257,6 +263,10 @@ impl Router {
             brokers,
             topics: config.topics.clone(),
             algorithm_limits: config.algorithm_limits.clone(),
+            dead_letter_topics: crate::config::dead_letter_topic_keys(
+                &config.flows,
+                &config.topics,
+            ),
         });
 
         // Stop flows that are gone, disabled or changed.
@@ -285,6 +295,9 @@ impl Router {
         }
 
         self.topology.replace(topology.clone());
+        if let Some(warning) = pool_oversubscription(&config) {
+            tracing::warn!("{warning}");
+        }
         let grace = Duration::from_secs_f64(config.router.shutdown_grace_secs);
         for spec in config.flows.iter().filter(|f| f.enabled) {
             if flows.contains_key(&spec.name) {
@@ -351,6 +364,26 @@ impl Router {
             .map(|spec| match statuses.get(&spec.name) {
                 Some(s) => s.report(spec),
                 None => FlowStatus::default().report(spec),
+            })
+            .collect()
+    }
+
+    /// The running flows that are not ready, and why: Kafka flows whose
+    /// consumer has held no partition assignment for longer than their
+    /// `consumer.assignment_grace_secs`.
+    pub fn unready_flows(&self) -> Vec<(String, String)> {
+        let config = self.config();
+        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        config
+            .flows
+            .iter()
+            .filter_map(|spec| {
+                let grace = spec
+                    .consumer
+                    .assignment_grace_secs
+                    .map_or(flow::DEFAULT_ASSIGNMENT_GRACE, Duration::from_secs);
+                let why = statuses.get(&spec.name)?.unready(grace)?;
+                Some((spec.name.clone(), why))
             })
             .collect()
     }
@@ -462,6 +495,35 @@ impl Router {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.background.clone()
     }
+}
+
+/// A one-line warning when the enabled flows' concurrency adds up to more
+/// than the pool's instance slots: invocations beyond them wait for a slot
+/// (they do not fail), so a flow can be slowed by the others.
+pub fn pool_oversubscription(config: &Config) -> Option<String> {
+    if !config.sandbox.pooling {
+        return None;
+    }
+    let flows: Vec<String> = config
+        .flows
+        .iter()
+        .filter(|f| f.enabled)
+        .map(|f| format!("{} {}", f.name, f.concurrency))
+        .collect();
+    let total: u64 = config
+        .flows
+        .iter()
+        .filter(|f| f.enabled)
+        .map(|f| u64::from(f.concurrency))
+        .sum();
+    let slots = config.sandbox.max_instances;
+    (total > u64::from(slots)).then(|| {
+        format!(
+            "The flows' concurrency adds up to {total} ({}) but [sandbox] max_instances is {slots}: \
+             invocations beyond {slots} at once wait for a free instance slot, so busy flows slow the others.",
+            flows.join(", ")
+        )
+    })
 }
 
 /// What a running flow depends on beyond the live topology snapshot: its

@@ -197,11 +197,12 @@ impl Router {
             .expect("VmRSS in /proc/PID/status")
     }
 
-    /// Messages of an embedded topic, without consuming them.
+    /// Messages of an embedded topic, without consuming them (the first
+    /// 1,000: the most one peek returns).
     pub fn peek(&self, broker: &str, topic: &str) -> Vec<Value> {
         let (status, body) = self.http(
             "GET",
-            &format!("/v1/brokers/{broker}/topics/{topic}/messages?limit=1000000"),
+            &format!("/v1/brokers/{broker}/topics/{topic}/messages?limit=1000"),
             None,
         );
         assert_eq!(status, 200, "{body}");

@@ -62,8 +62,7 @@ impl AdminClient {
 
     /// GETs a path under the API and returns its JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.call(self.http.get(self.url(path)?)).await
     }
 
     /// GETs an unauthenticated path (`/readyz`) and returns its JSON whatever
@@ -80,26 +79,59 @@ impl AdminClient {
 
     /// POSTs JSON to a path under the API and returns its JSON.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
+        self.call(self.http.post(self.url(path)?).json(body)).await
     }
 
     /// DELETEs a path under the API and returns its JSON.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(self.http.delete(format!("{}{path}", self.base)))
-            .await
+        self.call(self.http.delete(self.url(path)?)).await
     }
 
     /// PATCHes JSON to a path under the API and returns its JSON.
     pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call(self.http.patch(format!("{}{path}", self.base)).json(body))
-            .await
+        self.call(self.http.patch(self.url(path)?).json(body)).await
     }
 
     /// PUTs JSON to a path under the API and returns its JSON.
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call(self.http.put(format!("{}{path}", self.base)).json(body))
-            .await
+        self.call(self.http.put(self.url(path)?).json(body)).await
+    }
+
+    /// The URL of `path`, refused when a name in it is not a valid name.
+    /// Names come from the command line: `secrets set ezra/../../test/x`
+    /// would otherwise be resolved by URL parsing into another algorithm's
+    /// path, and `a?b` or `a#b` would cut the path short.
+    fn url(&self, path: &str) -> anyhow::Result<reqwest::Url> {
+        let (route, query) = path.split_once('?').unwrap_or((path, ""));
+        if let Some(bad) = route
+            .split('/')
+            .skip(1)
+            .find(|segment| !crate::config::is_valid_name(segment))
+        {
+            anyhow::bail!(
+                "{}",
+                crate::config::check_name(bad)
+                    .err()
+                    .unwrap_or_else(|| format!("{path:?} is not a valid path"))
+            );
+        }
+        if !query
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'&' | b'_' | b'-' | b'.'))
+        {
+            anyhow::bail!(
+                "{} holds a name that is not a valid name: use letters, digits, '_', '-' and '.'",
+                crate::config::quote_name(path)
+            );
+        }
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .with_context(|| format!("{path:?} is not a valid path"))?;
+        anyhow::ensure!(
+            url.path() == route,
+            "{} is not a valid path",
+            crate::config::quote_name(path)
+        );
+        Ok(url)
     }
 
     async fn call(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {

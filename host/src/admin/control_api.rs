@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
 use crate::config::Declarations;
-use crate::control::{DeclareTopic, EditFlow, EnableFlow, Grant, Role, flow_view};
+use crate::control::{Action, DeclareTopic, EditFlow, EnableFlow, Grant};
 
 #[derive(Deserialize, Default)]
 pub(super) struct ForceQuery {
@@ -18,14 +18,7 @@ pub(super) struct ForceQuery {
 }
 
 pub(super) async fn get_state(State(state): State<AppState>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
-    let d = state.control.declarations();
-    Ok(Json(json!({
-        "brokers": state.control.list_brokers(),
-        "topics": d.topics,
-        "flows": d.flows,
-        "algorithm_limits": d.algorithm_limits,
-    })))
+    Ok(Json(state.control.state(&caller.0)?))
 }
 
 pub(super) async fn put_state(
@@ -43,9 +36,8 @@ pub(super) async fn put_state(
 }
 
 pub(super) async fn list_brokers(State(state): State<AppState>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+    let mut brokers = state.control.brokers(&caller.0)?;
     let health = state.router.check_brokers().await;
-    let mut brokers = state.control.list_brokers();
     for b in &mut brokers {
         let name = b["name"].as_str().unwrap_or_default().to_string();
         if let Some((_, _, r)) = health.iter().find(|(n, _, _)| *n == name) {
@@ -74,8 +66,7 @@ pub(super) async fn show_broker(
     caller: Caller,
     UrlPath(broker): UrlPath<String>,
 ) -> ApiResult {
-    caller.require_admin()?;
-    Ok(Json(state.control.show_broker(&broker)?))
+    Ok(Json(state.control.broker(&caller.0, &broker)?))
 }
 
 pub(super) async fn delete_broker(
@@ -98,9 +89,9 @@ pub(super) async fn list_topics(
     caller: Caller,
     UrlPath(broker): UrlPath<String>,
 ) -> ApiResult {
-    caller.require_admin()?;
+    let (topics, listing_error) = state.control.list_topics(&caller.0, &broker).await?;
     Ok(Json(
-        json!({ "topics": state.control.list_topics(&broker).await? }),
+        json!({ "topics": topics, "listing_error": listing_error }),
     ))
 }
 
@@ -215,27 +206,9 @@ pub(super) async fn delete_secret(
 }
 
 pub(super) async fn list_flows(State(state): State<AppState>, caller: Caller) -> ApiResult {
-    let visible: Vec<String> = state
-        .control
-        .flows(&caller.0)
-        .into_iter()
-        .map(|f| f.name)
-        .collect();
-    let specs = state.control.declarations().flows;
-    let flows: Vec<Value> = state
-        .router
-        .flow_reports()
-        .into_iter()
-        .filter(|r| visible.contains(&r.name))
-        .map(|r| {
-            let mut v = serde_json::to_value(&r).unwrap_or_default();
-            if let Some(spec) = specs.iter().find(|f| f.name == r.name) {
-                v["spec"] = flow_view(spec);
-            }
-            v
-        })
-        .collect();
-    Ok(Json(json!({ "flows": flows })))
+    Ok(Json(
+        json!({ "flows": state.control.flow_statuses(&caller.0) }),
+    ))
 }
 
 pub(super) async fn show_flow(
@@ -243,20 +216,7 @@ pub(super) async fn show_flow(
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
 ) -> ApiResult {
-    let spec = state
-        .control
-        .flows(&caller.0)
-        .into_iter()
-        .find(|f| f.name == flow)
-        .ok_or_else(|| ApiError::not_found(format!("no flow named {flow:?}")))?;
-    let report = state
-        .router
-        .flow_reports()
-        .into_iter()
-        .find(|r| r.name == flow);
-    let mut v = flow_view(&spec);
-    v["status"] = serde_json::to_value(report).unwrap_or_default();
-    Ok(Json(v))
+    Ok(Json(state.control.flow_status(&caller.0, &flow)?))
 }
 
 pub(super) async fn enable_flow(
@@ -264,8 +224,8 @@ pub(super) async fn enable_flow(
     caller: Caller,
     ApiJson(req): ApiJson<EnableFlow>,
 ) -> ApiResult {
-    let f = state.control.enable_flow(&caller.0, req).await?;
-    Ok(Json(flow_view(&f)))
+    let change = state.control.enable_flow(&caller.0, req).await?;
+    Ok(Json(change.to_json()))
 }
 
 pub(super) async fn edit_flow(
@@ -274,8 +234,8 @@ pub(super) async fn edit_flow(
     UrlPath(flow): UrlPath<String>,
     ApiJson(edit): ApiJson<EditFlow>,
 ) -> ApiResult {
-    let f = state.control.edit_flow(&caller.0, &flow, edit).await?;
-    Ok(Json(flow_view(&f)))
+    let change = state.control.edit_flow(&caller.0, &flow, edit).await?;
+    Ok(Json(change.to_json()))
 }
 
 pub(super) async fn delete_flow(
@@ -296,9 +256,10 @@ pub(super) async fn list_plugins(State(state): State<AppState>, caller: Caller) 
         .map(|f| (f.name, f.algorithm))
         .collect();
     let mut list = state.router.services().registry.list(&flows);
-    if let Role::Owner(o) = &caller.0 {
-        list.retain(|p| p.algorithm.starts_with(&format!("{o}/")));
-    }
+    list.retain(|p| {
+        let owner = p.algorithm.split_once('/').map_or("", |(o, _)| o);
+        caller.0.may(Action::SeePlugins(owner))
+    });
     Ok(Json(json!({ "plugins": list })))
 }
 

@@ -28,7 +28,8 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let brokers = state.router.check_brokers().await;
     let plugins = state.router.services().registry.list(&[]);
     let loaded = plugins.iter().filter(|p| p.hash.is_some()).count();
-    let ready = brokers.iter().all(|(_, _, r)| r.is_ok());
+    let unready_flows = state.router.unready_flows();
+    let ready = brokers.iter().all(|(_, _, r)| r.is_ok()) && unready_flows.is_empty();
     let body = json!({
         "ready": ready,
         "brokers": brokers.iter().map(|(name, kind, r)| json!({
@@ -38,6 +39,10 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
             "error": r.as_ref().err(),
         })).collect::<Vec<_>>(),
         "plugins_loaded": loaded,
+        "flows_not_ready": unready_flows.iter().map(|(name, reason)| json!({
+            "name": name,
+            "reason": reason,
+        })).collect::<Vec<_>>(),
     });
     let status = if ready {
         StatusCode::OK

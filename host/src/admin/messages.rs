@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
-use crate::control::Role;
-use crate::flow::envelope::Envelope;
+use crate::control::{Action, ReplayDeadLetters};
 use crate::message::OutboundMessage;
 use crate::router::Router;
 
@@ -43,6 +43,17 @@ impl MessageBody {
     }
 }
 
+/// The most messages one `POST /v1/messages` may carry.
+pub const MAX_SEND_MESSAGES: usize = 1_000;
+
+/// The most messages one peek returns, and how many without `limit`.
+pub const MAX_PEEK_MESSAGES: usize = 1_000;
+const DEFAULT_PEEK_MESSAGES: usize = 10;
+
+/// The payload bytes one peek returns at most: it stops before the message
+/// that would go over (but always returns the first message).
+pub const MAX_PEEK_BYTES: usize = 16 << 20;
+
 /// A message, or a batch of them (`messages`), for one topic.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +76,17 @@ pub(super) async fn send_message(
     caller: Caller,
     ApiJson(req): ApiJson<SendRequest>,
 ) -> ApiResult {
-    caller.require_admin()?;
+    crate::config::check_name(&req.topic)
+        .map_err(|m| ApiError::bad_request(format!("topic: {m}")))?;
+    if let Some(b) = &req.broker {
+        crate::config::check_name(b).map_err(|m| ApiError::bad_request(format!("broker: {m}")))?;
+    }
+    if req.messages.len() > MAX_SEND_MESSAGES {
+        return Err(ApiError::bad_request(format!(
+            "messages: {} messages in one request; at most {MAX_SEND_MESSAGES} are allowed (send them in several requests)",
+            req.messages.len()
+        )));
+    }
     let single = MessageBody {
         payload: req.payload,
         payload_base64: req.payload_base64,
@@ -84,6 +105,17 @@ pub(super) async fn send_message(
             .map(MessageBody::into_message)
             .collect::<Result<_, _>>()?
     };
+    // The router's own headers (provenance, dead-letter signatures) are
+    // written by the router only.
+    if let Some((key, _)) = messages
+        .iter()
+        .flat_map(|m| &m.headers)
+        .find(|(k, _)| k.to_ascii_lowercase().starts_with("eventflow-"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "header {key:?}: eventflow-* headers are set by the router only"
+        )));
+    }
     let topology = state.router.topology();
     let candidates: Vec<_> = topology
         .topics
@@ -109,24 +141,60 @@ pub(super) async fn send_message(
             )));
         }
     };
+    caller.0.authorize(Action::Send(topic))?;
     let key = crate::flow::Topology::key(topic);
+    let limit = topology
+        .brokers
+        .get(&topic.broker)
+        .map(|b| b.connection.max_payload_bytes());
+    if let Some(limit) = limit
+        && let Some((i, m)) = messages
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.payload.len() > limit)
+    {
+        return Err(too_large(&topic.broker, i, m.payload.len(), limit));
+    }
     let count = messages.len();
     topology
         .publish(&key, messages)
         .await
-        .map_err(|e| ApiError::unavailable(format!("cannot publish to {key}: {e:#}")))?;
+        .map_err(|e| match e {
+            crate::connector::PublishError::TooLarge { size, limit } => {
+                too_large(&topic.broker, 0, size, limit)
+            }
+            e => ApiError::unavailable(format!("cannot publish to {key}: {e:#}")),
+        })?;
     Ok(Json(json!({ "published": count, "topic": key })))
 }
 
+/// 413 for a message over its broker's size limit, naming the limit.
+fn too_large(broker: &str, index: usize, size: usize, limit: usize) -> ApiError {
+    ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "message {index}: its payload of {size} bytes is larger than broker {broker:?}'s limit of {limit} bytes"
+        ),
+    )
+}
+
 /// Messages of a topic, oldest first, without consuming them (where the
-/// broker can peek).
+/// broker can peek): at most `limit` (default 10, at most
+/// [`MAX_PEEK_MESSAGES`]) and about [`MAX_PEEK_BYTES`] of payload;
+/// `truncated` says the byte limit cut the answer short.
 pub(super) async fn peek_topic(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((broker, topic)): UrlPath<(String, String)>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    caller.require_admin()?;
+    caller.0.authorize(Action::PeekTopic)?;
+    let limit = q.limit.unwrap_or(DEFAULT_PEEK_MESSAGES);
+    if limit > MAX_PEEK_MESSAGES {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is above the maximum of {MAX_PEEK_MESSAGES} messages per peek"
+        )));
+    }
     let topology = state.router.topology();
     let spec = topology
         .topics
@@ -134,8 +202,17 @@ pub(super) async fn peek_topic(
         .find(|t| t.broker == broker && t.name == topic)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no topic {topic:?} on broker {broker:?}")))?;
-    let messages = peek_messages(&state.router, &spec, q.limit.unwrap_or(100)).await?;
-    let out: Vec<Value> = messages
+    let messages = peek_messages(&state.router, &spec, limit).await?;
+    let mut bytes = 0usize;
+    let shown = messages
+        .iter()
+        .take_while(|m| {
+            bytes = bytes.saturating_add(m.payload.len());
+            bytes <= MAX_PEEK_BYTES || bytes == m.payload.len()
+        })
+        .count();
+    let truncated = shown < messages.len();
+    let out: Vec<Value> = messages[..shown]
         .iter()
         .map(|m| {
             let (payload, encoding) = match std::str::from_utf8(&m.payload) {
@@ -155,46 +232,13 @@ pub(super) async fn peek_topic(
             })
         })
         .collect();
-    Ok(Json(json!({ "messages": out })))
+    Ok(Json(json!({ "messages": out, "truncated": truncated })))
 }
 
 #[derive(Deserialize)]
 pub(super) struct ListQuery {
     #[serde(default)]
     pub(super) limit: Option<usize>,
-}
-
-/// The dead-letter topic of `flow`, or an error that says what is missing.
-fn dead_letter_topic(
-    router: &Router,
-    role: &Role,
-    flow: &str,
-) -> Result<(crate::config::FlowSpec, crate::config::TopicSpec), ApiError> {
-    let config = router.config();
-    let spec = config
-        .flows
-        .iter()
-        .find(|f| f.name == flow)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no flow named {flow:?}")))?;
-    if let Role::Owner(o) = role
-        && *o != spec.algorithm.owner
-    {
-        return Err(ApiError::forbidden(format!(
-            "the token of owner {o:?} cannot manage flows of {:?}",
-            spec.algorithm.owner
-        )));
-    }
-    let dlq = spec
-        .dead_letter_topic
-        .clone()
-        .ok_or_else(|| ApiError::bad_request(format!("flow {flow:?} has no dead_letter_topic")))?;
-    let topic = router
-        .topology()
-        .topic(&spec.broker, &dlq)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("dead-letter topic {dlq:?} is not declared")))?;
-    Ok((spec, topic))
 }
 
 async fn peek_messages(
@@ -213,100 +257,48 @@ async fn peek_messages(
         .map_err(|e| ApiError::unavailable(format!("cannot read {}: {e:#}", topic.name)))
 }
 
+/// The flow's dead letters among the first `limit` messages of its
+/// dead-letter topic, each marked `verified` (written by this router) or
+/// `unverified` (anything else on the topic that claims to be one).
 pub(super) async fn list_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    let (_, topic) = dead_letter_topic(&state.router, &caller.0, &flow)?;
-    let messages = peek_messages(&state.router, &topic, q.limit.unwrap_or(1000)).await?;
-    let letters: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let envelope = serde_json::from_slice::<Value>(&m.payload).unwrap_or_else(
-                |_| json!({ "unparsed_payload": String::from_utf8_lossy(&m.payload) }),
-            );
-            json!({ "dead_letter_id": m.id, "envelope": envelope })
+    let (_, _, letters) = state
+        .control
+        .dead_letters(&caller.0, &flow, q.limit.unwrap_or(1000))
+        .await?;
+    let verified = letters.iter().filter(|d| d.verified).count();
+    let out: Vec<Value> = letters
+        .into_iter()
+        .map(|d| {
+            json!({
+                "dead_letter_id": d.id,
+                "verified": d.verified,
+                "status": if d.verified { "verified" } else { "unverified" },
+                "envelope": d.raw,
+            })
         })
         .collect();
-    Ok(Json(json!({ "dead_letters": letters })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReplayRequest {
-    /// The original message id, or the dead letter's own id.
-    #[serde(default)]
-    id: Option<String>,
+    Ok(Json(json!({
+        "verified": verified,
+        "unverified": out.len() - verified,
+        "dead_letters": out,
+    })))
 }
 
 pub(super) async fn replay_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
-    body: Option<ApiJson<ReplayRequest>>,
+    body: Option<ApiJson<ReplayDeadLetters>>,
 ) -> ApiResult {
     let req = body.map(|ApiJson(r)| r).unwrap_or_default();
-    let (spec, dlq) = dead_letter_topic(&state.router, &caller.0, &flow)?;
-    let topology = state.router.topology();
-    let source = topology
-        .topic(&spec.broker, &spec.topic)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("topic {:?} is not declared", spec.topic)))?;
-    let letters = peek_messages(&state.router, &dlq, 100_000).await?;
-    let mut replayed = Vec::new();
-    for letter in letters {
-        let Ok(envelope) = serde_json::from_slice::<Envelope>(&letter.payload) else {
-            continue;
-        };
-        if envelope.flow != flow {
-            continue;
-        }
-        if let Some(id) = &req.id
-            && *id != envelope.source.message_id
-            && *id != letter.id
-        {
-            continue;
-        }
-        let payload = envelope
-            .original_payload()
-            .map_err(|e| ApiError::bad_request(format!("dead letter {}: {e}", letter.id)))?;
-        let mut headers = envelope.headers.clone();
-        crate::message::set_header(
-            &mut headers,
-            "eventflow-replayed-from",
-            envelope.source.message_id.clone(),
-        );
-        topology
-            .publish(
-                &crate::flow::Topology::key(&source),
-                vec![OutboundMessage { payload, headers }],
-            )
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!("cannot publish to {}: {e:#}", source.name))
-            })?;
-        let broker = &topology.brokers[&dlq.broker];
-        broker
-            .connection
-            .remove(&dlq, &letter.id)
-            .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "replayed but cannot remove the dead letter {}: {e:#}",
-                    letter.id
-                ))
-            })?;
-        tracing::info!(flow = %flow, message_id = %envelope.source.message_id, "Dead letter replayed.");
-        replayed.push(envelope.source.message_id);
-    }
-    if let Some(id) = &req.id
-        && replayed.is_empty()
-    {
-        return Err(ApiError::not_found(format!(
-            "no dead letter of flow {flow:?} has id {id:?}"
-        )));
-    }
-    Ok(Json(json!({ "replayed": replayed })))
+    let report = state
+        .control
+        .replay_dead_letters(&caller.0, &flow, req)
+        .await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }

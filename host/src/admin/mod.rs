@@ -3,10 +3,14 @@
 //! JSON under versioned paths (`/v1/...`), bearer-token authenticated: the
 //! admin token (generated at first start, `<state_dir>/admin.token`, mode
 //! 0600) can do everything; owner-scoped tokens (created with
-//! `POST /v1/tokens`) only manage the flows and secrets of their owner's
-//! algorithms. `/metrics`, `/healthz`, `/readyz` and `/v1/openapi.json` are
-//! open. Errors are JSON `{"error": "..."}`: 400 for bad input, 401 without a
-//! valid token, 403 for a token that may not, 404, 409 for conflicts.
+//! `POST /v1/tokens`) only manage their owner's algorithms' flows, dead
+//! letters and secrets and send to topics those algorithms consume
+//! ([`crate::control::Role::authorize`] decides every call). `/metrics`,
+//! `/healthz`, `/readyz` and `/v1/openapi.json` are open. Errors are JSON
+//! `{"error": "..."}`: 400 for bad input (a name in the path or body that is
+//! not a valid name included), 401 without a valid token, 403 for a token
+//! that may not, 404, 409 for conflicts, 413 for a body over
+//! [`MAX_BODY_BYTES`] or a message over its broker's limit.
 
 pub mod auth;
 pub mod client;
@@ -14,13 +18,16 @@ mod control_api;
 mod health;
 mod messages;
 mod openapi;
+mod runtime;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, RawPathParams, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -41,9 +48,6 @@ pub struct ApiError(pub StatusCode, pub String);
 impl ApiError {
     fn bad_request(m: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, m.into())
-    }
-    fn forbidden(m: impl Into<String>) -> Self {
-        Self(StatusCode::FORBIDDEN, m.into())
     }
     fn not_found(m: impl Into<String>) -> Self {
         Self(StatusCode::NOT_FOUND, m.into())
@@ -74,6 +78,11 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// The largest request body: one message of the largest payload any broker
+/// takes (16 MiB, the embedded broker's default), grown by a third as
+/// `payload_base64`, plus room for its envelope and headers.
+pub const MAX_BODY_BYTES: usize = 24 << 20;
+
 /// A JSON body whose rejection is a 400 with the parser's message.
 pub struct ApiJson<T>(pub T);
 
@@ -83,6 +92,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than the admin API's limit of {} MiB ({MAX_BODY_BYTES} bytes)",
+                    MAX_BODY_BYTES >> 20
+                ),
+            )),
             Err(e) => Err(ApiError::bad_request(e.body_text())),
         }
     }
@@ -110,17 +126,6 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::OptionalFromRequest<S> 
 /// The caller's role, put in the request by the authentication layer.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Role);
-
-impl Caller {
-    fn require_admin(&self) -> Result<(), ApiError> {
-        match &self.0 {
-            Role::Admin => Ok(()),
-            Role::Owner(o) => Err(ApiError::forbidden(format!(
-                "the token of owner {o:?} cannot do this: it needs the admin token"
-            ))),
-        }
-    }
-}
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -152,8 +157,9 @@ pub async fn serve(
     let token = auth::ensure_token(state_dir)?;
     let addr_file = state_dir.join(auth::ADDR_FILE);
     let _ = std::fs::remove_file(&addr_file);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    // Bound here, served on the admin runtime (see `runtime`).
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|_| l))
         .with_context(|| format!("cannot listen on {listen} (admin.listen)"))?;
     let addr = listener.local_addr()?;
     let state = AppState {
@@ -231,9 +237,15 @@ pub async fn serve(
             "/v1/tokens/{id}",
             axum::routing::delete(control_api::delete_token),
         )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(check_path_names))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            tokio::runtime::Handle::current(),
+            runtime::on_main_runtime,
         ));
     let app = Http::new()
         .merge(api)
@@ -247,19 +259,62 @@ pub async fn serve(
     std::fs::write(&tmp, addr.to_string())
         .and_then(|_| std::fs::rename(&tmp, &addr_file))
         .with_context(|| format!("cannot write {}", addr_file.display()))?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+    runtime::spawn(async move {
+        let served = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = served {
             tracing::error!(error = %e, "The admin API stopped.");
         }
-    });
+    })?;
     Ok(addr)
 }
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint (see /v1/openapi.json)")
+}
+
+/// Refuses (400) a request whose path parameters are not valid names, before
+/// any handler sees them: every `{broker}`, `{topic}`, `{flow}`, `{owner}`,
+/// `{name}` and `{id}` must pass [`crate::config::check_name`] (so `..`,
+/// `a/b` sent as `a%2Fb`, `%2e%2e`, NUL and overlong names are refused) and
+/// `{key}` must be an environment variable name. The error names the
+/// parameter.
+async fn check_path_names(
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::extract::rejection::RawPathParamsRejection;
+    let params = match params {
+        Ok(p) => p,
+        Err(RawPathParamsRejection::MissingPathParams(_)) => return next.run(request).await,
+        Err(e) => return ApiError::bad_request(e.body_text()).into_response(),
+    };
+    for (param, value) in &params {
+        let checked = if param == "key" {
+            if crate::config::is_valid_variable(value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} is not a valid secret name: use 1 to {} letters, digits and '_', not starting with a digit (it becomes an environment variable)",
+                    crate::config::quote_name(value),
+                    crate::config::MAX_NAME_BYTES
+                ))
+            }
+        } else {
+            crate::config::check_name(value)
+        };
+        if let Err(m) = checked {
+            return ApiError::bad_request(format!("{param}: {m}")).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Resolves the bearer token to a role, or answers 401.

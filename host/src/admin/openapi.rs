@@ -21,11 +21,21 @@ fn error_responses(extra: &[&str]) -> Value {
     Value::Object(r)
 }
 
+/// An operation. Parameters can be refused (400: a name that is not a valid
+/// name, a limit above its maximum) and bodies can be too large (413), so
+/// those codes are added where they apply.
 fn op(summary: &str, params: &[&str], body: Option<Value>, errors: &[&str]) -> Value {
+    let mut codes: Vec<&str> = errors.to_vec();
+    if !params.is_empty() {
+        codes.push("400");
+    }
+    if body.is_some() {
+        codes.extend(["400", "413"]);
+    }
     let mut o = json!({
         "summary": summary,
         "security": [{"bearer": []}],
-        "responses": error_responses(errors),
+        "responses": error_responses(&codes),
     });
     if !params.is_empty() {
         o["parameters"] = Value::Array(
@@ -48,6 +58,9 @@ fn schema(name: &str) -> Value {
 
 /// The document.
 pub fn spec() -> Value {
+    // The server also refuses "." and ".." (400), as
+    // `crate::config::is_valid_name` does; the pattern leaves that out to
+    // stay a plain regular expression.
     let name_pattern = "^[A-Za-z0-9_.-]{1,128}$";
     json!({
         "openapi": "3.0.3",
@@ -70,10 +83,10 @@ pub fn spec() -> Value {
                 "delete": op("Delete a broker connection (refused while flows use it, unless force)", &["broker", "force"], None, &["403", "404", "409"]),
             },
             "/v1/brokers/{broker}/topics": {
-                "get": op("Topics of a broker: declared ones and those the broker lists", &["broker"], None, &["403", "404"]),
+                "get": op("Topics of a broker: declared ones and those the broker lists; listing_error says why the broker's own list is missing when it refused", &["broker"], None, &["403", "404"]),
             },
             "/v1/brokers/{broker}/topics/{topic}": {
-                "put": op("Declare a topic or replace its access lists", &["broker", "topic"], Some(schema("DeclareTopic")), &["400", "403", "404"]),
+                "put": op("Declare a topic, or change the given fields of a declared one (omitted fields keep their values)", &["broker", "topic"], Some(schema("DeclareTopic")), &["400", "403", "404"]),
                 "delete": op("Delete a topic declaration (refused while flows use it, unless force)", &["broker", "topic", "force"], None, &["403", "404", "409"]),
             },
             "/v1/brokers/{broker}/topics/{topic}/grants": {
@@ -83,7 +96,7 @@ pub fn spec() -> Value {
                 "post": op("Revoke an algorithm's access", &["broker", "topic"], Some(schema("Grant")), &["400", "403", "404"]),
             },
             "/v1/brokers/{broker}/topics/{topic}/messages": {
-                "get": op("Peek at a topic's messages without consuming them", &["broker", "topic", "limit"], None, &["403", "404", "503"]),
+                "get": op("Peek at a topic's messages without consuming them: at most `limit` (default 10, at most 1000) and 16 MiB of payload; `truncated` says the byte limit cut the answer short", &["broker", "topic", "peek_limit"], None, &["403", "404", "503"]),
             },
             "/v1/algorithms/{owner}/{name}/topics": {
                 "get": op("The topics an algorithm may use, each enabled or disabled (its queues tab)", &["owner", "name"], None, &["403"]),
@@ -100,21 +113,21 @@ pub fn spec() -> Value {
                 "post": op("Enable a topic for an algorithm version (creates or re-enables a flow)", &[], Some(schema("EnableFlow")), &["400", "403", "409"]),
             },
             "/v1/flows/{flow}": {
-                "get": op("A flow", &["flow"], None, &["404"]),
+                "get": op("A flow", &["flow"], None, &["403", "404"]),
                 "patch": op("Edit a flow's version, dead-letter topic, limits or state", &["flow"], Some(schema("EditFlow")), &["400", "403", "404"]),
                 "delete": op("Delete a flow (its messages stay in the broker)", &["flow"], None, &["403", "404"]),
             },
             "/v1/flows/{flow}/dead-letters": {
-                "get": op("Dead-letter envelopes of a flow", &["flow", "limit"], None, &["400", "403", "404", "503"]),
+                "get": op("A flow's dead letters (only this flow's; each verified or unverified)", &["flow", "limit"], None, &["400", "403", "404", "503"]),
             },
             "/v1/flows/{flow}/dead-letters/replay": {
-                "post": op("Publish dead letters back to the flow's topic and remove them", &["flow"], Some(schema("Replay")), &["400", "403", "404", "503"]),
+                "post": op("Publish dead letters back to the flow's topic and remove them", &["flow"], Some(schema("Replay")), &["400", "403", "404", "409", "503"]),
             },
             "/v1/messages": {
-                "post": op("Publish messages to a topic", &[], Some(schema("SendMessages")), &["400", "403", "404", "503"]),
+                "post": op("Publish messages to a topic: at most 1000 per request, each within its broker's payload limit (413 above it); the whole body at most 24 MiB (413 above it)", &[], Some(schema("SendMessages")), &["400", "403", "404", "503"]),
             },
             "/v1/plugins": {
-                "get": op("Loaded algorithm versions", &[], None, &[]),
+                "get": op("Loaded algorithm versions (an owner-scoped token sees its owner's)", &[], None, &[]),
             },
             "/v1/tokens": {
                 "get": op("Owner-scoped tokens (without the tokens)", &[], None, &["403"]),
@@ -137,14 +150,15 @@ pub fn spec() -> Value {
             },
             "parameters": {
                 "broker": {"name": "broker", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "topic": {"name": "topic", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}},
+                "topic": {"name": "topic", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
                 "owner": {"name": "owner", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
                 "name": {"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
                 "key": {"name": "key", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}},
                 "flow": {"name": "flow", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
                 "force": {"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"}},
                 "limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 100000}},
+                "peek_limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": super::messages::MAX_PEEK_MESSAGES, "default": 10}},
             },
             "schemas": {
                 "SecretRef": {
@@ -169,7 +183,7 @@ pub fn spec() -> Value {
                 "TopicSpec": {
                     "type": "object", "required": ["name"],
                     "properties": {
-                        "name": {"type": "string"}, "broker": {"type": "string"},
+                        "name": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string"},
                         "address": {"type": "string"},
                         "consumers": {"type": "array", "items": {"type": "string"}},
                         "publishers": {"type": "array", "items": {"type": "string"}}
@@ -180,7 +194,7 @@ pub fn spec() -> Value {
                     "type": "object", "required": ["name", "topic", "algorithm"],
                     "description": "A flow as in the configuration file ([[flows]])",
                     "properties": {
-                        "name": {"type": "string"}, "broker": {"type": "string"}, "topic": {"type": "string"},
+                        "name": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string"}, "topic": {"type": "string", "pattern": name_pattern},
                         "algorithm": {"type": "string", "description": "owner/name or owner/name/version"},
                         "enabled": {"type": "boolean"}, "concurrency": {"type": "integer", "minimum": 1},
                         "output_topic": {"type": "string"}, "dead_letter_topic": {"type": "string"},
@@ -200,10 +214,12 @@ pub fn spec() -> Value {
                 },
                 "DeclareTopic": {
                     "type": "object",
+                    "description": "For a declared topic, omitted fields keep their values; null removes the address, [] empties a list",
                     "properties": {
-                        "address": {"type": "string"},
+                        "address": {"type": "string", "nullable": true},
                         "consumers": {"type": "array", "items": {"type": "string"}},
-                        "publishers": {"type": "array", "items": {"type": "string"}}
+                        "publishers": {"type": "array", "items": {"type": "string"}},
+                        "dead_letter_publishers": {"type": "array", "items": {"type": "string"}}
                     },
                     "additionalProperties": false
                 },
@@ -211,7 +227,8 @@ pub fn spec() -> Value {
                     "type": "object", "required": ["algorithm"],
                     "properties": {
                         "algorithm": {"type": "string", "description": "owner/name or owner/*"},
-                        "consume": {"type": "boolean"}, "publish": {"type": "boolean"}
+                        "consume": {"type": "boolean"}, "publish": {"type": "boolean"},
+                        "dead_letter_publish": {"type": "boolean"}
                     },
                     "additionalProperties": false
                 },
@@ -223,10 +240,10 @@ pub fn spec() -> Value {
                 "EnableFlow": {
                     "type": "object", "required": ["topic", "algorithm"],
                     "properties": {
-                        "name": {"type": "string"}, "broker": {"type": "string"},
-                        "topic": {"type": "string"},
+                        "name": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string", "pattern": name_pattern},
+                        "topic": {"type": "string", "pattern": name_pattern},
                         "algorithm": {"type": "string", "description": "owner/name"},
-                        "version": {"type": "string", "description": "a semver version, or latest"},
+                        "version": {"type": "string", "description": "a semver version, or latest; absent keeps an existing flow's version"},
                         "dead_letter_topic": {"type": "string"}, "output_topic": {"type": "string"},
                         "timeout_secs": {"type": "number"}, "max_receives": {"type": "integer", "minimum": 0},
                         "concurrency": {"type": "integer", "minimum": 0}
@@ -247,22 +264,25 @@ pub fn spec() -> Value {
                 },
                 "Replay": {
                     "type": "object",
-                    "properties": {"id": {"type": "string", "nullable": true}},
+                    "properties": {
+                        "id": {"type": "string", "nullable": true},
+                        "include_unverified": {"type": "boolean", "description": "admin token only"}
+                    },
                     "additionalProperties": false
                 },
                 "SendMessages": {
                     "type": "object", "required": ["topic"],
                     "properties": {
-                        "topic": {"type": "string"}, "broker": {"type": "string"},
+                        "topic": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string", "pattern": name_pattern},
                         "payload": {"type": "string"}, "payload_base64": {"type": "string"},
                         "headers": {"type": "array", "items": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}},
-                        "messages": {"type": "array", "items": {"type": "object"}}
+                        "messages": {"type": "array", "items": {"type": "object"}, "maxItems": super::messages::MAX_SEND_MESSAGES}
                     },
                     "additionalProperties": false
                 },
                 "NewToken": {
                     "type": "object", "required": ["owner"],
-                    "properties": {"owner": {"type": "string"}},
+                    "properties": {"owner": {"type": "string", "pattern": name_pattern}},
                     "additionalProperties": false
                 }
             }

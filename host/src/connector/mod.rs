@@ -248,9 +248,34 @@ pub trait Source: Send {
         None
     }
 
+    /// Where the flow reads the consumer's partition assignment from, for
+    /// sources that consume partitions (Kafka); `None` for the others.
+    /// Called once, after the source is opened; the flow's status and
+    /// readiness read it whenever they are asked.
+    fn assignment(&self) -> Option<std::sync::Arc<dyn Assignment>> {
+        None
+    }
+
     /// Called once when the flow stops, after every delivery is settled:
     /// commit what needs committing and leave the consumer group.
     async fn close(&mut self) {}
+}
+
+/// A consumer's share of a partitioned topic, read by the flow's status.
+pub trait Assignment: Send + Sync {
+    /// The partitions held now.
+    fn partitions(&self) -> PartitionAssignment;
+}
+
+/// A consumer's partition assignment at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionAssignment {
+    /// Partitions held.
+    pub partitions: usize,
+    /// Since when the consumer has had no assignment at all (it is joining
+    /// its group, or rebalancing); `None` once the group gave it one, even
+    /// an empty one (more consumers in the group than partitions).
+    pub unassigned_since: Option<std::time::Instant>,
 }
 
 /// One received message and the handle that settles it.

@@ -8,6 +8,7 @@
 
 pub mod envelope;
 pub mod retry;
+pub mod throttle;
 pub mod topology;
 pub mod trace;
 pub mod worker;
@@ -23,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FlowSpec;
-use crate::connector::{Source, SourceOptions};
+use crate::connector::{Assignment, Source, SourceOptions};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
@@ -44,6 +45,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The algorithms' secrets, by `owner/name`, mirrored from `state`.
     pub secrets: RwLock<HashMap<String, Vec<(String, String)>>>,
+    /// Signs the dead letters this router writes, and verifies them on read.
+    pub dead_letter_key: envelope::DeadLetterKey,
 }
 
 impl Services {
@@ -67,11 +70,51 @@ impl Services {
     }
 }
 
+/// The most characters of a flow's last error kept for its status.
+pub const LAST_ERROR_CHARS: usize = 300;
+/// How long a Kafka flow may go without a partition assignment before
+/// `/readyz` reports it, unless `consumer.assignment_grace_secs` says.
+pub const DEFAULT_ASSIGNMENT_GRACE: Duration = Duration::from_secs(30);
+/// The state a running flow reports while its consumer holds no partitions.
+pub const WAITING_FOR_PARTITIONS: &str = "waiting_for_partitions";
+
+/// `text` on one line of at most `max` characters: control characters
+/// (newlines of a multi-line error, say) become spaces, runs of whitespace
+/// one space, and a cut is marked with `…`.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let (mut count, mut space) = (0, false);
+    for c in text.trim().chars() {
+        if c.is_whitespace() || c.is_control() {
+            space = true;
+            continue;
+        }
+        if std::mem::take(&mut space) {
+            out.push(' ');
+            count += 1;
+        }
+        out.push(c);
+        count += 1;
+        if count > max {
+            let cut = out
+                .char_indices()
+                .nth(max.saturating_sub(1))
+                .map_or(out.len(), |(i, _)| i);
+            out.truncate(cut);
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
 /// Counts per flow, for `eventflow status`.
 #[derive(Default)]
 pub struct FlowStatus {
     state: Mutex<String>,
     last_error: Mutex<Option<(String, String)>>,
+    /// The consumer's partition assignment, for sources that have one.
+    assignment: Mutex<Option<Arc<dyn Assignment>>>,
     received: AtomicU64,
     succeeded: AtomicU64,
     retried: AtomicU64,
@@ -86,8 +129,9 @@ pub struct FlowStatus {
 pub struct FlowReport {
     /// The flow.
     pub name: String,
-    /// starting, running, waiting_for_plugin, disconnected, stopping, stopped,
-    /// disabled.
+    /// starting, running, waiting_for_partitions (a Kafka consumer that
+    /// holds no partitions: joining its group or rebalancing),
+    /// waiting_for_plugin, disconnected, stopping, stopped, disabled.
     pub state: String,
     /// `owner/name` or `owner/name/version`.
     pub algorithm: String,
@@ -111,8 +155,16 @@ pub struct FlowReport {
     pub succeeded_per_sec: f64,
     /// Failures (retried or dead-lettered) per second over the last minute.
     pub failed_per_sec: f64,
-    /// The latest error and when.
+    /// The latest error and when: one line of at most 300 characters.
     pub last_error: Option<(String, String)>,
+    /// Partitions the flow's consumer holds (Kafka); absent for brokers
+    /// without partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions_assigned: Option<usize>,
+    /// How long the consumer has held no partition assignment, in seconds
+    /// (Kafka, while it waits for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassigned_secs: Option<f64>,
 }
 
 impl FlowStatus {
@@ -146,10 +198,30 @@ impl FlowStatus {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records the latest error.
+    /// Records the latest error, on one line and cut to
+    /// [`LAST_ERROR_CHARS`].
     pub fn failed(&self, error: &str) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((crate::util::rfc3339_now(), error.to_string()));
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+            crate::util::rfc3339_now(),
+            one_line(error, LAST_ERROR_CHARS),
+        ));
+    }
+
+    /// Sets (or clears) where the partition assignment is read from.
+    fn set_assignment(&self, assignment: Option<Arc<dyn Assignment>>) {
+        *self.assignment.lock().unwrap_or_else(|p| p.into_inner()) = assignment;
+    }
+
+    /// Partitions held now, and for how long there has been no assignment;
+    /// `None` for sources without partitions.
+    fn partitions(&self) -> Option<(usize, Option<Duration>)> {
+        let assignment = self
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let now = assignment.partitions();
+        Some((now.partitions, now.unassigned_since.map(|t| t.elapsed())))
     }
 
     /// Takes a sample for the per-minute rates; call every few seconds.
@@ -188,9 +260,14 @@ impl FlowStatus {
                 _ => [0.0; 3],
             }
         };
+        let partitions = self.partitions();
+        let mut state = self.state();
+        if state == "running" && partitions.is_some_and(|(n, _)| n == 0) {
+            state = WAITING_FOR_PARTITIONS.to_string();
+        }
         FlowReport {
             name: spec.name.clone(),
-            state: self.state(),
+            state,
             algorithm: spec.algorithm.to_string(),
             topic: format!("{}:{}", spec.broker, spec.topic),
             received: now_counts[0],
@@ -207,7 +284,26 @@ impl FlowStatus {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            partitions_assigned: partitions.map(|(n, _)| n),
+            unassigned_secs: partitions.and_then(|(_, d)| d).map(|d| d.as_secs_f64()),
         }
+    }
+
+    /// Why the flow is not ready, if it is not: a running Kafka flow whose
+    /// consumer has held no assignment for longer than `grace`.
+    pub fn unready(&self, grace: Duration) -> Option<String> {
+        if self.state() != "running" {
+            return None;
+        }
+        let (_, Some(unassigned)) = self.partitions()? else {
+            return None;
+        };
+        (unassigned > grace).then(|| {
+            format!(
+                "no partitions assigned for {} s (joining the consumer group or rebalancing)",
+                unassigned.as_secs()
+            )
+        })
     }
 }
 
@@ -282,7 +378,30 @@ pub async fn run(
         }
     };
     backoff.reset();
+    status.set_assignment(source.assignment());
 
+    let throttle = Arc::new(throttle::LogThrottle::new(
+        throttle::LOG_INTERVAL,
+        services
+            .metrics
+            .log_lines_suppressed
+            .get_or_create(&crate::metrics::FlowOnly {
+                flow: spec.name.clone(),
+            })
+            .clone(),
+    ));
+    let flusher = {
+        let (throttle, flow, stop) = (throttle.clone(), flow.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => throttle.flush(&flow),
+                }
+            }
+        })
+    };
     let worker = Worker {
         spec: spec.clone(),
         topology: topologies.clone(),
@@ -292,6 +411,7 @@ pub async fn run(
         broker_kind: broker.spec.kind(),
         native_max_receives: source.native_max_receives(),
         lease,
+        throttle: throttle.clone(),
     };
     if let Some(n) = worker.native_max_receives {
         tracing::info!(
@@ -409,6 +529,9 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     }
     source.close().await;
+    flusher.abort();
+    throttle.flush(&flow);
+    status.set_assignment(None);
     status.set_state("stopped");
     tracing::info!(flow = %flow, "Flow stopped.");
 }
@@ -437,5 +560,30 @@ impl Backoff {
     }
     fn reset(&mut self) {
         self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_errors_are_one_capped_line() {
+        let dump = "service error: Unhandled(\n    Unhandled {\n\tsource: ErrorMetadata { code: Some(\"QueueDoesNotExist\") },\r\n    raw: SdkBody { inner: Once(Some(b\"...\")) },\n})";
+        let line = one_line(dump, LAST_ERROR_CHARS);
+        assert!(!line.contains(['\n', '\r', '\t']), "{line:?}");
+        assert!(line.starts_with("service error: Unhandled( Unhandled { source:"));
+        assert_eq!(one_line("  short  ", 300), "short");
+        let long = "x".repeat(10 << 20);
+        let cut = one_line(&long, LAST_ERROR_CHARS);
+        assert_eq!(cut.chars().count(), LAST_ERROR_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(one_line(&"é".repeat(300), 300), "é".repeat(300));
+
+        let status = FlowStatus::default();
+        status.failed(&format!("first\nsecond\n{long}"));
+        let (_, error) = status.last_error.lock().unwrap().clone().unwrap();
+        assert!(error.starts_with("first second x"), "{error}");
+        assert_eq!(error.chars().count(), LAST_ERROR_CHARS);
     }
 }

@@ -1,7 +1,7 @@
 //! The live broker connections and topics a flow publishes through, and the
 //! access checks on an algorithm's `publish` calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -31,6 +31,9 @@ pub struct Topology {
     pub topics: Vec<TopicSpec>,
     /// Per-version limit overrides.
     pub algorithm_limits: Vec<AlgorithmLimits>,
+    /// Keys of the topics that are some flow's dead-letter topic: algorithms
+    /// publish there only with a `dead_letter_publishers` grant.
+    pub dead_letter_topics: HashSet<String>,
 }
 
 impl Topology {
@@ -42,7 +45,7 @@ impl Topology {
 
     /// The canonical key of a topic: `broker:name`.
     pub fn key(topic: &TopicSpec) -> String {
-        format!("{}:{}", topic.broker, topic.name)
+        topic.key()
     }
 
     /// The topic and connection behind a canonical key.
@@ -137,7 +140,14 @@ impl TopicResolver for FlowResolver {
             .topology
             .topic(&self.broker, topic)
             .ok_or(PublishRefusal::UnknownTopic)?;
-        if !spec.may_publish(&self.algorithm) {
+        // Dead letters are the router's to write: a dead-letter topic takes
+        // an algorithm's messages only when granted for that purpose.
+        let allowed = if self.topology.dead_letter_topics.contains(&spec.key()) {
+            spec.may_publish_dead_letters(&self.algorithm)
+        } else {
+            spec.may_publish(&self.algorithm)
+        };
+        if !allowed {
             return Err(PublishRefusal::AccessDenied);
         }
         let broker = self
@@ -152,5 +162,50 @@ impl TopicResolver for FlowResolver {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .map_err(|_| PublishRefusal::LimitExceeded)?;
         Ok(Topology::key(spec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver(topic: TopicSpec, dead_letter_topics: &[&str]) -> FlowResolver {
+        FlowResolver {
+            topology: Arc::new(Topology {
+                topics: vec![topic],
+                dead_letter_topics: dead_letter_topics.iter().map(|s| s.to_string()).collect(),
+                ..Topology::default()
+            }),
+            broker: "local".into(),
+            algorithm: "mallory/forger/0.1.0".parse().unwrap(),
+            remaining: AtomicU32::new(10),
+        }
+    }
+
+    fn topic(publishers: &[&str], dead_letter_publishers: &[&str]) -> TopicSpec {
+        TopicSpec {
+            name: "dlq".into(),
+            broker: "local".into(),
+            address: None,
+            consumers: Vec::new(),
+            publishers: publishers.iter().map(|s| s.to_string()).collect(),
+            dead_letter_publishers: dead_letter_publishers
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_publish_grant_does_not_open_a_dead_letter_topic() {
+        let r = resolver(topic(&["mallory/*"], &[]), &["local:dlq"]);
+        assert_eq!(r.resolve("dlq", 1), Err(PublishRefusal::AccessDenied));
+        // The same grant on a topic that is no flow's dead-letter topic works
+        // up to the (absent) broker lookup.
+        let r = resolver(topic(&["mallory/*"], &[]), &[]);
+        assert_eq!(r.resolve("dlq", 1), Err(PublishRefusal::UnknownTopic));
+        // A dead-letter grant passes the access check.
+        let r = resolver(topic(&[], &["mallory/forger"]), &["local:dlq"]);
+        assert_eq!(r.resolve("dlq", 1), Err(PublishRefusal::UnknownTopic));
     }
 }

@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, SystemTime};
 
+use tracing::Level;
+
 use crate::config::FlowSpec;
-use crate::connector::{Delivery, Settle};
+use crate::connector::{Delivery, PublishError, Settle};
 use crate::message::{InboundMessage, OutboundMessage, set_header};
 use crate::metrics::{FlowLabels, FlowOnly, ReasonLabels};
 use crate::sandbox::{Algorithm, Failure, Invocation, Reason};
 use crate::state::{FailureHistory, FailureRecord};
 
-use super::envelope::{Envelope, SourceInfo};
+use super::envelope::{Envelope, SourceInfo, counted_size};
 use super::retry::{MAX_DELAY, backoff};
+use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
 use super::trace::TraceContext;
 use super::{FlowStatus, Services};
@@ -43,6 +46,8 @@ pub struct Worker {
     pub(super) native_max_receives: Option<u32>,
     /// How long a lease extension lasts.
     pub(super) lease: Duration,
+    /// Keeps errors that repeat for every message to a few lines.
+    pub(super) throttle: Arc<LogThrottle>,
 }
 
 impl Worker {
@@ -67,6 +72,13 @@ impl Worker {
 
     fn max_receives(&self) -> u32 {
         self.native_max_receives.unwrap_or(self.spec.max_receives)
+    }
+
+    /// Whether to log this occurrence of an error that may repeat for every
+    /// message: `Some(n)` with the repeats left out since the last line of
+    /// its kind, or `None` to leave it out.
+    fn admit(&self, level: Level, what: &'static str, error: &str) -> Option<u64> {
+        self.throttle.admit(level, what, error)
     }
 
     /// Processes one delivery to the end, in a span that continues the
@@ -178,9 +190,16 @@ impl Worker {
         let outcome = with_heartbeat(
             settle,
             self.lease,
+            &self.throttle,
             self.services.sandbox.invoke(algorithm, invocation),
         )
         .await;
+        metrics
+            .instance_wait_seconds
+            .get_or_create(&FlowOnly {
+                flow: self.flow.to_string(),
+            })
+            .observe(outcome.slot_wait.as_secs_f64());
         metrics
             .invocation_seconds
             .get_or_create(&labels)
@@ -335,17 +354,33 @@ impl Worker {
         let history = self.journal(&message.id, record.clone()).await;
         let last_attempt = message.attempt >= self.max_receives();
         let final_failure = !failure.reason.retryable() || last_attempt;
-        tracing::warn!(
-            flow = %self.flow,
-            message_id = %message.id,
-            algorithm = %algorithm.label(),
-            attempt = message.attempt,
-            max_receives = self.max_receives(),
-            reason = failure.reason.code(),
-            error = %failure.detail,
-            "Algorithm failed on a message{}.",
-            if final_failure { "" } else { "; it will be retried" }
-        );
+        // A verdict on one message is logged for each message; a publish
+        // failure usually repeats for every message (a missing output topic,
+        // a broker away), so it is throttled.
+        let admitted = match failure.reason {
+            Reason::PublishFailed => self
+                .admit(
+                    Level::WARN,
+                    "Publishing a message's effects failed",
+                    &failure.detail,
+                )
+                .map(Some),
+            _ => Some(None),
+        };
+        if let Some(suppressed) = admitted {
+            tracing::warn!(
+                flow = %self.flow,
+                message_id = %message.id,
+                algorithm = %algorithm.label(),
+                attempt = message.attempt,
+                max_receives = self.max_receives(),
+                reason = failure.reason.code(),
+                error = %failure.detail,
+                suppressed,
+                "Algorithm failed on a message{}.",
+                if final_failure { "" } else { "; it will be retried" }
+            );
+        }
         self.status.failed(&format!(
             "{}: message {} attempt {}: {}",
             algorithm.label(),
@@ -403,15 +438,20 @@ impl Worker {
                 self.retry(settle, message, Duration::ZERO).await;
                 return;
             }
-            tracing::error!(
-                flow = %self.flow,
-                message_id = %message.id,
-                algorithm = %algorithm.label(),
-                attempt = message.attempt,
-                reason = %last.reason,
-                error = %last.detail,
-                "Dropping a message that failed for good: the flow has no dead-letter topic."
-            );
+            const WHAT: &str =
+                "Dropping a message that failed for good: the flow has no dead-letter topic";
+            if let Some(suppressed) = self.admit(Level::ERROR, WHAT, &last.reason) {
+                tracing::error!(
+                    flow = %self.flow,
+                    message_id = %message.id,
+                    algorithm = %algorithm.label(),
+                    attempt = message.attempt,
+                    reason = %last.reason,
+                    error = %last.detail,
+                    suppressed,
+                    "{WHAT}."
+                );
+            }
             metrics.dropped.get_or_create(&reason_labels).inc();
             self.status.dropped();
             if self.ack(settle, message).await {
@@ -440,15 +480,11 @@ impl Worker {
             last.clone(),
         );
         let topology = self.topology.current();
-        let published = match topology.topic(&self.spec.broker, dlq) {
-            Some(topic) => topology
-                .publish(&Topology::key(topic), vec![envelope.to_message()])
-                .await
-                .map_err(|e| format!("{e:#}")),
-            None => Err(format!("dead-letter topic {dlq:?} is not declared")),
-        };
-        match published {
-            Ok(()) => {
+        match self
+            .write_dead_letter(&topology, dlq, message, &envelope)
+            .await
+        {
+            Ok(payload_truncated) => {
                 tracing::warn!(
                     flow = %self.flow,
                     message_id = %message.id,
@@ -456,7 +492,13 @@ impl Worker {
                     attempt = message.attempt,
                     reason = %last.reason,
                     dead_letter_topic = %dlq,
-                    "Message dead-lettered."
+                    payload_truncated,
+                    "Message dead-lettered{}.",
+                    if payload_truncated {
+                        " with its payload truncated to fit the dead-letter topic"
+                    } else {
+                        ""
+                    }
                 );
                 metrics.dead_lettered.get_or_create(&reason_labels).inc();
                 self.status.dead_lettered();
@@ -464,22 +506,102 @@ impl Worker {
                     self.forget(&message.id).await;
                 }
             }
-            Err(e) => {
-                // Not acknowledged: it comes back, and goes straight to the
-                // dead-letter topic then.
-                let delay = backoff(&self.spec.retry, message.attempt);
+            Err(DeadLetterFailure::Permanent(e)) => {
+                // Retrying cannot make it fit: settle it rather than
+                // redeliver it forever, and say so once.
                 tracing::error!(
                     flow = %self.flow,
                     message_id = %message.id,
+                    algorithm = %algorithm.label(),
+                    attempt = message.attempt,
+                    reason = %last.reason,
                     dead_letter_topic = %dlq,
                     error = %e,
-                    retry_in = ?delay,
-                    "Could not publish to the dead-letter topic; the message stays on its topic."
+                    "Dropping a message that failed for good: its dead letter cannot be written."
                 );
+                metrics.dropped.get_or_create(&reason_labels).inc();
+                self.status.dropped();
+                self.status.failed(&format!(
+                    "message {} dropped: dead letter cannot be written: {e}",
+                    message.id
+                ));
+                if self.ack(settle, message).await {
+                    self.forget(&message.id).await;
+                }
+            }
+            Err(DeadLetterFailure::Transient(e)) => {
+                // Not acknowledged: it comes back, and goes straight to the
+                // dead-letter topic then.
+                let delay = backoff(&self.spec.retry, message.attempt);
+                const WHAT: &str =
+                    "Could not publish to the dead-letter topic; the message stays on its topic";
+                if let Some(suppressed) = self.admit(Level::ERROR, WHAT, &e) {
+                    tracing::error!(
+                        flow = %self.flow,
+                        message_id = %message.id,
+                        dead_letter_topic = %dlq,
+                        error = %e,
+                        retry_in = ?delay,
+                        suppressed,
+                        "{WHAT}."
+                    );
+                }
                 self.status
                     .failed(&format!("dead-letter publish failed: {e}"));
                 self.retry(settle, message, delay).await;
             }
+        }
+    }
+
+    /// Publishes `envelope`, signed, to the dead-letter topic `dlq`. When
+    /// it is over the topic's message size limit (the connector's
+    /// `max_payload_bytes`, or a too-large refusal), publishes it once more
+    /// with the payload truncated to fit. Returns whether it was truncated.
+    async fn write_dead_letter(
+        &self,
+        topology: &Topology,
+        dlq: &str,
+        message: &InboundMessage,
+        envelope: &Envelope,
+    ) -> Result<bool, DeadLetterFailure> {
+        let Some(topic) = topology.topic(&self.spec.broker, dlq) else {
+            return Err(DeadLetterFailure::Transient(format!(
+                "dead-letter topic {dlq:?} is not declared"
+            )));
+        };
+        let key = Topology::key(topic);
+        let Some((_, broker)) = topology.by_key(&key) else {
+            return Err(DeadLetterFailure::Transient(format!(
+                "broker connection {:?} of the dead-letter topic is not connected",
+                topic.broker
+            )));
+        };
+        let limit = broker.connection.max_payload_bytes();
+        let signer = &self.services.dead_letter_key;
+        let whole = envelope.to_message(signer);
+        let size = counted_size(&whole);
+        // The envelope's own headers are the same once truncated.
+        let overhead = size - whole.payload.len();
+        let too_large = if size <= limit {
+            match topology.publish(&key, vec![whole]).await {
+                Ok(()) => return Ok(false),
+                Err(e @ PublishError::TooLarge { .. }) => e.to_string(),
+                Err(e) => return Err(DeadLetterFailure::Transient(format!("{e:#}"))),
+            }
+        } else {
+            format!("the envelope of {size} bytes is over the topic's limit of {limit} bytes")
+        };
+        let Some(cut) = envelope.truncated(&message.payload, limit.saturating_sub(overhead)) else {
+            return Err(DeadLetterFailure::Permanent(format!(
+                "{too_large}, and it does not fit even without its payload and headers"
+            )));
+        };
+        match topology.publish(&key, vec![cut.to_message(signer)]).await {
+            Ok(()) => Ok(true),
+            Err(e @ PublishError::TooLarge { .. }) => Err(DeadLetterFailure::Permanent(format!(
+                "{too_large}; with the payload truncated: {e}"
+            ))),
+            Err(e) => Err(DeadLetterFailure::Transient(format!("{e:#}"))),
         }
     }
 
@@ -507,7 +629,11 @@ impl Worker {
         match tokio::task::spawn_blocking(move || state.record_failure(&flow, &id, record)).await {
             Ok(Ok(h)) => Some(h),
             Ok(Err(e)) => {
-                tracing::warn!(flow = %self.flow, error = %e, "Could not record a failure in the journal.");
+                const WHAT: &str = "Could not record a failure in the journal";
+                let error = format!("{e:#}");
+                if let Some(suppressed) = self.admit(Level::WARN, WHAT, &error) {
+                    tracing::warn!(flow = %self.flow, error = %error, suppressed, "{WHAT}.");
+                }
                 None
             }
             Err(_) => None,
@@ -540,7 +666,7 @@ impl Worker {
         match settle.ack().await {
             Ok(()) => true,
             Err(e) => {
-                self.settle_error("acknowledge", message, &e);
+                self.settle_error("Could not acknowledge a message", message, &e);
                 false
             }
         }
@@ -548,17 +674,21 @@ impl Worker {
 
     async fn retry(&self, settle: &mut Box<dyn Settle>, message: &InboundMessage, delay: Duration) {
         if let Err(e) = settle.retry(delay).await {
-            self.settle_error("release", message, &e);
+            self.settle_error("Could not release a message", message, &e);
         }
     }
 
-    fn settle_error(&self, what: &str, message: &InboundMessage, error: &anyhow::Error) {
-        tracing::warn!(
-            flow = %self.flow,
-            message_id = %message.id,
-            error = %format!("{error:#}"),
-            "Could not {what} a message; the broker will redeliver it."
-        );
+    fn settle_error(&self, what: &'static str, message: &InboundMessage, error: &anyhow::Error) {
+        let error = format!("{error:#}");
+        if let Some(suppressed) = self.admit(Level::WARN, what, &error) {
+            tracing::warn!(
+                flow = %self.flow,
+                message_id = %message.id,
+                error = %error,
+                suppressed,
+                "{what}; the broker will redeliver it."
+            );
+        }
         self.services
             .metrics
             .settle_errors
@@ -569,11 +699,23 @@ impl Worker {
     }
 }
 
+/// Why a dead letter could not be written.
+enum DeadLetterFailure {
+    /// Retrying cannot help (too large even with the payload truncated): the
+    /// message is dropped with an error log.
+    Permanent(String),
+    /// The broker did not take it, the topic is not declared or does not
+    /// exist (yet): the message stays on its topic and is retried with the
+    /// flow's backoff, so nothing is lost while an operator fixes it.
+    Transient(String),
+}
+
 /// Runs `work`, extending the delivery's lease on the broker's heartbeat
 /// interval until it finishes.
 async fn with_heartbeat<F: std::future::Future>(
     settle: &mut Box<dyn Settle>,
     lease: Duration,
+    throttle: &LogThrottle,
     work: F,
 ) -> F::Output {
     let Some(every) = settle.heartbeat() else {
@@ -586,7 +728,11 @@ async fn with_heartbeat<F: std::future::Future>(
             out = &mut work => return out,
             _ = ticks.tick() => {
                 if let Err(e) = settle.extend(lease).await {
-                    tracing::warn!(error = %format!("{e:#}"), "Could not extend a message's lease.");
+                    const WHAT: &str = "Could not extend a message's lease";
+                    let error = format!("{e:#}");
+                    if let Some(suppressed) = throttle.admit(Level::WARN, WHAT, &error) {
+                        tracing::warn!(error = %error, suppressed, "{WHAT}.");
+                    }
                 }
             }
         }

@@ -95,6 +95,27 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// The most bytes of a failure detail the router keeps. Longer details (a
+/// reject reason of megabytes, a trap's stderr) are cut where the failure
+/// enters the host, in [`Failure::new`], so logs, flow status, the failure
+/// journal and dead-letter envelopes all carry the same bounded text.
+pub const MAX_DETAIL_BYTES: usize = 4096;
+
+/// `text` cut to at most [`MAX_DETAIL_BYTES`] bytes at a character boundary
+/// and marked `… [truncated, N bytes]` (N: its original length) when it was
+/// longer.
+pub fn cap_detail(text: String) -> String {
+    if text.len() <= MAX_DETAIL_BYTES {
+        return text;
+    }
+    let marker = format!("… [truncated, {} bytes]", text.len());
+    let mut end = MAX_DETAIL_BYTES - marker.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &text[..end])
+}
+
 /// A failed invocation: the reason, a detail for the algorithm's author, and
 /// the delay the algorithm asked for, if it did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,11 +129,12 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure without a requested delay.
+    /// A failure without a requested delay; the detail is capped with
+    /// [`cap_detail`].
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             reason,
-            detail: detail.into(),
+            detail: cap_detail(detail.into()),
             retry_after: None,
         }
     }
@@ -121,5 +143,24 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_details_are_capped_and_marked() {
+        let f = Failure::new(Reason::GuestReject, "é".repeat(5 << 20));
+        assert!(f.detail.len() <= MAX_DETAIL_BYTES, "{}", f.detail.len());
+        assert!(
+            f.detail
+                .ends_with(&format!("… [truncated, {} bytes]", 10 << 20)),
+            "{}",
+            &f.detail[f.detail.len() - 40..]
+        );
+        let short = Failure::new(Reason::Trap, "x".repeat(MAX_DETAIL_BYTES));
+        assert_eq!(short.detail.len(), MAX_DETAIL_BYTES);
     }
 }

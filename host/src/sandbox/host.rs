@@ -3,7 +3,10 @@
 //!
 //! Every import counts against `max_host_calls`; going over traps with
 //! [`LimitTrap::HostCalls`]. Data calls run on the blocking pool under their
-//! own timeout, because an epoch deadline cannot interrupt the host.
+//! own timeout, because an epoch deadline cannot interrupt the host. What
+//! `publish` may queue is bounded per invocation (`max_publish_bytes`,
+//! headers included) and per message (header count and sizes), so an
+//! algorithm cannot make the router hold more than a few outputs' worth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +20,13 @@ use super::bindings::eventflow::algorithm::{data, log, publish};
 use super::bindings::{WitDataError, WitLevel, WitPublishError};
 use crate::data::{Collections, DataError, DataUri};
 use crate::message::{Header, OutboundMessage};
+
+/// Most bytes one `wasi:random` `get-random-bytes` or
+/// `get-insecure-random-bytes` call may ask for; a larger request traps.
+/// The host fills the buffer on an async worker without yielding, so the
+/// limit bounds how long one call holds that worker (wasmtime's own default,
+/// 64 MiB, held it for most of a second).
+pub(super) const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// A limit whose breach ends the invocation with a trap. Returned as the
 /// trap's error so the failure can be classified precisely.
@@ -82,6 +92,11 @@ pub struct HostState {
     pub(super) data: Arc<Collections>,
     pub(super) resolver: Arc<dyn TopicResolver>,
     pub(super) published: Vec<(String, OutboundMessage)>,
+    /// Bytes queued by `publish` so far (payloads and headers).
+    pub(super) published_bytes: u64,
+    pub(super) max_publish_bytes: u64,
+    /// One bit per [`PublishRefusal`] kind already logged.
+    pub(super) publish_refusals_logged: u8,
     pub(super) host_calls: u32,
     pub(super) max_host_calls: u32,
     pub(super) data_written: u64,
@@ -196,6 +211,81 @@ impl data::Host for HostState {
     }
 }
 
+/// Headers one published message may carry.
+pub const MAX_PUBLISH_HEADERS: usize = 64;
+/// Longest header name of a published message, in bytes.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+/// Longest header value of a published message, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 << 10;
+/// Header names that only the router writes (dead-letter envelopes, trace
+/// context it adds): an algorithm may not publish them.
+pub const RESERVED_HEADER_PREFIX: &str = "eventflow-";
+
+/// Why the host refused a publish before asking the flow's resolver.
+#[derive(Debug, thiserror::Error)]
+enum HeaderRefusal {
+    #[error("{0} headers; at most {MAX_PUBLISH_HEADERS} are allowed")]
+    TooMany(usize),
+    #[error("a header name of {0} bytes; at most {MAX_HEADER_NAME_BYTES} are allowed")]
+    NameTooLong(usize),
+    #[error("header {0:?} has a value of {1} bytes; at most {MAX_HEADER_VALUE_BYTES} are allowed")]
+    ValueTooLong(String, usize),
+    #[error(
+        "header {0:?} is reserved for the router (names starting with {RESERVED_HEADER_PREFIX:?})"
+    )]
+    Reserved(String),
+}
+
+impl HeaderRefusal {
+    fn refusal(&self) -> PublishRefusal {
+        match self {
+            HeaderRefusal::Reserved(_) => PublishRefusal::AccessDenied,
+            _ => PublishRefusal::TooLarge,
+        }
+    }
+}
+
+/// Checks the headers of one publish against the header limits.
+fn check_headers(headers: &[Header]) -> Result<(), HeaderRefusal> {
+    if headers.len() > MAX_PUBLISH_HEADERS {
+        return Err(HeaderRefusal::TooMany(headers.len()));
+    }
+    for (name, value) in headers {
+        if name.len() > MAX_HEADER_NAME_BYTES {
+            return Err(HeaderRefusal::NameTooLong(name.len()));
+        }
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(HeaderRefusal::ValueTooLong(name.clone(), value.len()));
+        }
+        let prefix = name.get(..RESERVED_HEADER_PREFIX.len());
+        if prefix.is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX)) {
+            return Err(HeaderRefusal::Reserved(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+impl HostState {
+    /// Logs a refused publish at WARN, once per invocation and kind of
+    /// refusal, so a loop of refused calls cannot flood the log.
+    fn warn_refused(&mut self, refusal: PublishRefusal, topic: &str, why: &str) {
+        let bit = 1u8 << (refusal as u8);
+        if self.publish_refusals_logged & bit != 0 {
+            return;
+        }
+        self.publish_refusals_logged |= bit;
+        tracing::warn!(
+            flow = %self.flow,
+            algorithm = %self.label,
+            message_id = %self.message_id,
+            topic = %topic,
+            refusal = ?refusal,
+            why,
+            "Algorithm's publish was refused (further refusals of this kind in this invocation are not logged)."
+        );
+    }
+}
+
 impl publish::Host for HostState {
     async fn send(
         &mut self,
@@ -204,22 +294,39 @@ impl publish::Host for HostState {
         headers: Vec<Header>,
     ) -> wasmtime::Result<Result<(), WitPublishError>> {
         self.count_call()?;
-        match self.resolver.resolve(&topic, payload.len()) {
+        if let Err(why) = check_headers(&headers) {
+            let refusal = why.refusal();
+            self.warn_refused(refusal, &topic, &why.to_string());
+            return Ok(Err(refusal.into()));
+        }
+        let size = payload.len()
+            + headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        if self.published_bytes.saturating_add(size as u64) > self.max_publish_bytes {
+            let why = format!(
+                "{size} more bytes would take the invocation's publishes past max_publish_bytes ({}; {} queued)",
+                self.max_publish_bytes, self.published_bytes
+            );
+            self.warn_refused(PublishRefusal::LimitExceeded, &topic, &why);
+            return Ok(Err(PublishRefusal::LimitExceeded.into()));
+        }
+        match self.resolver.resolve(&topic, size) {
             Ok(key) => {
+                self.published_bytes += size as u64;
                 self.published
                     .push((key, OutboundMessage { payload, headers }));
                 Ok(Ok(()))
             }
             Err(refusal) => {
-                if refusal == PublishRefusal::AccessDenied {
-                    tracing::warn!(
-                        flow = %self.flow,
-                        algorithm = %self.label,
-                        message_id = %self.message_id,
-                        topic = %topic,
-                        "Algorithm was denied publishing to a topic it has no grant for."
-                    );
-                }
+                let why = match refusal {
+                    PublishRefusal::AccessDenied => "it has no grant for the topic",
+                    PublishRefusal::UnknownTopic => "no such topic",
+                    PublishRefusal::TooLarge => "the message is larger than the broker accepts",
+                    PublishRefusal::LimitExceeded => "the invocation's publish count is used up",
+                };
+                self.warn_refused(refusal, &topic, why);
                 Ok(Err(refusal.into()))
             }
         }

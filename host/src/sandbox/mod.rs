@@ -3,7 +3,9 @@
 //!
 //! An [`Algorithm`] holds a pre-linked `InstancePre`; [`Sandbox::invoke`]
 //! instantiates it into a new store (a pooling-allocator slot) for every
-//! message, so no state leaks between messages. Limits: wall-clock timeout by
+//! message, so no state leaks between messages. An invocation first waits
+//! for one of the pool's `max_instances` slots (never failing for want of
+//! one), and holds it until its store is dropped. Limits: wall-clock timeout by
 //! epoch interruption (plus an outer timeout covering host calls), memory by a
 //! store limiter, stack by the engine, optional fuel, output size, host calls
 //! and data bytes. Breaking one is a [`Failure`] with a [`Reason`], never a
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use sha2::Digest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
@@ -29,7 +32,7 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx};
 
-pub use failure::{Failure, Reason};
+pub use failure::{Failure, MAX_DETAIL_BYTES, Reason, cap_detail};
 pub use host::LimitTrap;
 
 use crate::config::{Limits, SandboxConfig};
@@ -46,6 +49,11 @@ const HOST_GRACE: Duration = Duration::from_millis(100);
 /// How much of an algorithm's stderr (a panic message, say) is kept for the
 /// failure detail.
 const STDERR_CAPTURE_BYTES: usize = 4096;
+/// Core module instances, linear memories and tables of the pool per
+/// instance slot, which are also the most one component may use.
+const CORE_INSTANCES_PER_SLOT: u32 = 8;
+const MEMORIES_PER_SLOT: u32 = 2;
+const TABLES_PER_SLOT: u32 = 8;
 
 /// `owner/name/version` of a loaded algorithm.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -159,8 +167,11 @@ pub struct Outcome {
     /// Messages the algorithm published, by resolver key, to be sent only if
     /// `result` is `Ok`.
     pub published: Vec<(String, OutboundMessage)>,
-    /// Wall-clock time of instantiation and call.
+    /// Wall-clock time of instantiation and call (not counting the wait for
+    /// an instance slot).
     pub duration: Duration,
+    /// Time spent waiting for a free instance slot of the pool.
+    pub slot_wait: Duration,
     /// Peak linear memory, in bytes.
     pub peak_memory_bytes: u64,
     /// Fuel used, when fuel is counted.
@@ -179,6 +190,9 @@ pub struct Sandbox {
     data: Arc<Collections>,
     settings: SandboxConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// One permit per instance slot of the pooling allocator; `None` without
+    /// the pool (instances are then allocated on demand).
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl Drop for Sandbox {
@@ -205,10 +219,17 @@ impl Sandbox {
         if settings.pooling {
             let slots = settings.max_instances;
             let mut pool = PoolingAllocationConfig::new();
+            // The per-component caps are each slot's share of the totals, so
+            // a store holding one slot permit (see `Sandbox::invoke`) always
+            // finds room in every pool; a component that needs more is
+            // rejected when it loads, not when the pool runs out under load.
             pool.total_component_instances(slots)
-                .total_core_instances(slots.saturating_mul(8))
-                .total_memories(slots.saturating_mul(2))
-                .total_tables(slots.saturating_mul(8))
+                .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+                .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
+                .total_memories(slots.saturating_mul(MEMORIES_PER_SLOT))
+                .max_memories_per_component(MEMORIES_PER_SLOT)
+                .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
+                .max_tables_per_component(TABLES_PER_SLOT)
                 .total_stacks(slots)
                 .max_memory_size((settings.max_memory_mib as usize) << 20);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -253,6 +274,9 @@ impl Sandbox {
             data,
             settings: settings.clone(),
             ticker_stop,
+            slots: settings
+                .pooling
+                .then(|| Arc::new(Semaphore::new(settings.max_instances as usize))),
         })
     }
 
@@ -391,8 +415,28 @@ impl Sandbox {
         Ok(outcome)
     }
 
+    /// Waits for a free instance slot of the pool. The permit must outlive
+    /// the store it is taken for: dropping the store frees the slot.
+    async fn instance_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slots = self.slots.as_ref()?;
+        // Never closed: the sandbox owns the semaphore.
+        slots.clone().acquire_owned().await.ok()
+    }
+
     /// Runs `algorithm` on one message in a fresh instance.
+    ///
+    /// When all of the pool's `max_instances` slots are taken, the call
+    /// first waits (in FIFO order across flows) for one to be freed. The
+    /// wait is not the algorithm's doing, so it is neither a failure nor
+    /// part of `timeout`: the timeout starts once the slot is held. (The
+    /// caller keeps the message leased meanwhile.)
     pub async fn invoke(&self, algorithm: &Algorithm, inv: Invocation<'_>) -> Outcome {
+        let waiting = Instant::now();
+        let slot = match &algorithm.code {
+            Code::Wasm(_) => self.instance_slot().await,
+            Code::Native(_) => None,
+        };
+        let slot_wait = waiting.elapsed();
         let started = Instant::now();
         let pre = match &algorithm.code {
             Code::Wasm(pre) => pre,
@@ -405,6 +449,7 @@ impl Sandbox {
                     result,
                     published: Vec::new(),
                     duration: started.elapsed(),
+                    slot_wait,
                     peak_memory_bytes: 0,
                     fuel_used: None,
                 };
@@ -421,7 +466,8 @@ impl Sandbox {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .max_random_size(host::MAX_RANDOM_BYTES);
         let state = self.host_state(
             algorithm,
             wasi.build(),
@@ -477,7 +523,10 @@ impl Sandbox {
             }
         };
         let fuel_used = fuel.and_then(|f| store.get_fuel().ok().map(|left| f - left));
+        // Dropping the store gives its instances back to the pool; only then
+        // may the next invocation have the slot.
         let state = store.into_data();
+        drop(slot);
         Outcome {
             published: if result.is_ok() {
                 state.published
@@ -486,6 +535,7 @@ impl Sandbox {
             },
             result,
             duration: started.elapsed(),
+            slot_wait,
             peak_memory_bytes: state.limiter.peak_memory as u64,
             fuel_used,
         }
@@ -519,6 +569,9 @@ impl Sandbox {
             data: self.data.clone(),
             resolver,
             published: Vec::new(),
+            published_bytes: 0,
+            max_publish_bytes: limits.publish_budget(),
+            publish_refusals_logged: 0,
             host_calls: 0,
             max_host_calls: limits.max_host_calls,
             data_written: 0,
@@ -549,6 +602,7 @@ impl Sandbox {
             anyhow::bail!("a native algorithm has no instance");
         };
         let limits = Limits::default();
+        let _slot = self.instance_slot().await;
         let state = self.host_state(
             algorithm,
             WasiCtx::builder().build(),
@@ -627,9 +681,8 @@ fn check_output(output: Option<Vec<u8>>, limits: &Limits) -> Result<Option<Vec<u
 fn guest_failure(failure: WitFailure) -> Failure {
     match failure {
         WitFailure::Retry(r) => Failure {
-            reason: Reason::GuestRetry,
-            detail: r.reason,
             retry_after: Some(Duration::from_millis(r.delay_ms)),
+            ..Failure::new(Reason::GuestRetry, r.reason)
         },
         WitFailure::Reject(why) => Failure::new(Reason::GuestReject, why),
     }

@@ -1,7 +1,12 @@
 //! The quickstart algorithm. Takes `{"filename": "...", "data": "..."}` and
 //! writes `data` to `data://ezra/TestingEventFlow/<filename>`.
+//!
+//! A failed write is classified: what may succeed later (the disk is full or
+//! failing, the invocation's write quota is used up) is retried after a
+//! delay; what never will (a bad file name, another owner's collection) is
+//! rejected, so it goes to the dead-letter topic at once.
 
-use eventflow_sdk::{Failure, Guest, Message, data, reject};
+use eventflow_sdk::{Failure, Guest, Message, data, reject, retry};
 
 struct StoreFile;
 
@@ -20,10 +25,27 @@ impl Guest for StoreFile {
             .and_then(|v| v.as_str())
             .ok_or_else(|| reject("payload has no string field \"data\""))?;
         let uri = format!("{COLLECTION}/{filename}");
-        data::put(&uri, contents.as_bytes())
-            .map_err(|e| reject(format!("cannot write {uri}: {e:?}")))?;
+        data::put(&uri, contents.as_bytes()).map_err(|e| write_failure(&uri, e))?;
         eventflow_sdk::info(&format!("stored {} bytes in {uri}", contents.len()));
         Ok(None)
+    }
+}
+
+/// Retry what is transient, reject what is not.
+fn write_failure(uri: &str, e: data::DataError) -> Failure {
+    match e {
+        // The file system failed (a full disk, say): space may come back.
+        data::DataError::Io(why) => retry(5_000, format!("cannot write {uri}: i/o error: {why}")),
+        // This invocation's write quota is used up; an operator may raise
+        // it, so try again later rather than dead-letter the message.
+        data::DataError::QuotaExceeded => retry(
+            10_000,
+            format!("cannot write {uri}: data write quota exceeded"),
+        ),
+        // A bad file name or another owner's collection: no retry helps.
+        e @ (data::DataError::InvalidUri(_)
+        | data::DataError::AccessDenied
+        | data::DataError::NotFound) => reject(format!("cannot write {uri}: {e:?}")),
     }
 }
 

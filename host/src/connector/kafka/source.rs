@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ATTEMPT_HEADER, MESSAGE_ID_HEADER, Producers, client_config};
 use crate::config::TopicSpec;
-use crate::connector::{Delivery, Settle, Source, SourceOptions};
+use crate::connector::{Assignment, Delivery, PartitionAssignment, Settle, Source, SourceOptions};
 use crate::message::{InboundMessage, from_unix_ms};
 use crate::metrics::PartitionLabels;
 
@@ -96,6 +96,10 @@ impl Partition {
 #[derive(Default)]
 struct State {
     partitions: BTreeMap<i32, Partition>,
+    /// Since when the consumer has had no assignment: from the start until
+    /// the group's first one, and from a revoke of everything (a rebalance,
+    /// or a session lost while the broker was away) until the next.
+    unassigned_since: Option<std::time::Instant>,
     generation: u64,
     buffered: usize,
     buffered_bytes: usize,
@@ -138,6 +142,16 @@ impl Shared {
     }
 }
 
+impl Assignment for Shared {
+    fn partitions(&self) -> PartitionAssignment {
+        let state = self.lock();
+        PartitionAssignment {
+            partitions: state.partitions.len(),
+            unassigned_since: state.unassigned_since,
+        }
+    }
+}
+
 /// Tracks assignments for the flow's consumer.
 struct FlowContext {
     shared: Arc<Shared>,
@@ -167,7 +181,12 @@ impl ConsumerContext for FlowContext {
                     }
                 }
             }
-            tracing::info!(flow = %self.flow, partitions = tpl.count(), "Kafka partitions revoked.");
+            if state.partitions.is_empty() {
+                state.unassigned_since = Some(std::time::Instant::now());
+            }
+            let left = state.partitions.len();
+            drop(state);
+            tracing::info!(flow = %self.flow, partitions = tpl.count(), left, "Kafka partitions revoked.");
         }
     }
 
@@ -176,6 +195,7 @@ impl ConsumerContext for FlowContext {
             let mut state = self.shared.lock();
             state.generation += 1;
             state.paused = false;
+            state.unassigned_since = None;
             let generation = state.generation;
             for elem in tpl.elements() {
                 state.partitions.insert(
@@ -220,7 +240,10 @@ impl KafkaSource {
         options: &SourceOptions,
     ) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                unassigned_since: Some(std::time::Instant::now()),
+                ..State::default()
+            }),
             notify: Notify::new(),
             depth: options.in_flight_per_partition.max(1),
         });
@@ -536,6 +559,10 @@ impl Source for KafkaSource {
             }
             let _ = tokio::time::timeout(left, notified).await;
         }
+    }
+
+    fn assignment(&self) -> Option<Arc<dyn Assignment>> {
+        Some(self.shared.clone())
     }
 
     async fn close(&mut self) {

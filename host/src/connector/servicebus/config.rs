@@ -56,6 +56,78 @@ impl ServiceBusConfig {
         }
         Ok(())
     }
+
+    /// Resolves the connection string and parses it, without sending
+    /// anything: a missing `Endpoint`, `SharedAccessKeyName` or
+    /// `SharedAccessKey`, a malformed part, or a reference that does not
+    /// resolve is named here, when the connection is created, instead of
+    /// failing its connect. The error never holds the key.
+    pub fn check_connection_string(
+        &self,
+        state: Option<&crate::state::StateStore>,
+    ) -> Result<(), (String, String)> {
+        let field = || "connection_string".to_string();
+        let raw = self
+            .connection_string
+            .resolve(state)
+            .map_err(|e| (field(), format!("{e:#}")))?;
+        ConnectionString::parse(raw.expose())
+            .map(|_| ())
+            .map_err(|why| (field(), why))
+    }
 }
 
 pub use crate::connector::azure::ConnectionString;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(connection_string: &str) -> ServiceBusConfig {
+        ServiceBusConfig {
+            name: "sb".into(),
+            connection_string: SecretRef::Value(connection_string.into()),
+            endpoint: None,
+            receivers: default_receivers(),
+            receive_wait_secs: default_receive_wait_secs(),
+            request_timeout_secs: default_request_timeout_secs(),
+        }
+    }
+
+    #[test]
+    fn a_malformed_connection_string_names_the_part_without_the_key() {
+        let good =
+            "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey=k3y";
+        assert_eq!(with(good).check_connection_string(None), Ok(()));
+        for (bad, part) in [
+            (
+                "SharedAccessKeyName=Root;SharedAccessKey=k3y",
+                "no Endpoint",
+            ),
+            (
+                "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKey=k3y",
+                "no SharedAccessKeyName",
+            ),
+            (
+                "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root",
+                "no SharedAccessKey",
+            ),
+            (
+                "Endpoint=https://ns.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey=k3y",
+                "sb://",
+            ),
+            ("k3y", "not Key=Value"),
+        ] {
+            let (field, why) = with(bad).check_connection_string(None).unwrap_err();
+            assert_eq!(field, "connection_string");
+            assert!(why.contains(part), "{bad}: {why}");
+            assert!(!why.contains("k3y"), "{bad}: the key leaks: {why}");
+        }
+        let unset = ServiceBusConfig {
+            connection_string: SecretRef::Env("EVENTFLOW_TEST_UNSET_VARIABLE".into()),
+            ..with(good)
+        };
+        let (_, why) = unset.check_connection_string(None).unwrap_err();
+        assert!(why.contains("EVENTFLOW_TEST_UNSET_VARIABLE"), "{why}");
+    }
+}

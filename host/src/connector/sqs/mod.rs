@@ -5,12 +5,20 @@
 //! queue has a redrive policy, its `maxReceiveCount` replaces the flow's
 //! `max_receives` and SQS dead-letters by itself (the router still sends its
 //! envelope first when the flow has a dead-letter topic).
+//!
+//! Permissions: a consumed queue needs only `ReceiveMessage`,
+//! `DeleteMessage`, `ChangeMessageVisibility` and `GetQueueAttributes` on
+//! that queue (the queue-owner role of a cross-account setup), a published
+//! one only `SendMessage`. Readiness asks `GetQueueAttributes` of the queues
+//! that flows consume; only `topics list` calls `ListQueues`, and says so
+//! when it is refused.
 
 mod config;
 mod sink;
 mod source;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,7 +26,8 @@ use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::QueueAttributeName;
 
 pub use config::SqsConfig;
 
@@ -34,12 +43,123 @@ pub struct SqsConnection {
     name: String,
     client: Client,
     config: SqsConfig,
+    consumed: ConsumedQueues,
 }
 
-/// Formats an SDK error with its whole chain (the SDK's own `Display` says
-/// little more than "service error").
-pub(crate) fn sdk_error<E: std::error::Error>(e: E) -> String {
-    DisplayErrorContext(e).to_string()
+/// The queues that flows consume through a connection, with how many
+/// sources hold each: readiness checks these (and nothing else).
+#[derive(Clone, Default)]
+pub(crate) struct ConsumedQueues(Arc<Mutex<HashMap<String, usize>>>);
+
+impl ConsumedQueues {
+    /// Counts one more source of `queue` until the returned guard drops.
+    pub(crate) fn hold(&self, queue: &str) -> ConsumedQueue {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue.to_string())
+            .or_default() += 1;
+        ConsumedQueue {
+            queues: self.clone(),
+            queue: queue.to_string(),
+        }
+    }
+
+    fn list(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        queues.sort();
+        queues
+    }
+}
+
+/// One source's hold on a consumed queue; see [`ConsumedQueues::hold`].
+pub(crate) struct ConsumedQueue {
+    queues: ConsumedQueues,
+    queue: String,
+}
+
+impl Drop for ConsumedQueue {
+    fn drop(&mut self) {
+        let mut map = self.queues.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.queue) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.queue);
+            }
+        }
+    }
+}
+
+/// The longest error text an SQS call contributes to a log line or a flow's
+/// last error.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// One line saying why an SQS call failed: the service's error code and
+/// message when SQS answered, else the chain of causes (`dispatch failure:
+/// io error: ... Connection refused`). Never the SDK's debug output (raw
+/// HTTP responses and headers), never more than one line.
+pub(crate) fn sdk_error<E, R>(e: SdkError<E, R>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    let text = match &e {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_string(),
+                _ => error_chain(&e),
+            }
+        }
+        _ => error_chain(&e),
+    };
+    one_line(&text, MAX_ERROR_CHARS)
+}
+
+/// `error: cause: cause`, skipping causes whose text the previous one
+/// already includes.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut last = text.clone();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !last.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        last = part;
+        source = cause.source();
+    }
+    text
+}
+
+/// Collapses whitespace (newlines included) and cuts at `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let mut cut: String = line.chars().take(max).collect();
+    cut.push_str("...");
+    cut
+}
+
+/// Whether SQS answered that the queue does not exist: the flow consuming
+/// it reports that, not readiness (the broker itself answers).
+fn is_missing_queue<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(
+        e.code(),
+        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist")
+    )
 }
 
 impl SqsConnection {
@@ -77,7 +197,51 @@ impl SqsConnection {
             name: config.name.clone(),
             client: Client::new(&sdk),
             config: config.clone(),
+            consumed: ConsumedQueues::default(),
         })
+    }
+
+    /// Asks `GetQueueAttributes` of one consumed queue: the one action of
+    /// the consumer's permissions that has no side effect.
+    async fn check_queue(&self, queue: &str) -> Result<(), String> {
+        let call = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send();
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if is_missing_queue(&e) => Ok(()),
+            Ok(Err(e)) => Err(format!("queue {queue}: {}", sdk_error(e))),
+            Err(_) => Err(format!("queue {queue}: SQS did not answer within 10 s")),
+        }
+    }
+
+    /// With no queue consumed yet there is nothing SQS would let the
+    /// consumer role ask; readiness is that the endpoint is reachable.
+    async fn check_endpoint(&self) -> Result<(), String> {
+        let (host, port) = match &self.config.endpoint_url {
+            Some(url) => {
+                let url =
+                    reqwest::Url::parse(url).map_err(|e| format!("endpoint_url {url:?}: {e}"))?;
+                (
+                    url.host_str().unwrap_or_default().to_string(),
+                    url.port_or_known_default().unwrap_or(443),
+                )
+            }
+            None => (format!("sqs.{}.amazonaws.com", self.config.region), 443),
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot reach {host}:{port}: {e}")),
+            Err(_) => Err(format!("{host}:{port} did not answer within 5 s")),
+        }
     }
 }
 
@@ -94,6 +258,7 @@ impl Connection for SqsConnection {
             &self.config,
             topic,
             options,
+            self.consumed.hold(topic.address()),
         )
         .await?;
         Ok(Box::new(source))
@@ -112,11 +277,17 @@ impl Connection for SqsConnection {
     }
 
     async fn check(&self) -> Result<(), String> {
-        let call = self.client.list_queues().max_results(1).send();
-        match tokio::time::timeout(Duration::from_secs(10), call).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(sdk_error(e)),
-            Err(_) => Err("SQS did not answer within 10 s".into()),
+        // Never ListQueues: the queue-owner role does not grant it.
+        let queues = self.consumed.list();
+        if queues.is_empty() {
+            return self.check_endpoint().await;
+        }
+        let checks = futures::future::join_all(queues.iter().map(|q| self.check_queue(q))).await;
+        let errors: Vec<String> = checks.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
         }
     }
 

@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::config::SqsConfig;
-use super::sdk_error;
 use super::sink::decode;
+use super::{ConsumedQueue, sdk_error};
 use crate::config::TopicSpec;
 use crate::connector::{Delivery, Settle, Source, SourceOptions};
 use crate::flow::retry::MAX_DELAY;
@@ -98,6 +98,9 @@ pub struct SqsSource {
     stop: CancellationToken,
     saturation_delay: Duration,
     flow: String,
+    /// Keeps the queue on the connection's readiness checks while this
+    /// source lives.
+    _consumed: ConsumedQueue,
 }
 
 impl Drop for SqsSource {
@@ -114,6 +117,7 @@ impl SqsSource {
         config: &SqsConfig,
         topic: &TopicSpec,
         options: &SourceOptions,
+        consumed: ConsumedQueue,
     ) -> anyhow::Result<Self> {
         let queue = topic.address().to_string();
         let facts = queue_facts(&client, connection, &queue).await?;
@@ -146,6 +150,7 @@ impl SqsSource {
             stop,
             saturation_delay: options.saturation_delay,
             flow: options.flow.clone(),
+            _consumed: consumed,
         })
     }
 
