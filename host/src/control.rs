@@ -1104,6 +1104,10 @@ impl ControlPlane {
             .clone()
             .unwrap_or_else(|| format!("{}-{}-{}", algorithm.owner, algorithm.name, req.topic));
         config::check_name(&name).map_err(|m| ControlError::BadRequest(format!("name: {m}")))?;
+        config::check_name(&req.topic)
+            .map_err(|m| ControlError::BadRequest(format!("topic: {m}")))?;
+        config::check_name(&broker)
+            .map_err(|m| ControlError::BadRequest(format!("broker: {m}")))?;
         let existed = match d.flows.iter().find(|f| f.name == name) {
             Some(existing) => {
                 role.authorize(Action::EnableFlow(&existing.algorithm.owner))?;
@@ -1568,12 +1572,18 @@ pub fn flow_view(f: &FlowSpec) -> Value {
 }
 
 fn new_flow(name: &str, broker: &str, topic: &str, algorithm: AlgorithmRef) -> FlowSpec {
-    // The defaults of a flow declared in a file with only these fields.
-    let mut flow: FlowSpec = toml::from_str(&format!(
-        "name = {name:?}\ntopic = {topic:?}\nalgorithm = {:?}\n",
-        algorithm.to_string()
-    ))
-    .expect("a minimal flow parses");
+    // The defaults of a flow declared in a file with only these fields,
+    // built as a TOML table (never as text, so no name can break it).
+    let mut table = toml::Table::new();
+    table.insert("name".into(), toml::Value::String(name.into()));
+    table.insert("topic".into(), toml::Value::String(topic.into()));
+    table.insert(
+        "algorithm".into(),
+        toml::Value::String(algorithm.to_string()),
+    );
+    let mut flow: FlowSpec = toml::Value::Table(table)
+        .try_into()
+        .expect("a flow of a name, a topic and an algorithm is complete");
     flow.broker = broker.to_string();
     flow.algorithm = algorithm;
     flow
