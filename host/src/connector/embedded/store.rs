@@ -39,6 +39,8 @@ use crate::message::{InboundMessage, OutboundMessage, from_unix_ms, unix_ms};
 /// the epoch).
 type StoredMessage<'a> = (&'a str, &'a str, &'a [u8], u64);
 /// (topic, seq) → the message as published.
+/// The most payload one peek reads (see [`Store::peek`]).
+pub const MAX_PEEK_BYTES: usize = 64 << 20;
 const MESSAGES: TableDefinition<(&str, u64), StoredMessage> = TableDefinition::new("messages");
 /// (topic, seq) → (receive count, visible at ms, leased)
 const STATE: TableDefinition<(&str, u64), (u32, u64, bool)> = TableDefinition::new("state");
@@ -462,9 +464,19 @@ impl Store {
         done.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Up to `max` messages of `topic`, oldest first, without leasing them.
-    /// Blocking.
+    /// Up to `max` messages of `topic`, oldest first, without leasing them,
+    /// and about [`MAX_PEEK_BYTES`] of payload at most: a peek (or a
+    /// dead-letter listing) of a long topic never loads it whole. Blocking.
     pub fn peek(&self, topic: &str, max: usize) -> Result<Vec<InboundMessage>, StoreError> {
+        self.peek_bounded(topic, max, MAX_PEEK_BYTES)
+    }
+
+    fn peek_bounded(
+        &self,
+        topic: &str,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<InboundMessage>, StoreError> {
         let tx = self.shared.db()?.begin_read().map_err(storage)?;
         let messages = match tx.open_table(MESSAGES) {
             Ok(t) => t,
@@ -473,18 +485,24 @@ impl Store {
         };
         let state = tx.open_table(STATE).map_err(storage)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for entry in messages
             .range((topic, 0u64)..=(topic, u64::MAX))
             .map_err(storage)?
             .take(max)
         {
+            if bytes >= max_bytes {
+                break;
+            }
             let (key, row) = entry.map_err(storage)?;
             let receives = state
                 .get(key.value())
                 .map_err(storage)?
                 .map(|s| s.value().0)
                 .unwrap_or(0);
-            out.push(to_message(topic, row.value(), receives)?);
+            let message = to_message(topic, row.value(), receives)?;
+            bytes += message.payload.len();
+            out.push(message);
         }
         Ok(out)
     }
@@ -837,6 +855,21 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(30);
     const WAIT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn a_peek_stops_at_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let big = "x".repeat(1000);
+        store
+            .publish("t", (0..10).map(|_| msg(&big)).collect())
+            .await
+            .unwrap();
+        assert_eq!(store.peek("t", 100).unwrap().len(), 10);
+        // The first message always comes back; the budget stops the rest.
+        assert_eq!(store.peek_bounded("t", 100, 2500).unwrap().len(), 3);
+        assert_eq!(store.peek_bounded("t", 100, 1).unwrap().len(), 1);
+    }
 
     #[tokio::test]
     async fn publish_receive_ack_in_order() {
