@@ -199,14 +199,27 @@ impl Router {
 
     /// Messages of an embedded topic, without consuming them (the first
     /// 1,000: the most one peek returns).
+    /// Every message of a topic (up to the API's paging bound), a page of
+    /// 1,000 at a time.
     pub fn peek(&self, broker: &str, topic: &str) -> Vec<Value> {
-        let (status, body) = self.http(
-            "GET",
-            &format!("/v1/brokers/{broker}/topics/{topic}/messages?limit=1000"),
-            None,
-        );
-        assert_eq!(status, 200, "{body}");
-        body["messages"].as_array().unwrap().clone()
+        let mut all = Vec::new();
+        loop {
+            let (status, body) = self.http(
+                "GET",
+                &format!(
+                    "/v1/brokers/{broker}/topics/{topic}/messages?limit=1000&offset={}",
+                    all.len()
+                ),
+                None,
+            );
+            assert_eq!(status, 200, "{body}");
+            let page = body["messages"].as_array().unwrap().clone();
+            let full = page.len() == 1000;
+            all.extend(page);
+            if !full {
+                return all;
+            }
+        }
     }
 
     /// Whether the process is running.

@@ -48,6 +48,9 @@ pub const MAX_SEND_MESSAGES: usize = 1_000;
 
 /// The most messages one peek returns, and how many without `limit`.
 pub const MAX_PEEK_MESSAGES: usize = 1_000;
+/// How far into a topic a peek may page (`offset`); the broker's own peek
+/// is bounded in bytes too.
+pub const MAX_PEEK_OFFSET: usize = 100_000;
 const DEFAULT_PEEK_MESSAGES: usize = 10;
 
 /// The payload bytes one peek returns at most: it stops before the message
@@ -202,7 +205,14 @@ pub(super) async fn peek_topic(
         .find(|t| t.broker == broker && t.name == topic)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no topic {topic:?} on broker {broker:?}")))?;
-    let messages = peek_messages(&state.router, &spec, limit).await?;
+    let offset = q.offset.unwrap_or(0);
+    if offset > MAX_PEEK_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "offset: {offset} is above the maximum of {MAX_PEEK_OFFSET}"
+        )));
+    }
+    let mut messages = peek_messages(&state.router, &spec, offset + limit).await?;
+    messages.drain(..offset.min(messages.len()));
     let mut bytes = 0usize;
     let shown = messages
         .iter()
@@ -239,6 +249,9 @@ pub(super) async fn peek_topic(
 pub(super) struct ListQuery {
     #[serde(default)]
     pub(super) limit: Option<usize>,
+    /// Peek only: skip this many messages first, to page through a topic.
+    #[serde(default)]
+    pub(super) offset: Option<usize>,
 }
 
 async fn peek_messages(

@@ -96,7 +96,7 @@ pub fn spec() -> Value {
                 "post": op("Revoke an algorithm's access", &["broker", "topic"], Some(schema("Grant")), &["400", "403", "404"]),
             },
             "/v1/brokers/{broker}/topics/{topic}/messages": {
-                "get": op("Peek at a topic's messages without consuming them: at most `limit` (default 10, at most 1000) and 16 MiB of payload; `truncated` says the byte limit cut the answer short", &["broker", "topic", "peek_limit"], None, &["403", "404", "503"]),
+                "get": op("Peek at a topic's messages without consuming them: at most `limit` (default 10, at most 1000) from `offset` (default 0, at most 100000) and 16 MiB of payload; `truncated` says the byte limit cut the answer short", &["broker", "topic", "peek_limit", "peek_offset"], None, &["403", "404", "503"]),
             },
             "/v1/algorithms/{owner}/{name}/topics": {
                 "get": op("The topics an algorithm may use, each enabled or disabled (its queues tab)", &["owner", "name"], None, &["403"]),
@@ -158,6 +158,7 @@ pub fn spec() -> Value {
                 "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
                 "force": {"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"}},
                 "limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 100000}},
+                "peek_offset": {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": super::messages::MAX_PEEK_OFFSET, "default": 0}},
                 "peek_limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": super::messages::MAX_PEEK_MESSAGES, "default": 10}},
             },
             "schemas": {
