@@ -283,8 +283,9 @@ fn dlq_replay_after_fixing_the_algorithm_processes_the_messages() {
     let listed = router.cli_ok(&["dlq", "list", "subject"]);
     assert_eq!(listed.lines().count(), 5);
     for line in listed.lines() {
-        let envelope: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(envelope["last_failure"]["reason"], "guest_reject");
+        let letter: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(letter["status"], "verified", "{letter}");
+        assert_eq!(letter["envelope"]["last_failure"]["reason"], "guest_reject");
     }
 
     // The fix: version 0.2.0 of the algorithm, dropped into the plugin
