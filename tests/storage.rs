@@ -104,6 +104,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// Runs `eventflow run` on `state` until it exits or has clearly started
 /// (60 s). Returns (exited unsuccessfully, everything it wrote).
 fn run_once(config: &Path, state: &Path, extra: &[&str]) -> (bool, String) {
+    // A stopped router leaves its address file behind; only a new one says
+    // this start got as far as serving.
+    let _ = std::fs::remove_file(state.join("admin.addr"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
         .args(["run", "--config"])
         .arg(config)

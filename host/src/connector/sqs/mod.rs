@@ -105,10 +105,9 @@ const MAX_ERROR_CHARS: usize = 300;
 /// message when SQS answered, else the chain of causes (`dispatch failure:
 /// io error: ... Connection refused`). Never the SDK's debug output (raw
 /// HTTP responses and headers), never more than one line.
-pub(crate) fn sdk_error<E, R>(e: SdkError<E, R>) -> String
+pub(crate) fn sdk_error<E>(e: SdkError<E>) -> String
 where
     E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug + 'static,
 {
     let text = match &e {
         SdkError::ServiceError(service) => {
@@ -116,7 +115,30 @@ where
             match (err.code(), err.message()) {
                 (Some(code), Some(message)) => format!("{code}: {message}"),
                 (Some(code), None) => code.to_string(),
-                _ => error_chain(&e),
+                // An answer the SDK could not parse (an XML error page from
+                // an endpoint that speaks the query protocol, say): its
+                // HTTP status and the `<Code>`/`<Message>` it carries.
+                _ => {
+                    let raw = service.raw();
+                    let body = raw
+                        .body()
+                        .bytes()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
+                    let tag = |t: &str| {
+                        let open = format!("<{t}>");
+                        let start = body.find(&open)? + open.len();
+                        let end = body[start..].find(&format!("</{t}>"))?;
+                        Some(body[start..start + end].to_string())
+                    };
+                    match (tag("Code"), tag("Message")) {
+                        (Some(code), Some(message)) => {
+                            format!("HTTP {}: {code}: {message}", raw.status().as_u16())
+                        }
+                        (Some(code), None) => format!("HTTP {}: {code}", raw.status().as_u16()),
+                        _ => format!("HTTP {}: {}", raw.status().as_u16(), error_chain(&e)),
+                    }
+                }
             }
         }
         _ => error_chain(&e),
