@@ -63,6 +63,17 @@ fn secrets_are_encrypted_at_rest_and_the_state_directory_is_private() {
     assert_eq!(status, 200, "{body}");
     assert!(body.to_string().contains("API_KEY"), "{body}");
     router.stop();
+    // With another key, the state does not start (and says which key).
+    let key = state.join("secret.key");
+    let good = std::fs::read(&key).unwrap();
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let (failed, output) = run_once(&router.config, &state, &[]);
+    assert!(failed, "started with the wrong key:\n{output}");
+    assert!(
+        output.contains("do not match the key") && output.contains("secret.key"),
+        "{output}"
+    );
+    std::fs::write(&key, good).unwrap();
     // With the key kept elsewhere (EVENTFLOW_SECRET_KEY_FILE), it starts
     // and creates no key in the state directory.
     std::fs::rename(
