@@ -320,3 +320,18 @@ pub trait Settle: Send + Sync {
     /// and `retry` pass the turn too, as does dropping the settle.
     fn pass_turn(&mut self) {}
 }
+
+/// Readiness of an endpoint that has nothing cheaper to ask: whether a TCP
+/// connection to `host:port` opens within 5 s.
+pub(crate) async fn tcp_reachable(host: &str, port: u16) -> Result<(), String> {
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot reach {host}:{port}: {e}")),
+        Err(_) => Err(format!("{host}:{port} did not answer within 5 s")),
+    }
+}

@@ -167,16 +167,7 @@ impl Connection for ServiceBusConnection {
             }
             None => (format!("{}.servicebus.windows.net", self.namespace), 443),
         };
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("cannot reach {host}:{port}: {e}")),
-            Err(_) => Err(format!("{host}:{port} did not answer within 5 s")),
-        }
+        crate::connector::tcp_reachable(&host, port).await
     }
 
     async fn peek(&self, topic: &TopicSpec, max: usize) -> anyhow::Result<Vec<InboundMessage>> {
