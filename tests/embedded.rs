@@ -121,6 +121,79 @@ timeout_secs = 5
     });
 }
 
+/// The identity from `incoming` to `out`: every output is written in the
+/// same transaction as its input's acknowledgement, so a `kill -9` at any
+/// moment leaves exactly one output per input once the rest is drained.
+#[test]
+fn a_kill_9_mid_stream_duplicates_no_output_of_an_acknowledged_message() {
+    let config = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "incoming"
+consumers = ["examples/echo"]
+
+[[topics]]
+name = "out"
+publishers = ["examples/echo"]
+
+[[flows]]
+name = "identity"
+topic = "incoming"
+algorithm = "examples/echo"
+output_topic = "out"
+concurrency = 8
+"#;
+    const N: usize = 6000;
+    let mut router = Router::start(config);
+    let payloads: Vec<String> = (0..N).map(|i| format!("m{i:05}")).collect();
+    router.publish("incoming", &payloads);
+    wait_for("some outputs", Duration::from_secs(60), || {
+        (router.peek("local", "out").len() >= 200).then_some(())
+    });
+    router.kill9();
+    router.launch();
+    let outputs = wait_for("every input drained", Duration::from_secs(180), || {
+        let flow = router.flow("identity");
+        let drained =
+            router.peek("local", "incoming").is_empty() && flow["in_flight"].as_i64() == Some(0);
+        drained.then(|| router.peek("local", "out"))
+    });
+    let log = router.log();
+    let after_restart = log
+        .split("===== start 2 =====")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Message processed."))
+        .count();
+    assert!(
+        after_restart > 0,
+        "every input was done before the kill; the test proves nothing"
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for m in &outputs {
+        *seen
+            .entry(m["payload"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "{} inputs have more than one output (of {} outputs), e.g. {:?}",
+        duplicated.len(),
+        outputs.len(),
+        &duplicated[..duplicated.len().min(5)]
+    );
+    let expected: std::collections::BTreeSet<String> = payloads.into_iter().collect();
+    let got: std::collections::BTreeSet<String> = seen.into_keys().collect();
+    assert_eq!(got.len(), N, "lost {} inputs", N - got.len().min(N));
+    assert_eq!(got, expected);
+    assert_eq!(outputs.len(), N);
+}
+
 #[test]
 fn every_traversal_attempt_is_refused_and_nothing_escapes() {
     let router = Router::start(STORE_FILE);

@@ -93,7 +93,7 @@ pub struct Metrics {
     pub dropped: Family<ReasonLabels, Counter>,
     /// Acks, retries and extensions the broker refused.
     pub settle_errors: Family<FlowOnly, Counter>,
-    /// Invocations running now.
+    /// Messages being handled now.
     pub in_flight: Family<FlowOnly, Gauge>,
     /// Time to instantiate and run the algorithm.
     pub invocation_seconds: HistogramFamily<FlowLabels>,
@@ -183,7 +183,11 @@ impl Metrics {
             "Acks, retries and lease extensions the broker refused",
             m.settle_errors.clone(),
         );
-        registry.register("in_flight", "Invocations running now", m.in_flight.clone());
+        registry.register(
+            "in_flight",
+            "Messages being handled now (running, waiting for a slot or for their commit)",
+            m.in_flight.clone(),
+        );
         registry.register(
             "invocation_duration_seconds",
             "Time to instantiate and run the algorithm on one message",

@@ -487,6 +487,11 @@ impl Router {
         for (_, running) in flows.drain() {
             let _ = running.handle.await;
         }
+        // With the flows stopped, brokers write down what only memory holds
+        // (the embedded broker's receive counts).
+        for broker in self.topology().brokers.values() {
+            broker.connection.close().await;
+        }
         let state = self.services.state.clone();
         let _ = tokio::task::spawn_blocking(move || state.flush()).await;
     }

@@ -168,6 +168,22 @@ pub enum PublishError {
     Broker(#[from] anyhow::Error),
 }
 
+/// Identifies a store that can write a delivery's outputs and its
+/// acknowledgement in one transaction (the embedded broker's file): a
+/// delivery whose [`Settle::local_store`] equals a connection's
+/// [`Connection::local_store`] can settle with outputs to that connection's
+/// topics through [`Settle::ack_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalStore(usize);
+
+impl LocalStore {
+    /// The identity of the store behind `store` (its address, which stays
+    /// the same while any clone of the `Arc` lives).
+    pub fn of<T>(store: &std::sync::Arc<T>) -> Self {
+        Self(std::sync::Arc::as_ptr(store) as *const () as usize)
+    }
+}
+
 /// The wait for enqueued messages to be durable.
 pub type Delivering =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PublishError>> + Send>>;
@@ -227,6 +243,16 @@ pub trait Connection: Send + Sync + 'static {
     async fn list_topics(&self) -> anyhow::Result<Option<Vec<String>>> {
         Ok(None)
     }
+
+    /// The store this connection's topics live in, when deliveries from it
+    /// can settle together with publishes to it (see [`LocalStore`]).
+    fn local_store(&self) -> Option<LocalStore> {
+        None
+    }
+
+    /// The router is stopping and its flows have stopped: write down what
+    /// only memory holds. The connection stays usable.
+    async fn close(&self) {}
 }
 
 /// A consumer of one topic for one flow.
@@ -308,6 +334,27 @@ pub trait Settle: Send + Sync {
     /// message; `None` when leases need no renewal.
     fn heartbeat(&self) -> Option<Duration> {
         None
+    }
+
+    /// The store this delivery can settle in together with publishes to
+    /// it; `None` when it cannot (then [`Settle::ack_with`] is not called).
+    fn local_store(&self) -> Option<LocalStore> {
+        None
+    }
+
+    /// Publishes `outputs` (per topic, in order) to the delivery's own
+    /// store and acknowledges the message in one atomic step: after a crash
+    /// either both happened or neither. Only called when
+    /// [`Settle::local_store`] is the store of every topic in `outputs`. On
+    /// an error nothing was published and the message is still held, so
+    /// the caller may `retry` it.
+    async fn ack_with(
+        &mut self,
+        _outputs: Vec<(TopicSpec, Vec<OutboundMessage>)>,
+    ) -> Result<(), PublishError> {
+        Err(PublishError::Broker(anyhow::anyhow!(
+            "this broker cannot publish and acknowledge in one step"
+        )))
     }
 
     /// Waits until this message may publish its effects. Sources that keep

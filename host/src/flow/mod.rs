@@ -3,8 +3,14 @@
 //! stops receiving and lets in-flight work finish.
 //!
 //! Backpressure is pull-based: the loop asks the source for at most as many
-//! messages as the flow has free invocation slots, and waits for a slot when
-//! there is none, so nothing is buffered without bound.
+//! messages as the flow has room for in flight, and waits for room when
+//! there is none, so nothing is buffered without bound. `concurrency` bounds
+//! the invocations that run; a message holds its invocation slot only while
+//! its invocation runs, not while its effects and acknowledgement are
+//! committed. On the embedded broker (whose commits are grouped) up to
+//! [`IN_FLIGHT_PER_SLOT`] × `concurrency` messages (at least
+//! [`MIN_IN_FLIGHT`]) are in flight, so invocations keep running while
+//! earlier messages wait for their commit; on other brokers, `concurrency`.
 
 pub mod envelope;
 pub mod retry;
@@ -147,7 +153,8 @@ pub struct FlowReport {
     pub dead_lettered: u64,
     /// Messages dropped for lack of a dead-letter topic.
     pub dropped: u64,
-    /// Invocations running now.
+    /// Messages being handled now: running, waiting for an invocation slot,
+    /// or waiting for their effects and acknowledgement to be committed.
     pub in_flight: i64,
     /// Received per second over the last minute.
     pub received_per_sec: f64,
@@ -311,7 +318,14 @@ impl FlowStatus {
 /// effects and settling.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Most messages asked for in one receive.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 256;
+/// Messages in flight per invocation slot on a broker that settles in its
+/// own store (the embedded broker).
+pub const IN_FLIGHT_PER_SLOT: usize = 4;
+/// The fewest messages in flight on such a broker.
+pub const MIN_IN_FLIGHT: usize = 64;
+/// The most messages in flight on such a broker (a bound on memory).
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// Runs one flow until `shutdown` fires; then stops receiving and waits up to
 /// `grace` for in-flight messages, releasing what is left to the broker.
@@ -340,10 +354,16 @@ pub async fn run(
         return;
     };
     let lease = Duration::from_secs_f64(spec.timeout_secs) + LEASE_MARGIN;
+    let concurrency = spec.concurrency as usize;
+    let window = if broker.connection.local_store().is_some() {
+        (concurrency * IN_FLIGHT_PER_SLOT).clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT.max(concurrency))
+    } else {
+        concurrency
+    };
     let options = SourceOptions {
         flow: spec.name.clone(),
         lease,
-        max_batch: (spec.concurrency as usize).min(MAX_BATCH),
+        max_batch: window.min(MAX_BATCH),
         group_id: spec
             .consumer
             .group_id
@@ -412,6 +432,7 @@ pub async fn run(
         native_max_receives: source.native_max_receives(),
         lease,
         throttle: throttle.clone(),
+        slots: Arc::new(Semaphore::new(concurrency)),
     };
     if let Some(n) = worker.native_max_receives {
         tracing::info!(
@@ -420,7 +441,8 @@ pub async fn run(
             "The queue has a redrive policy: its maxReceiveCount applies instead of max_receives."
         );
     }
-    let slots = Arc::new(Semaphore::new(spec.concurrency as usize));
+    // Room for messages in flight; invocation slots are the worker's.
+    let slots = Arc::new(Semaphore::new(window));
     let mut tasks = JoinSet::new();
     let mut plugin_changes = services.registry.subscribe();
     let mut waiting_logged = false;

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use tracing::Level;
 
 use crate::config::FlowSpec;
-use crate::connector::{Delivery, PublishError, Settle};
+use crate::config::TopicSpec;
+use crate::connector::{Delivery, LocalStore, PublishError, Settle};
 use crate::message::{InboundMessage, OutboundMessage, set_header};
 use crate::metrics::{FlowLabels, FlowOnly, ReasonLabels};
 use crate::sandbox::{Algorithm, Failure, Invocation, Reason};
@@ -48,6 +49,9 @@ pub struct Worker {
     pub(super) lease: Duration,
     /// Keeps errors that repeat for every message to a few lines.
     pub(super) throttle: Arc<LogThrottle>,
+    /// The flow's invocation slots (`concurrency`): held while an
+    /// invocation runs, not while its effects are committed.
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Worker {
@@ -187,12 +191,13 @@ impl Worker {
             env: &env,
             resolver,
         };
-        let outcome = with_heartbeat(
-            settle,
-            self.lease,
-            &self.throttle,
-            self.services.sandbox.invoke(algorithm, invocation),
-        )
+        let slots = self.slots.clone();
+        let outcome = with_heartbeat(settle, self.lease, &self.throttle, async move {
+            // The slot is released as soon as the invocation ends, before
+            // its effects are published and the message settled.
+            let _slot = slots.acquire_owned().await;
+            self.services.sandbox.invoke(algorithm, invocation).await
+        })
         .await;
         metrics
             .instance_wait_seconds
@@ -222,18 +227,42 @@ impl Worker {
                 // hand ours over, let the next message take its turn, and
                 // only then wait for delivery.
                 settle.wait_turn().await;
+                let local = settle.local_store();
                 let enqueued = self
-                    .enqueue_effects(algorithm, message, output, outcome.published, trace)
+                    .enqueue_effects(algorithm, message, output, outcome.published, trace, local)
                     .await;
                 settle.pass_turn();
                 let published = match enqueued {
-                    Ok(delivering) => futures::future::try_join_all(delivering).await.map(|_| ()),
+                    Ok((atomic, delivering)) => futures::future::try_join_all(delivering)
+                        .await
+                        .map(|_| atomic),
                     Err(e) => Err(e),
                 };
                 match published {
-                    Ok(()) => {
-                        self.succeed(settle, algorithm, message).await;
+                    Ok(atomic) if atomic.is_empty() => {
+                        if self.ack(settle, message).await {
+                            self.succeeded(algorithm, message).await;
+                        }
                         return;
+                    }
+                    Ok(atomic) => {
+                        // Outputs to the source's own store: written with
+                        // the acknowledgement, in one transaction.
+                        let keys = atomic
+                            .iter()
+                            .map(|(t, _)| Topology::key(t))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        match settle.ack_with(atomic).await {
+                            Ok(()) => {
+                                self.succeeded(algorithm, message).await;
+                                return;
+                            }
+                            Err(e) => Failure::new(
+                                Reason::PublishFailed,
+                                format!("cannot publish to {keys}: {e:#}"),
+                            ),
+                        }
                     }
                     Err(e) => Failure::new(Reason::PublishFailed, e),
                 }
@@ -246,35 +275,32 @@ impl Worker {
         self.fail(settle, algorithm, message, failure).await;
     }
 
-    async fn succeed(
-        &self,
-        settle: &mut Box<dyn Settle>,
-        algorithm: &Algorithm,
-        message: &InboundMessage,
-    ) {
-        if self.ack(settle, message).await {
-            self.services
-                .metrics
-                .succeeded
-                .get_or_create(&self.labels(algorithm))
-                .inc();
-            self.status.succeeded();
-            tracing::debug!(
-                flow = %self.flow,
-                message_id = %message.id,
-                algorithm = %algorithm.label(),
-                attempt = message.attempt,
-                "Message processed."
-            );
-            if message.attempt > 1 {
-                self.forget(&message.id).await;
-            }
+    /// The message was acknowledged after its effects were durable.
+    async fn succeeded(&self, algorithm: &Algorithm, message: &InboundMessage) {
+        self.services
+            .metrics
+            .succeeded
+            .get_or_create(&self.labels(algorithm))
+            .inc();
+        self.status.succeeded();
+        tracing::debug!(
+            flow = %self.flow,
+            message_id = %message.id,
+            algorithm = %algorithm.label(),
+            attempt = message.attempt,
+            "Message processed."
+        );
+        if message.attempt > 1 {
+            self.forget(&message.id).await;
         }
     }
 
     /// Hands what the algorithm published, then its output, to the
     /// producers, topic by topic; returns the waits for their delivery, all
-    /// of which must succeed before the input is acknowledged.
+    /// of which must succeed before the input is acknowledged. Messages for
+    /// topics in `local` (the delivery's own store) are not handed over but
+    /// returned, to be written with the acknowledgement.
+    #[allow(clippy::type_complexity)]
     async fn enqueue_effects(
         &self,
         algorithm: &Algorithm,
@@ -282,7 +308,14 @@ impl Worker {
         output: Option<Vec<u8>>,
         published: Vec<(String, OutboundMessage)>,
         trace: &TraceContext,
-    ) -> Result<Vec<futures::future::BoxFuture<'static, Result<(), String>>>, String> {
+        local: Option<LocalStore>,
+    ) -> Result<
+        (
+            Vec<(TopicSpec, Vec<OutboundMessage>)>,
+            Vec<futures::future::BoxFuture<'static, Result<(), String>>>,
+        ),
+        String,
+    > {
         let provenance = |mut m: OutboundMessage| {
             set_header(
                 &mut m.headers,
@@ -330,7 +363,15 @@ impl Worker {
             }
         }
         let mut delivering = Vec::with_capacity(groups.len());
+        let mut atomic = Vec::new();
         for (key, messages) in groups {
+            if let Some(local) = local
+                && let Some((topic, broker)) = topology.by_key(&key)
+                && broker.connection.local_store() == Some(local)
+            {
+                atomic.push((topic.clone(), messages));
+                continue;
+            }
             let wait = topology
                 .enqueue(&key, messages)
                 .await
@@ -340,7 +381,7 @@ impl Worker {
                     .map_err(|e| format!("cannot publish to {key}: {e:#}"))
             }) as futures::future::BoxFuture<'static, _>);
         }
-        Ok(delivering)
+        Ok((atomic, delivering))
     }
 
     async fn fail(

@@ -1,8 +1,13 @@
 //! The embedded broker: topics in a redb file owned by the router process.
 //!
-//! Every publish, lease, retry and ack is committed durably before it
-//! returns, many at a time (group commit), so `kill -9` loses nothing that
-//! was acknowledged to a publisher and drops nothing unacknowledged.
+//! Every publish, retry and ack is committed durably before it returns, many
+//! at a time (group commit), so `kill -9` loses nothing that was
+//! acknowledged to a publisher and drops nothing unacknowledged. Leases are
+//! kept in memory; receive counts survive crashes through a per-topic
+//! receive mark (see `store`). A flow whose outputs go to the same store
+//! settles each message in one transaction ([`Settle::ack_with`]).
+//!
+//! [`Settle::ack_with`]: super::Settle::ack_with
 //!
 //! A damaged store file stops the start with an error naming it (or, with
 //! `eventflow run --move-damaged-aside`, is moved aside); a store that cannot
@@ -21,7 +26,7 @@ use async_trait::async_trait;
 pub use config::EmbeddedConfig;
 pub use store::{Store, StoreError};
 
-use super::{ConnectContext, Connection, PublishError, Source, SourceOptions};
+use super::{ConnectContext, Connection, LocalStore, PublishError, Source, SourceOptions};
 use crate::config::TopicSpec;
 use crate::message::{InboundMessage, OutboundMessage};
 
@@ -63,6 +68,7 @@ impl Connection for EmbeddedConnection {
             self.store.clone(),
             topic,
             options,
+            self.max_payload_bytes,
         )))
     }
 
@@ -101,5 +107,18 @@ impl Connection for EmbeddedConnection {
         let mut names: Vec<String> = self.store.depth().into_keys().collect();
         names.sort();
         Ok(Some(names))
+    }
+
+    fn local_store(&self) -> Option<LocalStore> {
+        Some(LocalStore::of(&self.store))
+    }
+
+    async fn close(&self) {
+        if let Err(e) = self.store.close().await {
+            tracing::warn!(
+                error = %e,
+                "Could not write the embedded broker's receive counts at shutdown; the next start counts one more receive for the messages that were in flight."
+            );
+        }
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::TopicSpec;
-use crate::connector::{Delivery, Settle, Source, SourceOptions};
+use crate::connector::{Delivery, LocalStore, PublishError, Settle, Source, SourceOptions};
+use crate::message::OutboundMessage;
 
 use super::Store;
 use super::store::Lease;
@@ -20,15 +21,22 @@ pub struct EmbeddedSource {
     address: String,
     name: String,
     lease: Duration,
+    max_payload_bytes: usize,
 }
 
 impl EmbeddedSource {
-    pub fn new(store: Arc<Store>, topic: &TopicSpec, options: &SourceOptions) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        topic: &TopicSpec,
+        options: &SourceOptions,
+        max_payload_bytes: usize,
+    ) -> Self {
         Self {
             store,
             address: topic.address().to_string(),
             name: topic.name.clone(),
             lease: options.lease,
+            max_payload_bytes,
         }
     }
 }
@@ -49,6 +57,7 @@ impl Source for EmbeddedSource {
                     settle: Box::new(EmbeddedSettle {
                         store: self.store.clone(),
                         lease,
+                        max_payload_bytes: self.max_payload_bytes,
                     }),
                 }
             })
@@ -59,6 +68,7 @@ impl Source for EmbeddedSource {
 struct EmbeddedSettle {
     store: Arc<Store>,
     lease: Lease,
+    max_payload_bytes: usize,
 }
 
 #[async_trait]
@@ -77,5 +87,24 @@ impl Settle for EmbeddedSettle {
 
     fn heartbeat(&self) -> Option<Duration> {
         Some(self.lease.duration / 3)
+    }
+
+    fn local_store(&self) -> Option<LocalStore> {
+        Some(LocalStore::of(&self.store))
+    }
+
+    async fn ack_with(
+        &mut self,
+        outputs: Vec<(TopicSpec, Vec<OutboundMessage>)>,
+    ) -> Result<(), PublishError> {
+        super::sink::check_sizes(outputs.iter().flat_map(|(_, m)| m), self.max_payload_bytes)?;
+        let outputs = outputs
+            .into_iter()
+            .map(|(topic, messages)| (topic.address().to_string(), messages))
+            .collect();
+        self.store
+            .settle(&self.lease, outputs)
+            .await
+            .map_err(|e| PublishError::Broker(e.into()))
     }
 }

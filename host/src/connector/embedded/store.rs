@@ -1,20 +1,40 @@
 //! The embedded broker's durable store, on redb.
 //!
-//! Two tables: `messages` holds each message as published (id, headers,
-//! payload, enqueue time) and never changes; `state` holds what does (receive
-//! count, when the message is next visible, whether it is leased). Both are
-//! keyed by (topic, sequence number).
+//! Three tables: `messages` holds each message as published (id, headers,
+//! payload, enqueue time) and never changes; `state` holds what does (the
+//! durable receive count, when the message is next visible); both are keyed
+//! by (topic, sequence number). `marks` holds, per topic, the receive mark:
+//! every message received since the mark was written has a lower sequence
+//! number.
 //!
 //! One writer thread applies changes in batches: every change that arrives
-//! while a commit is running goes into the next transaction, so many
-//! publishers and consumers share one fsync (group commit). A change is
-//! acknowledged to its caller only after its transaction committed.
+//! while a commit is running goes into the next transaction (up to
+//! [`MAX_BATCH`] jobs and [`MAX_BATCH_BYTES`] of payload), so many publishers
+//! and consumers share one fsync (group commit). A change is acknowledged to
+//! its caller only after its transaction committed. A job may hold several
+//! changes, committed together: [`Store::settle`] writes a message's outputs
+//! and deletes the message in one transaction.
+//!
+//! Leases live in memory only: receiving a message commits nothing, except
+//! that the topic's receive mark is moved [`MARK_BLOCK`] sequence numbers
+//! past the highest one received whenever a receive would pass it (once per
+//! block of messages; the receive waits for that commit). At open after a
+//! crash, every message left at or below the mark counts one more receive
+//! (written at once), and the marks start over: so a receive cut short by
+//! `kill -9` is counted, and `max_receives` holds across crashes, at the cost
+//! of one receive counted too many for messages below the mark that were not
+//! being handled at the crash. A release (retry) writes the message's count
+//! and delay durably; so does a receive of a message whose lease expired
+//! without a release. A clean close ([`Store::close`]) writes the exact
+//! counts of leased messages and resets the marks, so a graceful restart
+//! counts nothing extra.
 //!
 //! Which messages are ready is kept in memory per topic, rebuilt from `state`
 //! at open. Memory changes and the queueing of their disk changes happen
 //! under one lock, so the disk sees them in the same order. The router
-//! process owns the file (redb locks it); a lease found at open belonged to a
-//! process that is gone, so that message is visible again at once.
+//! process owns the file (redb locks it); a lease found at open (written by a
+//! version that kept leases on disk) belonged to a process that is gone, so
+//! that message is visible again at once.
 //!
 //! When a commit fails with an I/O error (a full disk, say), redb refuses
 //! every later call until the database is reopened. The writer then marks
@@ -42,11 +62,20 @@ type StoredMessage<'a> = (&'a str, &'a str, &'a [u8], u64);
 /// The most payload one peek reads (see [`Store::peek`]).
 pub const MAX_PEEK_BYTES: usize = 64 << 20;
 const MESSAGES: TableDefinition<(&str, u64), StoredMessage> = TableDefinition::new("messages");
-/// (topic, seq) → (receive count, visible at ms, leased)
+/// (topic, seq) → (receive count, visible at ms, leased). This version
+/// writes `leased` false: leases are kept in memory.
 const STATE: TableDefinition<(&str, u64), (u32, u64, bool)> = TableDefinition::new("state");
+/// topic → the receive mark: every message received since it was written
+/// has a lower sequence number.
+const MARKS: TableDefinition<&str, u64> = TableDefinition::new("marks");
 
-/// The most changes one transaction takes.
+/// The most jobs one transaction takes.
 const MAX_BATCH: usize = 4096;
+/// About the most payload bytes one transaction takes (a job is never split).
+const MAX_BATCH_BYTES: usize = 32 << 20;
+/// How far past the highest sequence number received the receive mark is
+/// moved when a receive passes it.
+pub const MARK_BLOCK: u64 = 4096;
 /// A scratch table for the test write before the store is used again.
 const PROBE: TableDefinition<u8, &[u8]> = TableDefinition::new("probe");
 /// Bytes of the test write: enough to need fresh pages.
@@ -124,6 +153,8 @@ struct Shared {
     db: RwLock<Option<Arc<Database>>>,
     /// Why the store is unavailable.
     outage: Mutex<Option<String>>,
+    /// Transactions committed by the writer.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -168,7 +199,10 @@ pub struct Lease {
 
 #[derive(Debug, Clone, Copy)]
 struct Meta {
+    /// Receives so far, counted in memory.
     receives: u32,
+    /// The receive count committed to `state`.
+    durable: u32,
     visible_ms: u64,
     leased: bool,
 }
@@ -180,6 +214,10 @@ struct TopicState {
     meta: HashMap<u64, Meta>,
     next_seq: u64,
     notify: Arc<Notify>,
+    /// The receive mark last handed to the writer.
+    mark: u64,
+    /// The receive mark on disk: messages below it may be handed out.
+    mark_durable: u64,
 }
 
 impl TopicState {
@@ -211,13 +249,34 @@ struct Row {
 
 enum Change {
     Insert(String, Vec<Row>),
+    /// Writes (receives, visible at, not leased) per message.
     State(String, Vec<(u64, Meta)>),
     Delete(String, Vec<u64>),
+    /// Sets the topic's receive mark (0 removes it).
+    Mark(String, u64),
 }
 
+impl Change {
+    fn bytes(&self) -> usize {
+        match self {
+            Change::Insert(_, rows) => rows.iter().map(|r| r.payload.len() + 64).sum(),
+            Change::State(_, rows) => rows.len() * 32,
+            Change::Delete(_, seqs) => seqs.len() * 16,
+            Change::Mark(..) => 16,
+        }
+    }
+}
+
+/// Changes committed in one transaction, all or none.
 struct Job {
-    change: Change,
+    changes: Vec<Change>,
     reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Job {
+    fn bytes(&self) -> usize {
+        self.changes.iter().map(Change::bytes).sum()
+    }
 }
 
 type Topics = Mutex<HashMap<String, TopicState>>;
@@ -252,6 +311,7 @@ impl Store {
             path: path.to_path_buf(),
             db: RwLock::new(Some(Arc::new(db))),
             outage: Mutex::new(None),
+            commits: Default::default(),
         });
         let (tx, rx) = mpsc::channel();
         let (wshared, wtopics) = (shared.clone(), topics.clone());
@@ -264,6 +324,14 @@ impl Store {
             topics,
             writer: tx,
         })
+    }
+
+    /// Transactions the writer committed since open (for tests and
+    /// benchmarks).
+    pub fn commits(&self) -> u64 {
+        self.shared
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `Err` with the reason while the store cannot write (see the module
@@ -284,9 +352,14 @@ impl Store {
     }
 
     fn enqueue(&self, change: Change) -> oneshot::Receiver<Result<(), StoreError>> {
+        self.enqueue_all(vec![change])
+    }
+
+    /// Queues changes to be committed in one transaction.
+    fn enqueue_all(&self, changes: Vec<Change>) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
         // A send error drops `reply`, which the awaiting caller sees as Closed.
-        let _ = self.writer.send(Job { change, reply });
+        let _ = self.writer.send(Job { changes, reply });
         rx
     }
 
@@ -300,19 +373,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let now = unix_ms(SystemTime::now());
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut rows = Vec::with_capacity(messages.len());
-        for m in messages {
-            let id = uuid::Uuid::now_v7().to_string();
-            ids.push(id.clone());
-            rows.push(Row {
-                seq: 0,
-                id,
-                headers: serde_json::to_string(&m.headers).map_err(storage)?,
-                payload: m.payload,
-                enqueued_ms: now,
-            });
-        }
+        let mut rows = to_rows(messages, now)?;
+        let ids = rows.iter().map(|r| r.id.clone()).collect();
         let done = self.with_topic(topic, |t| {
             for row in &mut rows {
                 row.seq = t.next_seq;
@@ -325,8 +387,9 @@ impl Store {
     }
 
     /// Leases up to `max` visible messages of `topic` for `lease`, waiting up
-    /// to `wait` for one to become visible. The receive count of each is
-    /// incremented durably before it is returned.
+    /// to `wait` for one to become visible. The lease is kept in memory; the
+    /// receive is counted durably by the topic's receive mark (see the module
+    /// documentation), moved first when a message is past it.
     pub async fn receive(
         &self,
         topic: &str,
@@ -350,6 +413,9 @@ impl Store {
             let now = unix_ms(SystemTime::now());
             let (picked, next_visible, done) = self.with_topic(topic, |t| {
                 let mut picked = Vec::new();
+                // Receives of messages whose lease ran out without a
+                // release: the earlier receive is written down first.
+                let mut uncounted = Vec::new();
                 while picked.len() < max {
                     let Some(&(visible, seq)) = t.queue.first() else {
                         break;
@@ -358,21 +424,45 @@ impl Store {
                         break;
                     }
                     let old = t.meta[&seq];
+                    if old.receives > old.durable {
+                        uncounted.push((
+                            seq,
+                            Meta {
+                                visible_ms: now,
+                                leased: false,
+                                ..old
+                            },
+                        ));
+                    }
                     let meta = Meta {
                         receives: old.receives + 1,
                         visible_ms: now + lease_ms,
                         leased: true,
+                        ..old
                     };
                     t.reschedule(seq, meta);
                     picked.push((seq, meta));
                 }
                 let next_visible = t.queue.first().map(|&(v, _)| v);
-                let done = (!picked.is_empty())
-                    .then(|| self.enqueue(Change::State(topic.to_string(), picked.clone())));
+                let mut changes = Vec::new();
+                if !uncounted.is_empty() {
+                    changes.push(Change::State(topic.to_string(), uncounted));
+                }
+                if let Some(&highest) = picked.iter().map(|(seq, _)| seq).max()
+                    && highest >= t.mark_durable
+                {
+                    if highest >= t.mark {
+                        t.mark = highest + 1 + MARK_BLOCK;
+                    }
+                    changes.push(Change::Mark(topic.to_string(), t.mark));
+                }
+                let done = (!changes.is_empty()).then(|| self.enqueue_all(changes));
                 (picked, next_visible, done)
             });
             if let Some(done) = done {
                 done.await.map_err(|_| StoreError::Closed)??;
+            }
+            if !picked.is_empty() {
                 return self.read(topic, picked, lease).await;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -420,47 +510,127 @@ impl Store {
 
     /// Deletes a leased message for good.
     pub async fn ack(&self, lease: &Lease) -> Result<(), StoreError> {
-        let done = self.with_topic(&lease.topic, |t| {
+        self.settle(lease, Vec::new()).await
+    }
+
+    /// Appends `outputs` (per topic address, in order) and deletes the leased
+    /// message, in one transaction: after a crash either all of it happened
+    /// or none. On an error the message stays leased, so the caller may
+    /// still release it.
+    pub async fn settle(
+        &self,
+        lease: &Lease,
+        outputs: Vec<(String, Vec<OutboundMessage>)>,
+    ) -> Result<(), StoreError> {
+        let now = unix_ms(SystemTime::now());
+        let mut inserts = Vec::with_capacity(outputs.len());
+        for (topic, messages) in outputs {
+            if !messages.is_empty() {
+                inserts.push((topic, to_rows(messages, now)?));
+            }
+        }
+        let (done, taken) = {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let t = topics.entry(lease.topic.clone()).or_default();
             let meta = t.check(lease)?;
             t.queue.remove(&(meta.visible_ms, lease.seq));
             t.meta.remove(&lease.seq);
-            Ok::<_, StoreError>(self.enqueue(Change::Delete(lease.topic.clone(), vec![lease.seq])))
-        })?;
-        done.await.map_err(|_| StoreError::Closed)?
+            let mut changes = Vec::with_capacity(inserts.len() + 1);
+            for (topic, mut rows) in inserts {
+                let t = topics.entry(topic.clone()).or_default();
+                for row in &mut rows {
+                    row.seq = t.next_seq;
+                    t.next_seq += 1;
+                }
+                changes.push(Change::Insert(topic, rows));
+            }
+            changes.push(Change::Delete(lease.topic.clone(), vec![lease.seq]));
+            (self.enqueue_all(changes), meta)
+        };
+        let result = done.await.map_err(|_| StoreError::Closed).and_then(|r| r);
+        if result.is_err() {
+            // Nothing was written: the message is still ours (unless a
+            // reopen put it back from the file meanwhile).
+            self.with_topic(&lease.topic, |t| {
+                if !t.meta.contains_key(&lease.seq) {
+                    t.reschedule(lease.seq, taken);
+                }
+            });
+        }
+        result
     }
 
-    /// Gives a leased message back, visible again after `delay`.
+    /// Gives a leased message back, visible again after `delay`; its receive
+    /// count and delay are committed before this returns.
     pub async fn release(&self, lease: &Lease, delay: Duration) -> Result<(), StoreError> {
-        self.update_lease(lease, delay, false).await
-    }
-
-    /// Keeps a leased message invisible for `duration` from now.
-    pub async fn extend(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
-        self.update_lease(lease, duration, true).await
-    }
-
-    async fn update_lease(
-        &self,
-        lease: &Lease,
-        after: Duration,
-        leased: bool,
-    ) -> Result<(), StoreError> {
-        let visible_ms = unix_ms(SystemTime::now()) + after.as_millis() as u64;
+        let visible_ms = unix_ms(SystemTime::now()) + delay.as_millis() as u64;
         let done = self.with_topic(&lease.topic, |t| {
             let meta = t.check(lease)?;
             let meta = Meta {
                 visible_ms,
-                leased,
+                leased: false,
                 ..meta
             };
             t.reschedule(lease.seq, meta);
-            if !leased {
-                t.notify.notify_waiters();
-            }
+            t.notify.notify_waiters();
             Ok::<_, StoreError>(
                 self.enqueue(Change::State(lease.topic.clone(), vec![(lease.seq, meta)])),
             )
         })?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Keeps a leased message invisible for `duration` from now. In memory
+    /// only: leases do not outlive the process.
+    pub async fn extend(&self, lease: &Lease, duration: Duration) -> Result<(), StoreError> {
+        let visible_ms = unix_ms(SystemTime::now()) + duration.as_millis() as u64;
+        self.with_topic(&lease.topic, |t| {
+            let meta = t.check(lease)?;
+            t.reschedule(
+                lease.seq,
+                Meta {
+                    visible_ms,
+                    leased: true,
+                    ..meta
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// Writes the exact receive counts of leased messages and resets the
+    /// receive marks, so that the next open counts no receive too many.
+    /// Called once the flows have stopped, before the process exits; the
+    /// store stays usable.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let now = unix_ms(SystemTime::now());
+        let done = {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let mut changes = Vec::new();
+            for (name, t) in topics.iter_mut() {
+                let rows: Vec<(u64, Meta)> = t
+                    .meta
+                    .iter()
+                    .filter(|(_, m)| m.receives > m.durable)
+                    .map(|(&seq, &m)| {
+                        let visible_ms = if m.leased { now } else { m.visible_ms };
+                        (seq, Meta { visible_ms, ..m })
+                    })
+                    .collect();
+                if !rows.is_empty() {
+                    changes.push(Change::State(name.clone(), rows));
+                }
+                if t.mark_durable > 0 || t.mark > 0 {
+                    t.mark = 0;
+                    t.mark_durable = 0;
+                    changes.push(Change::Mark(name.clone(), 0));
+                }
+            }
+            if changes.is_empty() {
+                return Ok(());
+            }
+            self.enqueue_all(changes)
+        };
         done.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -557,6 +727,23 @@ impl Store {
     }
 }
 
+/// New rows for `messages`, each with a fresh id; sequence numbers are
+/// assigned under the lock.
+fn to_rows(messages: Vec<OutboundMessage>, now: u64) -> Result<Vec<Row>, StoreError> {
+    messages
+        .into_iter()
+        .map(|m| {
+            Ok(Row {
+                seq: 0,
+                id: uuid::Uuid::now_v7().to_string(),
+                headers: serde_json::to_string(&m.headers).map_err(storage)?,
+                payload: m.payload,
+                enqueued_ms: now,
+            })
+        })
+        .collect()
+}
+
 fn to_message(
     topic: &str,
     (id, headers, payload, enqueued_ms): StoredMessage,
@@ -573,40 +760,68 @@ fn to_message(
     })
 }
 
-/// Rebuilds the in-memory queues from the `state` table. At start
-/// (`free_leases`), a lease in the file belonged to a router that is gone;
-/// after a reopen, leases are this process's and stay until they expire.
-fn load(db: &Database, free_leases: bool) -> Result<HashMap<String, TopicState>, redb::Error> {
-    let tx = db.begin_write()?;
-    // Creating the tables here lets readers assume they exist.
-    tx.open_table(MESSAGES)?;
-    tx.open_table(STATE)?;
-    tx.commit()?;
+/// Rebuilds the in-memory queues from the `state` table.
+///
+/// At start (`after_crash`), the file was last written by a router that is
+/// gone: a lease found in it (written by a version that kept leases on disk)
+/// is freed with its receive already counted, every message below its
+/// topic's receive mark counts one more receive, and the marks are reset,
+/// all in one transaction before anything is handed out. After a reopen
+/// (not `after_crash`), the file is read as it is, marks included.
+fn load(db: &Database, after_crash: bool) -> Result<HashMap<String, TopicState>, redb::Error> {
     let now = unix_ms(SystemTime::now());
-    let tx = db.begin_read()?;
-    let state = tx.open_table(STATE)?;
+    let tx = db.begin_write()?;
     let mut topics: HashMap<String, TopicState> = HashMap::new();
-    for entry in state.iter()? {
-        let (key, value) = entry?;
-        let (topic, seq) = key.value();
-        let (receives, visible_ms, leased) = value.value();
-        let t = topics.entry(topic.to_string()).or_default();
-        let meta = if free_leases && leased {
-            Meta {
-                receives,
-                visible_ms: now,
-                leased: false,
+    {
+        // Creating the tables here lets readers assume they exist.
+        tx.open_table(MESSAGES)?;
+        let mut state = tx.open_table(STATE)?;
+        let mut marks = tx.open_table(MARKS)?;
+        let mut mark_of = HashMap::new();
+        for entry in marks.iter()? {
+            let (topic, mark) = entry?;
+            mark_of.insert(topic.value().to_string(), mark.value());
+        }
+        let mut bumped = Vec::new();
+        for entry in state.iter()? {
+            let (key, value) = entry?;
+            let (topic, seq) = key.value();
+            let (mut receives, mut visible_ms, mut leased) = value.value();
+            let mark = mark_of.get(topic).copied().unwrap_or(0);
+            let t = topics.entry(topic.to_string()).or_default();
+            if after_crash {
+                if leased {
+                    (visible_ms, leased) = (now, false);
+                }
+                if seq < mark {
+                    receives = receives.saturating_add(1);
+                    bumped.push((topic.to_string(), seq, (receives, visible_ms)));
+                }
+            } else {
+                t.mark = mark;
+                t.mark_durable = mark;
             }
-        } else {
-            Meta {
-                receives,
-                visible_ms,
-                leased,
+            t.reschedule(
+                seq,
+                Meta {
+                    receives,
+                    durable: receives,
+                    visible_ms,
+                    leased,
+                },
+            );
+            t.next_seq = t.next_seq.max(seq + 1);
+        }
+        if after_crash {
+            for (topic, seq, (receives, visible_ms)) in bumped {
+                state.insert((topic.as_str(), seq), (receives, visible_ms, false))?;
             }
-        };
-        t.reschedule(seq, meta);
-        t.next_seq = t.next_seq.max(seq + 1);
+            for topic in mark_of.keys() {
+                marks.remove(topic.as_str())?;
+            }
+        }
     }
+    tx.commit()?;
     Ok(topics)
 }
 
@@ -651,10 +866,14 @@ impl Writer {
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             };
+            let mut bytes = first.bytes();
             let mut jobs = vec![first];
-            while jobs.len() < MAX_BATCH {
+            while jobs.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(job) => {
+                        bytes += job.bytes();
+                        jobs.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -664,7 +883,10 @@ impl Writer {
             let result = match self.shared.db() {
                 Ok(db) => match commit(&db, &jobs) {
                     Ok(()) => {
-                        make_visible(&self.topics, &jobs);
+                        self.shared
+                            .commits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        applied(&self.topics, &jobs);
                         Ok(())
                     }
                     Err(e) if poisons(&e) => {
@@ -733,21 +955,42 @@ impl Writer {
         match recovered {
             Ok((db, fresh)) => {
                 {
+                    // The file says which messages are left (an ack may not
+                    // have reached it); memory says which are leased and
+                    // how often received (leases are not on disk).
                     let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-                    for old in topics.values_mut() {
-                        let next_seq = old.next_seq;
-                        let notify = old.notify.clone();
-                        *old = TopicState {
-                            next_seq,
-                            notify,
+                    let mut old_topics = std::mem::take(&mut *topics);
+                    for (name, new) in fresh {
+                        let old = old_topics.remove(&name).unwrap_or_default();
+                        let mut t = TopicState {
+                            next_seq: old.next_seq.max(new.next_seq),
+                            notify: old.notify.clone(),
+                            mark: new.mark,
+                            mark_durable: new.mark_durable,
                             ..TopicState::default()
                         };
+                        for (seq, disk) in new.meta {
+                            let meta = match old.meta.get(&seq) {
+                                Some(m) => Meta {
+                                    receives: m.receives.max(disk.durable),
+                                    durable: disk.durable,
+                                    ..*m
+                                },
+                                None => disk,
+                            };
+                            t.reschedule(seq, meta);
+                        }
+                        topics.insert(name, t);
                     }
-                    for (name, new) in fresh {
-                        let t = topics.entry(name).or_default();
-                        t.queue = new.queue;
-                        t.meta = new.meta;
-                        t.next_seq = t.next_seq.max(new.next_seq);
+                    for (name, old) in old_topics {
+                        topics.insert(
+                            name,
+                            TopicState {
+                                next_seq: old.next_seq,
+                                notify: old.notify,
+                                ..TopicState::default()
+                            },
+                        );
                     }
                     for t in topics.values() {
                         t.notify.notify_waiters();
@@ -786,8 +1029,9 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
     {
         let mut messages = tx.open_table(MESSAGES)?;
         let mut state = tx.open_table(STATE)?;
-        for job in jobs {
-            match &job.change {
+        let mut marks = tx.open_table(MARKS)?;
+        for change in jobs.iter().flat_map(|j| &j.changes) {
+            match change {
                 Change::Insert(topic, rows) => {
                     for r in rows {
                         messages.insert(
@@ -804,9 +1048,14 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
                 }
                 Change::State(topic, rows) => {
                     for (seq, m) in rows {
-                        state
-                            .insert((topic.as_str(), *seq), (m.receives, m.visible_ms, m.leased))?;
+                        state.insert((topic.as_str(), *seq), (m.receives, m.visible_ms, false))?;
                     }
+                }
+                Change::Mark(topic, 0) => {
+                    marks.remove(topic.as_str())?;
+                }
+                Change::Mark(topic, mark) => {
+                    marks.insert(topic.as_str(), *mark)?;
                 }
                 Change::Delete(topic, seqs) => {
                     for seq in seqs {
@@ -821,23 +1070,47 @@ fn commit(db: &Database, jobs: &[Job]) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// New messages join their queues only once they are on disk.
-fn make_visible(topics: &Topics, jobs: &[Job]) {
+/// What a commit changes in memory: new messages join their queues only
+/// once they are on disk, and written counts and marks become the durable
+/// ones.
+fn applied(topics: &Topics, jobs: &[Job]) {
     let mut topics = topics.lock().unwrap_or_else(|p| p.into_inner());
-    for job in jobs {
-        if let Change::Insert(topic, rows) = &job.change {
-            let t = topics.entry(topic.clone()).or_default();
-            for r in rows {
-                t.reschedule(
-                    r.seq,
-                    Meta {
-                        receives: 0,
-                        visible_ms: r.enqueued_ms,
-                        leased: false,
-                    },
-                );
+    for change in jobs.iter().flat_map(|j| &j.changes) {
+        match change {
+            Change::Insert(topic, rows) => {
+                let t = topics.entry(topic.clone()).or_default();
+                for r in rows {
+                    t.reschedule(
+                        r.seq,
+                        Meta {
+                            receives: 0,
+                            durable: 0,
+                            visible_ms: r.enqueued_ms,
+                            leased: false,
+                        },
+                    );
+                }
+                t.notify.notify_waiters();
             }
-            t.notify.notify_waiters();
+            Change::State(topic, rows) => {
+                if let Some(t) = topics.get_mut(topic) {
+                    for (seq, written) in rows {
+                        if let Some(m) = t.meta.get_mut(seq) {
+                            m.durable = m.durable.max(written.receives);
+                        }
+                    }
+                }
+            }
+            Change::Mark(topic, mark) => {
+                // Only the latest mark asked for counts: an older one
+                // committed in the same batch as a reset does not.
+                if let Some(t) = topics.get_mut(topic)
+                    && t.mark == *mark
+                {
+                    t.mark_durable = *mark;
+                }
+            }
+            Change::Delete(..) => {}
         }
     }
 }
@@ -952,18 +1225,139 @@ mod tests {
                 .unwrap();
         }
         // The writer thread holds the database until its channel closes.
-        let store = loop {
-            match Store::open(&path) {
-                Ok(s) => break s,
-                Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let store = reopen(&path);
         let got = store.receive("t", 2, LEASE, WAIT).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0.payload, b"leased");
         assert_eq!(got[0].0.attempt, 2);
         assert_eq!(store.peek("t", 10).unwrap().len(), 2);
+    }
+
+    /// Reopens `path` once the previous store's writer has let go of it.
+    fn reopen(path: &Path) -> Store {
+        loop {
+            match Store::open(path) {
+                Ok(s) => break s,
+                Err(StoreError::Locked { .. }) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// The receive counts, sorted.
+    fn attempts(got: &[(InboundMessage, Lease)]) -> Vec<u32> {
+        let mut a: Vec<u32> = got.iter().map(|(m, _)| m.attempt).collect();
+        a.sort();
+        a
+    }
+
+    fn payloads(got: &[(InboundMessage, Lease)]) -> Vec<Vec<u8>> {
+        got.iter().map(|(m, _)| m.payload.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn receiving_commits_once_per_block_not_per_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let n = 1000;
+        store
+            .publish("t", (0..n).map(|i| msg(&i.to_string())).collect())
+            .await
+            .unwrap();
+        let before = store.commits();
+        let mut leases = Vec::new();
+        while leases.len() < n {
+            let got = store.receive("t", 100, LEASE, WAIT).await.unwrap();
+            assert!(!got.is_empty());
+            leases.extend(got.into_iter().map(|(_, l)| l));
+        }
+        // One commit moved the receive mark past all of them.
+        assert_eq!(store.commits() - before, 1);
+        // Extending a lease commits nothing either.
+        store.extend(&leases[0], LEASE).await.unwrap();
+        assert_eq!(store.commits() - before, 1);
+        store.ack(&leases[0]).await.unwrap();
+        assert_eq!(store.commits() - before, 2);
+    }
+
+    #[tokio::test]
+    async fn settle_writes_the_outputs_and_deletes_the_input_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.publish("in", vec![msg("a"), msg("b")]).await.unwrap();
+            let got = store.receive("in", 2, LEASE, WAIT).await.unwrap();
+            let before = store.commits();
+            store
+                .settle(
+                    &got[0].1,
+                    vec![
+                        ("out".into(), vec![msg("a1"), msg("a2")]),
+                        ("other".into(), vec![msg("a3")]),
+                    ],
+                )
+                .await
+                .unwrap();
+            assert_eq!(store.commits() - before, 1);
+            // Settled once: a second settle of the same lease writes nothing.
+            assert!(matches!(
+                store
+                    .settle(&got[0].1, vec![("out".into(), vec![msg("again")])])
+                    .await,
+                Err(StoreError::LeaseLost { .. })
+            ));
+            let out = store.receive("out", 10, LEASE, WAIT).await.unwrap();
+            assert_eq!(payloads(&out), vec![b"a1".to_vec(), b"a2".to_vec()]);
+            assert_eq!(store.peek("other", 10).unwrap().len(), 1);
+        }
+        // After a crash: the input is gone for good, the outputs are there.
+        let store = reopen(&path);
+        let left = store.peek("in", 10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].payload, b"b");
+        assert_eq!(store.peek("out", 10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_crash_counts_one_more_receive_below_the_mark_and_a_close_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .publish("t", vec![msg("a"), msg("b"), msg("c")])
+                .await
+                .unwrap();
+            let got = store.receive("t", 1, LEASE, WAIT).await.unwrap();
+            assert_eq!(got[0].0.attempt, 1);
+            // Dropped without a close: a crash.
+        }
+        let store = reopen(&path);
+        // "a" was being handled: its receive counts. "b" and "c" were below
+        // the mark too (it is moved a block at a time): one receive more.
+        let got = store.receive("t", 3, LEASE, WAIT).await.unwrap();
+        assert_eq!(attempts(&got), vec![2, 2, 2]);
+        // A receive after a crash is counted again at the next crash.
+        drop(store);
+        let store = reopen(&path);
+        let got = store.receive("t", 3, LEASE, WAIT).await.unwrap();
+        assert_eq!(attempts(&got), vec![3, 3, 3]);
+        // A clean close writes the exact counts: nothing extra next time.
+        store.release(&got[2].1, Duration::ZERO).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let store = reopen(&path);
+        let got = store.receive("t", 3, LEASE, WAIT).await.unwrap();
+        assert_eq!(attempts(&got), vec![4, 4, 4]);
+        // Messages published after the mark was last moved count nothing.
+        store.publish("t", vec![msg("d")]).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let store = reopen(&path);
+        store.publish("t", vec![msg("e")]).await.unwrap();
+        let got = store.receive("t", 10, LEASE, WAIT).await.unwrap();
+        assert_eq!(attempts(&got), vec![1, 1, 5, 5, 5]);
     }
 
     #[tokio::test]
