@@ -163,9 +163,27 @@ pub enum PublishError {
         /// The broker's limit.
         limit: usize,
     },
+    /// The broker itself refused the message as too large: its own limit
+    /// (a Kafka topic's `max.message.bytes`, say) is below what the
+    /// connection allows. Retrying cannot help, as with `TooLarge`.
+    #[error("the broker refused a message of {size} bytes as too large: {reason}")]
+    RefusedTooLarge {
+        /// The message's size as the router counts it.
+        size: usize,
+        /// What the broker said.
+        reason: String,
+    },
     /// The broker did not take the message; it may be retried.
     #[error(transparent)]
     Broker(#[from] anyhow::Error),
+}
+
+impl PublishError {
+    /// Whether the message is too large for the broker, by the router's
+    /// limit or the broker's own: a permanent refusal, never retried as is.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::TooLarge { .. } | Self::RefusedTooLarge { .. })
+    }
 }
 
 /// The wait for enqueued messages to be durable.
