@@ -344,6 +344,7 @@ name = "parked"
 
 [[topics]]
 name = "work"
+consumers = ["examples/echo"]
 
 [[flows]]
 name = "echo"
