@@ -162,4 +162,42 @@ fn the_control_plane_walkthrough_runs_as_written_on_its_example_config() {
         std::fs::read(&stored).ok()
     });
     assert_eq!(contents, b"hello");
+
+    // The dead-letter topic was declared without a grant for the
+    // algorithm: the router writes dead letters itself.
+    let (status, body) = api("GET", "/v1/brokers/local/topics", None);
+    assert_eq!(status, 200, "{body}");
+    let dlq = body["topics"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "incoming-dlq"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no topic incoming-dlq: {body}"));
+    let granted = |list: &str| {
+        dlq[list].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|a| a.as_str().unwrap_or("").starts_with("ezra/"))
+        })
+    };
+    assert!(
+        !granted("publishers") && !granted("dead_letter_publishers"),
+        "{dlq}"
+    );
+    let (status, body) = api(
+        "POST",
+        "/v1/messages",
+        Some(json!({ "topic": "incoming", "payload": "not JSON" })),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("the dead letter", Duration::from_secs(30), || {
+        let (status, body) = api(
+            "GET",
+            "/v1/flows/ezra-store_file-incoming/dead-letters",
+            None,
+        );
+        (status == 200
+            && body["dead_letters"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty()))
+        .then_some(())
+    });
 }

@@ -4,6 +4,8 @@
 //! recovers by itself from a full disk, and a compiled-code cache that keeps
 //! only what loaded versions use.
 
+#[path = "support/damage.rs"]
+mod damage;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use damage::{DAMAGES, damage};
 use serde_json::json;
 use support::{Plugins, Router, wait_for};
 
@@ -145,52 +148,54 @@ fn run_once(config: &Path, state: &Path, extra: &[&str]) -> (bool, String) {
     (failed, text)
 }
 
-const DAMAGES: [&str; 6] = [
-    "zero",
-    "truncated",
-    "truncated-small",
-    "head",
-    "middle",
-    "tail",
-];
-
-fn damage(path: &Path, how: &str) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let garble = |b: &mut Vec<u8>, at: usize| {
-        let end = (at + 4096).min(b.len());
-        for (i, byte) in b[at..end].iter_mut().enumerate() {
-            *byte = (i as u8).wrapping_mul(151) ^ 0xa5;
-        }
-    };
-    match how {
-        "zero" => bytes.clear(),
-        "truncated" => bytes.truncate(bytes.len() / 2),
-        "truncated-small" => bytes.truncate(100),
-        "head" => garble(&mut bytes, 0),
-        "middle" => {
-            let at = bytes.len() / 2;
-            garble(&mut bytes, at)
-        }
-        "tail" => {
-            let at = bytes.len() - 4096;
-            garble(&mut bytes, at)
-        }
-        other => panic!("{other}"),
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// A stopped router's state with API-made changes and queued messages.
 fn populated_state() -> Router {
     let mut router = Router::start(QUEUED);
     let (status, body) = router.http("POST", "/v1/tokens", Some(json!({ "owner": "ezra" })));
     assert!(status < 300, "{status} {body}");
-    let payloads: Vec<String> = (0..1000)
+    let (status, body) = router.http(
+        "PUT",
+        "/v1/brokers/local/topics/made-by-api",
+        Some(json!({ "consumers": ["ezra/store_file"] })),
+    );
+    assert!(status < 300, "{status} {body}");
+    let payloads: Vec<String> = (0..QUEUED_MESSAGES)
         .map(|i| format!("message {i} {}", "x".repeat(200)))
         .collect();
     router.publish("parked", &payloads);
     router.stop();
     router
+}
+
+/// Messages [`populated_state`] leaves on `parked`.
+const QUEUED_MESSAGES: usize = 1000;
+
+/// What is missing of [`populated_state`]'s content in the running
+/// `router`: the API-made token and topic (state.redb) and the queued
+/// messages (the broker file). Empty when all is there.
+fn missing_content(router: &Router) -> Vec<String> {
+    let mut missing = Vec::new();
+    let (_, tokens) = router.http("GET", "/v1/tokens", None);
+    let owners = tokens.to_string();
+    if !owners.contains("\"ezra\"") {
+        missing.push(format!("the token of owner ezra: {tokens}"));
+    }
+    let (_, topics) = router.http("GET", "/v1/brokers/local/topics", None);
+    let declared = topics["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["name"] == "made-by-api" && t["declared"] == true);
+    if !declared {
+        missing.push(format!("the topic made-by-api: {topics}"));
+    }
+    let queued = router.peek("local", "parked").len();
+    if queued != QUEUED_MESSAGES {
+        missing.push(format!(
+            "queued messages: {queued} of {QUEUED_MESSAGES} on parked"
+        ));
+    }
+    missing
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -206,27 +211,54 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn damaged_store_files_stop_the_start_with_one_line_naming_them() {
     let router = populated_state();
+    // The check of what must survive finds everything in an undamaged copy.
+    {
+        let mut copy = Router::configure(QUEUED, Plugins::Shared);
+        let _ = std::fs::remove_dir_all(copy.state_dir());
+        copy_dir(&router.state_dir(), &copy.state_dir());
+        copy.launch();
+        let missing = missing_content(&copy);
+        copy.stop();
+        assert!(missing.is_empty(), "{missing:?}");
+    }
     let mut failures = Vec::new();
     for file in ["state.redb", "broker-local.redb"] {
         for how in DAMAGES {
-            let copy = tempfile::tempdir().unwrap();
-            let state = copy.path().join("state");
+            // A router of its own on a copy of the populated state.
+            let mut copy = Router::configure(QUEUED, Plugins::Shared);
+            let state = copy.state_dir();
+            let _ = std::fs::remove_dir_all(&state);
             copy_dir(&router.state_dir(), &state);
             let path = state.join(file);
             damage(&path, how);
-            let (failed, output) = run_once(&router.config, &state, &[]);
-            let errors: Vec<&str> = output.lines().filter(|l| l.starts_with("error:")).collect();
-            // Garbage that lands in a file's free pages is not damage (redb
-            // never reads it): a start is then right, a panic never is.
-            let in_free_space = !failed && matches!(how, "middle" | "tail");
-            let ok = (in_free_space && !output.contains("panicked"))
-                || failed
-                    && !output.contains("panicked")
-                    && errors.len() == 1
+            let (failed, output) = run_once(&copy.config, &state, &[]);
+            if output.contains("panicked") {
+                failures.push(format!("{file} {how}: panicked:\n{output}"));
+                continue;
+            }
+            if failed {
+                // A refusal: one line naming the file and the way out.
+                let errors: Vec<&str> =
+                    output.lines().filter(|l| l.starts_with("error:")).collect();
+                let ok = errors.len() == 1
                     && errors[0].contains(&path.display().to_string())
                     && errors[0].contains("--move-damaged-aside");
-            if !ok {
-                failures.push(format!("{file} {how}:\n{output}"));
+                if !ok {
+                    failures.push(format!("{file} {how}: refused unclearly:\n{output}"));
+                }
+                continue;
+            }
+            // It started (garbage that lands in a file's free pages is no
+            // damage: redb never reads it). Then everything that was there
+            // before must still be there.
+            copy.launch();
+            let missing = missing_content(&copy);
+            copy.stop();
+            if !missing.is_empty() {
+                failures.push(format!(
+                    "{file} {how}: started without {}:\n{output}",
+                    missing.join("; ")
+                ));
             }
         }
     }
@@ -309,9 +341,30 @@ path = {:?}
 
 [[topics]]
 name = "parked"
+
+[[topics]]
+name = "work"
+consumers = ["examples/echo"]
+
+[[flows]]
+name = "echo"
+topic = "work"
+algorithm = "examples/echo"
 "#,
         broker_file.display().to_string()
     ));
+    let flow = |router: &Router| {
+        let f = router.flow("echo");
+        let error = f["last_error"][1].as_str().unwrap_or_default().to_string();
+        (
+            f["state"].as_str().unwrap_or_default().to_string(),
+            error,
+            f,
+        )
+    };
+    wait_for("the flow to run", Duration::from_secs(30), || {
+        (flow(&router).0 == "running").then_some(())
+    });
     let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
     let ready = || support::http("GET", &format!("http://{}/readyz", addr.trim()), None, None);
     assert_eq!(ready().0, 200, "{}", ready().1);
@@ -350,6 +403,33 @@ name = "parked"
         );
         assert_ne!(status, 200);
     }
+    // The flow on that broker says it is not running normally, and why
+    // (in the API and in `eventflow flows list`), without anyone asking
+    // `/readyz` first.
+    let (state, error, report) = wait_for(
+        "the flow to report the outage",
+        Duration::from_secs(10),
+        || {
+            let (state, error, report) = flow(&router);
+            (state != "running").then_some((state, error, report))
+        },
+    );
+    // `degraded` (or `disconnected`, should receiving fail), never a
+    // state that says all is well.
+    assert!(
+        ["degraded", "disconnected"].contains(&state.as_str()),
+        "{report}"
+    );
+    assert!(
+        error.contains(&broker_file.display().to_string()),
+        "{report}"
+    );
+    let listed = router.cli_ok(&["flows", "list"]);
+    assert!(
+        listed.contains(&format!("\"state\":\"{state}\""))
+            && listed.contains(&broker_file.display().to_string()),
+        "{listed}"
+    );
     let (status, body) = ready();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["brokers"][0]["state"], "down", "{body}");
@@ -374,6 +454,9 @@ name = "parked"
         || (ready().0 == 200).then_some(()),
     );
     assert!(freed.elapsed() < Duration::from_secs(10));
+    wait_for("the flow to run again", Duration::from_secs(10), || {
+        (flow(&router).0 == "running").then_some(())
+    });
     router.publish("parked", &["after".to_string()]);
     accepted += 1;
     assert_eq!(router.peek("local", "parked").len(), accepted);

@@ -1114,8 +1114,17 @@ async fn flows_command(command: FlowsCommand) -> Result<(), Failure> {
                 }
                 None => {
                     let answer = c.get("/v1/flows").await?;
+                    // Each flow as declared, with its state and last error
+                    // (a `degraded` flow says there why).
                     for f in answer["flows"].as_array().into_iter().flatten() {
-                        println!("{}", f["spec"]);
+                        let mut line = f["spec"].clone();
+                        if let Some(line) = line.as_object_mut() {
+                            line.insert("state".into(), f["state"].clone());
+                            if !f["last_error"].is_null() {
+                                line.insert("last_error".into(), f["last_error"].clone());
+                            }
+                        }
+                        println!("{line}");
                     }
                 }
             }

@@ -20,6 +20,10 @@ use crate::registry::{self, Registry};
 use crate::sandbox::Sandbox;
 use crate::state::{Damaged, StateOptions, StateStore};
 
+/// How often the router checks its broker connections for the flows'
+/// status (`degraded` while one a flow uses is down).
+const BROKER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 struct RunningFlow {
     spec: FlowSpec,
     fingerprint: String,
@@ -106,6 +110,7 @@ impl Router {
         let config = router.seed(config).await?;
         router.apply(config).await?;
         router.spawn_sampler();
+        router.spawn_broker_watch();
         Ok(router)
     }
 
@@ -404,7 +409,41 @@ impl Router {
             out.push((name.clone(), broker.spec.kind(), result));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        self.note_broker_health(&topology, &out);
         out
+    }
+
+    /// Tells every flow whether a broker connection it uses (the one it
+    /// consumes from, its output's and its dead-letter topic's) is down, so
+    /// its status says `degraded` and why instead of `running`.
+    fn note_broker_health(
+        &self,
+        topology: &Topology,
+        health: &[(String, &'static str, Result<(), String>)],
+    ) {
+        let down = |name: &str| {
+            health
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .and_then(|(_, _, r)| r.as_ref().err())
+                .map(|why| format!("broker connection {name:?} is down: {why}"))
+        };
+        let config = self.config();
+        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        for spec in &config.flows {
+            let Some(status) = statuses.get(&spec.name) else {
+                continue;
+            };
+            let others = [&spec.output_topic, &spec.dead_letter_topic]
+                .into_iter()
+                .flatten()
+                .filter_map(|t| topology.topic(&spec.broker, t))
+                .map(|t| t.broker.as_str());
+            let why = std::iter::once(spec.broker.as_str())
+                .chain(others)
+                .find_map(down);
+            status.set_broker_down(why);
+        }
     }
 
     /// The broker spec named `name`.
@@ -453,6 +492,29 @@ impl Router {
                 changes.mark_unchanged();
                 let Some(router) = weak.upgrade() else { return };
                 router.evict_compiled().await;
+            }
+        });
+    }
+
+    /// Checks the broker connections every few seconds, so a flow's status
+    /// follows an outage (and the recovery) without anyone asking
+    /// `/readyz`.
+    fn spawn_broker_watch(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let token = self.background.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BROKER_WATCH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(router) = weak.upgrade() else { return };
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = router.check_brokers() => {}
+                }
             }
         });
     }

@@ -166,6 +166,9 @@ pub(super) async fn send_message(
             crate::connector::PublishError::TooLarge { size, limit } => {
                 too_large(&topic.broker, 0, size, limit)
             }
+            e @ crate::connector::PublishError::RefusedTooLarge { .. } => {
+                ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("{key}: {e}"))
+            }
             e => ApiError::unavailable(format!("cannot publish to {key}: {e:#}")),
         })?;
     Ok(Json(json!({ "published": count, "topic": key })))

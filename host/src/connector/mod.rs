@@ -163,6 +163,16 @@ pub enum PublishError {
         /// The broker's limit.
         limit: usize,
     },
+    /// The broker itself refused the message as too large: its own limit
+    /// (a Kafka topic's `max.message.bytes`, say) is below what the
+    /// connection allows. Retrying cannot help, as with `TooLarge`.
+    #[error("the broker refused a message of {size} bytes as too large: {reason}")]
+    RefusedTooLarge {
+        /// The message's size as the router counts it.
+        size: usize,
+        /// What the broker said.
+        reason: String,
+    },
     /// The broker did not take the message; it may be retried.
     #[error(transparent)]
     Broker(#[from] anyhow::Error),
@@ -181,6 +191,14 @@ impl LocalStore {
     /// the same while any clone of the `Arc` lives).
     pub fn of<T>(store: &std::sync::Arc<T>) -> Self {
         Self(std::sync::Arc::as_ptr(store) as *const () as usize)
+    }
+}
+
+impl PublishError {
+    /// Whether the message is too large for the broker, by the router's
+    /// limit or the broker's own: a permanent refusal, never retried as is.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::TooLarge { .. } | Self::RefusedTooLarge { .. })
     }
 }
 

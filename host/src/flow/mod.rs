@@ -83,6 +83,10 @@ pub const LAST_ERROR_CHARS: usize = 300;
 pub const DEFAULT_ASSIGNMENT_GRACE: Duration = Duration::from_secs(30);
 /// The state a running flow reports while its consumer holds no partitions.
 pub const WAITING_FOR_PARTITIONS: &str = "waiting_for_partitions";
+/// The state a running flow reports while a broker connection it reads
+/// from or writes to cannot be used (an embedded store that cannot write,
+/// a broker that does not answer); its last error says which and why.
+pub const DEGRADED: &str = "degraded";
 
 /// `text` on one line of at most `max` characters: control characters
 /// (newlines of a multi-line error, say) become spaces, runs of whitespace
@@ -121,6 +125,9 @@ pub struct FlowStatus {
     last_error: Mutex<Option<(String, String)>>,
     /// The consumer's partition assignment, for sources that have one.
     assignment: Mutex<Option<Arc<dyn Assignment>>>,
+    /// Since when and why a broker connection the flow uses is down, from
+    /// the router's latest broker check; `None` while they all answer.
+    broker_down: Mutex<Option<(String, String)>>,
     received: AtomicU64,
     succeeded: AtomicU64,
     retried: AtomicU64,
@@ -136,8 +143,9 @@ pub struct FlowReport {
     /// The flow.
     pub name: String,
     /// starting, running, waiting_for_partitions (a Kafka consumer that
-    /// holds no partitions: joining its group or rebalancing),
-    /// waiting_for_plugin, disconnected, stopping, stopped, disabled.
+    /// holds no partitions: joining its group or rebalancing), degraded (a
+    /// broker connection the flow uses is down; `last_error` says which and
+    /// why), waiting_for_plugin, disconnected, stopping, stopped, disabled.
     pub state: String,
     /// `owner/name` or `owner/name/version`.
     pub algorithm: String,
@@ -214,6 +222,26 @@ impl FlowStatus {
         ));
     }
 
+    /// Records the latest check of the broker connections the flow uses:
+    /// `Some(why)` while one of them is down, `None` once they all answer.
+    /// The first report of an outage becomes the flow's last error.
+    pub fn set_broker_down(&self, why: Option<String>) {
+        let mut down = self.broker_down.lock().unwrap_or_else(|p| p.into_inner());
+        match why {
+            None => *down = None,
+            Some(why) => {
+                let why = one_line(&why, LAST_ERROR_CHARS);
+                if down.as_ref().is_some_and(|(_, old)| *old == why) {
+                    return;
+                }
+                let at = crate::util::rfc3339_now();
+                *down = Some((at.clone(), why.clone()));
+                drop(down);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, why));
+            }
+        }
+    }
+
     /// Sets (or clears) where the partition assignment is read from.
     fn set_assignment(&self, assignment: Option<Arc<dyn Assignment>>) {
         *self.assignment.lock().unwrap_or_else(|p| p.into_inner()) = assignment;
@@ -272,6 +300,22 @@ impl FlowStatus {
         if state == "running" && partitions.is_some_and(|(n, _)| n == 0) {
             state = WAITING_FOR_PARTITIONS.to_string();
         }
+        let broker_down = self
+            .broker_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(down) = broker_down
+            && (state == "running" || state == WAITING_FOR_PARTITIONS)
+        {
+            state = DEGRADED.to_string();
+            last_error = Some(down);
+        }
         FlowReport {
             name: spec.name.clone(),
             state,
@@ -286,11 +330,7 @@ impl FlowStatus {
             received_per_sec: rates[0],
             succeeded_per_sec: rates[1],
             failed_per_sec: rates[2],
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error,
             partitions_assigned: partitions.map(|(n, _)| n),
             unassigned_secs: partitions.and_then(|(_, d)| d).map(|d| d.as_secs_f64()),
         }

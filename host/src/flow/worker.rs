@@ -258,13 +258,10 @@ impl Worker {
                                 self.succeeded(algorithm, message).await;
                                 return;
                             }
-                            Err(e) => Failure::new(
-                                Reason::PublishFailed,
-                                format!("cannot publish to {keys}: {e:#}"),
-                            ),
+                            Err(e) => publish_failure(&keys, e),
                         }
                     }
-                    Err(e) => Failure::new(Reason::PublishFailed, e),
+                    Err(failure) => failure,
                 }
             }
             Err(failure) => {
@@ -312,9 +309,9 @@ impl Worker {
     ) -> Result<
         (
             Vec<(TopicSpec, Vec<OutboundMessage>)>,
-            Vec<futures::future::BoxFuture<'static, Result<(), String>>>,
+            Vec<futures::future::BoxFuture<'static, Result<(), Failure>>>,
         ),
-        String,
+        Failure,
     > {
         let provenance = |mut m: OutboundMessage| {
             set_header(
@@ -344,9 +341,12 @@ impl Worker {
         if let Some(payload) = output {
             match &self.spec.output_topic {
                 Some(name) => {
-                    let topic = topology
-                        .topic(&self.spec.broker, name)
-                        .ok_or_else(|| format!("output topic {name:?} is not declared"))?;
+                    let topic = topology.topic(&self.spec.broker, name).ok_or_else(|| {
+                        Failure::new(
+                            Reason::PublishFailed,
+                            format!("output topic {name:?} is not declared"),
+                        )
+                    })?;
                     add(
                         Topology::key(topic),
                         provenance(OutboundMessage {
@@ -375,11 +375,10 @@ impl Worker {
             let wait = topology
                 .enqueue(&key, messages)
                 .await
-                .map_err(|e| format!("cannot publish to {key}: {e:#}"))?;
-            delivering.push(Box::pin(async move {
-                wait.await
-                    .map_err(|e| format!("cannot publish to {key}: {e:#}"))
-            }) as futures::future::BoxFuture<'static, _>);
+                .map_err(|e| publish_failure(&key, e))?;
+            delivering.push(Box::pin(
+                async move { wait.await.map_err(|e| publish_failure(&key, e)) },
+            ) as futures::future::BoxFuture<'static, _>);
         }
         Ok((atomic, delivering))
     }
@@ -626,23 +625,35 @@ impl Worker {
         let too_large = if size <= limit {
             match topology.publish(&key, vec![whole]).await {
                 Ok(()) => return Ok(false),
-                Err(e @ PublishError::TooLarge { .. }) => e.to_string(),
+                Err(e) if e.is_too_large() => e.to_string(),
                 Err(e) => return Err(DeadLetterFailure::Transient(format!("{e:#}"))),
             }
         } else {
             format!("the envelope of {size} bytes is over the topic's limit of {limit} bytes")
         };
-        let Some(cut) = envelope.truncated(&message.payload, limit.saturating_sub(overhead)) else {
-            return Err(DeadLetterFailure::Permanent(format!(
-                "{too_large}, and it does not fit even without its payload and headers"
-            )));
-        };
-        match topology.publish(&key, vec![cut.to_message(signer)]).await {
-            Ok(()) => Ok(true),
-            Err(e @ PublishError::TooLarge { .. }) => Err(DeadLetterFailure::Permanent(format!(
-                "{too_large}; with the payload truncated: {e}"
-            ))),
-            Err(e) => Err(DeadLetterFailure::Transient(format!("{e:#}"))),
+        // Cut to the connection's limit first. A broker whose own limit is
+        // lower refuses that too (a Kafka topic's max.message.bytes, say):
+        // cut to a quarter each time until it fits, or until not even the
+        // envelope without its payload fits.
+        let mut budget = limit.saturating_sub(overhead);
+        let mut refused: Option<String> = None;
+        loop {
+            let Some(cut) = envelope.truncated(&message.payload, budget) else {
+                return Err(DeadLetterFailure::Permanent(match refused {
+                    None => format!(
+                        "{too_large}, and it does not fit even without its payload and headers"
+                    ),
+                    Some(e) => format!("{too_large}; with the payload truncated: {e}"),
+                }));
+            };
+            match topology.publish(&key, vec![cut.to_message(signer)]).await {
+                Ok(()) => return Ok(true),
+                Err(e) if e.is_too_large() => {
+                    refused = Some(e.to_string());
+                    budget /= 4;
+                }
+                Err(e) => return Err(DeadLetterFailure::Transient(format!("{e:#}"))),
+            }
         }
     }
 
@@ -738,6 +749,18 @@ impl Worker {
             })
             .inc();
     }
+}
+
+/// Why publishing an invocation's effects to `key` failed: a message the
+/// broker refuses as too large is `output_too_large`, anything else
+/// `publish_failed`.
+fn publish_failure(key: &str, e: PublishError) -> Failure {
+    let reason = if e.is_too_large() {
+        Reason::OutputTooLarge
+    } else {
+        Reason::PublishFailed
+    };
+    Failure::new(reason, format!("cannot publish to {key}: {e:#}"))
 }
 
 /// Why a dead letter could not be written.

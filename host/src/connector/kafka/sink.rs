@@ -65,6 +65,17 @@ pub async fn enqueue(
             ))
         }
     };
+    let refused = {
+        let (connection, topic) = (connection.to_string(), topic.to_string());
+        move |e: &KafkaError, size: usize| {
+            refusal(e, size).unwrap_or_else(|| {
+                PublishError::Broker(anyhow::anyhow!(
+                    "broker connection {connection:?}: cannot produce to topic {topic}: {e}"
+                ))
+            })
+        }
+    };
+    let sizes: Vec<usize> = messages.iter().map(record_size).collect();
     let (generation, producer) = producers.get();
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(messages.len());
@@ -94,23 +105,80 @@ pub async fn enqueue(
                 }
                 Err((e, _)) => {
                     producers.failed(generation, &producer, &e);
-                    return Err(failed(&e));
+                    return Err(refused(&e, record_size(m)));
                 }
             }
         }
     }
     let producers = producers.clone();
     Ok(Box::pin(async move {
-        for delivery in futures::future::join_all(deliveries).await {
+        for (delivery, size) in futures::future::join_all(deliveries)
+            .await
+            .into_iter()
+            .zip(sizes)
+        {
             match delivery {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
                     producers.failed(generation, &producer, &e);
-                    return Err(failed(&e));
+                    return Err(refused(&e, size));
                 }
                 Err(_) => return Err(failed(&"the producer was closed")),
             }
         }
         Ok(())
     }))
+}
+
+/// The size of a record as the router counts it against its limits
+/// (payload and headers; see `flow::envelope::counted_size`).
+fn record_size(m: &OutboundMessage) -> usize {
+    crate::flow::envelope::counted_size(m)
+}
+
+/// A too-large refusal when `e` says the record is over a size limit:
+/// librdkafka's own check against the producer's `message.max.bytes`, or
+/// the broker's answer for a topic's `max.message.bytes` (both
+/// `MSG_SIZE_TOO_LARGE`), or a record batch over the broker's limit
+/// (`RECORD_LIST_TOO_LARGE`). Retrying the same record cannot succeed, so
+/// it is reported as `RefusedTooLarge`, not as a transient broker error.
+pub fn refusal(e: &KafkaError, size: usize) -> Option<PublishError> {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
+    .then(|| PublishError::RefusedTooLarge {
+        size,
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_refusal_is_too_large_and_anything_else_is_not() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+        ] {
+            let e = KafkaError::MessageProduction(code);
+            let refused = refusal(&e, 2_000_000).expect("a size refusal");
+            assert!(refused.is_too_large(), "{e}");
+            assert!(refused.to_string().contains("2000000"), "{refused}");
+        }
+        for code in [
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::OffsetMetadataTooLarge,
+        ] {
+            assert!(
+                refusal(&KafkaError::MessageProduction(code), 10).is_none(),
+                "{code:?}"
+            );
+        }
+    }
 }
