@@ -439,7 +439,8 @@ impl Report {
             for (name, pair) in [("Kafka (tansu)", &b7.kafka), ("SQS (moto)", &b7.sqs)] {
                 match pair {
                     Ok(p) => {
-                        let cpu = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.0} µs"));
+                        let cpu =
+                            |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.0} µs"));
                         let _ = writeln!(
                             s,
                             "| {name} | {:.0}/s | {:.0}/s | {:.0} % | {} | {} |",

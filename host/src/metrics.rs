@@ -315,10 +315,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"eventflow_messages_succeeded_total{flow="f",algorithm="o/n@1.0.0"} 1"#),
+            text.contains(
+                r#"eventflow_messages_succeeded_total{flow="f",algorithm="o/n@1.0.0"} 1"#
+            ),
             "{text}"
         );
-        assert!(text.contains(r#"eventflow_in_flight{flow="f"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"eventflow_in_flight{flow="f"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(
                 r#"eventflow_invocation_duration_seconds_count{flow="f",algorithm="o/n@1.0.0"} 1"#
