@@ -375,3 +375,24 @@ max_host_calls = 0
     );
     assert!(router.data_file("ezra/TestingEventFlow/f").is_none());
 }
+
+#[test]
+fn no_state_survives_from_one_message_to_the_next_in_a_reused_pool_slot() {
+    // One message at a time, so the pool hands the same warm slot out again
+    // and again: its memory is reset in place (the pages the pool keeps
+    // resident) and by madvise (the rest of the 512 KiB the algorithm
+    // dirties), and neither may leave anything behind.
+    let router = Router::start(&config("test/residue", "concurrency = 1"));
+    let n = 20;
+    let payloads: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    router.publish("in", &payloads);
+    let out = wait_for("the outputs", Duration::from_secs(60), || {
+        let o = router.peek("local", "out");
+        (o.len() >= n).then_some(o)
+    });
+    assert_eq!(out.len(), n);
+    for o in &out {
+        assert_eq!(o["payload"].as_str().unwrap(), "calls=0 dirty=0", "{o}");
+    }
+    assert!(router.dead_letters("subject").is_empty());
+}

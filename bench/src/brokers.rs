@@ -29,6 +29,12 @@ pub struct Pair {
     pub raw: f64,
     /// `router / raw`.
     pub ratio: f64,
+    /// CPU time (user + system, every thread of this process: the router's
+    /// runtime and its broker client's) per message through the router, in
+    /// microseconds, from its first message settled to its last. Kafka only.
+    pub router_cpu_us: Option<f64>,
+    /// The same for the raw loop, from its first message received.
+    pub raw_cpu_us: Option<f64>,
 }
 
 /// B7's results; a stage that could not run says why.
@@ -169,6 +175,7 @@ async fn kafka(o: &crate::Options, bin: &str) -> anyhow::Result<Pair> {
         .create()?;
     consumer.subscribe(&["raw-in"])?;
     let mut first: Option<Instant> = None;
+    let mut raw_cpu_start = crate::disk::process_cpu();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut done = 0usize;
     let mut received = 0usize;
@@ -186,7 +193,10 @@ async fn kafka(o: &crate::Options, bin: &str) -> anyhow::Result<Pair> {
         let m = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await;
         let Ok(m) = m else { continue };
         let m = m?;
-        first.get_or_insert_with(Instant::now);
+        if first.is_none() {
+            first = Some(Instant::now());
+            raw_cpu_start = crate::disk::process_cpu();
+        }
         received += 1;
         let (partition, offset) = (m.partition(), m.offset());
         let body = m.payload().unwrap_or_default().to_vec();
@@ -204,6 +214,11 @@ async fn kafka(o: &crate::Options, bin: &str) -> anyhow::Result<Pair> {
         });
     }
     let raw = n as f64 / first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::MAX);
+    let raw_cpu = crate::disk::process_cpu().saturating_sub(raw_cpu_start);
+    // The producer's and consumer's threads are part of the raw loop's cost;
+    // drop them so they do not count against the router.
+    drop(consumer);
+    drop(producer);
 
     eprintln!("  kafka: raw loop {raw:.0}/s; the router starts");
     // The router: the same work through a flow with concurrency 8.
@@ -242,16 +257,23 @@ concurrency = 8
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let first = Instant::now();
+    let router_cpu_start = crate::disk::process_cpu();
     let already = bed.settled("p");
     bed.wait_settled("p", n as u64, Duration::from_secs(600))
         .await?;
+    let router_cpu = crate::disk::process_cpu().saturating_sub(router_cpu_start);
     let router = (n as u64 - already) as f64 / first.elapsed().as_secs_f64();
     bed.router.shutdown().await;
+    let per_message = |cpu: Duration, messages: u64| {
+        (messages > 0).then(|| cpu.as_secs_f64() * 1e6 / messages as f64)
+    };
     Ok(Pair {
         messages: n,
         router,
         raw,
         ratio: router / raw,
+        router_cpu_us: per_message(router_cpu, n as u64 - already),
+        raw_cpu_us: per_message(raw_cpu, n as u64),
     })
 }
 
@@ -391,5 +413,7 @@ enabled = false
         router,
         raw,
         ratio: router / raw,
+        router_cpu_us: None,
+        raw_cpu_us: None,
     })
 }

@@ -9,19 +9,22 @@
 //!
 //! - B1 per-message overhead: native fn, reused instance, fresh instance.
 //! - B2 throughput: embedded → identity → embedded, durable, 1 KiB, against
-//!   a native identity in the same pipeline and the broker alone.
+//!   a native identity in the same pipeline, the broker alone and the disk's
+//!   limit (sequential fdatasync'd appends of the same batch sizes).
 //! - B3 sandbox cost: a CPU-bound algorithm without interruption, with epoch
 //!   interruption, with fuel; pooling against on-demand allocation.
 //! - B4 latency: open-loop load at 10/50/80 % of B2's best, HDR histograms
 //!   measured from the intended send time (corrected for coordinated
-//!   omission).
+//!   omission), against the disk's fdatasync p99 in the same run.
 //! - B5 hot swap under load: swap latency, throughput dip, lost messages.
 //! - B6 failure path: 1 % traps and 0.1 % timeouts; trap-to-dead-letter p99;
 //!   pool slots in use after many traps.
 //! - B7 brokers: the router against a plain rdkafka consume-and-produce loop
-//!   (tansu) and a plain SDK receive-and-delete loop (moto).
+//!   (tansu) and a plain SDK receive-and-delete loop (moto); over Kafka,
+//!   the process's CPU time per message of each.
 
 mod brokers;
+mod disk;
 mod pipeline;
 mod report;
 mod sandbox;
@@ -125,7 +128,9 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .unwrap_or(1000.0);
     if options.wants("B4") {
         eprintln!("bench: B4 latency (B2's best: {best:.0} msgs/s)");
-        report.b4 = Some(pipeline::b4(&options, best).await?);
+        let (rows, disk) = pipeline::b4(&options, best).await?;
+        report.b4 = Some(rows);
+        report.b4_disk = Some(disk);
     }
     if options.wants("B5") {
         eprintln!("bench: B5 hot swap under load");

@@ -207,6 +207,10 @@ pub struct ThroughputRow {
     pub native: f64,
     /// The embedded broker alone: receive, publish the output, ack.
     pub broker_alone: f64,
+    /// What the disk allows in the same run: sequential appends of
+    /// `concurrency` 1 KiB messages per `fdatasync` (the embedded broker's
+    /// group commit holds at most `concurrency` messages).
+    pub disk_limit: crate::disk::DiskProbe,
 }
 
 /// B2's results.
@@ -296,14 +300,22 @@ pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
         let wasm = pipeline_rate(o, concurrency, n, false).await?;
         let native = pipeline_rate(o, concurrency, n, true).await?;
         let broker_alone = broker_alone_rate(n).await?;
+        let disk_limit = crate::disk::probe_async(
+            concurrency as usize,
+            1024,
+            Duration::from_secs(o.pick(1, 3)),
+        )
+        .await?;
         eprintln!(
-            "  concurrency {concurrency}: wasm {wasm:.0}/s, native {native:.0}/s, broker alone {broker_alone:.0}/s"
+            "  concurrency {concurrency}: wasm {wasm:.0}/s, native {native:.0}/s, broker alone {broker_alone:.0}/s, disk limit {:.0}/s",
+            disk_limit.msgs_per_sec
         );
         rows.push(ThroughputRow {
             concurrency,
             wasm,
             native,
             broker_alone,
+            disk_limit,
         });
     }
     Ok(Throughput {
@@ -385,8 +397,18 @@ pub struct LatencyRow {
 }
 
 /// B4: open-loop latency at 10, 50 and 80 % of B2's best.
-pub async fn b4(o: &crate::Options, best: f64) -> anyhow::Result<Vec<LatencyRow>> {
+/// Also returns the disk's `fdatasync` latency measured just before the
+/// loads (one 1 KiB message per sync), which B4's target is relative to.
+pub async fn b4(
+    o: &crate::Options,
+    best: f64,
+) -> anyhow::Result<(Vec<LatencyRow>, crate::disk::DiskProbe)> {
     let duration = Duration::from_secs(o.pick(3, 10));
+    let disk = crate::disk::probe_async(1, 1024, Duration::from_secs(o.pick(2, 5))).await?;
+    eprintln!(
+        "  disk: fdatasync of 1 KiB p50 {} µs, p99 {} µs",
+        disk.sync_p50_us, disk.sync_p99_us
+    );
     let mut rows = Vec::new();
     for load in [0.1, 0.5, 0.8] {
         let rate = (best * load).max(10.0);
@@ -455,7 +477,7 @@ pub async fn b4(o: &crate::Options, best: f64) -> anyhow::Result<Vec<LatencyRow>
         rows.push(row);
         bed.router.shutdown().await;
     }
-    Ok(rows)
+    Ok((rows, disk))
 }
 
 /// A component with a custom section `tag` appended: the same code,

@@ -468,6 +468,7 @@ pub async fn run(
         services: services.clone(),
         status: status.clone(),
         flow: flow.clone(),
+        metric_handles: Default::default(),
         broker_kind: broker.spec.kind(),
         native_max_receives: source.native_max_receives(),
         lease,

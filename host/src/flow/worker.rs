@@ -12,8 +12,8 @@ use crate::config::FlowSpec;
 use crate::config::TopicSpec;
 use crate::connector::{Delivery, LocalStore, PublishError, Settle};
 use crate::message::{InboundMessage, OutboundMessage, set_header};
-use crate::metrics::{FlowLabels, FlowOnly, ReasonLabels};
-use crate::sandbox::{Algorithm, Failure, Invocation, Reason};
+use crate::metrics::{FlowLabels, FlowMetrics, FlowOnly, ReasonLabels};
+use crate::sandbox::{Algorithm, AlgorithmId, Failure, Invocation, Reason};
 use crate::state::{FailureHistory, FailureRecord};
 
 use super::envelope::{Envelope, SourceInfo, counted_size};
@@ -34,6 +34,11 @@ pub const FLOW_HEADER: &str = "eventflow-flow";
 /// The W3C trace-context header, carried from input to outputs.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
+/// The per-message metrics of a flow for the algorithm version that ran
+/// last, shared by a worker's clones: made again only when the version
+/// changes.
+pub(super) type MetricHandles = Arc<std::sync::Mutex<Option<(AlgorithmId, Arc<FlowMetrics>)>>>;
+
 /// Handles deliveries for one flow. Cheap to clone into tasks.
 #[derive(Clone)]
 pub struct Worker {
@@ -42,6 +47,8 @@ pub struct Worker {
     pub(super) services: Arc<Services>,
     pub(super) status: Arc<FlowStatus>,
     pub(super) flow: Arc<str>,
+    /// The per-message metric handles of the algorithm version last run.
+    pub(super) metric_handles: MetricHandles,
     pub(super) broker_kind: &'static str,
     /// The broker's own max receive count, when it dead-letters by itself.
     pub(super) native_max_receives: Option<u32>,
@@ -63,6 +70,26 @@ impl Worker {
                 algorithm.id.owner, algorithm.id.name, algorithm.id.version
             ),
         }
+    }
+
+    /// The per-message metric handles for `algorithm`.
+    fn handles(&self, algorithm: &Algorithm) -> Arc<FlowMetrics> {
+        let mut cached = self
+            .metric_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((id, handles)) = cached.as_ref()
+            && *id == algorithm.id
+        {
+            return handles.clone();
+        }
+        let handles = Arc::new(
+            self.services
+                .metrics
+                .flow_handles(&self.flow, &self.labels(algorithm).algorithm),
+        );
+        *cached = Some((algorithm.id.clone(), handles.clone()));
+        handles
     }
 
     fn reason_labels(&self, algorithm: &Algorithm, reason: &str) -> ReasonLabels {
@@ -114,13 +141,9 @@ impl Worker {
         algorithm: Arc<Algorithm>,
         trace: TraceContext,
     ) {
-        let metrics = &self.services.metrics;
-        let labels = self.labels(&algorithm);
-        let flow_only = FlowOnly {
-            flow: self.flow.to_string(),
-        };
-        metrics.received.get_or_create(&labels).inc();
-        metrics.in_flight.get_or_create(&flow_only).inc();
+        let metrics = self.handles(&algorithm);
+        metrics.received.inc();
+        metrics.in_flight.inc();
         self.status.started();
 
         let message = delivery.message.clone();
@@ -153,12 +176,9 @@ impl Worker {
         if let Some(enqueued) = message.enqueued_at
             && let Ok(age) = SystemTime::now().duration_since(enqueued)
         {
-            metrics
-                .end_to_end_seconds
-                .get_or_create(&flow_only)
-                .observe(age.as_secs_f64());
+            metrics.end_to_end_seconds.observe(age.as_secs_f64());
         }
-        metrics.in_flight.get_or_create(&flow_only).dec();
+        metrics.in_flight.dec();
         self.status.finished();
     }
 
@@ -169,8 +189,7 @@ impl Worker {
         message: &InboundMessage,
         trace: &TraceContext,
     ) {
-        let metrics = &self.services.metrics;
-        let labels = self.labels(algorithm);
+        let metrics = self.handles(algorithm);
         let topology = self.topology.current();
         let (timeout, limits) = topology.limits_for(&self.spec, &algorithm.id);
         let env = self
@@ -201,23 +220,15 @@ impl Worker {
         .await;
         metrics
             .instance_wait_seconds
-            .get_or_create(&FlowOnly {
-                flow: self.flow.to_string(),
-            })
             .observe(outcome.slot_wait.as_secs_f64());
         metrics
             .invocation_seconds
-            .get_or_create(&labels)
             .observe(outcome.duration.as_secs_f64());
         metrics
             .peak_memory_bytes
-            .get_or_create(&labels)
             .observe(outcome.peak_memory_bytes as f64);
         if let Some(fuel) = outcome.fuel_used {
-            metrics
-                .fuel_used
-                .get_or_create(&labels)
-                .observe(fuel as f64);
+            metrics.fuel_used.observe(fuel as f64);
         }
 
         let failure = match outcome.result {
