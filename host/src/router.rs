@@ -425,8 +425,9 @@ impl Router {
             health
                 .iter()
                 .find(|(n, _, _)| n == name)
-                .and_then(|(_, _, r)| r.as_ref().err())
-                .map(|why| format!("broker connection {name:?} is down: {why}"))
+                .and_then(|(_, kind, r)| r.as_ref().err().map(|why| (kind, why)))
+                // Named as the flow's own connection errors name it.
+                .map(|(kind, why)| format!("broker connection {name:?} ({kind}) is down: {why}"))
         };
         let config = self.config();
         let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
