@@ -120,8 +120,9 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
 
 /// Builds plugins/ for wasm32-wasip2 and installs each algorithm as
 /// `<out>/<owner>/<name>/<version>.wasm` (written to a temporary name and
-/// renamed, as a deploy should be). The misbehaving algorithms of owner
-/// `test` are installed only for the tests. Returns how many.
+/// renamed, as a deploy should be). The misbehaving algorithms (owner
+/// `test`, or `test_only = true` in `[package.metadata.eventflow]`) are
+/// installed only for the tests. Returns how many.
 fn build_plugins(out: &Path, with_test_algorithms: bool) -> anyhow::Result<usize> {
     ensure_wasm_target()?;
     let manifest = root().join("plugins/Cargo.toml");
@@ -159,7 +160,9 @@ fn build_plugins(out: &Path, with_test_algorithms: bool) -> anyhow::Result<usize
         let Some(owner) = package["metadata"]["eventflow"]["owner"].as_str() else {
             continue;
         };
-        if owner == "test" && !with_test_algorithms {
+        let test_only = owner == "test"
+            || package["metadata"]["eventflow"]["test_only"].as_bool() == Some(true);
+        if test_only && !with_test_algorithms {
             continue;
         }
         let name = package["name"].as_str().context("package without a name")?;
