@@ -285,11 +285,7 @@ impl Worker {
 
     /// The message was acknowledged after its effects were durable.
     async fn succeeded(&self, algorithm: &Algorithm, message: &InboundMessage) {
-        self.services
-            .metrics
-            .succeeded
-            .get_or_create(&self.labels(algorithm))
-            .inc();
+        self.handles(algorithm).succeeded.inc();
         self.status.succeeded();
         tracing::debug!(
             flow = %self.flow,
