@@ -208,6 +208,16 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
+/// The largest segment file of the embedded broker's log in `dir`.
+fn largest_segment(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("the broker has a segment")
+}
+
 #[test]
 fn damaged_store_files_stop_the_start_with_one_line_naming_them() {
     let router = populated_state();
@@ -222,14 +232,20 @@ fn damaged_store_files_stop_the_start_with_one_line_naming_them() {
         assert!(missing.is_empty(), "{missing:?}");
     }
     let mut failures = Vec::new();
-    for file in ["state.redb", "broker-local.redb"] {
+    // The broker's segment that holds the queued messages.
+    let segment = largest_segment(&router.state_dir().join("broker-local"))
+        .strip_prefix(router.state_dir())
+        .unwrap()
+        .to_path_buf();
+    for file in [Path::new("state.redb"), segment.as_path()] {
         for how in DAMAGES {
+            let file = file.display();
             // A router of its own on a copy of the populated state.
             let mut copy = Router::configure(QUEUED, Plugins::Shared);
             let state = copy.state_dir();
             let _ = std::fs::remove_dir_all(&state);
             copy_dir(&router.state_dir(), &state);
-            let path = state.join(file);
+            let path = state.join(file.to_string());
             damage(&path, how);
             let (failed, output) = run_once(&copy.config, &state, &[]);
             if output.contains("panicked") {
@@ -268,7 +284,7 @@ fn damaged_store_files_stop_the_start_with_one_line_naming_them() {
 #[test]
 fn move_damaged_aside_starts_fresh_and_says_so() {
     let mut router = populated_state();
-    let broker = router.state_dir().join("broker-local.redb");
+    let broker = largest_segment(&router.state_dir().join("broker-local"));
     damage(&broker, "zero");
     let (failed, output) = run_once(&router.config, &router.state_dir(), &[]);
     assert!(failed, "started on an empty broker file:\n{output}");
@@ -287,11 +303,7 @@ fn move_damaged_aside_starts_fresh_and_says_so() {
         .filter(|n| n.contains(".damaged-"))
         .collect();
     assert_eq!(aside.len(), 2, "{aside:?}\n{output}");
-    assert!(
-        aside
-            .iter()
-            .any(|n| n.starts_with("broker-local.redb.damaged-"))
-    );
+    assert!(aside.iter().any(|n| n.starts_with("broker-local.damaged-")));
     assert!(aside.iter().any(|n| n.starts_with("state.redb.damaged-")));
     assert_eq!(
         output.matches("Moved a damaged store file aside").count(),
@@ -331,7 +343,7 @@ fn a_full_disk_makes_the_embedded_broker_not_ready_once_and_it_recovers_without_
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
-    let broker_file = fs.0.path().join("broker.redb");
+    let broker_file = fs.0.path().join("broker");
     let mut router = Router::start(&format!(
         r#"
 [[brokers]]
@@ -520,4 +532,78 @@ fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     }
     .append_to(&mut out);
     out
+}
+
+/// A state directory the previous version wrote (its embedded broker kept
+/// topics in one redb file, `broker-local.redb`): 100 messages with
+/// headers on `parked`, made by that version's binary and kept in
+/// tests/fixtures/previous-version with what its API listed.
+#[test]
+fn a_state_directory_of_the_previous_version_is_migrated_without_losing_a_message() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/previous-version");
+    let expected: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixtures.join("parked.json")).unwrap()).unwrap();
+    let mut router = Router::configure(QUEUED, Plugins::Shared);
+    let state = router.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    let unzipped = Command::new("gzip")
+        .arg("-dc")
+        .arg(fixtures.join("broker-local.redb.gz"))
+        .output()
+        .unwrap();
+    assert!(unzipped.status.success());
+    std::fs::write(state.join("broker-local.redb"), &unzipped.stdout).unwrap();
+    let listed = |router: &Router| -> Vec<serde_json::Value> {
+        router
+            .peek("local", "parked")
+            .into_iter()
+            .map(|m| {
+                json!({
+                    "id": m["id"], "payload": m["payload"],
+                    "headers": m["headers"], "enqueued_at": m["enqueued_at"],
+                })
+            })
+            .collect()
+    };
+    for round in 0..2 {
+        router.launch();
+        assert_eq!(listed(&router), expected, "round {round}");
+        router.stop();
+    }
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(state.join("broker-local").is_dir(), "{names:?}");
+    assert!(!state.join("broker-local.redb").exists(), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("broker-local.redb.migrated-")),
+        "{names:?}"
+    );
+    // Migrated once, and said so.
+    let log = router.log();
+    assert_eq!(
+        log.matches("Migrated the embedded broker's store").count(),
+        1,
+        "{log}"
+    );
+    // Messages are consumed normally after the upgrade.
+    let mut router2 = Router::configure(
+        &format!(
+            "{QUEUED}consumers = [\"examples/echo\"]\n\n[[topics]]\nname = \"out\"\npublishers = [\"examples/echo\"]\n\n[[flows]]\nname = \"drain\"\ntopic = \"parked\"\nalgorithm = \"examples/echo\"\noutput_topic = \"out\"\n"
+        ),
+        Plugins::Shared,
+    );
+    let _ = std::fs::remove_dir_all(router2.state_dir());
+    copy_dir(&state, &router2.state_dir());
+    router2.launch();
+    wait_for(
+        "the migrated messages to be consumed",
+        Duration::from_secs(60),
+        || (router2.peek("local", "out").len() == expected.len()).then_some(()),
+    );
+    assert!(router2.peek("local", "parked").is_empty());
+    router2.stop();
 }

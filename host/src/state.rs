@@ -569,7 +569,7 @@ pub fn open_redb(path: &Path, damaged: Damaged) -> Result<Database, StoreFileErr
     }
 }
 
-fn aside_name(path: &Path) -> PathBuf {
+pub(crate) fn aside_name(path: &Path) -> PathBuf {
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace([':', '-'], "");

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 pub struct EmbeddedConfig {
     /// The connection's name.
     pub name: String,
-    /// The store file; `<state_dir>/broker-<name>.redb` by default. One
-    /// router process owns it: a second one fails to start.
+    /// The store's directory (a log of segment files);
+    /// `<state_dir>/broker-<name>` by default. One router process owns it: a
+    /// second one fails to start. A file here (or at
+    /// `<state_dir>/broker-<name>.redb` for the default) is a store of the
+    /// previous version, migrated at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Largest payload accepted, in bytes.

@@ -1,4 +1,5 @@
-//! The embedded broker: topics in a redb file owned by the router process.
+//! The embedded broker: topics in a log of segment files (a directory)
+//! owned by the router process.
 //!
 //! Every publish, retry and ack is committed durably before it returns, many
 //! at a time (group commit), so `kill -9` loses nothing that was
@@ -9,12 +10,14 @@
 //!
 //! [`Settle::ack_with`]: super::Settle::ack_with
 //!
-//! A damaged store file stops the start with an error naming it (or, with
-//! `eventflow run --move-damaged-aside`, is moved aside); a store that cannot
+//! A damaged segment stops the start with an error naming it (or, with
+//! `eventflow run --move-damaged-aside`, the directory is moved aside); a store that cannot
 //! write (full disk) makes the connection not ready until it recovers by
 //! itself.
 
 mod config;
+mod legacy;
+mod log;
 mod sink;
 mod source;
 mod store;
@@ -24,7 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use config::EmbeddedConfig;
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, StoreOptions};
 
 use super::{ConnectContext, Connection, LocalStore, PublishError, Source, SourceOptions};
 use crate::config::TopicSpec;
@@ -37,14 +40,24 @@ pub struct EmbeddedConnection {
 }
 
 impl EmbeddedConnection {
-    /// Opens (or creates) the store file.
+    /// Opens (or creates) the store, migrating a previous version's file.
     pub async fn open(config: &EmbeddedConfig, ctx: &ConnectContext) -> anyhow::Result<Self> {
-        let path = config
-            .path
-            .clone()
-            .unwrap_or_else(|| ctx.state_dir.join(format!("broker-{}.redb", config.name)));
-        let damaged = ctx.damaged;
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&path, damaged)).await??;
+        // The previous version kept the default store in one redb file
+        // beside where the log directory goes now; it is migrated.
+        let (path, legacy) = match &config.path {
+            Some(path) => (path.clone(), None),
+            None => (
+                ctx.state_dir.join(format!("broker-{}", config.name)),
+                Some(ctx.state_dir.join(format!("broker-{}.redb", config.name))),
+            ),
+        };
+        let options = StoreOptions {
+            damaged: ctx.damaged,
+            legacy,
+            ..StoreOptions::default()
+        };
+        let store =
+            tokio::task::spawn_blocking(move || Store::open_with(&path, &options)).await??;
         Ok(Self {
             store: Arc::new(store),
             max_payload_bytes: config.max_payload_bytes,
