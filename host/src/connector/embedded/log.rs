@@ -364,9 +364,14 @@ pub fn replay(
             None => {
                 let later = (pos + 1..data.len())
                     .any(|p| frame_at(&data, p).is_some_and(|b| !b.is_empty()));
-                if !last || later {
+                if later {
                     return Err(damaged(format!(
                         "the frame at byte {pos} fails its checksum and whole frames follow it"
+                    )));
+                }
+                if !last {
+                    return Err(damaged(format!(
+                        "the frame at byte {pos} is cut short or fails its checksum, and newer segments follow"
                     )));
                 }
                 return Ok(Replayed {

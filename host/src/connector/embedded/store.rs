@@ -317,7 +317,20 @@ type Topics = Mutex<HashMap<String, TopicState>>;
 pub struct Store {
     shared: Arc<Shared>,
     topics: Arc<Topics>,
-    writer: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    /// Closes the writer's channel and waits for it to finish its last
+    /// frame, so the directory's lock is free once the store is gone.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Store {
@@ -417,14 +430,15 @@ impl Store {
         };
         writer.delete_dead_segments();
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("embedded-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(storage)?;
         Ok(Self {
             shared,
             topics,
-            writer: tx,
+            writer: Some(tx),
+            thread: Some(thread),
         })
     }
 
@@ -469,7 +483,9 @@ impl Store {
     fn enqueue_all(&self, changes: Vec<Change>) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
         // A send error drops `reply`, which the awaiting caller sees as Closed.
-        let _ = self.writer.send(Job { changes, reply });
+        if let Some(writer) = &self.writer {
+            let _ = writer.send(Job { changes, reply });
+        }
         rx
     }
 
