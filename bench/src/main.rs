@@ -10,7 +10,8 @@
 //! - B1 per-message overhead: native fn, reused instance, fresh instance.
 //! - B2 throughput: embedded → identity → embedded, durable, 1 KiB, against
 //!   a native identity in the same pipeline, the broker alone and the disk's
-//!   limit (sequential fdatasync'd appends of the same batch sizes).
+//!   limit (sequential fdatasync'd appends, in batches of as many messages
+//!   as the broker committed together in the same run).
 //! - B3 sandbox cost: a CPU-bound algorithm without interruption, with epoch
 //!   interruption, with fuel; pooling against on-demand allocation.
 //! - B4 latency: open-loop load at 10/50/80 % of B2's best, HDR histograms
@@ -21,7 +22,8 @@
 //!   pool slots in use after many traps.
 //! - B7 brokers: the router against a plain rdkafka consume-and-produce loop
 //!   (tansu) and a plain SDK receive-and-delete loop (moto); over Kafka,
-//!   the process's CPU time per message of each.
+//!   the process's and tansu's CPU time per message of each, at a setting
+//!   where tansu does not limit them and at librdkafka's defaults.
 
 mod brokers;
 mod disk;

@@ -71,22 +71,36 @@ impl Bed {
     /// it has settled them all and shuts the router down; messages per
     /// second from enabling to the last one settled.
     pub async fn drain_rate(self, messages: Vec<OutboundMessage>) -> anyhow::Result<f64> {
+        Ok(self.drain(messages).await?.rate)
+    }
+
+    /// [`Bed::drain_rate`], also counting the embedded store's commits.
+    pub async fn drain(self, messages: Vec<OutboundMessage>) -> anyhow::Result<Drained> {
         let n = messages.len();
         self.publish("local:in", messages).await?;
-        self.enable_and_drain(n).await
+        self.drain_waiting(n).await
     }
 
     /// Enables the flow `p`, waits until it has settled `n` messages already
     /// waiting in its source and shuts the router down; messages per second
     /// from enabling to the last one settled.
     pub async fn enable_and_drain(self, n: usize) -> anyhow::Result<f64> {
+        Ok(self.drain_waiting(n).await?.rate)
+    }
+
+    async fn drain_waiting(self, n: usize) -> anyhow::Result<Drained> {
+        let syncs = crate::disk::store_syncs();
         let started = Instant::now();
         self.enable().await?;
         self.wait_settled("p", n as u64, Duration::from_secs(600))
             .await?;
         let rate = n as f64 / started.elapsed().as_secs_f64();
+        let store_syncs = crate::disk::store_syncs() - syncs;
         self.router.shutdown().await;
-        Ok(rate)
+        Ok(Drained {
+            rate,
+            batch: StoreBatch::of(n, store_syncs),
+        })
     }
 
     /// Enables every flow.
@@ -144,6 +158,40 @@ impl Bed {
                 },
             )
             .await
+    }
+}
+
+/// A drained backlog.
+pub struct Drained {
+    /// Messages per second.
+    pub rate: f64,
+    /// The embedded store's commits while it drained.
+    pub batch: StoreBatch,
+}
+
+/// How many messages the embedded broker made durable per commit in one
+/// run: messages settled over the `fdatasync`s of its writer thread (one per
+/// redb commit; see [`crate::disk`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StoreBatch {
+    /// Messages settled in the run.
+    pub messages: u64,
+    /// The store writer's `fdatasync`s in the run (0 when they could not
+    /// be counted).
+    pub syncs: u64,
+}
+
+impl StoreBatch {
+    fn of(messages: usize, syncs: u64) -> Self {
+        Self {
+            messages: messages as u64,
+            syncs,
+        }
+    }
+
+    /// Messages per commit, if any commit was counted.
+    pub fn per_commit(&self) -> Option<f64> {
+        (self.syncs > 0).then(|| self.messages as f64 / self.syncs as f64)
     }
 }
 
@@ -207,10 +255,21 @@ pub struct ThroughputRow {
     pub native: f64,
     /// The embedded broker alone: receive, publish the output, ack.
     pub broker_alone: f64,
+    /// The embedded store's commits in the wasm run.
+    pub wasm_batch: StoreBatch,
+    /// In the native run.
+    pub native_batch: StoreBatch,
+    /// In the broker-alone run.
+    pub broker_alone_batch: StoreBatch,
     /// What the disk allows in the same run: sequential appends of
-    /// `concurrency` 1 KiB messages per `fdatasync` (the embedded broker's
-    /// group commit holds at most `concurrency` messages).
+    /// [`disk_limit.batch`](crate::disk::DiskProbe::batch) 1 KiB messages
+    /// per `fdatasync`, that batch being the wasm run's messages per commit
+    /// rounded (or `concurrency`, when no commit was counted: see
+    /// `disk_batch_measured`).
     pub disk_limit: crate::disk::DiskProbe,
+    /// Whether the disk limit's batch is the wasm run's measured batch
+    /// (`false`: no commit was counted, and it is `concurrency`).
+    pub disk_batch_measured: bool,
 }
 
 /// B2's results.
@@ -236,7 +295,7 @@ async fn pipeline_rate(
     concurrency: u32,
     n: usize,
     native: bool,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Drained> {
     let algorithm = if native {
         "bench/native/1.0.0"
     } else {
@@ -259,14 +318,15 @@ async fn pipeline_rate(
             .registry
             .insert(PathBuf::new(), Algorithm::native(id, identity));
     }
-    bed.drain_rate(messages(n)).await
+    bed.drain(messages(n)).await
 }
 
-async fn broker_alone_rate(n: usize) -> anyhow::Result<f64> {
+async fn broker_alone_rate(n: usize) -> anyhow::Result<Drained> {
     let bed = bed(None, &pipeline_config("examples/echo", 1, "")).await?;
     bed.publish("local:in", messages(n)).await?;
     let mut source = bed.consumer("in").await?;
     let topology = bed.router.topology();
+    let syncs = crate::disk::store_syncs();
     let started = Instant::now();
     let mut done = 0;
     while done < n {
@@ -288,8 +348,12 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<f64> {
         }
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let store_syncs = crate::disk::store_syncs() - syncs;
     bed.router.shutdown().await;
-    Ok(rate)
+    Ok(Drained {
+        rate,
+        batch: StoreBatch::of(n, store_syncs),
+    })
 }
 
 /// B2: throughput at concurrency 1, 2 and 8.
@@ -300,22 +364,32 @@ pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
         let wasm = pipeline_rate(o, concurrency, n, false).await?;
         let native = pipeline_rate(o, concurrency, n, true).await?;
         let broker_alone = broker_alone_rate(n).await?;
-        let disk_limit = crate::disk::probe_async(
-            concurrency as usize,
-            1024,
-            Duration::from_secs(o.pick(1, 3)),
-        )
-        .await?;
+        // The disk at the batch the broker really committed in the wasm run.
+        let measured = wasm.batch.per_commit();
+        let batch = measured.map_or(concurrency as usize, |b| (b.round() as usize).max(1));
+        let disk_limit =
+            crate::disk::probe_async(batch, 1024, Duration::from_secs(o.pick(1, 3))).await?;
+        let per_commit = |b: StoreBatch| b.per_commit().map_or("?".into(), |v| format!("{v:.1}"));
         eprintln!(
-            "  concurrency {concurrency}: wasm {wasm:.0}/s, native {native:.0}/s, broker alone {broker_alone:.0}/s, disk limit {:.0}/s",
+            "  concurrency {concurrency}: wasm {:.0}/s, native {:.0}/s, broker alone {:.0}/s (messages per store commit {} / {} / {}), disk limit {:.0}/s at {batch} per fdatasync",
+            wasm.rate,
+            native.rate,
+            broker_alone.rate,
+            per_commit(wasm.batch),
+            per_commit(native.batch),
+            per_commit(broker_alone.batch),
             disk_limit.msgs_per_sec
         );
         rows.push(ThroughputRow {
             concurrency,
-            wasm,
-            native,
-            broker_alone,
+            wasm: wasm.rate,
+            native: native.rate,
+            broker_alone: broker_alone.rate,
+            wasm_batch: wasm.batch,
+            native_batch: native.batch,
+            broker_alone_batch: broker_alone.batch,
             disk_limit,
+            disk_batch_measured: measured.is_some(),
         });
     }
     Ok(Throughput {
