@@ -356,11 +356,13 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<Drained> {
     })
 }
 
-/// B2: throughput at concurrency 1, 2 and 8.
+/// B2: throughput at concurrency 1, 2, 8 and 64 (a flow on the embedded
+/// broker keeps 4 × concurrency messages in flight, at least 64: the last
+/// row shows the broker with 256 in flight).
 pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
     let n = o.pick(2_000usize, 20_000);
     let mut rows = Vec::new();
-    for concurrency in [1u32, 2, 8] {
+    for concurrency in [1u32, 2, 8, 64] {
         let wasm = pipeline_rate(o, concurrency, n, false).await?;
         let native = pipeline_rate(o, concurrency, n, true).await?;
         let broker_alone = broker_alone_rate(n).await?;
