@@ -155,8 +155,10 @@ impl Broker {
     pub fn broker_config(&self) -> String {
         match &self.server {
             Server::Embedded => "[[brokers]]\nname = \"local\"\nkind = \"embedded\"\n".into(),
+            // A short session: a group member killed with -9 is replaced in
+            // seconds, not librdkafka's default 45.
             Server::Kafka { bootstrap } => format!(
-                "[[brokers]]\nname = \"kafka\"\nkind = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n"
+                "[[brokers]]\nname = \"kafka\"\nkind = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\nproperties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"1000\" }}\n"
             ),
             Server::Sqs { moto } => moto.broker(),
             Server::ServiceBus { server } => format!(
