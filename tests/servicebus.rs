@@ -1,7 +1,9 @@
 //! Azure Service Bus end to end against the REST-protocol test double in
 //! tests/support/servicebus_server.rs (no emulator can be installed
-//! offline): the demo flow, lock renewal, abandon and redelivery,
-//! dead-lettering, a wrong key, `kill -9`, and redacted credentials.
+//! offline): lock renewal, abandon and redelivery, the queue's own
+//! dead-lettering, a wrong key, and redacted credentials. What every broker
+//! does (the demo flow, router-side dead-lettering, `kill -9`, ...) is in
+//! tests/conformance.rs.
 
 #[path = "support/servicebus_server.rs"]
 mod servicebus_server;
@@ -46,38 +48,6 @@ fn topics(list: &[(&str, &str, &str)]) -> String {
             format!("[[topics]]\nname = \"{name}\"\nconsumers = [{consumers}]\npublishers = [{publishers}]\n")
         })
         .collect()
-}
-
-#[test]
-fn the_demo_flow_over_service_bus() {
-    let sb = server(&[QueueSpec::new("incoming"), QueueSpec::new("incoming-dlq")]);
-    let router = start(
-        &sb,
-        KEY,
-        &format!(
-            "{}[[flows]]\nname = \"store\"\ntopic = \"incoming\"\nalgorithm = \"ezra/store_file/0.1.0\"\ndead_letter_topic = \"incoming-dlq\"\n",
-            topics(&[
-                ("incoming", "\"ezra/store_file\"", ""),
-                ("incoming-dlq", "", "\"ezra/store_file\"")
-            ])
-        ),
-    );
-    router.cli_ok(&[
-        "send",
-        "incoming",
-        "--data",
-        r#"{"filename": "some-new-file.txt", "data": "file contents to store"}"#,
-    ]);
-    let stored = wait_for("the stored file", Duration::from_secs(30), || {
-        router.data_file("ezra/TestingEventFlow/some-new-file.txt")
-    });
-    assert_eq!(stored, b"file contents to store");
-    wait_for(
-        "the message to be completed",
-        Duration::from_secs(10),
-        || sb.messages("incoming").is_empty().then_some(()),
-    );
-    assert!(sb.messages("incoming-dlq").is_empty());
 }
 
 #[test]
@@ -146,23 +116,18 @@ fn an_abandoned_message_comes_back_with_one_more_delivery() {
     );
 }
 
+/// The queue's own limit moves a message to `$deadletterqueue` when it is
+/// lower than the flow's `max_receives` (the router's own dead-lettering is
+/// in tests/conformance.rs).
 #[test]
-fn dead_lettering_after_the_maximum_deliveries() {
-    let sb = server(&[
-        quick_lock("native", 30, 3),
-        QueueSpec::new("routed"),
-        QueueSpec::new("routed-dlq"),
-    ]);
+fn the_queues_max_delivery_count_dead_letters_natively() {
+    let sb = server(&[quick_lock("native", 30, 3)]);
     let _router = start(
         &sb,
         KEY,
         &format!(
-            "{}[[flows]]\nname = \"native\"\ntopic = \"native\"\nalgorithm = \"test/flaky\"\nmax_receives = 10\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 100\njitter = false\n\n[[flows]]\nname = \"routed\"\ntopic = \"routed\"\nalgorithm = \"test/flaky\"\ndead_letter_topic = \"routed-dlq\"\nmax_receives = 2\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 100\njitter = false\n",
-            topics(&[
-                ("native", "\"test/flaky\"", ""),
-                ("routed", "\"test/flaky\"", ""),
-                ("routed-dlq", "", "\"test/flaky\""),
-            ])
+            "{}[[flows]]\nname = \"native\"\ntopic = \"native\"\nalgorithm = \"test/flaky\"\nmax_receives = 10\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 100\njitter = false\n",
+            topics(&[("native", "\"test/flaky\"", "")])
         ),
     );
     // The queue's own limit (3 deliveries) moves it to $deadletterqueue.
@@ -170,19 +135,6 @@ fn dead_lettering_after_the_maximum_deliveries() {
     wait_for("the broker's dead letter", Duration::from_secs(30), || {
         (sb.messages("native/$deadletterqueue").len() == 1).then_some(())
     });
-    // The flow's limit (2) sends the router's envelope, then completes.
-    sb.send("routed", r#"{"always_fail": true}"#);
-    let letter = wait_for("the router's dead letter", Duration::from_secs(30), || {
-        sb.messages("routed-dlq").into_iter().next()
-    });
-    let envelope: Value = serde_json::from_slice(&letter.body).unwrap();
-    assert_eq!(envelope["attempts"], 2);
-    assert_eq!(envelope["source"]["kind"], "servicebus");
-    wait_for(
-        "the original to be completed",
-        Duration::from_secs(10),
-        || sb.messages("routed").is_empty().then_some(()),
-    );
 }
 
 #[test]
@@ -214,37 +166,6 @@ fn a_wrong_key_is_a_clear_authentication_error() {
     let (_, shown) = router.http("GET", "/v1/brokers/sb", None);
     assert!(!shown.to_string().contains("d3Jvbmcta2V5"), "{shown}");
     assert!(shown.to_string().contains("SharedAccessKey=***"), "{shown}");
-}
-
-#[test]
-fn kill_9_mid_stream_loses_nothing() {
-    let sb = server(&[quick_lock("crashy", 2, 10)]);
-    let mut router = start(
-        &sb,
-        KEY,
-        &format!(
-            "{}[[flows]]\nname = \"slow\"\ntopic = \"crashy\"\nalgorithm = \"test/slow\"\nconcurrency = 4\n",
-            topics(&[("crashy", "\"test/slow\"", "")])
-        ),
-    );
-    for i in 0..100 {
-        sb.send("crashy", &format!(r#"{{"id": "k{i:03}", "sleep_ms": 50}}"#));
-    }
-    wait_for("some progress", Duration::from_secs(60), || {
-        (router.data_files("test/intervals").len() >= 15).then_some(())
-    });
-    router.kill9();
-    assert!(
-        router.data_files("test/intervals").len() < 100,
-        "finished before the kill"
-    );
-    router.launch();
-    wait_for("all 100 messages", Duration::from_secs(120), || {
-        (router.data_files("test/intervals").len() == 100).then_some(())
-    });
-    wait_for("the queue to empty", Duration::from_secs(30), || {
-        sb.messages("crashy").is_empty().then_some(())
-    });
 }
 
 #[test]

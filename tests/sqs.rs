@@ -1,7 +1,9 @@
-//! Amazon SQS end to end, against moto's server on loopback: the demo flow,
-//! native and router-side dead-lettering, the visibility heartbeat,
-//! saturation, `kill -9`, clear one-line errors for a queue that is not
-//! there, and a router that needs no more than the queue-owner role.
+//! Amazon SQS end to end, against moto's server on loopback: native
+//! dead-lettering (a redrive policy), the visibility heartbeat, saturation,
+//! clear one-line errors for a queue that is not there, and a router that
+//! needs no more than the queue-owner role. What every broker does (the demo
+//! flow, router-side dead-lettering, `kill -9`, ...) is in
+//! tests/conformance.rs.
 
 #[path = "support/moto.rs"]
 mod moto;
@@ -13,7 +15,6 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use moto::Moto;
-use serde_json::Value;
 use support::{Plugins, Router, wait_for};
 
 fn start(moto: &Moto, body: &str) -> Router {
@@ -27,40 +28,6 @@ fn topic(name: &str, url: &str, consumers: &str, publishers: &str) -> String {
     format!(
         "[[topics]]\nname = \"{name}\"\naddress = \"{url}\"\nconsumers = [{consumers}]\npublishers = [{publishers}]\n"
     )
-}
-
-#[test]
-fn the_demo_flow_over_sqs() {
-    let moto = Moto::start();
-    let incoming = moto.queue("incoming", &[]);
-    let dlq = moto.queue("incoming-dlq", &[]);
-    let router = start(
-        &moto,
-        &format!(
-            "{}{}[[flows]]\nname = \"store\"\ntopic = \"incoming\"\nalgorithm = \"ezra/store_file/0.1.0\"\ndead_letter_topic = \"dlq\"\n",
-            topic("incoming", &incoming, "\"ezra/store_file\"", ""),
-            topic("dlq", &dlq, "", "\"ezra/store_file\""),
-        ),
-    );
-    // Published through the router, as a user would.
-    router.cli_ok(&[
-        "send",
-        "incoming",
-        "--data",
-        r#"{"filename": "some-new-file.txt", "data": "file contents to store"}"#,
-    ]);
-    let stored = wait_for("the stored file", Duration::from_secs(60), || {
-        router.data_file("ezra/TestingEventFlow/some-new-file.txt")
-    });
-    assert_eq!(stored, b"file contents to store");
-    // The message was deleted once stored.
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(moto.drain(&incoming, 0, Duration::from_secs(2)).is_empty());
-    let topics = router.cli_ok(&["topics", "list"]);
-    assert!(
-        topics.contains("aws:incoming") && topics.contains("declared=true"),
-        "{topics}"
-    );
 }
 
 #[test]
@@ -108,36 +75,6 @@ fn a_redrive_policy_dead_letters_natively_after_max_receive_count() {
         failures, 3,
         "maxReceiveCount (3) attempts, not max_receives (10)"
     );
-}
-
-#[test]
-fn without_a_redrive_policy_the_router_dead_letters_and_deletes() {
-    let moto = Moto::start();
-    let incoming = moto.queue(
-        "plain",
-        &[(QueueAttributeName::VisibilityTimeout, "5".into())],
-    );
-    let dlq = moto.queue("plain-dlq", &[]);
-    let router = start(
-        &moto,
-        &format!(
-            "{}{}[[flows]]\nname = \"flaky\"\ntopic = \"in\"\nalgorithm = \"test/flaky\"\ndead_letter_topic = \"dlq\"\nmax_receives = 2\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 100\njitter = false\n",
-            topic("in", &incoming, "\"test/flaky\"", ""),
-            topic("dlq", &dlq, "", "\"test/flaky\""),
-        ),
-    );
-    moto.send(&incoming, &[r#"{"always_fail": true}"#.into()]);
-    let letters = moto.drain(&dlq, 1, Duration::from_secs(60));
-    assert_eq!(letters.len(), 1);
-    let envelope: Value = serde_json::from_str(letters[0].body().unwrap()).unwrap();
-    assert_eq!(envelope["attempts"], 2);
-    assert_eq!(envelope["source"]["kind"], "sqs");
-    assert_eq!(envelope["last_failure"]["reason"], "guest_retry");
-    assert_eq!(envelope["payload"], r#"{"always_fail": true}"#);
-    // The original is gone: nothing comes back after the visibility timeout.
-    std::thread::sleep(Duration::from_secs(6));
-    assert!(moto.drain(&incoming, 0, Duration::from_secs(1)).is_empty());
-    let _ = router;
 }
 
 #[test]
@@ -257,38 +194,6 @@ fn a_backlog_flows_through_a_small_flow_without_give_backs() {
         !router.log().contains("Flow is saturated"),
         "a backlog was handed back as saturation"
     );
-}
-
-#[test]
-fn kill_9_mid_stream_loses_nothing() {
-    let moto = Moto::start();
-    let incoming = moto.queue(
-        "crashy",
-        &[(QueueAttributeName::VisibilityTimeout, "3".into())],
-    );
-    let mut router = start(
-        &moto,
-        &format!(
-            "{}[[flows]]\nname = \"slow\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\nconcurrency = 10\n",
-            topic("in", &incoming, "\"test/slow\"", ""),
-        ),
-    );
-    let bodies: Vec<String> = (0..120)
-        .map(|i| format!(r#"{{"id": "k{i:03}", "sleep_ms": 50}}"#))
-        .collect();
-    moto.send(&incoming, &bodies);
-    wait_for("some progress", Duration::from_secs(60), || {
-        (router.data_files("test/intervals").len() >= 20).then_some(())
-    });
-    router.kill9();
-    assert!(
-        router.data_files("test/intervals").len() < 120,
-        "finished before the kill"
-    );
-    router.launch();
-    wait_for("all 120 messages", Duration::from_secs(120), || {
-        (router.data_files("test/intervals").len() == 120).then_some(())
-    });
 }
 
 /// An SQS error as the operator sees it: one line, no SDK debug output (raw
