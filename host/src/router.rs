@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FlowSpec};
+use crate::config::{Config, Declarations, FlowSpec};
 use crate::connector::{BrokerSpec, ConnectContext, connect};
 use crate::data::Collections;
 use crate::flow::{self, Broker, FlowReport, FlowStatus, Services, Topology, TopologyHandle};
@@ -123,7 +123,7 @@ impl Router {
         let from_file = config.declarations();
         let digest = from_file.digest();
         let state = self.services.state.clone();
-        let stored = tokio::task::spawn_blocking(move || state.desired()).await??;
+        let stored = tokio::task::spawn_blocking(move || state.desired::<Declarations>()).await??;
         let chosen = match stored {
             Some((declarations, seed)) if seed == digest => {
                 let mut candidate = config.with_declarations(declarations);

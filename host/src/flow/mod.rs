@@ -16,7 +16,6 @@ pub mod envelope;
 pub mod retry;
 pub mod throttle;
 pub mod topology;
-pub mod trace;
 pub mod worker;
 
 use std::collections::{HashMap, VecDeque};

@@ -10,17 +10,17 @@ use tracing::Level;
 
 use crate::config::FlowSpec;
 use crate::config::TopicSpec;
-use crate::connector::{Delivery, LocalStore, PublishError, Settle};
-use crate::message::{InboundMessage, OutboundMessage, set_header};
+use crate::connector::{Delivery, LocalStore, MAX_RETRY_DELAY, PublishError, Settle};
+use crate::message::{InboundMessage, OutboundMessage, counted_size, set_header};
 use crate::metrics::{FlowLabels, FlowMetrics, FlowOnly, ReasonLabels};
 use crate::sandbox::{Algorithm, AlgorithmId, Failure, Invocation, Reason};
 use crate::state::{FailureHistory, FailureRecord};
+use crate::telemetry::trace::TraceContext;
 
-use super::envelope::{Envelope, SourceInfo, counted_size};
-use super::retry::{MAX_DELAY, backoff};
+use super::envelope::{Envelope, SourceInfo};
+use super::retry::backoff;
 use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
-use super::trace::TraceContext;
 use super::{FlowStatus, Services};
 
 /// Header naming the algorithm version that produced a message.
@@ -447,7 +447,7 @@ impl Worker {
         // sooner than the flow's backoff allows.
         let delay = backoff(&self.spec.retry, message.attempt)
             .max(failure.retry_after.unwrap_or_default())
-            .min(MAX_DELAY);
+            .min(MAX_RETRY_DELAY);
         self.services
             .metrics
             .retried
