@@ -11,7 +11,8 @@
 //! - [`flow`]: one loop per event flow, pulling as many messages as it has
 //!   free slots; [`flow::worker`] invokes, publishes effects, then acks,
 //!   retries with backoff ([`flow::retry`]) or dead-letters in an envelope
-//!   ([`flow::envelope`]).
+//!   ([`flow::envelope`]); what happens to each message is logged, counted
+//!   and put in the flow's status in one call of `flow::events`.
 //! - [`sandbox`]: wasmtime engine, compiled-code cache, a fresh instance per
 //!   message, limits and failure reasons.
 //! - [`registry`] and [`watcher`]: the algorithm versions in the plugin

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Declarations, FlowSpec};
 use crate::connector::{BrokerSpec, ConnectContext, connect};
 use crate::data::Collections;
-use crate::flow::{self, Broker, FlowReport, FlowStatus, Services, Topology, TopologyHandle};
+use crate::flow::{
+    self, Broker, FlowReport, FlowState, FlowStatus, Services, Topology, TopologyHandle,
+};
 use crate::metrics::{AlgorithmLabels, BrokerLabels, Metrics};
 use crate::registry::{self, Registry};
 use crate::sandbox::Sandbox;
@@ -295,7 +297,7 @@ impl Router {
         for running in stopping {
             let _ = running.handle.await;
             if !wanted.contains_key(running.spec.name.as_str()) {
-                running.status.set_state("disabled");
+                running.status.set_state(FlowState::Disabled);
             }
         }
 
@@ -347,7 +349,7 @@ impl Router {
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(spec.name.clone())
                 .or_default()
-                .set_state("disabled");
+                .set_state(FlowState::Disabled);
         }
         let known: std::collections::HashSet<&str> =
             config.flows.iter().map(|f| f.name.as_str()).collect();
