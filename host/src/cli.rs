@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::admin::client::AdminClient;
 use crate::config::{self, Config, ConfigError};
 use crate::data::{Collections, DataUri};
+use crate::telemetry::LogFormat;
 
 /// Eventflow: an event router for WebAssembly algorithms.
 #[derive(Parser, Debug)]
@@ -29,15 +30,6 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-/// How log lines look.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::connector::BrokerSpec;
+pub use crate::connector::topic::{TopicSpec, find_topic};
 
 /// A configuration mistake, naming the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -259,64 +260,6 @@ impl Default for SandboxConfig {
     }
 }
 
-/// A topic (queue) on a broker connection, and who may use it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopicSpec {
-    /// The name flows and algorithms use for the topic.
-    pub name: String,
-    /// The broker connection the topic lives on. May be left out when there
-    /// is only one broker connection.
-    #[serde(default)]
-    pub broker: String,
-    /// The broker's own name for the topic when it differs from `name`: an
-    /// SQS queue URL, a Service Bus queue name, a Kafka topic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// Algorithms (`owner/name`, or `owner/*`) that may consume from the topic.
-    #[serde(default)]
-    pub consumers: Vec<String>,
-    /// Algorithms (`owner/name`, or `owner/*`) that may publish to the topic,
-    /// including as a flow's output topic. A flow's dead-letter topic needs
-    /// no grant: the router writes dead letters itself.
-    #[serde(default)]
-    pub publishers: Vec<String>,
-    /// Algorithms (`owner/name`, or `owner/*`) that may publish to the topic
-    /// (or use it as output topic) while it is some flow's dead-letter topic.
-    /// `publishers` does not cover that: dead letters are the router's to
-    /// write, and what an algorithm publishes there lists as unverified.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dead_letter_publishers: Vec<String>,
-}
-
-impl TopicSpec {
-    /// The broker's name for the topic.
-    pub fn address(&self) -> &str {
-        self.address.as_deref().unwrap_or(&self.name)
-    }
-
-    /// Whether `algorithm` may consume from the topic.
-    pub fn may_consume(&self, algorithm: &AlgorithmRef) -> bool {
-        grants(&self.consumers, algorithm)
-    }
-
-    /// Whether `algorithm` may publish to the topic.
-    pub fn may_publish(&self, algorithm: &AlgorithmRef) -> bool {
-        grants(&self.publishers, algorithm)
-    }
-
-    /// Whether `algorithm` may publish to the topic while it is a flow's
-    /// dead-letter topic.
-    pub fn may_publish_dead_letters(&self, algorithm: &AlgorithmRef) -> bool {
-        grants(&self.dead_letter_publishers, algorithm)
-    }
-
-    /// The canonical key of the topic: `broker:name`.
-    pub fn key(&self) -> String {
-        format!("{}:{}", self.broker, self.name)
-    }
-}
-
 /// The keys (`broker:name`) of every topic that is some flow's dead-letter
 /// topic, enabled or not (its dead letters stay on the topic either way).
 pub fn dead_letter_topic_keys(flows: &[FlowSpec], topics: &[TopicSpec]) -> HashSet<String> {
@@ -325,14 +268,6 @@ pub fn dead_letter_topic_keys(flows: &[FlowSpec], topics: &[TopicSpec]) -> HashS
         .filter_map(|f| find_topic(topics, &f.broker, f.dead_letter_topic.as_deref()?))
         .map(TopicSpec::key)
         .collect()
-}
-
-fn grants(list: &[String], algorithm: &AlgorithmRef) -> bool {
-    list.iter().any(|g| match g.split_once('/') {
-        Some((owner, "*")) => owner == algorithm.owner,
-        Some((owner, name)) => owner == algorithm.owner && name == algorithm.name,
-        None => false,
-    })
 }
 
 /// An event flow: every message on `topic` invokes `algorithm`.
@@ -1023,19 +958,6 @@ pub fn inline_secret(v: &serde_json::Value, path: &str) -> Option<String> {
     }
 }
 
-/// Finds a topic by the name a flow or algorithm uses: `name` on
-/// `default_broker`, or `broker:name`.
-pub fn find_topic<'a>(
-    topics: &'a [TopicSpec],
-    default_broker: &str,
-    reference: &str,
-) -> Option<&'a TopicSpec> {
-    let (broker, name) = reference
-        .split_once(':')
-        .unwrap_or((default_broker, reference));
-    topics.iter().find(|t| t.broker == broker && t.name == name)
-}
-
 /// Checks one flow against the topics and their access lists;
 /// `dead_letter_topics` holds the keys of every flow's dead-letter topic.
 pub fn check_flow(
@@ -1059,7 +981,7 @@ pub fn check_flow(
         ));
     }
     let alg = f.algorithm.unversioned();
-    if !topic.may_consume(&f.algorithm) {
+    if !topic.may_consume(&f.algorithm.owner, &f.algorithm.name) {
         return Err((
             "algorithm".into(),
             format!(
@@ -1084,7 +1006,7 @@ pub fn check_flow(
             continue;
         }
         if dead_letter_topics.contains(&t.key()) {
-            if !t.may_publish_dead_letters(&f.algorithm) {
+            if !t.may_publish_dead_letters(&f.algorithm.owner, &f.algorithm.name) {
                 return Err((
                     field.to_string(),
                     format!(
@@ -1095,7 +1017,7 @@ pub fn check_flow(
             }
             continue;
         }
-        if !t.may_publish(&f.algorithm) {
+        if !t.may_publish(&f.algorithm.owner, &f.algorithm.name) {
             return Err((
                 field.to_string(),
                 format!(
@@ -1315,24 +1237,6 @@ dead_letter_topic = "dlq"
         let e = check_name(&format!("a\0{}", "y".repeat(500))).unwrap_err();
         assert!(e.starts_with("\"a\\0yyy"), "{e}");
         assert!(e.contains("(502 bytes)") && e.len() < 300, "{e}");
-    }
-
-    #[test]
-    fn grants_match_owner_wildcards() {
-        let t = TopicSpec {
-            name: "t".into(),
-            broker: "b".into(),
-            address: None,
-            consumers: vec!["ezra/*".into()],
-            publishers: vec!["bob/x".into()],
-            dead_letter_publishers: vec!["carol/*".into()],
-        };
-        let a: AlgorithmRef = "ezra/anything".parse().unwrap();
-        assert!(t.may_consume(&a));
-        assert!(!t.may_publish(&a));
-        assert!(t.may_publish(&"bob/x/1.0.0".parse().unwrap()));
-        assert!(!t.may_publish_dead_letters(&"bob/x".parse().unwrap()));
-        assert!(t.may_publish_dead_letters(&"carol/y".parse().unwrap()));
     }
 
     #[test]

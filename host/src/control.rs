@@ -18,6 +18,7 @@ use crate::flow::envelope::{DeadLetter, Envelope};
 use crate::router::Router;
 use crate::secret::{ROUTER_SECRETS, SecretRef};
 use crate::state::TokenInfo;
+use crate::state::token::{new_token, token_hash};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -931,7 +932,7 @@ impl ControlPlane {
         let d = self.declarations();
         Ok(d.topics
             .iter()
-            .filter(|t| t.may_consume(&alg))
+            .filter(|t| t.may_consume(&alg.owner, &alg.name))
             .map(|t| {
                 let flows: Vec<&FlowSpec> = d
                     .flows
@@ -1521,13 +1522,13 @@ impl ControlPlane {
                 "owner: {owner:?} is not a valid owner name"
             )));
         }
-        let token = crate::admin::auth::new_token();
+        let token = new_token();
         let info = TokenInfo {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             owner: owner.to_string(),
             created_at: crate::util::rfc3339_now(),
         };
-        let (hash, stored) = (crate::admin::auth::token_hash(&token), info.clone());
+        let (hash, stored) = (token_hash(&token), info.clone());
         self.with_state(move |state| state.add_token(&hash, &stored))
             .await?;
         Ok((info, token))

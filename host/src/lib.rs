@@ -6,18 +6,21 @@
 //!   file and field.
 //! - [`connector`]: broker connections, one folder per broker with the same
 //!   files; a `Source` delivers messages with settle handles, a `Connection`
-//!   publishes. [`connector::embedded`] is the durable default broker.
+//!   publishes. [`connector::topic`] holds the topics and their grants;
+//!   [`connector::embedded`] is the durable default broker.
 //! - [`flow`]: one loop per event flow, pulling as many messages as it has
 //!   free slots; [`flow::worker`] invokes, publishes effects, then acks,
 //!   retries with backoff ([`flow::retry`]) or dead-letters in an envelope
-//!   ([`flow::envelope`]).
+//!   ([`flow::envelope`]); what happens to each message is logged, counted
+//!   and put in the flow's status in one call of `flow::events`.
 //! - [`sandbox`]: wasmtime engine, compiled-code cache, a fresh instance per
 //!   message, limits and failure reasons.
 //! - [`registry`] and [`watcher`]: the algorithm versions in the plugin
 //!   directory, reloaded as files change.
 //! - [`data`]: `data://owner/collection/path` storage, confined to its
 //!   collection.
-//! - [`state`]: the router's own durable state (failure journal, secrets).
+//! - [`state`]: the router's own durable state (failure journal, secrets
+//!   sealed with [`state::key`], API tokens minted by [`state::token`]).
 //! - [`router`]: wires the above together and converges to a configuration.
 //! - [`control`]: the control plane: broker connections, topics and
 //!   grants, flows, secrets and tokens, validated and persisted.

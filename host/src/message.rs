@@ -43,6 +43,17 @@ pub struct OutboundMessage {
     pub headers: Vec<Header>,
 }
 
+/// The size a broker may count for `message`: the payload plus every header
+/// with some framing (SQS counts message attributes toward its limit).
+pub fn counted_size(message: &OutboundMessage) -> usize {
+    message.payload.len()
+        + message
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+}
+
 /// The value of the first header named `key` (case-sensitive).
 pub fn header<'a>(headers: &'a [Header], key: &str) -> Option<&'a str> {
     headers

@@ -11,10 +11,12 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FlowSpec};
+use crate::config::{Config, Declarations, FlowSpec};
 use crate::connector::{BrokerSpec, ConnectContext, connect};
 use crate::data::Collections;
-use crate::flow::{self, Broker, FlowReport, FlowStatus, Services, Topology, TopologyHandle};
+use crate::flow::{
+    self, Broker, FlowReport, FlowState, FlowStatus, Services, Topology, TopologyHandle,
+};
 use crate::metrics::{AlgorithmLabels, BrokerLabels, Metrics};
 use crate::registry::{self, Registry};
 use crate::sandbox::Sandbox;
@@ -123,7 +125,7 @@ impl Router {
         let from_file = config.declarations();
         let digest = from_file.digest();
         let state = self.services.state.clone();
-        let stored = tokio::task::spawn_blocking(move || state.desired()).await??;
+        let stored = tokio::task::spawn_blocking(move || state.desired::<Declarations>()).await??;
         let chosen = match stored {
             Some((declarations, seed)) if seed == digest => {
                 let mut candidate = config.with_declarations(declarations);
@@ -295,7 +297,7 @@ impl Router {
         for running in stopping {
             let _ = running.handle.await;
             if !wanted.contains_key(running.spec.name.as_str()) {
-                running.status.set_state("disabled");
+                running.status.set_state(FlowState::Disabled);
             }
         }
 
@@ -347,7 +349,7 @@ impl Router {
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(spec.name.clone())
                 .or_default()
-                .set_state("disabled");
+                .set_state(FlowState::Disabled);
         }
         let known: std::collections::HashSet<&str> =
             config.flows.iter().map(|f| f.name.as_str()).collect();

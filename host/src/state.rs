@@ -11,7 +11,7 @@
 //!   not fsynced one by one (they are diagnostics, not delivery state); a
 //!   clean shutdown flushes them.
 //!
-//! Secret values are sealed with the key of [`crate::secret::SecretKey`]
+//! Secret values are sealed with the key of [`key::SecretKey`]
 //! before they reach the file; stores written by earlier versions, which
 //! kept them in plaintext, are converted (and the file rewritten, so no
 //! plaintext stays behind in freed pages) when they are opened.
@@ -30,7 +30,10 @@ use anyhow::Context;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
-use crate::secret::SecretKey;
+pub mod key;
+pub mod token;
+
+use key::SecretKey;
 
 /// (flow, message id) → JSON of [`FailureHistory`].
 const FAILURES: TableDefinition<(&str, &str), &str> = TableDefinition::new("failures");
@@ -277,9 +280,10 @@ impl StateStore {
         Ok(out)
     }
 
-    /// The stored declarations and the digest of the file they were seeded
-    /// from.
-    pub fn desired(&self) -> anyhow::Result<Option<(crate::config::Declarations, String)>> {
+    /// The stored declarations ([`crate::config::Declarations`]) and the
+    /// digest of the file they were seeded from. The store keeps them as
+    /// JSON; their schema is the configuration's.
+    pub fn desired<D: serde::de::DeserializeOwned>(&self) -> anyhow::Result<Option<(D, String)>> {
         let tx = self.db.begin_read()?;
         let meta = tx.open_table(META)?;
         let Some(desired) = meta.get("desired")? else {
@@ -296,9 +300,9 @@ impl StateStore {
 
     /// Stores the declarations; `seed` records the digest of the file they
     /// came from (`None` keeps the recorded one).
-    pub fn set_desired(
+    pub fn set_desired<D: Serialize>(
         &self,
-        declarations: &crate::config::Declarations,
+        declarations: &D,
         seed: Option<&str>,
     ) -> anyhow::Result<()> {
         let json = serde_json::to_string(declarations)?;

@@ -24,7 +24,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::LogFormat;
+pub mod trace;
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// The default filter: our own info lines, only warnings from the engine.
 const DEFAULT_FILTER: &str = "info,wasmtime=warn,cranelift=warn,wasmtime_cranelift=warn";
@@ -259,7 +268,7 @@ pub mod otlp {
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    use crate::flow::trace::TraceContext;
+    use super::trace::TraceContext;
 
     static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 

@@ -6,18 +6,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
-use rand::Rng;
+
+use crate::state::token::new_token;
 
 /// The token file in the state directory.
 pub const TOKEN_FILE: &str = "admin.token";
 /// The file with the admin listener's bound address.
 pub const ADDR_FILE: &str = "admin.addr";
-
-/// A new random token: 32 bytes, hex.
-pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::rng().random();
-    hex::encode(bytes)
-}
 
 /// Reads the admin token, creating it (mode 0600) on first start.
 pub fn ensure_token(state_dir: &Path) -> anyhow::Result<String> {
@@ -47,19 +42,4 @@ pub fn read_token(state_dir: &Path) -> anyhow::Result<String> {
         )
     })?;
     Ok(token.trim().to_string())
-}
-
-/// The SHA-256 of a token, hex: how owner-scoped tokens are stored.
-pub fn token_hash(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
-
-/// Compares tokens in time independent of where they differ.
-pub fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlError, ControlPlane, Role};
 use crate::router::Router;
+use crate::state::token::{same_token, token_hash};
 
 /// An API error: a status and a message that says what to change.
 #[derive(Debug)]
@@ -332,11 +333,11 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         )
         .into_response();
     };
-    let role = if auth::same_token(&token, &state.token) {
+    let role = if same_token(&token, &state.token) {
         Some(Role::Admin)
     } else {
         let store = state.router.services().state.clone();
-        let hash = auth::token_hash(&token);
+        let hash = token_hash(&token);
         tokio::task::spawn_blocking(move || store.token(&hash))
             .await
             .ok()

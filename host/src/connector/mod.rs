@@ -13,7 +13,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::TopicSpec;
 use crate::message::{InboundMessage, OutboundMessage};
 
 pub mod azure;
@@ -24,6 +23,9 @@ pub mod kafka;
 pub mod servicebus;
 #[cfg(feature = "sqs")]
 pub mod sqs;
+pub mod topic;
+
+pub use topic::TopicSpec;
 
 /// A broker connection as configured: `kind` picks the connector.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -330,6 +332,10 @@ pub struct Delivery {
     pub settle: Box<dyn Settle>,
 }
 
+/// The longest delay [`Settle::retry`] is asked for: SQS's visibility limit,
+/// 12 hours. Callers bound their delays by it, so every broker can honour it.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(12 * 3600);
+
 /// Settles one delivery. The worker calls exactly one of `ack` or `retry`,
 /// once, possibly after some `extend` calls; after an error it may call the
 /// same method again later.
@@ -339,7 +345,7 @@ pub trait Settle: Send + Sync {
     async fn ack(&mut self) -> anyhow::Result<()>;
 
     /// Redeliver the message no sooner than `delay` from now, counting one
-    /// more receive.
+    /// more receive. `delay` is at most [`MAX_RETRY_DELAY`].
     async fn retry(&mut self, delay: Duration) -> anyhow::Result<()>;
 
     /// The invocation is still running: keep the message leased for `lease`

@@ -230,17 +230,6 @@ fn encode(payload: &[u8]) -> (String, &'static str) {
     }
 }
 
-/// The size a broker may count for `message`: the payload plus every header
-/// with some framing (SQS counts message attributes toward its limit).
-pub fn counted_size(message: &OutboundMessage) -> usize {
-    message.payload.len()
-        + message
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 16)
-            .sum::<usize>()
-}
-
 /// A message read back from a dead-letter topic that parses as an envelope.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {

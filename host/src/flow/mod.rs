@@ -13,29 +13,29 @@
 //! earlier messages wait for their commit; on other brokers, `concurrency`.
 
 pub mod envelope;
+mod events;
 pub mod retry;
+mod status;
 pub mod throttle;
 pub mod topology;
-pub mod trace;
 pub mod worker;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FlowSpec;
-use crate::connector::{Assignment, Source, SourceOptions};
+use crate::connector::{Source, SourceOptions};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
 use crate::state::StateStore;
 
+pub use status::{FlowReport, FlowState, FlowStatus};
 pub use topology::{Broker, Topology, TopologyHandle};
 use worker::Worker;
 
@@ -81,12 +81,6 @@ pub const LAST_ERROR_CHARS: usize = 300;
 /// How long a Kafka flow may go without a partition assignment before
 /// `/readyz` reports it, unless `consumer.assignment_grace_secs` says.
 pub const DEFAULT_ASSIGNMENT_GRACE: Duration = Duration::from_secs(30);
-/// The state a running flow reports while its consumer holds no partitions.
-pub const WAITING_FOR_PARTITIONS: &str = "waiting_for_partitions";
-/// The state a running flow reports while a broker connection it reads
-/// from or writes to cannot be used (an embedded store that cannot write,
-/// a broker that does not answer); its last error says which and why.
-pub const DEGRADED: &str = "degraded";
 
 /// `text` on one line of at most `max` characters: control characters
 /// (newlines of a multi-line error, say) become spaces, runs of whitespace
@@ -118,242 +112,6 @@ pub fn one_line(text: &str, max: usize) -> String {
     out
 }
 
-/// Counts per flow, for `eventflow status`.
-#[derive(Default)]
-pub struct FlowStatus {
-    state: Mutex<String>,
-    last_error: Mutex<Option<(String, String)>>,
-    /// The consumer's partition assignment, for sources that have one.
-    assignment: Mutex<Option<Arc<dyn Assignment>>>,
-    /// Since when and why a broker connection the flow uses is down, from
-    /// the router's latest broker check; `None` while they all answer.
-    broker_down: Mutex<Option<(String, String)>>,
-    received: AtomicU64,
-    succeeded: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    dropped: AtomicU64,
-    in_flight: AtomicI64,
-    samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
-}
-
-/// A snapshot of a flow's status.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct FlowReport {
-    /// The flow.
-    pub name: String,
-    /// starting, running, waiting_for_partitions (a Kafka consumer that
-    /// holds no partitions: joining its group or rebalancing), degraded (a
-    /// broker connection the flow uses is down; `last_error` says which and
-    /// why), waiting_for_plugin, disconnected, stopping, stopped, disabled.
-    pub state: String,
-    /// `owner/name` or `owner/name/version`.
-    pub algorithm: String,
-    /// `broker:topic`.
-    pub topic: String,
-    /// Messages received since start.
-    pub received: u64,
-    /// Messages processed.
-    pub succeeded: u64,
-    /// Retries.
-    pub retried: u64,
-    /// Dead letters.
-    pub dead_lettered: u64,
-    /// Messages dropped for lack of a dead-letter topic.
-    pub dropped: u64,
-    /// Messages being handled now: running, waiting for an invocation slot,
-    /// or waiting for their effects and acknowledgement to be committed.
-    pub in_flight: i64,
-    /// Received per second over the last minute.
-    pub received_per_sec: f64,
-    /// Processed per second over the last minute.
-    pub succeeded_per_sec: f64,
-    /// Failures (retried or dead-lettered) per second over the last minute.
-    pub failed_per_sec: f64,
-    /// The latest error and when: one line of at most 300 characters.
-    pub last_error: Option<(String, String)>,
-    /// Partitions the flow's consumer holds (Kafka); absent for brokers
-    /// without partitions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitions_assigned: Option<usize>,
-    /// How long the consumer has held no partition assignment, in seconds
-    /// (Kafka, while it waits for one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unassigned_secs: Option<f64>,
-}
-
-impl FlowStatus {
-    /// Sets the state word.
-    pub fn set_state(&self, state: &str) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.to_string();
-    }
-
-    /// The state word.
-    pub fn state(&self) -> String {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn started(&self) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-    fn finished(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-    fn succeeded(&self) {
-        self.succeeded.fetch_add(1, Ordering::Relaxed);
-    }
-    fn retried(&self) {
-        self.retried.fetch_add(1, Ordering::Relaxed);
-    }
-    fn dead_lettered(&self) {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    }
-    fn dropped(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records the latest error, on one line and cut to
-    /// [`LAST_ERROR_CHARS`].
-    pub fn failed(&self, error: &str) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((
-            crate::util::rfc3339_now(),
-            one_line(error, LAST_ERROR_CHARS),
-        ));
-    }
-
-    /// Records the latest check of the broker connections the flow uses:
-    /// `Some(why)` while one of them is down, `None` once they all answer.
-    /// The first report of an outage becomes the flow's last error.
-    pub fn set_broker_down(&self, why: Option<String>) {
-        let mut down = self.broker_down.lock().unwrap_or_else(|p| p.into_inner());
-        match why {
-            None => *down = None,
-            Some(why) => {
-                let why = one_line(&why, LAST_ERROR_CHARS);
-                if down.as_ref().is_some_and(|(_, old)| *old == why) {
-                    return;
-                }
-                let at = crate::util::rfc3339_now();
-                *down = Some((at.clone(), why.clone()));
-                drop(down);
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, why));
-            }
-        }
-    }
-
-    /// Sets (or clears) where the partition assignment is read from.
-    fn set_assignment(&self, assignment: Option<Arc<dyn Assignment>>) {
-        *self.assignment.lock().unwrap_or_else(|p| p.into_inner()) = assignment;
-    }
-
-    /// Partitions held now, and for how long there has been no assignment;
-    /// `None` for sources without partitions.
-    fn partitions(&self) -> Option<(usize, Option<Duration>)> {
-        let assignment = self
-            .assignment
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let now = assignment.partitions();
-        Some((now.partitions, now.unassigned_since.map(|t| t.elapsed())))
-    }
-
-    /// Takes a sample for the per-minute rates; call every few seconds.
-    pub fn sample(&self) {
-        let now = Instant::now();
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        samples.push_back((now, self.counts()));
-        while samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(61))
-        {
-            samples.pop_front();
-        }
-    }
-
-    fn counts(&self) -> [u64; 3] {
-        [
-            self.received.load(Ordering::Relaxed),
-            self.succeeded.load(Ordering::Relaxed),
-            self.retried.load(Ordering::Relaxed)
-                + self.dead_lettered.load(Ordering::Relaxed)
-                + self.dropped.load(Ordering::Relaxed),
-        ]
-    }
-
-    /// A snapshot.
-    pub fn report(&self, spec: &FlowSpec) -> FlowReport {
-        let now_counts = self.counts();
-        let rates = {
-            let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-            match samples.front() {
-                Some((t, old)) if t.elapsed() > Duration::from_millis(500) => {
-                    let secs = t.elapsed().as_secs_f64();
-                    [0, 1, 2].map(|i| (now_counts[i] - old[i]) as f64 / secs)
-                }
-                _ => [0.0; 3],
-            }
-        };
-        let partitions = self.partitions();
-        let mut state = self.state();
-        if state == "running" && partitions.is_some_and(|(n, _)| n == 0) {
-            state = WAITING_FOR_PARTITIONS.to_string();
-        }
-        let broker_down = self
-            .broker_down
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut last_error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(down) = broker_down
-            && (state == "running" || state == WAITING_FOR_PARTITIONS)
-        {
-            state = DEGRADED.to_string();
-            last_error = Some(down);
-        }
-        FlowReport {
-            name: spec.name.clone(),
-            state,
-            algorithm: spec.algorithm.to_string(),
-            topic: format!("{}:{}", spec.broker, spec.topic),
-            received: now_counts[0],
-            succeeded: now_counts[1],
-            retried: self.retried.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            received_per_sec: rates[0],
-            succeeded_per_sec: rates[1],
-            failed_per_sec: rates[2],
-            last_error,
-            partitions_assigned: partitions.map(|(n, _)| n),
-            unassigned_secs: partitions.and_then(|(_, d)| d).map(|d| d.as_secs_f64()),
-        }
-    }
-
-    /// Why the flow is not ready, if it is not: a running Kafka flow whose
-    /// consumer has held no assignment for longer than `grace`.
-    pub fn unready(&self, grace: Duration) -> Option<String> {
-        if self.state() != "running" {
-            return None;
-        }
-        let (_, Some(unassigned)) = self.partitions()? else {
-            return None;
-        };
-        (unassigned > grace).then(|| {
-            format!(
-                "no partitions assigned for {} s (joining the consumer group or rebalancing)",
-                unassigned.as_secs()
-            )
-        })
-    }
-}
-
 /// Extra time a lease lasts beyond the invocation timeout, for publishing
 /// effects and settling.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -379,9 +137,9 @@ pub async fn run(
 ) {
     let topology = topologies.current();
     let flow: Arc<str> = spec.name.as_str().into();
-    status.set_state("starting");
+    status.set_state(FlowState::Starting);
     let Some(broker) = topology.brokers.get(&spec.broker).cloned() else {
-        status.set_state("stopped");
+        status.set_state(FlowState::Stopped);
         status.failed(&format!(
             "broker connection {:?} is not connected",
             spec.broker
@@ -389,7 +147,7 @@ pub async fn run(
         return;
     };
     let Some(topic) = topology.topic(&spec.broker, &spec.topic).cloned() else {
-        status.set_state("stopped");
+        status.set_state(FlowState::Stopped);
         status.failed(&format!("topic {:?} is not declared", spec.topic));
         return;
     };
@@ -428,10 +186,10 @@ pub async fn run(
                     retry_in = ?delay,
                     "Cannot open the flow's consumer; retrying."
                 );
-                status.set_state("disconnected");
+                status.set_state(FlowState::Disconnected);
                 status.failed(&format!("cannot open the consumer: {e:#}"));
                 if sleep_or_stop(delay, &shutdown).await {
-                    status.set_state("stopped");
+                    status.set_state(FlowState::Stopped);
                     return;
                 }
             }
@@ -488,7 +246,7 @@ pub async fn run(
     let mut plugin_changes = services.registry.subscribe();
     let mut waiting_logged = false;
     tracing::info!(flow = %flow, topic = %spec.topic, algorithm = %spec.algorithm, "Flow started.");
-    status.set_state("running");
+    status.set_state(FlowState::Running);
 
     while !shutdown.is_cancelled() {
         while tasks.try_join_next().is_some() {}
@@ -501,7 +259,7 @@ pub async fn run(
                 );
                 waiting_logged = true;
             }
-            status.set_state("waiting_for_plugin");
+            status.set_state(FlowState::WaitingForPlugin);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = plugin_changes.changed() => continue,
@@ -510,7 +268,7 @@ pub async fn run(
         if waiting_logged {
             tracing::info!(flow = %flow, algorithm = %spec.algorithm, "Algorithm available again; the flow resumes.");
             waiting_logged = false;
-            status.set_state("running");
+            status.set_state(FlowState::Running);
         }
         let first_slot = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -521,7 +279,7 @@ pub async fn run(
             Ok(batch) => {
                 if backoff.failures > 0 {
                     tracing::info!(flow = %flow, "Receiving again.");
-                    status.set_state("running");
+                    status.set_state(FlowState::Running);
                 }
                 backoff.reset();
                 batch
@@ -535,7 +293,7 @@ pub async fn run(
                     retry_in = ?delay,
                     "Receiving failed; retrying."
                 );
-                status.set_state("disconnected");
+                status.set_state(FlowState::Disconnected);
                 status.failed(&format!("receive failed: {e:#}"));
                 if sleep_or_stop(delay, &shutdown).await {
                     break;
@@ -575,8 +333,8 @@ pub async fn run(
         }
     }
 
-    status.set_state("stopping");
-    let in_flight = status.in_flight.load(Ordering::Relaxed);
+    status.set_state(FlowState::Stopping);
+    let in_flight = status.in_flight();
     if in_flight > 0 {
         tracing::info!(flow = %flow, in_flight, "Flow stopping; finishing in-flight messages.");
     }
@@ -595,7 +353,7 @@ pub async fn run(
     flusher.abort();
     throttle.flush(&flow);
     status.set_assignment(None);
-    status.set_state("stopped");
+    status.set_state(FlowState::Stopped);
     tracing::info!(flow = %flow, "Flow stopped.");
 }
 
@@ -642,11 +400,5 @@ mod tests {
         assert_eq!(cut.chars().count(), LAST_ERROR_CHARS);
         assert!(cut.ends_with('…'));
         assert_eq!(one_line(&"é".repeat(300), 300), "é".repeat(300));
-
-        let status = FlowStatus::default();
-        status.failed(&format!("first\nsecond\n{long}"));
-        let (_, error) = status.last_error.lock().unwrap().clone().unwrap();
-        assert!(error.starts_with("first second x"), "{error}");
-        assert_eq!(error.chars().count(), LAST_ERROR_CHARS);
     }
 }

@@ -5,9 +5,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::config::{Backoff, RetryPolicy};
-
-/// The longest delay anything may ask for: SQS's visibility limit, 12 hours.
-pub const MAX_DELAY: Duration = Duration::from_secs(12 * 3600);
+use crate::connector::MAX_RETRY_DELAY;
 
 /// The delay before the attempt after `attempt` failed attempts (`attempt`
 /// ≥ 1). With jitter, the delay is spread over its upper half.
@@ -26,7 +24,7 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
     } else {
         ms
     };
-    Duration::from_millis(ms).min(MAX_DELAY)
+    Duration::from_millis(ms).min(MAX_RETRY_DELAY)
 }
 
 #[cfg(test)]

@@ -143,9 +143,9 @@ impl TopicResolver for FlowResolver {
         // Dead letters are the router's to write: a dead-letter topic takes
         // an algorithm's messages only when granted for that purpose.
         let allowed = if self.topology.dead_letter_topics.contains(&spec.key()) {
-            spec.may_publish_dead_letters(&self.algorithm)
+            spec.may_publish_dead_letters(&self.algorithm.owner, &self.algorithm.name)
         } else {
-            spec.may_publish(&self.algorithm)
+            spec.may_publish(&self.algorithm.owner, &self.algorithm.name)
         };
         if !allowed {
             return Err(PublishRefusal::AccessDenied);

@@ -4,23 +4,24 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tracing::Level;
 
 use crate::config::FlowSpec;
 use crate::config::TopicSpec;
-use crate::connector::{Delivery, LocalStore, PublishError, Settle};
-use crate::message::{InboundMessage, OutboundMessage, set_header};
-use crate::metrics::{FlowLabels, FlowMetrics, FlowOnly, ReasonLabels};
+use crate::connector::{Delivery, LocalStore, MAX_RETRY_DELAY, PublishError, Settle};
+use crate::message::{InboundMessage, OutboundMessage, counted_size, set_header};
+use crate::metrics::FlowMetrics;
 use crate::sandbox::{Algorithm, AlgorithmId, Failure, Invocation, Reason};
 use crate::state::{FailureHistory, FailureRecord};
+use crate::telemetry::trace::TraceContext;
 
-use super::envelope::{Envelope, SourceInfo, counted_size};
-use super::retry::{MAX_DELAY, backoff};
+use super::envelope::{Envelope, SourceInfo};
+use super::events::{MessageEvents, settle_failed};
+use super::retry::backoff;
 use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
-use super::trace::TraceContext;
 use super::{FlowStatus, Services};
 
 /// Header naming the algorithm version that produced a message.
@@ -62,16 +63,6 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn labels(&self, algorithm: &Algorithm) -> FlowLabels {
-        FlowLabels {
-            flow: self.flow.to_string(),
-            algorithm: format!(
-                "{}/{}@{}",
-                algorithm.id.owner, algorithm.id.name, algorithm.id.version
-            ),
-        }
-    }
-
     /// The per-message metric handles for `algorithm`.
     fn handles(&self, algorithm: &Algorithm) -> Arc<FlowMetrics> {
         let mut cached = self
@@ -83,21 +74,29 @@ impl Worker {
         {
             return handles.clone();
         }
-        let handles = Arc::new(
-            self.services
-                .metrics
-                .flow_handles(&self.flow, &self.labels(algorithm).algorithm),
+        let version = format!(
+            "{}/{}@{}",
+            algorithm.id.owner, algorithm.id.name, algorithm.id.version
         );
+        let handles = Arc::new(self.services.metrics.flow_handles(&self.flow, &version));
         *cached = Some((algorithm.id.clone(), handles.clone()));
         handles
     }
 
-    fn reason_labels(&self, algorithm: &Algorithm, reason: &str) -> ReasonLabels {
-        let l = self.labels(algorithm);
-        ReasonLabels {
-            flow: l.flow,
-            algorithm: l.algorithm,
-            reason: reason.to_string(),
+    /// Reports what happens to `message`, handled by `algorithm`.
+    fn events<'a>(
+        &'a self,
+        algorithm: &'a Algorithm,
+        message: &'a InboundMessage,
+    ) -> MessageEvents<'a> {
+        MessageEvents {
+            flow: &self.flow,
+            status: &self.status,
+            metrics: &self.services.metrics,
+            handles: self.handles(algorithm),
+            throttle: &self.throttle,
+            algorithm,
+            message,
         }
     }
 
@@ -141,12 +140,10 @@ impl Worker {
         algorithm: Arc<Algorithm>,
         trace: TraceContext,
     ) {
-        let metrics = self.handles(&algorithm);
-        metrics.received.inc();
-        metrics.in_flight.inc();
-        self.status.started();
-
         let message = delivery.message.clone();
+        let events = self.events(&algorithm, &message);
+        events.received();
+
         if message.attempt > self.max_receives() {
             // Delivered more often than allowed without a final verdict: the
             // router died while handling it, or could not dead-letter it.
@@ -173,13 +170,7 @@ impl Worker {
                 .await;
         }
 
-        if let Some(enqueued) = message.enqueued_at
-            && let Ok(age) = SystemTime::now().duration_since(enqueued)
-        {
-            metrics.end_to_end_seconds.observe(age.as_secs_f64());
-        }
-        metrics.in_flight.dec();
-        self.status.finished();
+        events.finished();
     }
 
     async fn invoke_and_settle(
@@ -189,7 +180,6 @@ impl Worker {
         message: &InboundMessage,
         trace: &TraceContext,
     ) {
-        let metrics = self.handles(algorithm);
         let topology = self.topology.current();
         let (timeout, limits) = topology.limits_for(&self.spec, &algorithm.id);
         let env = self
@@ -218,18 +208,7 @@ impl Worker {
             self.services.sandbox.invoke(algorithm, invocation).await
         })
         .await;
-        metrics
-            .instance_wait_seconds
-            .observe(outcome.slot_wait.as_secs_f64());
-        metrics
-            .invocation_seconds
-            .observe(outcome.duration.as_secs_f64());
-        metrics
-            .peak_memory_bytes
-            .observe(outcome.peak_memory_bytes as f64);
-        if let Some(fuel) = outcome.fuel_used {
-            metrics.fuel_used.observe(fuel as f64);
-        }
+        self.events(algorithm, message).invoked(&outcome);
 
         let failure = match outcome.result {
             Ok(output) => {
@@ -285,15 +264,7 @@ impl Worker {
 
     /// The message was acknowledged after its effects were durable.
     async fn succeeded(&self, algorithm: &Algorithm, message: &InboundMessage) {
-        self.handles(algorithm).succeeded.inc();
-        self.status.succeeded();
-        tracing::debug!(
-            flow = %self.flow,
-            message_id = %message.id,
-            algorithm = %algorithm.label(),
-            attempt = message.attempt,
-            "Message processed."
-        );
+        self.events(algorithm, message).succeeded();
         if message.attempt > 1 {
             self.forget(&message.id).await;
         }
@@ -401,40 +372,11 @@ impl Worker {
         let history = self.journal(&message.id, record.clone()).await;
         let last_attempt = message.attempt >= self.max_receives();
         let final_failure = !failure.reason.retryable() || last_attempt;
-        // A verdict on one message is logged for each message; a publish
-        // failure usually repeats for every message (a missing output topic,
-        // a broker away), so it is throttled.
-        let admitted = match failure.reason {
-            Reason::PublishFailed => self
-                .admit(
-                    Level::WARN,
-                    "Publishing a message's effects failed",
-                    &failure.detail,
-                )
-                .map(Some),
-            _ => Some(None),
-        };
-        if let Some(suppressed) = admitted {
-            tracing::warn!(
-                flow = %self.flow,
-                message_id = %message.id,
-                algorithm = %algorithm.label(),
-                attempt = message.attempt,
-                max_receives = self.max_receives(),
-                reason = failure.reason.code(),
-                error = %failure.detail,
-                suppressed,
-                "Algorithm failed on a message{}.",
-                if final_failure { "" } else { "; it will be retried" }
-            );
-        }
-        self.status.failed(&format!(
-            "{}: message {} attempt {}: {}",
-            algorithm.label(),
-            message.id,
-            message.attempt,
-            failure
-        ));
+        self.events(algorithm, message).attempt_failed(
+            &failure,
+            self.max_receives(),
+            final_failure,
+        );
         if final_failure {
             let (first, last) = match history {
                 Some(h) => (Some(h.first), h.last),
@@ -447,13 +389,8 @@ impl Worker {
         // sooner than the flow's backoff allows.
         let delay = backoff(&self.spec.retry, message.attempt)
             .max(failure.retry_after.unwrap_or_default())
-            .min(MAX_DELAY);
-        self.services
-            .metrics
-            .retried
-            .get_or_create(&self.reason_labels(algorithm, failure.reason.code()))
-            .inc();
-        self.status.retried();
+            .min(MAX_RETRY_DELAY);
+        self.events(algorithm, message).retried(&failure.reason);
         self.retry(settle, message, delay).await;
     }
 
@@ -467,40 +404,16 @@ impl Worker {
         first: Option<FailureRecord>,
         last: FailureRecord,
     ) {
-        let metrics = &self.services.metrics;
-        let reason_labels = self.reason_labels(algorithm, &last.reason);
+        let events = self.events(algorithm, message);
         let Some(dlq) = &self.spec.dead_letter_topic else {
             if self.native_max_receives.is_some() {
                 // One more receive makes the broker move it to its own
                 // dead-letter queue.
-                tracing::warn!(
-                    flow = %self.flow,
-                    message_id = %message.id,
-                    algorithm = %algorithm.label(),
-                    reason = %last.reason,
-                    "Message failed for good; leaving it to the queue's redrive policy."
-                );
-                metrics.dead_lettered.get_or_create(&reason_labels).inc();
-                self.status.dead_lettered();
+                events.left_to_redrive(&last);
                 self.retry(settle, message, Duration::ZERO).await;
                 return;
             }
-            const WHAT: &str =
-                "Dropping a message that failed for good: the flow has no dead-letter topic";
-            if let Some(suppressed) = self.admit(Level::ERROR, WHAT, &last.reason) {
-                tracing::error!(
-                    flow = %self.flow,
-                    message_id = %message.id,
-                    algorithm = %algorithm.label(),
-                    attempt = message.attempt,
-                    reason = %last.reason,
-                    error = %last.detail,
-                    suppressed,
-                    "{WHAT}."
-                );
-            }
-            metrics.dropped.get_or_create(&reason_labels).inc();
-            self.status.dropped();
+            events.dropped_without_dead_letter_topic(&last);
             if self.ack(settle, message).await {
                 self.forget(&message.id).await;
             }
@@ -532,23 +445,7 @@ impl Worker {
             .await
         {
             Ok(payload_truncated) => {
-                tracing::warn!(
-                    flow = %self.flow,
-                    message_id = %message.id,
-                    algorithm = %algorithm.label(),
-                    attempt = message.attempt,
-                    reason = %last.reason,
-                    dead_letter_topic = %dlq,
-                    payload_truncated,
-                    "Message dead-lettered{}.",
-                    if payload_truncated {
-                        " with its payload truncated to fit the dead-letter topic"
-                    } else {
-                        ""
-                    }
-                );
-                metrics.dead_lettered.get_or_create(&reason_labels).inc();
-                self.status.dead_lettered();
+                events.dead_lettered(&last, dlq, payload_truncated);
                 if self.ack(settle, message).await {
                     self.forget(&message.id).await;
                 }
@@ -556,22 +453,7 @@ impl Worker {
             Err(DeadLetterFailure::Permanent(e)) => {
                 // Retrying cannot make it fit: settle it rather than
                 // redeliver it forever, and say so once.
-                tracing::error!(
-                    flow = %self.flow,
-                    message_id = %message.id,
-                    algorithm = %algorithm.label(),
-                    attempt = message.attempt,
-                    reason = %last.reason,
-                    dead_letter_topic = %dlq,
-                    error = %e,
-                    "Dropping a message that failed for good: its dead letter cannot be written."
-                );
-                metrics.dropped.get_or_create(&reason_labels).inc();
-                self.status.dropped();
-                self.status.failed(&format!(
-                    "message {} dropped: dead letter cannot be written: {e}",
-                    message.id
-                ));
+                events.dropped_unwritable(&last, dlq, &e);
                 if self.ack(settle, message).await {
                     self.forget(&message.id).await;
                 }
@@ -580,21 +462,7 @@ impl Worker {
                 // Not acknowledged: it comes back, and goes straight to the
                 // dead-letter topic then.
                 let delay = backoff(&self.spec.retry, message.attempt);
-                const WHAT: &str =
-                    "Could not publish to the dead-letter topic; the message stays on its topic";
-                if let Some(suppressed) = self.admit(Level::ERROR, WHAT, &e) {
-                    tracing::error!(
-                        flow = %self.flow,
-                        message_id = %message.id,
-                        dead_letter_topic = %dlq,
-                        error = %e,
-                        retry_in = ?delay,
-                        suppressed,
-                        "{WHAT}."
-                    );
-                }
-                self.status
-                    .failed(&format!("dead-letter publish failed: {e}"));
+                events.dead_letter_deferred(dlq, &e, delay);
                 self.retry(settle, message, delay).await;
             }
         }
@@ -738,23 +606,14 @@ impl Worker {
     }
 
     fn settle_error(&self, what: &'static str, message: &InboundMessage, error: &anyhow::Error) {
-        let error = format!("{error:#}");
-        if let Some(suppressed) = self.admit(Level::WARN, what, &error) {
-            tracing::warn!(
-                flow = %self.flow,
-                message_id = %message.id,
-                error = %error,
-                suppressed,
-                "{what}; the broker will redeliver it."
-            );
-        }
-        self.services
-            .metrics
-            .settle_errors
-            .get_or_create(&FlowOnly {
-                flow: self.flow.to_string(),
-            })
-            .inc();
+        settle_failed(
+            &self.flow,
+            &self.services.metrics,
+            &self.throttle,
+            what,
+            message,
+            error,
+        );
     }
 }
 

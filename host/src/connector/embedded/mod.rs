@@ -30,7 +30,7 @@ pub use config::EmbeddedConfig;
 pub use store::{Store, StoreError, StoreOptions};
 
 use super::{ConnectContext, Connection, LocalStore, PublishError, Source, SourceOptions};
-use crate::config::TopicSpec;
+use crate::connector::TopicSpec;
 use crate::message::{InboundMessage, OutboundMessage};
 
 /// A connection to the embedded broker.

@@ -1,7 +1,7 @@
 //! Publishing to the embedded broker.
 
-use crate::config::TopicSpec;
 use crate::connector::PublishError;
+use crate::connector::TopicSpec;
 use crate::message::OutboundMessage;
 
 use super::Store;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::TopicSpec;
+use crate::connector::TopicSpec;
 use crate::connector::{Delivery, LocalStore, PublishError, Settle, Source, SourceOptions};
 use crate::message::OutboundMessage;
 

@@ -24,7 +24,7 @@ use rdkafka::producer::{FutureProducer, Producer as _};
 pub use config::{EventHubsConfig, KafkaConfig, SecurityProtocol, check_properties};
 
 use super::{ConnectContext, Connection, PublishError, Source, SourceOptions};
-use crate::config::TopicSpec;
+use crate::connector::TopicSpec;
 use crate::message::InboundMessage;
 
 /// Headers the router carries on Kafka messages.

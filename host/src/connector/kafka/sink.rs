@@ -131,9 +131,9 @@ pub async fn enqueue(
 }
 
 /// The size of a record as the router counts it against its limits
-/// (payload and headers; see `flow::envelope::counted_size`).
+/// (payload and headers; see [`crate::message::counted_size`]).
 fn record_size(m: &OutboundMessage) -> usize {
-    crate::flow::envelope::counted_size(m)
+    crate::message::counted_size(m)
 }
 
 /// A too-large refusal when `e` says the record is over a size limit:

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{ATTEMPT_HEADER, MESSAGE_ID_HEADER, Producers, client_config};
-use crate::config::TopicSpec;
+use crate::connector::TopicSpec;
 use crate::connector::{Assignment, Delivery, PartitionAssignment, Settle, Source, SourceOptions};
 use crate::message::{InboundMessage, from_unix_ms};
 use crate::metrics::PartitionLabels;

@@ -21,7 +21,7 @@ use azure_messaging_servicebus::service_bus::QueueClient;
 pub use config::{ConnectionString, ServiceBusConfig};
 
 use super::{ConnectContext, Connection, PublishError, Source, SourceOptions};
-use crate::config::TopicSpec;
+use crate::connector::TopicSpec;
 use crate::message::InboundMessage;
 use crate::secret::Secret;
 

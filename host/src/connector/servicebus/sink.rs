@@ -16,8 +16,8 @@ use azure_messaging_servicebus::service_bus::{
 use base64::Engine as _;
 
 use super::{MAX_BODY_BYTES, describe};
-use crate::config::TopicSpec;
 use crate::connector::PublishError;
+use crate::connector::TopicSpec;
 use crate::message::{Header, OutboundMessage};
 
 /// Property carrying all headers when they cannot travel one by one.

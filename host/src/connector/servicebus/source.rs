@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::ServiceBusConfig;
 use super::sink::decode;
 use super::{describe, status_meaning};
-use crate::config::TopicSpec;
+use crate::connector::TopicSpec;
 use crate::connector::{Delivery, Settle, Source, SourceOptions};
 use crate::message::InboundMessage;
 

@@ -32,7 +32,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 pub use config::SqsConfig;
 
 use super::{ConnectContext, Connection, PublishError, Source, SourceOptions};
-use crate::config::TopicSpec;
+use crate::connector::TopicSpec;
 use crate::message::InboundMessage;
 
 /// The largest body SQS takes.

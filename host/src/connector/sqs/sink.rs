@@ -15,8 +15,8 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use base64::Engine as _;
 
 use super::{MAX_BODY_BYTES, sdk_error};
-use crate::config::TopicSpec;
 use crate::connector::PublishError;
+use crate::connector::TopicSpec;
 use crate::message::{Header, OutboundMessage};
 
 /// Attribute carrying all headers when they do not fit as attributes.

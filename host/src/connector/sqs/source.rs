@@ -34,9 +34,8 @@ use tokio_util::sync::CancellationToken;
 use super::config::SqsConfig;
 use super::sink::decode;
 use super::{ConsumedQueue, sdk_error};
-use crate::config::TopicSpec;
-use crate::connector::{Delivery, Settle, Source, SourceOptions};
-use crate::flow::retry::MAX_DELAY;
+use crate::connector::TopicSpec;
+use crate::connector::{Delivery, MAX_RETRY_DELAY, Settle, Source, SourceOptions};
 use crate::message::{InboundMessage, from_unix_ms};
 
 /// How long `receive` waits for a message before it returns empty.
@@ -337,7 +336,7 @@ async fn give_back(client: &Client, queue: &str, messages: &[Message], delay: Du
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(format!("r{i}"))
                     .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .visibility_timeout(delay.min(MAX_DELAY).as_secs() as i32)
+                    .visibility_timeout(delay.min(MAX_RETRY_DELAY).as_secs() as i32)
                     .build()
                     .ok()
             })
@@ -434,7 +433,7 @@ impl SqsSettle {
             .change_message_visibility()
             .queue_url(&self.queue)
             .receipt_handle(&self.receipt)
-            .visibility_timeout(d.min(MAX_DELAY).as_secs() as i32)
+            .visibility_timeout(d.min(MAX_RETRY_DELAY).as_secs() as i32)
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("queue {}: {}", self.queue, sdk_error(e)))?;

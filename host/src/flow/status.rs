@@ -1,0 +1,322 @@
+//! What a flow reports about itself: its [`FlowState`], counters, rates and
+//! latest error, read by `eventflow status`, the admin API and `/readyz`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{LAST_ERROR_CHARS, one_line};
+use crate::config::FlowSpec;
+use crate::connector::Assignment;
+
+/// What a flow is doing. Serialized as the snake_case word the API and
+/// `eventflow status` show (`running`, `waiting_for_plugin`, ...).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    /// Opening its consumer; also a configured flow not started yet.
+    #[default]
+    Starting,
+    /// Receiving and processing messages.
+    Running,
+    /// Running, but its consumer holds no partitions (a Kafka consumer
+    /// joining its group or rebalancing). Derived when reporting.
+    WaitingForPartitions,
+    /// Running, but a broker connection it reads from or writes to cannot be
+    /// used (an embedded store that cannot write, a broker that does not
+    /// answer); its last error says which and why. Derived when reporting.
+    Degraded,
+    /// No loaded version of its algorithm matches; its messages stay in the
+    /// broker.
+    WaitingForPlugin,
+    /// Its consumer cannot be opened or receiving failed; retrying.
+    Disconnected,
+    /// Stopped receiving; finishing the messages in flight.
+    Stopping,
+    /// Not running (shut down, or its broker or topic is missing).
+    Stopped,
+    /// Disabled in the configuration.
+    Disabled,
+}
+
+/// Counts per flow, for `eventflow status`.
+#[derive(Default)]
+pub struct FlowStatus {
+    state: Mutex<FlowState>,
+    last_error: Mutex<Option<(String, String)>>,
+    /// The consumer's partition assignment, for sources that have one.
+    assignment: Mutex<Option<Arc<dyn Assignment>>>,
+    /// Since when and why a broker connection the flow uses is down, from
+    /// the router's latest broker check; `None` while they all answer.
+    broker_down: Mutex<Option<(String, String)>>,
+    received: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+    in_flight: AtomicI64,
+    samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
+}
+
+/// A snapshot of a flow's status.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FlowReport {
+    /// The flow.
+    pub name: String,
+    /// starting, running, waiting_for_partitions (a Kafka consumer that
+    /// holds no partitions: joining its group or rebalancing), degraded (a
+    /// broker connection the flow uses is down; `last_error` says which and
+    /// why), waiting_for_plugin, disconnected, stopping, stopped, disabled.
+    pub state: FlowState,
+    /// `owner/name` or `owner/name/version`.
+    pub algorithm: String,
+    /// `broker:topic`.
+    pub topic: String,
+    /// Messages received since start.
+    pub received: u64,
+    /// Messages processed.
+    pub succeeded: u64,
+    /// Retries.
+    pub retried: u64,
+    /// Dead letters.
+    pub dead_lettered: u64,
+    /// Messages dropped for lack of a dead-letter topic.
+    pub dropped: u64,
+    /// Messages being handled now: running, waiting for an invocation slot,
+    /// or waiting for their effects and acknowledgement to be committed.
+    pub in_flight: i64,
+    /// Received per second over the last minute.
+    pub received_per_sec: f64,
+    /// Processed per second over the last minute.
+    pub succeeded_per_sec: f64,
+    /// Failures (retried or dead-lettered) per second over the last minute.
+    pub failed_per_sec: f64,
+    /// The latest error and when: one line of at most 300 characters.
+    pub last_error: Option<(String, String)>,
+    /// Partitions the flow's consumer holds (Kafka); absent for brokers
+    /// without partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions_assigned: Option<usize>,
+    /// How long the consumer has held no partition assignment, in seconds
+    /// (Kafka, while it waits for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassigned_secs: Option<f64>,
+}
+
+impl FlowStatus {
+    /// Sets the flow's state: the one way it changes.
+    pub fn set_state(&self, state: FlowState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    /// The state as set, without what [`FlowStatus::report`] derives from
+    /// the partition assignment and the broker check.
+    pub fn state(&self) -> FlowState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Messages being handled now.
+    pub(super) fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn started(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(super) fn succeeded(&self) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the latest error, on one line and cut to
+    /// [`LAST_ERROR_CHARS`].
+    pub fn failed(&self, error: &str) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+            crate::util::rfc3339_now(),
+            one_line(error, LAST_ERROR_CHARS),
+        ));
+    }
+
+    /// Records the latest check of the broker connections the flow uses:
+    /// `Some(why)` while one of them is down, `None` once they all answer.
+    /// The first report of an outage becomes the flow's last error.
+    pub fn set_broker_down(&self, why: Option<String>) {
+        let mut down = self.broker_down.lock().unwrap_or_else(|p| p.into_inner());
+        match why {
+            None => *down = None,
+            Some(why) => {
+                let why = one_line(&why, LAST_ERROR_CHARS);
+                if down.as_ref().is_some_and(|(_, old)| *old == why) {
+                    return;
+                }
+                let at = crate::util::rfc3339_now();
+                *down = Some((at.clone(), why.clone()));
+                drop(down);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, why));
+            }
+        }
+    }
+
+    /// Sets (or clears) where the partition assignment is read from.
+    pub(super) fn set_assignment(&self, assignment: Option<Arc<dyn Assignment>>) {
+        *self.assignment.lock().unwrap_or_else(|p| p.into_inner()) = assignment;
+    }
+
+    /// Partitions held now, and for how long there has been no assignment;
+    /// `None` for sources without partitions.
+    fn partitions(&self) -> Option<(usize, Option<Duration>)> {
+        let assignment = self
+            .assignment
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let now = assignment.partitions();
+        Some((now.partitions, now.unassigned_since.map(|t| t.elapsed())))
+    }
+
+    /// Takes a sample for the per-minute rates; call every few seconds.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.push_back((now, self.counts()));
+        while samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(61))
+        {
+            samples.pop_front();
+        }
+    }
+
+    fn counts(&self) -> [u64; 3] {
+        [
+            self.received.load(Ordering::Relaxed),
+            self.succeeded.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed)
+                + self.dead_lettered.load(Ordering::Relaxed)
+                + self.dropped.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// A snapshot.
+    pub fn report(&self, spec: &FlowSpec) -> FlowReport {
+        let now_counts = self.counts();
+        let rates = {
+            let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            match samples.front() {
+                Some((t, old)) if t.elapsed() > Duration::from_millis(500) => {
+                    let secs = t.elapsed().as_secs_f64();
+                    [0, 1, 2].map(|i| (now_counts[i] - old[i]) as f64 / secs)
+                }
+                _ => [0.0; 3],
+            }
+        };
+        let partitions = self.partitions();
+        let mut state = self.state();
+        if state == FlowState::Running && partitions.is_some_and(|(n, _)| n == 0) {
+            state = FlowState::WaitingForPartitions;
+        }
+        let broker_down = self
+            .broker_down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(down) = broker_down
+            && matches!(state, FlowState::Running | FlowState::WaitingForPartitions)
+        {
+            state = FlowState::Degraded;
+            last_error = Some(down);
+        }
+        FlowReport {
+            name: spec.name.clone(),
+            state,
+            algorithm: spec.algorithm.to_string(),
+            topic: format!("{}:{}", spec.broker, spec.topic),
+            received: now_counts[0],
+            succeeded: now_counts[1],
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            received_per_sec: rates[0],
+            succeeded_per_sec: rates[1],
+            failed_per_sec: rates[2],
+            last_error,
+            partitions_assigned: partitions.map(|(n, _)| n),
+            unassigned_secs: partitions.and_then(|(_, d)| d).map(|d| d.as_secs_f64()),
+        }
+    }
+
+    /// Why the flow is not ready, if it is not: a running Kafka flow whose
+    /// consumer has held no assignment for longer than `grace`.
+    pub fn unready(&self, grace: Duration) -> Option<String> {
+        if self.state() != FlowState::Running {
+            return None;
+        }
+        let (_, Some(unassigned)) = self.partitions()? else {
+            return None;
+        };
+        (unassigned > grace).then(|| {
+            format!(
+                "no partitions assigned for {} s (joining the consumer group or rebalancing)",
+                unassigned.as_secs()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_errors_are_one_capped_line() {
+        let long = "x".repeat(10 << 20);
+        let status = FlowStatus::default();
+        status.failed(&format!("first\nsecond\n{long}"));
+        let (_, error) = status.last_error.lock().unwrap().clone().unwrap();
+        assert!(error.starts_with("first second x"), "{error}");
+        assert_eq!(error.chars().count(), LAST_ERROR_CHARS);
+    }
+
+    #[test]
+    fn states_serialize_as_the_words_the_api_always_returned() {
+        let words = [
+            (FlowState::Starting, "starting"),
+            (FlowState::Running, "running"),
+            (FlowState::WaitingForPartitions, "waiting_for_partitions"),
+            (FlowState::Degraded, "degraded"),
+            (FlowState::WaitingForPlugin, "waiting_for_plugin"),
+            (FlowState::Disconnected, "disconnected"),
+            (FlowState::Stopping, "stopping"),
+            (FlowState::Stopped, "stopped"),
+            (FlowState::Disabled, "disabled"),
+        ];
+        for (state, word) in words {
+            assert_eq!(serde_json::to_value(state).unwrap(), word);
+            assert_eq!(
+                serde_json::from_value::<FlowState>(word.into()).unwrap(),
+                state
+            );
+        }
+    }
+}
