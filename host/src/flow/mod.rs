@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -137,50 +136,8 @@ pub struct FlowStatus {
     samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
 }
 
-/// A snapshot of a flow's status.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct FlowReport {
-    /// The flow.
-    pub name: String,
-    /// starting, running, waiting_for_partitions (a Kafka consumer that
-    /// holds no partitions: joining its group or rebalancing), degraded (a
-    /// broker connection the flow uses is down; `last_error` says which and
-    /// why), waiting_for_plugin, disconnected, stopping, stopped, disabled.
-    pub state: String,
-    /// `owner/name` or `owner/name/version`.
-    pub algorithm: String,
-    /// `broker:topic`.
-    pub topic: String,
-    /// Messages received since start.
-    pub received: u64,
-    /// Messages processed.
-    pub succeeded: u64,
-    /// Retries.
-    pub retried: u64,
-    /// Dead letters.
-    pub dead_lettered: u64,
-    /// Messages dropped for lack of a dead-letter topic.
-    pub dropped: u64,
-    /// Messages being handled now: running, waiting for an invocation slot,
-    /// or waiting for their effects and acknowledgement to be committed.
-    pub in_flight: i64,
-    /// Received per second over the last minute.
-    pub received_per_sec: f64,
-    /// Processed per second over the last minute.
-    pub succeeded_per_sec: f64,
-    /// Failures (retried or dead-lettered) per second over the last minute.
-    pub failed_per_sec: f64,
-    /// The latest error and when: one line of at most 300 characters.
-    pub last_error: Option<(String, String)>,
-    /// Partitions the flow's consumer holds (Kafka); absent for brokers
-    /// without partitions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitions_assigned: Option<usize>,
-    /// How long the consumer has held no partition assignment, in seconds
-    /// (Kafka, while it waits for one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unassigned_secs: Option<f64>,
-}
+/// A snapshot of a flow's status (part of the admin API's contract).
+pub use crate::api::FlowReport;
 
 impl FlowStatus {
     /// Sets the state word.
