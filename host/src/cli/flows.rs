@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 
+use super::client::Client;
 use super::output::{self, Table};
 use super::{Failure, Global, confirm};
 use crate::api;
@@ -23,61 +24,10 @@ pub(super) enum FlowsCommand {
     /// Enables a topic for an algorithm version (creates the flow, or
     /// re-enables it). Re-enabling keeps the flow's version unless
     /// --version or --latest is given.
-    Enable {
-        /// `owner/name`.
-        #[arg(long)]
-        algorithm: String,
-        /// The topic to consume.
-        #[arg(long)]
-        topic: String,
-        /// The flow's name; `<owner>-<name>-<topic>` by default.
-        #[arg(long)]
-        name: Option<String>,
-        /// The broker connection, when there are several.
-        #[arg(long)]
-        broker: Option<String>,
-        /// A version (or `latest`). Without it an existing flow keeps its
-        /// version and a new flow follows the highest loaded version.
-        #[arg(long, conflicts_with = "latest")]
-        version: Option<String>,
-        /// Follow the highest loaded version (also for an existing flow).
-        #[arg(long)]
-        latest: bool,
-        /// Where failed messages go.
-        #[arg(long)]
-        dead_letter_topic: Option<String>,
-        /// Where outputs go.
-        #[arg(long)]
-        output_topic: Option<String>,
-        #[command(flatten)]
-        settings: Settings,
-    },
+    Enable(EnableArgs),
     /// Edits a flow's version, topics or settings. A version that is not
     /// loaded is accepted with a warning: the flow waits for it.
-    Edit {
-        /// The flow.
-        name: String,
-        /// A version, or `latest`.
-        #[arg(long, conflicts_with = "latest")]
-        version: Option<String>,
-        /// Follow the highest loaded version.
-        #[arg(long)]
-        latest: bool,
-        /// A new dead-letter topic.
-        #[arg(long, conflicts_with = "no_dead_letter_topic")]
-        dead_letter_topic: Option<String>,
-        /// Remove the dead-letter topic (failures are then dropped).
-        #[arg(long)]
-        no_dead_letter_topic: bool,
-        /// A new output topic.
-        #[arg(long, conflicts_with = "no_output_topic")]
-        output_topic: Option<String>,
-        /// Remove the output topic.
-        #[arg(long)]
-        no_output_topic: bool,
-        #[command(flatten)]
-        settings: Settings,
-    },
+    Edit(EditArgs),
     /// Disables a flow: consumption stops, in-flight work finishes, messages
     /// wait in the broker.
     Disable {
@@ -92,6 +42,65 @@ pub(super) enum FlowsCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// `flows enable`.
+#[derive(Args, Debug)]
+pub(super) struct EnableArgs {
+    /// `owner/name`.
+    #[arg(long)]
+    algorithm: String,
+    /// The topic to consume.
+    #[arg(long)]
+    topic: String,
+    /// The flow's name; `<owner>-<name>-<topic>` by default.
+    #[arg(long)]
+    name: Option<String>,
+    /// The broker connection, when there are several.
+    #[arg(long)]
+    broker: Option<String>,
+    /// A version (or `latest`). Without it an existing flow keeps its
+    /// version and a new flow follows the highest loaded version.
+    #[arg(long, conflicts_with = "latest")]
+    version: Option<String>,
+    /// Follow the highest loaded version (also for an existing flow).
+    #[arg(long)]
+    latest: bool,
+    /// Where failed messages go.
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// Where outputs go.
+    #[arg(long)]
+    output_topic: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// `flows edit`.
+#[derive(Args, Debug)]
+pub(super) struct EditArgs {
+    /// The flow.
+    name: String,
+    /// A version, or `latest`.
+    #[arg(long, conflicts_with = "latest")]
+    version: Option<String>,
+    /// Follow the highest loaded version.
+    #[arg(long)]
+    latest: bool,
+    /// A new dead-letter topic.
+    #[arg(long, conflicts_with = "no_dead_letter_topic")]
+    dead_letter_topic: Option<String>,
+    /// Remove the dead-letter topic (failures are then dropped).
+    #[arg(long)]
+    no_dead_letter_topic: bool,
+    /// A new output topic.
+    #[arg(long, conflicts_with = "no_output_topic")]
+    output_topic: Option<String>,
+    /// Remove the output topic.
+    #[arg(long)]
+    no_output_topic: bool,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 /// A flow's settings, as `enable` and `edit` take them.
@@ -133,88 +142,8 @@ pub(super) async fn run(g: &Global, command: FlowsCommand) -> Result<(), Failure
             let flow = c.flow(&name).await?;
             output::json(&flow);
         }
-        FlowsCommand::Enable {
-            algorithm,
-            topic,
-            name,
-            broker,
-            version,
-            latest,
-            dead_letter_topic,
-            output_topic,
-            settings,
-        } => {
-            let req = api::EnableFlow {
-                name,
-                broker,
-                topic,
-                algorithm,
-                version: if latest {
-                    Some("latest".into())
-                } else {
-                    version
-                },
-                dead_letter_topic,
-                output_topic,
-                timeout_secs: settings.timeout_secs,
-                max_receives: settings.max_receives,
-                concurrency: settings.concurrency,
-            };
-            let changed = c.enable_flow(&req).await?;
-            if g.json {
-                output::json(&changed);
-                return Ok(());
-            }
-            let f = &changed.flow;
-            println!(
-                "enabled flow {}: {}:{} -> {} {}{}",
-                f.name,
-                f.broker,
-                f.topic,
-                f.algorithm,
-                f.version,
-                if changed.version_kept {
-                    " (the version it had; --version V or --latest changes it)"
-                } else {
-                    ""
-                },
-            );
-            print_warnings(&changed);
-        }
-        FlowsCommand::Edit {
-            name,
-            version,
-            latest,
-            dead_letter_topic,
-            no_dead_letter_topic,
-            output_topic,
-            no_output_topic,
-            settings,
-        } => {
-            let edit = api::EditFlow {
-                version: if latest {
-                    Some("latest".into())
-                } else {
-                    version
-                },
-                dead_letter_topic: topic_edit(dead_letter_topic, no_dead_letter_topic),
-                output_topic: topic_edit(output_topic, no_output_topic),
-                enabled: None,
-                timeout_secs: settings.timeout_secs,
-                max_receives: settings.max_receives,
-                concurrency: settings.concurrency,
-            };
-            let changed = c.edit_flow(&name, &edit).await?;
-            if g.json {
-                output::json(&changed);
-                return Ok(());
-            }
-            println!(
-                "edited flow {name}: {} {}",
-                changed.flow.algorithm, changed.flow.version
-            );
-            print_warnings(&changed);
-        }
+        FlowsCommand::Enable(args) => enable(g, &c, args).await?,
+        FlowsCommand::Edit(args) => edit(g, &c, args).await?,
         FlowsCommand::Disable { name } => {
             let edit = api::EditFlow {
                 enabled: Some(false),
@@ -238,6 +167,74 @@ pub(super) async fn run(g: &Global, command: FlowsCommand) -> Result<(), Failure
         }
     }
     Ok(())
+}
+
+async fn enable(g: &Global, c: &Client, args: EnableArgs) -> Result<(), Failure> {
+    let req = api::EnableFlow {
+        name: args.name,
+        broker: args.broker,
+        topic: args.topic,
+        algorithm: args.algorithm,
+        version: version(args.version, args.latest),
+        dead_letter_topic: args.dead_letter_topic,
+        output_topic: args.output_topic,
+        timeout_secs: args.settings.timeout_secs,
+        max_receives: args.settings.max_receives,
+        concurrency: args.settings.concurrency,
+    };
+    let changed = c.enable_flow(&req).await?;
+    if g.json {
+        output::json(&changed);
+        return Ok(());
+    }
+    let f = &changed.flow;
+    println!(
+        "enabled flow {}: {}:{} -> {} {}{}",
+        f.name,
+        f.broker,
+        f.topic,
+        f.algorithm,
+        f.version,
+        if changed.version_kept {
+            " (the version it had; --version V or --latest changes it)"
+        } else {
+            ""
+        },
+    );
+    print_warnings(&changed);
+    Ok(())
+}
+
+async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
+    let edit = api::EditFlow {
+        version: version(args.version, args.latest),
+        dead_letter_topic: topic_edit(args.dead_letter_topic, args.no_dead_letter_topic),
+        output_topic: topic_edit(args.output_topic, args.no_output_topic),
+        enabled: None,
+        timeout_secs: args.settings.timeout_secs,
+        max_receives: args.settings.max_receives,
+        concurrency: args.settings.concurrency,
+    };
+    let changed = c.edit_flow(&args.name, &edit).await?;
+    if g.json {
+        output::json(&changed);
+        return Ok(());
+    }
+    println!(
+        "edited flow {}: {} {}",
+        args.name, changed.flow.algorithm, changed.flow.version
+    );
+    print_warnings(&changed);
+    Ok(())
+}
+
+/// `--version V`, or `latest` with `--latest`.
+fn version(version: Option<String>, latest: bool) -> Option<String> {
+    if latest {
+        Some("latest".into())
+    } else {
+        version
+    }
 }
 
 /// A topic edit: a new topic, `null` to remove it, or absent to keep it.

@@ -212,27 +212,36 @@ pub(super) async fn run(g: &Global, command: TopicsCommand) -> Result<(), Failur
             topic,
             broker,
             limit,
-        } => {
-            let broker = broker_of(&c, &topic, broker).await?;
-            let peeked = c.peek(&broker, &topic, limit).await?;
-            if g.json {
-                output::json(&peeked);
-                return Ok(());
-            }
-            let mut table = Table::new(&["ID", "RECEIVES", "ENQUEUED", "PAYLOAD"]);
-            for m in &peeked.messages {
-                table.row(vec![
-                    m.id.clone(),
-                    m.receive_count.to_string(),
-                    output::or_dash(m.enqueued_at.as_deref()),
-                    shorten(&m.payload, &m.payload_encoding),
-                ]);
-            }
-            table.print();
-            if peeked.truncated {
-                println!("(more messages: the answer reached its byte limit)");
-            }
-        }
+        } => peek(g, &c, &topic, broker, limit).await?,
+    }
+    Ok(())
+}
+
+async fn peek(
+    g: &Global,
+    c: &Client,
+    topic: &str,
+    broker: Option<String>,
+    limit: usize,
+) -> Result<(), Failure> {
+    let broker = broker_of(c, topic, broker).await?;
+    let peeked = c.peek(&broker, topic, limit).await?;
+    if g.json {
+        output::json(&peeked);
+        return Ok(());
+    }
+    let mut table = Table::new(&["ID", "RECEIVES", "ENQUEUED", "PAYLOAD"]);
+    for m in &peeked.messages {
+        table.row(vec![
+            m.id.clone(),
+            m.receive_count.to_string(),
+            output::or_dash(m.enqueued_at.as_deref()),
+            shorten(&m.payload, &m.payload_encoding),
+        ]);
+    }
+    table.print();
+    if peeked.truncated {
+        println!("(more messages: the answer reached its byte limit)");
     }
     Ok(())
 }
