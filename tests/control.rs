@@ -1065,3 +1065,84 @@ fn flows_list_by_algorithm_shows_every_flow_of_a_topic() {
         .unwrap();
     assert_eq!(t["flows"].as_array().unwrap().len(), 3, "{t}");
 }
+
+/// Every flow setting the API takes is a CLI flag, and `--url` with
+/// `--token` reaches the router without its configuration.
+#[test]
+fn the_cli_sets_every_flow_setting_and_reaches_a_router_by_url() {
+    let router = empty_router();
+    walkthrough_state(&router);
+    router.cli_ok(&[
+        "flows",
+        "enable",
+        "--algorithm",
+        "ezra/store_file",
+        "--topic",
+        "in",
+        "--name",
+        "tuned",
+        "--output-topic",
+        "dlq",
+        "--timeout-secs",
+        "7.5",
+        "--max-receives",
+        "3",
+        "--concurrency",
+        "2",
+    ]);
+    let flow = |name: &str| {
+        let (status, flow) = router.http("GET", &format!("/v1/flows/{name}"), None);
+        assert_eq!(status, 200, "{flow}");
+        flow
+    };
+    let tuned = flow("tuned");
+    assert_eq!(tuned["output_topic"], "dlq", "{tuned}");
+    assert_eq!(tuned["timeout_secs"], 7.5, "{tuned}");
+    assert_eq!(tuned["max_receives"], 3, "{tuned}");
+    assert_eq!(tuned["concurrency"], 2, "{tuned}");
+    router.cli_ok(&[
+        "flows",
+        "edit",
+        "tuned",
+        "--no-output-topic",
+        "--timeout-secs",
+        "2",
+        "--max-receives",
+        "5",
+        "--concurrency",
+        "1",
+    ]);
+    let tuned = flow("tuned");
+    assert!(tuned["output_topic"].is_null(), "{tuned}");
+    assert_eq!(tuned["timeout_secs"], 2.0, "{tuned}");
+    assert_eq!(tuned["max_receives"], 5, "{tuned}");
+    assert_eq!(tuned["concurrency"], 1, "{tuned}");
+    let out = router.cli(&["flows", "edit", "tuned", "--max-receives", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_receives"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A table by default, JSON with --json.
+    let table = router.cli_ok(&["flows", "list"]);
+    assert!(table.lines().any(|l| l.starts_with("tuned ")), "{table}");
+
+    // From a directory without the configuration, by URL and token.
+    let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
+    let token = std::fs::read_to_string(router.state_dir().join("admin.token")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .args(["flows", "list", "--json", "--url"])
+        .arg(format!("http://{}", addr.trim()))
+        .args(["--token", token.trim()])
+        .current_dir(elsewhere.path())
+        .env_remove("EVENTFLOW_CONFIG")
+        .env_remove("EVENTFLOW_TOKEN")
+        .output()
+        .unwrap();
+    let flows: Vec<Value> = serde_json::from_str(&ok(out)).unwrap();
+    let tuned = flows.iter().find(|f| f["name"] == "tuned").unwrap();
+    assert_eq!(tuned["spec"]["max_receives"], 5, "{tuned}");
+}

@@ -282,8 +282,15 @@ fn algorithms_cannot_forge_dead_letters() {
     let out = router.cli_ok(&["dlq", "list", "flow-a"]);
     assert!(
         out.lines()
-            .any(|l| l.contains("\"unverified\"") && l.contains("FORGED")),
+            .any(|l| l.starts_with("unverified ") && l.contains("FORGED")),
         "{out}"
+    );
+    let out: Vec<Value> =
+        serde_json::from_str(&router.cli_ok(&["dlq", "list", "flow-a", "--json"])).unwrap();
+    assert!(
+        out.iter()
+            .any(|d| d["status"] == "unverified" && d["envelope"]["payload"] == "FORGED"),
+        "{out:?}"
     );
 
     let test = owner_token(&router, "test");

@@ -280,10 +280,10 @@ fn dlq_replay_after_fixing_the_algorithm_processes_the_messages() {
     let payloads: Vec<String> = (0..5).map(|i| format!("order {i}")).collect();
     router.publish("in", &payloads);
     wait_dead_letters(&router, 5, Duration::from_secs(30));
-    let listed = router.cli_ok(&["dlq", "list", "subject"]);
-    assert_eq!(listed.lines().count(), 5);
-    for line in listed.lines() {
-        let letter: Value = serde_json::from_str(line).unwrap();
+    let listed: Vec<Value> =
+        serde_json::from_str(&router.cli_ok(&["dlq", "list", "subject", "--json"])).unwrap();
+    assert_eq!(listed.len(), 5);
+    for letter in &listed {
         assert_eq!(letter["status"], "verified", "{letter}");
         assert_eq!(letter["envelope"]["last_failure"]["reason"], "guest_reject");
     }

@@ -436,11 +436,22 @@ algorithm = "examples/echo"
         error.contains(&broker_file.display().to_string()),
         "{report}"
     );
-    let listed = router.cli_ok(&["flows", "list"]);
+    let listed = router.cli_ok(&["flows", "list", "--json"]);
+    let flows: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
     assert!(
-        listed.contains(&format!("\"state\":\"{state}\""))
-            && listed.contains(&broker_file.display().to_string()),
+        flows.iter().any(|f| f["state"] == state.as_str()
+            && f["last_error"]
+                .to_string()
+                .contains(&broker_file.display().to_string())),
         "{listed}"
+    );
+    let table = router.cli_ok(&["flows", "list"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&format!(" {state} "))
+                && l.contains(&broker_file.display().to_string())),
+        "{table}"
     );
     let (status, body) = ready();
     assert_eq!(status, 503, "{body}");

@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api;
 use crate::config::{self, AlgorithmRef, Declarations, FlowSpec, TopicSpec};
 use crate::connector::BrokerSpec;
 use crate::flow::envelope::{DeadLetter, Envelope};
@@ -195,76 +195,13 @@ pub enum ControlError {
     Unavailable(String),
 }
 
-/// A request to enable a topic for an algorithm version.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnableFlow {
-    /// The flow's name; `<owner>-<name>-<topic>` by default.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The broker connection; optional when there is one.
-    #[serde(default)]
-    pub broker: Option<String>,
-    /// The topic to consume.
-    pub topic: String,
-    /// `owner/name`.
-    pub algorithm: String,
-    /// A version, or `latest` to follow the highest loaded one. Absent: an
-    /// existing flow keeps its version; a new one follows the highest.
-    #[serde(default)]
-    pub version: Option<String>,
-    /// Where failed messages go; the router writes them, so the algorithm
-    /// needs no grant on it.
-    #[serde(default)]
-    pub dead_letter_topic: Option<String>,
-    /// Where outputs go.
-    #[serde(default)]
-    pub output_topic: Option<String>,
-    /// Wall-clock limit per message.
-    #[serde(default)]
-    pub timeout_secs: Option<f64>,
-    /// Deliveries before dead-lettering.
-    #[serde(default)]
-    pub max_receives: Option<u32>,
-    /// Invocations at once.
-    #[serde(default)]
-    pub concurrency: Option<u32>,
-}
-
-/// An edit of a flow: absent fields stay; `null` clears optional ones.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EditFlow {
-    /// A version, or `latest`.
-    #[serde(default)]
-    pub version: Option<String>,
-    /// A topic, or null to remove the dead-letter topic.
-    #[serde(default, with = "double_option")]
-    pub dead_letter_topic: Option<Option<String>>,
-    /// A topic, or null to remove the output topic.
-    #[serde(default, with = "double_option")]
-    pub output_topic: Option<Option<String>>,
-    /// Enable or disable.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// Wall-clock limit per message.
-    #[serde(default)]
-    pub timeout_secs: Option<f64>,
-    /// Deliveries before dead-lettering.
-    #[serde(default)]
-    pub max_receives: Option<u32>,
-    /// Invocations at once.
-    #[serde(default)]
-    pub concurrency: Option<u32>,
-}
-
 /// A flow after it was enabled or edited, and what its caller should know.
 #[derive(Debug, Clone)]
 pub struct FlowChange {
     /// The flow as declared now.
     pub flow: FlowSpec,
     /// The flow as shown in listings.
-    view: Value,
+    view: api::Flow,
     /// The flow kept the version it had (no version was given).
     pub version_kept: bool,
     /// What will not work yet, e.g. `version 9.9.9 of ezra/x is not loaded;
@@ -274,111 +211,30 @@ pub struct FlowChange {
 
 impl FlowChange {
     /// The API's answer: the flow's view with `version_kept` and `warnings`.
-    pub fn to_json(&self) -> Value {
-        let mut v = self.view.clone();
-        v["version_kept"] = Value::Bool(self.version_kept);
-        v["warnings"] = serde_json::json!(self.warnings);
-        v
-    }
-}
-
-/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-mod double_option {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-        d: D,
-    ) -> Result<Option<Option<T>>, D::Error> {
-        Option::<T>::deserialize(d).map(Some)
-    }
-
-    pub fn serialize<S: Serializer, T: Serialize>(
-        v: &Option<Option<T>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(inner) => inner.serialize(s),
-            None => s.serialize_none(),
+    pub fn to_api(&self) -> api::FlowChanged {
+        api::FlowChanged {
+            flow: self.view.clone(),
+            version_kept: self.version_kept,
+            warnings: self.warnings.clone(),
         }
     }
 }
 
-/// A grant change on a topic.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grant {
-    /// `owner/name` or `owner/*`.
-    pub algorithm: String,
-    /// May consume (be a flow's source).
-    #[serde(default)]
-    pub consume: bool,
-    /// May publish (including as output topic).
-    #[serde(default)]
-    pub publish: bool,
-    /// May publish while the topic is a flow's dead-letter topic
-    /// (`dead_letter_publishers`).
-    #[serde(default)]
-    pub dead_letter_publish: bool,
-}
+pub use crate::api::{
+    DeclareTopic, EditFlow, EnableFlow, Grant, ReplayDeadLetters, ReplayReport, SkippedDeadLetter,
+};
 
-/// A topic declaration through the API. For a topic that exists, omitted
-/// fields keep their values (so a `PUT` with only `address` never wipes the
-/// access lists); `"address": null` removes the address and `[]` empties a
-/// list. A new topic starts with omitted fields empty.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeclareTopic {
-    /// The broker's own name (queue URL, queue, Kafka topic), if it differs;
-    /// `null` removes it.
-    #[serde(
-        default,
-        with = "double_option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub address: Option<Option<String>>,
-    /// Who may consume: replaces the list when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consumers: Option<Vec<String>>,
-    /// Who may publish: replaces the list when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publishers: Option<Vec<String>>,
-    /// Who may publish while it is a flow's dead-letter topic: replaces the
-    /// list when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_publishers: Option<Vec<String>>,
-}
-
-/// A replay of dead letters.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayDeadLetters {
-    /// Only this one: the original message id, or the dead letter's own id.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Replay unverified envelopes too (admin token only): messages on the
-    /// dead-letter topic that this router's key did not sign.
-    #[serde(default)]
-    pub include_unverified: bool,
-}
-
-/// What a replay did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplayReport {
-    /// Original message ids, published back to the flow's topic.
-    pub replayed: Vec<String>,
-    /// Dead letters left where they are, and why.
-    pub skipped: Vec<SkippedDeadLetter>,
-}
-
-/// A dead letter a replay left on its topic.
-#[derive(Debug, Clone, Serialize)]
-pub struct SkippedDeadLetter {
-    /// Its id on the dead-letter topic.
-    pub dead_letter_id: String,
-    /// The original message id it claims.
-    pub message_id: String,
-    /// Why it was not replayed.
-    pub why: String,
+impl From<TopicSpec> for api::Topic {
+    fn from(t: TopicSpec) -> Self {
+        Self {
+            name: t.name,
+            broker: t.broker,
+            address: t.address,
+            consumers: t.consumers,
+            publishers: t.publishers,
+            dead_letter_publishers: t.dead_letter_publishers,
+        }
+    }
 }
 
 /// The most messages of a dead-letter topic one list or replay reads.
@@ -516,7 +372,11 @@ impl ControlPlane {
 
     /// Creates a broker connection. Inline credentials (`{"value": ...}`)
     /// are stored as router secrets and replaced by references.
-    pub async fn create_broker(&self, role: &Role, mut spec: Value) -> Result<Value, ControlError> {
+    pub async fn create_broker(
+        &self,
+        role: &Role,
+        mut spec: Value,
+    ) -> Result<api::Broker, ControlError> {
         role.authorize(Action::CreateBroker)?;
         let name = spec
             .get("name")
@@ -581,31 +441,39 @@ impl ControlPlane {
     }
 
     /// The desired state as `GET /v1/state` shows it: brokers redacted.
-    pub fn state(&self, role: &Role) -> Result<Value, ControlError> {
+    pub fn state(&self, role: &Role) -> Result<api::StateView, ControlError> {
         role.authorize(Action::ReadState)?;
         let d = self.declarations();
-        Ok(serde_json::json!({
-            "brokers": self.list_brokers(),
-            "topics": d.topics,
-            "flows": d.flows,
-            "algorithm_limits": d.algorithm_limits,
-        }))
+        Ok(api::StateView {
+            brokers: self.list_brokers(),
+            topics: d.topics.into_iter().map(api::Topic::from).collect(),
+            flows: d
+                .flows
+                .iter()
+                .map(|f| serde_json::to_value(f).unwrap_or_default())
+                .collect(),
+            algorithm_limits: d
+                .algorithm_limits
+                .iter()
+                .map(|l| serde_json::to_value(l).unwrap_or_default())
+                .collect(),
+        })
     }
 
     /// Every broker connection, redacted, for a caller who may see them.
-    pub fn brokers(&self, role: &Role) -> Result<Vec<Value>, ControlError> {
+    pub fn brokers(&self, role: &Role) -> Result<Vec<api::Broker>, ControlError> {
         role.authorize(Action::ReadBrokers)?;
         Ok(self.list_brokers())
     }
 
     /// One broker connection, redacted, for a caller who may see it.
-    pub fn broker(&self, role: &Role, name: &str) -> Result<Value, ControlError> {
+    pub fn broker(&self, role: &Role, name: &str) -> Result<api::Broker, ControlError> {
         role.authorize(Action::ReadBrokers)?;
         self.show_broker(name)
     }
 
     /// Every broker connection, redacted.
-    fn list_brokers(&self) -> Vec<Value> {
+    fn list_brokers(&self) -> Vec<api::Broker> {
         self.declarations()
             .brokers
             .iter()
@@ -614,7 +482,7 @@ impl ControlPlane {
     }
 
     /// One broker connection, redacted.
-    fn show_broker(&self, name: &str) -> Result<Value, ControlError> {
+    fn show_broker(&self, name: &str) -> Result<api::Broker, ControlError> {
         self.declarations()
             .brokers
             .iter()
@@ -623,21 +491,32 @@ impl ControlPlane {
             .ok_or_else(|| ControlError::NotFound(format!("no broker connection named {name:?}")))
     }
 
-    fn redact_broker(&self, b: &BrokerSpec) -> Value {
+    fn redact_broker(&self, b: &BrokerSpec) -> api::Broker {
         let mut v = b.redacted();
         let state = self.router.services().state.clone();
         annotate_secrets(&mut v, &state);
-        if let Value::Object(map) = &mut v {
-            let flows: Vec<String> = self
+        let mut settings = match v {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut take = |key: &str| match settings.remove(key) {
+            Some(Value::String(s)) => s,
+            _ => String::new(),
+        };
+        let (name, kind) = (take("name"), take("kind"));
+        api::Broker {
+            name,
+            kind,
+            state: None,
+            used_by_flows: self
                 .declarations()
                 .flows
                 .iter()
                 .filter(|f| f.broker == b.name())
                 .map(|f| f.name.clone())
-                .collect();
-            map.insert("used_by_flows".into(), serde_json::json!(flows));
+                .collect(),
+            settings,
         }
-        v
     }
 
     /// Deletes a broker connection and its topics. Refused while flows use
@@ -708,7 +587,7 @@ impl ControlPlane {
         &self,
         role: &Role,
         broker: &str,
-    ) -> Result<(Vec<Value>, Option<String>), ControlError> {
+    ) -> Result<(Vec<api::TopicEntry>, Option<String>), ControlError> {
         role.authorize(Action::ListTopics)?;
         let topology = self.router.topology();
         let connection = topology
@@ -720,14 +599,13 @@ impl ControlPlane {
             .connection
             .clone();
         let d = self.declarations();
-        let mut out: Vec<Value> = d
+        let mut out: Vec<api::TopicEntry> = d
             .topics
             .iter()
             .filter(|t| t.broker == broker)
-            .map(|t| {
-                let mut v = serde_json::to_value(t).unwrap_or_default();
-                v["declared"] = Value::Bool(true);
-                v
+            .map(|t| api::TopicEntry {
+                topic: t.clone().into(),
+                declared: true,
             })
             .collect();
         match connection.list_topics().await {
@@ -738,13 +616,17 @@ impl ControlPlane {
                         .iter()
                         .any(|t| t.broker == broker && (t.address() == name || t.name == name));
                     if !known {
-                        out.push(serde_json::json!({
-                            "name": name,
-                            "broker": broker,
-                            "declared": false,
-                            "consumers": [],
-                            "publishers": [],
-                        }));
+                        out.push(api::TopicEntry {
+                            topic: api::Topic {
+                                name,
+                                broker: broker.to_string(),
+                                address: None,
+                                consumers: Vec::new(),
+                                publishers: Vec::new(),
+                                dead_letter_publishers: Vec::new(),
+                            },
+                            declared: false,
+                        });
                     }
                 }
             }
@@ -922,7 +804,7 @@ impl ControlPlane {
         role: &Role,
         owner: &str,
         name: &str,
-    ) -> Result<Vec<Value>, ControlError> {
+    ) -> Result<Vec<api::AlgorithmTopic>, ControlError> {
         role.authorize(Action::AlgorithmTopics(owner))?;
         let alg = AlgorithmRef {
             owner: owner.into(),
@@ -944,12 +826,12 @@ impl ControlPlane {
                             && f.algorithm.name == name
                     })
                     .collect();
-                serde_json::json!({
-                    "broker": t.broker,
-                    "topic": t.name,
-                    "enabled": flows.iter().any(|f| f.enabled),
-                    "flows": flows.iter().map(|f| self.flow_view(f)).collect::<Vec<_>>(),
-                })
+                api::AlgorithmTopic {
+                    broker: t.broker.clone(),
+                    topic: t.name.clone(),
+                    enabled: flows.iter().any(|f| f.enabled),
+                    flows: flows.iter().map(|f| self.flow_view(f)).collect(),
+                }
             })
             .collect())
     }
@@ -967,25 +849,24 @@ impl ControlPlane {
     /// router's report, the flow as declared (`spec`) and, for an enabled
     /// flow whose algorithm version is not loaded, what it waits for
     /// (`waiting_for`).
-    pub fn flow_statuses(&self, role: &Role) -> Vec<Value> {
+    pub fn flow_statuses(&self, role: &Role) -> Vec<api::FlowEntry> {
         let visible = self.flows(role);
         self.router
             .flow_reports()
             .into_iter()
-            .filter_map(|r| {
-                let spec = visible.iter().find(|f| f.name == r.name)?;
-                let mut v = serde_json::to_value(&r).unwrap_or_default();
-                v["spec"] = self.flow_view(spec);
-                if let Some(waiting) = self.waiting_for(spec) {
-                    v["waiting_for"] = Value::String(waiting);
-                }
-                Some(v)
+            .filter_map(|report| {
+                let spec = visible.iter().find(|f| f.name == report.name)?;
+                Some(api::FlowEntry {
+                    report,
+                    spec: self.flow_view(spec),
+                    waiting_for: self.waiting_for(spec),
+                })
             })
             .collect()
     }
 
     /// One flow as declared, with its status (`GET /v1/flows/{flow}`).
-    pub fn flow_status(&self, role: &Role, name: &str) -> Result<Value, ControlError> {
+    pub fn flow_status(&self, role: &Role, name: &str) -> Result<api::FlowDetail, ControlError> {
         let spec = self.flow_named(name)?;
         role.authorize(Action::SeeFlow(&spec.algorithm.owner))?;
         let report = self
@@ -993,19 +874,19 @@ impl ControlPlane {
             .flow_reports()
             .into_iter()
             .find(|r| r.name == name);
-        let mut v = self.flow_view(&spec);
-        v["status"] = serde_json::to_value(report).unwrap_or_default();
-        Ok(v)
+        Ok(api::FlowDetail {
+            flow: self.flow_view(&spec),
+            status: report,
+        })
     }
 
     /// A flow as shown in listings, with `waiting_for` when it is enabled
     /// and no loaded version of its algorithm matches.
-    pub fn flow_view(&self, f: &FlowSpec) -> Value {
-        let mut v = flow_view(f);
-        if let Some(waiting) = self.waiting_for(f) {
-            v["waiting_for"] = Value::String(waiting);
+    pub fn flow_view(&self, f: &FlowSpec) -> api::Flow {
+        api::Flow {
+            waiting_for: self.waiting_for(f),
+            ..flow_view(f)
         }
-        v
     }
 
     /// What an enabled flow waits for: the version it names is not loaded.
@@ -1556,20 +1437,26 @@ impl ControlPlane {
 }
 
 /// A flow as shown in listings.
-pub fn flow_view(f: &FlowSpec) -> Value {
-    serde_json::json!({
-        "name": f.name,
-        "broker": f.broker,
-        "topic": f.topic,
-        "algorithm": f.algorithm.unversioned(),
-        "version": f.algorithm.version.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "latest".into()),
-        "enabled": f.enabled,
-        "dead_letter_topic": f.dead_letter_topic,
-        "output_topic": f.output_topic,
-        "timeout_secs": f.timeout_secs,
-        "max_receives": f.max_receives,
-        "concurrency": f.concurrency,
-    })
+pub fn flow_view(f: &FlowSpec) -> api::Flow {
+    api::Flow {
+        name: f.name.clone(),
+        broker: f.broker.clone(),
+        topic: f.topic.clone(),
+        algorithm: f.algorithm.unversioned(),
+        version: f
+            .algorithm
+            .version
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "latest".into()),
+        enabled: f.enabled,
+        dead_letter_topic: f.dead_letter_topic.clone(),
+        output_topic: f.output_topic.clone(),
+        timeout_secs: f.timeout_secs,
+        max_receives: f.max_receives,
+        concurrency: f.concurrency,
+        waiting_for: None,
+    }
 }
 
 fn new_flow(name: &str, broker: &str, topic: &str, algorithm: AlgorithmRef) -> FlowSpec {

@@ -24,6 +24,8 @@
 //! - [`router`]: wires the above together and converges to a configuration.
 //! - [`control`]: the control plane: broker connections, topics and
 //!   grants, flows, secrets and tokens, validated and persisted.
+//! - [`api`]: the admin API's contract, the request and response types of
+//!   every resource; the OpenAPI document is generated from them.
 //! - [`admin`]: the authenticated HTTP API the CLI talks to, plus metrics
 //!   and health endpoints; [`metrics`] defines what is counted.
 //! - [`cli`], [`run`], [`telemetry`]: the `eventflow` command.
@@ -31,6 +33,7 @@
 //! - [`message`], [`util`]: shared types and helpers.
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod connector;

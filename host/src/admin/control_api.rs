@@ -1,57 +1,75 @@
 //! The control plane over HTTP: brokers, topics and grants, flows, secrets,
 //! tokens and the whole desired state. Thin: each handler checks its input's
-//! shape and calls [`crate::control::ControlPlane`].
+//! shape and calls [`crate::control::ControlPlane`]. The `#[utoipa::path]`
+//! of each handler is its entry in the OpenAPI document and, through
+//! `utoipa_axum::routes!`, its route.
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
+use crate::api::params::{
+    AlgorithmPath, BrokerPath, FlowPath, ForceQuery, SecretPath, TokenPath, TopicPath,
+};
+use crate::api::{self, Deleted, DeletedWithFlows, ErrorBody};
 use crate::config::Declarations;
-use crate::control::{Action, DeclareTopic, EditFlow, EnableFlow, Grant};
+use crate::control::Action;
 
-#[derive(Deserialize, Default)]
-pub(super) struct ForceQuery {
-    #[serde(default)]
-    force: Option<bool>,
-}
-
-pub(super) async fn get_state(State(state): State<AppState>, caller: Caller) -> ApiResult {
+#[utoipa::path(get, path = "/v1/state", tag = "state",
+    summary = "The desired state (brokers redacted)",
+    responses((status = 200, body = api::StateView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn get_state(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<api::StateView> {
     Ok(Json(state.control.state(&caller.0)?))
 }
 
+#[utoipa::path(put, path = "/v1/state", tag = "state",
+    summary = "Converge the desired state to these declarations (eventflow apply)",
+    request_body = api::state::Declarations,
+    responses((status = 200, body = api::Applied), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn put_state(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(d): ApiJson<Declarations>,
-) -> ApiResult {
+) -> ApiResult<api::Applied> {
     let applied = state.control.apply(&caller.0, d).await?;
-    Ok(Json(json!({
-        "brokers": applied.brokers.len(),
-        "topics": applied.topics.len(),
-        "flows": applied.flows.len(),
-        "algorithm_limits": applied.algorithm_limits.len(),
-    })))
+    Ok(Json(api::Applied {
+        brokers: applied.brokers.len(),
+        topics: applied.topics.len(),
+        flows: applied.flows.len(),
+        algorithm_limits: applied.algorithm_limits.len(),
+    }))
 }
 
-pub(super) async fn list_brokers(State(state): State<AppState>, caller: Caller) -> ApiResult {
+#[utoipa::path(get, path = "/v1/brokers", tag = "brokers",
+    summary = "List broker connections (credentials redacted)",
+    responses((status = 200, body = api::BrokerList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_brokers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<api::BrokerList> {
     let mut brokers = state.control.brokers(&caller.0)?;
     let health = state.router.check_brokers().await;
     for b in &mut brokers {
-        let name = b["name"].as_str().unwrap_or_default().to_string();
-        if let Some((_, _, r)) = health.iter().find(|(n, _, _)| *n == name) {
-            b["state"] = json!(if r.is_ok() { "connected" } else { "down" });
+        if let Some((_, _, r)) = health.iter().find(|(n, _, _)| *n == b.name) {
+            b.state = Some(if r.is_ok() { "connected" } else { "down" }.into());
         }
     }
-    Ok(Json(json!({ "brokers": brokers })))
+    Ok(Json(api::BrokerList { brokers }))
 }
 
+#[utoipa::path(post, path = "/v1/brokers", tag = "brokers",
+    summary = "Create a broker connection; inline credentials {\"value\": ...} are stored as secrets",
+    request_body = api::NewBroker,
+    responses((status = 200, body = api::Broker), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn create_broker(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(spec): ApiJson<Value>,
-) -> ApiResult {
+) -> ApiResult<api::Broker> {
     if !spec.is_object() {
         return Err(ApiError::bad_request(
             "a broker connection is a JSON object",
@@ -61,193 +79,270 @@ pub(super) async fn create_broker(
     Ok(Json(created))
 }
 
+#[utoipa::path(get, path = "/v1/brokers/{broker}", tag = "brokers",
+    summary = "A broker connection (credentials redacted)",
+    params(BrokerPath),
+    responses((status = 200, body = api::Broker), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn show_broker(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(broker): UrlPath<String>,
-) -> ApiResult {
+) -> ApiResult<api::Broker> {
     Ok(Json(state.control.broker(&caller.0, &broker)?))
 }
 
+#[utoipa::path(delete, path = "/v1/brokers/{broker}", tag = "brokers",
+    summary = "Delete a broker connection (refused while flows use it, unless force)",
+    params(BrokerPath, ForceQuery),
+    responses((status = 200, body = DeletedWithFlows), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn delete_broker(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(broker): UrlPath<String>,
     Query(q): Query<ForceQuery>,
-) -> ApiResult {
-    let disabled = state
+) -> ApiResult<DeletedWithFlows> {
+    let disabled_flows = state
         .control
         .delete_broker(&caller.0, &broker, q.force.unwrap_or(false))
         .await?;
-    Ok(Json(
-        json!({ "deleted": broker, "disabled_flows": disabled }),
-    ))
+    Ok(Json(DeletedWithFlows {
+        deleted: broker,
+        disabled_flows,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/brokers/{broker}/topics", tag = "topics",
+    summary = "Topics of a broker: declared ones and those the broker lists; listing_error says why the broker's own list is missing when it refused",
+    params(BrokerPath),
+    responses((status = 200, body = api::TopicListing), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_topics(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(broker): UrlPath<String>,
-) -> ApiResult {
+) -> ApiResult<api::TopicListing> {
     let (topics, listing_error) = state.control.list_topics(&caller.0, &broker).await?;
-    Ok(Json(
-        json!({ "topics": topics, "listing_error": listing_error }),
-    ))
+    Ok(Json(api::TopicListing {
+        topics,
+        listing_error,
+    }))
 }
 
+#[utoipa::path(put, path = "/v1/brokers/{broker}/topics/{topic}", tag = "topics",
+    summary = "Declare a topic, or change the given fields of a declared one (omitted fields keep their values)",
+    params(TopicPath),
+    request_body = Option<api::DeclareTopic>,
+    responses((status = 200, body = api::Topic), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn declare_topic(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((broker, topic)): UrlPath<(String, String)>,
-    body: Option<ApiJson<DeclareTopic>>,
-) -> ApiResult {
+    body: Option<ApiJson<api::DeclareTopic>>,
+) -> ApiResult<api::Topic> {
     let spec = body.map(|ApiJson(s)| s).unwrap_or_default();
     let declared = state
         .control
         .declare_topic(&caller.0, &broker, &topic, spec)
         .await?;
-    Ok(Json(serde_json::to_value(declared).unwrap_or_default()))
+    Ok(Json(declared.into()))
 }
 
+#[utoipa::path(delete, path = "/v1/brokers/{broker}/topics/{topic}", tag = "topics",
+    summary = "Delete a topic declaration (refused while flows use it, unless force)",
+    params(TopicPath, ForceQuery),
+    responses((status = 200, body = DeletedWithFlows), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn delete_topic(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((broker, topic)): UrlPath<(String, String)>,
     Query(q): Query<ForceQuery>,
-) -> ApiResult {
-    let disabled = state
+) -> ApiResult<DeletedWithFlows> {
+    let disabled_flows = state
         .control
         .delete_topic(&caller.0, &broker, &topic, q.force.unwrap_or(false))
         .await?;
-    Ok(Json(
-        json!({ "deleted": topic, "disabled_flows": disabled }),
-    ))
+    Ok(Json(DeletedWithFlows {
+        deleted: topic,
+        disabled_flows,
+    }))
 }
 
+#[utoipa::path(post, path = "/v1/brokers/{broker}/topics/{topic}/grants", tag = "topics",
+    summary = "Grant an algorithm consume and/or publish access",
+    params(TopicPath),
+    request_body = api::Grant,
+    responses((status = 200, body = api::Topic), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn add_grant(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((broker, topic)): UrlPath<(String, String)>,
-    ApiJson(grant): ApiJson<Grant>,
-) -> ApiResult {
+    ApiJson(grant): ApiJson<api::Grant>,
+) -> ApiResult<api::Topic> {
     let t = state
         .control
         .grant(&caller.0, &broker, &topic, grant, true)
         .await?;
-    Ok(Json(serde_json::to_value(t).unwrap_or_default()))
+    Ok(Json(t.into()))
 }
 
+#[utoipa::path(post, path = "/v1/brokers/{broker}/topics/{topic}/grants/revoke", tag = "topics",
+    summary = "Revoke an algorithm's access",
+    params(TopicPath),
+    request_body = api::Grant,
+    responses((status = 200, body = api::Topic), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn revoke_grant(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((broker, topic)): UrlPath<(String, String)>,
-    ApiJson(grant): ApiJson<Grant>,
-) -> ApiResult {
+    ApiJson(grant): ApiJson<api::Grant>,
+) -> ApiResult<api::Topic> {
     let t = state
         .control
         .grant(&caller.0, &broker, &topic, grant, false)
         .await?;
-    Ok(Json(serde_json::to_value(t).unwrap_or_default()))
+    Ok(Json(t.into()))
 }
 
+#[utoipa::path(get, path = "/v1/algorithms/{owner}/{name}/topics", tag = "flows",
+    summary = "The topics an algorithm may use, each enabled or disabled (its queues tab)",
+    params(AlgorithmPath),
+    responses((status = 200, body = api::AlgorithmTopics), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn algorithm_topics(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((owner, name)): UrlPath<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<api::AlgorithmTopics> {
     let topics = state.control.algorithm_topics(&caller.0, &owner, &name)?;
-    Ok(Json(
-        json!({ "algorithm": format!("{owner}/{name}"), "topics": topics }),
-    ))
+    Ok(Json(api::AlgorithmTopics {
+        algorithm: format!("{owner}/{name}"),
+        topics,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/algorithms/{owner}/{name}/secrets", tag = "secrets",
+    summary = "Names of an algorithm's secrets (never values)",
+    params(AlgorithmPath),
+    responses((status = 200, body = api::SecretNames), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn list_secrets(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((owner, name)): UrlPath<(String, String)>,
-) -> ApiResult {
-    let names = state.control.secret_names(&caller.0, &owner, &name).await?;
-    Ok(Json(
-        json!({ "algorithm": format!("{owner}/{name}"), "secrets": names }),
-    ))
+) -> ApiResult<api::SecretNames> {
+    let secrets = state.control.secret_names(&caller.0, &owner, &name).await?;
+    Ok(Json(api::SecretNames {
+        algorithm: format!("{owner}/{name}"),
+        secrets,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SecretValue {
-    value: String,
-}
-
+#[utoipa::path(put, path = "/v1/algorithms/{owner}/{name}/secrets/{key}", tag = "secrets",
+    summary = "Set a secret; the algorithm sees it as an environment variable",
+    params(SecretPath),
+    request_body = api::SecretValue,
+    responses((status = 200, body = api::SecretSet), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn set_secret(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((owner, name, key)): UrlPath<(String, String, String)>,
-    ApiJson(body): ApiJson<SecretValue>,
-) -> ApiResult {
+    ApiJson(body): ApiJson<api::SecretValue>,
+) -> ApiResult<api::SecretSet> {
     state
         .control
         .set_secret(&caller.0, &owner, &name, &key, body.value)
         .await?;
-    Ok(Json(
-        json!({ "algorithm": format!("{owner}/{name}"), "secret": key }),
-    ))
+    Ok(Json(api::SecretSet {
+        algorithm: format!("{owner}/{name}"),
+        secret: key,
+    }))
 }
 
+#[utoipa::path(delete, path = "/v1/algorithms/{owner}/{name}/secrets/{key}", tag = "secrets",
+    summary = "Delete a secret",
+    params(SecretPath),
+    responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn delete_secret(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((owner, name, key)): UrlPath<(String, String, String)>,
-) -> ApiResult {
+) -> ApiResult<Deleted> {
     state
         .control
         .delete_secret(&caller.0, &owner, &name, &key)
         .await?;
-    Ok(Json(json!({ "deleted": key })))
+    Ok(Json(Deleted { deleted: key }))
 }
 
-pub(super) async fn list_flows(State(state): State<AppState>, caller: Caller) -> ApiResult {
-    Ok(Json(
-        json!({ "flows": state.control.flow_statuses(&caller.0) }),
-    ))
+#[utoipa::path(get, path = "/v1/flows", tag = "flows",
+    summary = "Flows with their status",
+    responses((status = 200, body = api::FlowList), (status = 401, body = ErrorBody)))]
+pub(super) async fn list_flows(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<api::FlowList> {
+    Ok(Json(api::FlowList {
+        flows: state.control.flow_statuses(&caller.0),
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/flows/{flow}", tag = "flows",
+    summary = "A flow, with its status",
+    params(FlowPath),
+    responses((status = 200, body = api::FlowDetail), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn show_flow(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
-) -> ApiResult {
+) -> ApiResult<api::FlowDetail> {
     Ok(Json(state.control.flow_status(&caller.0, &flow)?))
 }
 
+#[utoipa::path(post, path = "/v1/flows", tag = "flows",
+    summary = "Enable a topic for an algorithm version (creates or re-enables a flow)",
+    request_body = api::EnableFlow,
+    responses((status = 200, body = api::FlowChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn enable_flow(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<EnableFlow>,
-) -> ApiResult {
+    ApiJson(req): ApiJson<api::EnableFlow>,
+) -> ApiResult<api::FlowChanged> {
     let change = state.control.enable_flow(&caller.0, req).await?;
-    Ok(Json(change.to_json()))
+    Ok(Json(change.to_api()))
 }
 
+#[utoipa::path(patch, path = "/v1/flows/{flow}", tag = "flows",
+    summary = "Edit a flow's version, dead-letter topic, limits or state",
+    params(FlowPath),
+    request_body = api::EditFlow,
+    responses((status = 200, body = api::FlowChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn edit_flow(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
-    ApiJson(edit): ApiJson<EditFlow>,
-) -> ApiResult {
+    ApiJson(edit): ApiJson<api::EditFlow>,
+) -> ApiResult<api::FlowChanged> {
     let change = state.control.edit_flow(&caller.0, &flow, edit).await?;
-    Ok(Json(change.to_json()))
+    Ok(Json(change.to_api()))
 }
 
+#[utoipa::path(delete, path = "/v1/flows/{flow}", tag = "flows",
+    summary = "Delete a flow (its messages stay in the broker)",
+    params(FlowPath),
+    responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn delete_flow(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
-) -> ApiResult {
+) -> ApiResult<Deleted> {
     state.control.delete_flow(&caller.0, &flow).await?;
-    Ok(Json(json!({ "deleted": flow })))
+    Ok(Json(Deleted { deleted: flow }))
 }
 
-pub(super) async fn list_plugins(State(state): State<AppState>, caller: Caller) -> ApiResult {
+#[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
+    summary = "Loaded algorithm versions (an owner-scoped token sees its owner's)",
+    responses((status = 200, body = api::PluginList), (status = 401, body = ErrorBody)))]
+pub(super) async fn list_plugins(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<api::PluginList> {
     let flows: Vec<_> = state
         .control
         .flows(&caller.0)
@@ -255,42 +350,81 @@ pub(super) async fn list_plugins(State(state): State<AppState>, caller: Caller) 
         .filter(|f| f.enabled)
         .map(|f| (f.name, f.algorithm))
         .collect();
-    let mut list = state.router.services().registry.list(&flows);
-    list.retain(|p| {
-        let owner = p.algorithm.split_once('/').map_or("", |(o, _)| o);
-        caller.0.may(Action::SeePlugins(owner))
-    });
-    Ok(Json(json!({ "plugins": list })))
+    let plugins = state
+        .router
+        .services()
+        .registry
+        .list(&flows)
+        .into_iter()
+        .filter(|p| {
+            let owner = p.algorithm.split_once('/').map_or("", |(o, _)| o);
+            caller.0.may(Action::SeePlugins(owner))
+        })
+        .map(|p| api::Plugin {
+            algorithm: p.algorithm,
+            status: p.status.to_string(),
+            hash: p.hash,
+            size: p.size,
+            loaded_at: p.loaded_at.map(crate::util::format_time),
+            rejected: p.rejected.map(|r| api::PluginRejection {
+                reason: r.reason,
+                hash: r.hash,
+                at: crate::util::format_time(r.at),
+            }),
+            flows: p.flows,
+        })
+        .collect();
+    Ok(Json(api::PluginList { plugins }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewToken {
-    owner: String,
-}
-
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    summary = "Create an owner-scoped token (shown once)",
+    request_body = api::NewToken,
+    responses((status = 200, body = api::TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<NewToken>,
-) -> ApiResult {
+    ApiJson(req): ApiJson<api::NewToken>,
+) -> ApiResult<api::TokenCreated> {
     let (info, token) = state.control.create_token(&caller.0, &req.owner).await?;
-    Ok(Json(
-        json!({ "id": info.id, "owner": info.owner, "created_at": info.created_at, "token": token }),
-    ))
+    Ok(Json(api::TokenCreated {
+        id: info.id,
+        owner: info.owner,
+        created_at: info.created_at,
+        token,
+    }))
 }
 
-pub(super) async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult {
-    Ok(Json(
-        json!({ "tokens": state.control.tokens(&caller.0).await? }),
-    ))
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    summary = "Owner-scoped tokens (without the tokens)",
+    responses((status = 200, body = api::TokenList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<api::TokenList> {
+    let tokens = state
+        .control
+        .tokens(&caller.0)
+        .await?
+        .into_iter()
+        .map(|t| api::Token {
+            id: t.id,
+            owner: t.owner,
+            created_at: t.created_at,
+        })
+        .collect();
+    Ok(Json(api::TokenList { tokens }))
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    summary = "Revoke a token",
+    params(TokenPath),
+    responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn delete_token(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-) -> ApiResult {
+) -> ApiResult<Deleted> {
     state.control.delete_token(&caller.0, &id).await?;
-    Ok(Json(json!({ "deleted": id })))
+    Ok(Json(Deleted { deleted: id }))
 }

@@ -1,12 +1,11 @@
 //! Open endpoints: metrics, liveness and readiness.
 
+use super::AppState;
+use crate::api::status::{BrokerHealth, FlowNotReady, Health, Readiness};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
-
-use super::AppState;
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     state.router.check_brokers().await;
@@ -20,8 +19,10 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
@@ -30,20 +31,26 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let loaded = plugins.iter().filter(|p| p.hash.is_some()).count();
     let unready_flows = state.router.unready_flows();
     let ready = brokers.iter().all(|(_, _, r)| r.is_ok()) && unready_flows.is_empty();
-    let body = json!({
-        "ready": ready,
-        "brokers": brokers.iter().map(|(name, kind, r)| json!({
-            "name": name,
-            "kind": kind,
-            "state": if r.is_ok() { "connected" } else { "down" },
-            "error": r.as_ref().err(),
-        })).collect::<Vec<_>>(),
-        "plugins_loaded": loaded,
-        "flows_not_ready": unready_flows.iter().map(|(name, reason)| json!({
-            "name": name,
-            "reason": reason,
-        })).collect::<Vec<_>>(),
-    });
+    let body = Readiness {
+        ready,
+        brokers: brokers
+            .iter()
+            .map(|(name, kind, r)| BrokerHealth {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                state: if r.is_ok() { "connected" } else { "down" }.into(),
+                error: r.as_ref().err().map(|e| e.to_string()),
+            })
+            .collect(),
+        plugins_loaded: loaded,
+        flows_not_ready: unready_flows
+            .iter()
+            .map(|(name, reason)| FlowNotReady {
+                name: name.to_string(),
+                reason: reason.to_string(),
+            })
+            .collect(),
+    };
     let status = if ready {
         StatusCode::OK
     } else {

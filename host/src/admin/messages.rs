@@ -4,43 +4,31 @@ use axum::Json;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, Caller};
-use crate::control::{Action, ReplayDeadLetters};
+use crate::api::params::{DeadLetterQuery, FlowPath, PeekQuery, TopicPath};
+use crate::api::{self, ErrorBody, MessageBody, SendMessages};
+use crate::control::Action;
 use crate::message::OutboundMessage;
 use crate::router::Router;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MessageBody {
-    #[serde(default)]
-    payload: Option<String>,
-    #[serde(default)]
-    payload_base64: Option<String>,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-}
-
-impl MessageBody {
-    fn into_message(self) -> Result<OutboundMessage, ApiError> {
-        let payload = match (self.payload, self.payload_base64) {
-            (Some(p), None) => p.into_bytes(),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "give exactly one of payload and payload_base64",
-                ));
-            }
-        };
-        Ok(OutboundMessage {
-            payload,
-            headers: self.headers,
-        })
-    }
+/// The message a [`MessageBody`] describes.
+fn into_message(body: MessageBody) -> Result<OutboundMessage, ApiError> {
+    let payload = match (body.payload, body.payload_base64) {
+        (Some(p), None) => p.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of payload and payload_base64",
+            ));
+        }
+    };
+    Ok(OutboundMessage {
+        payload,
+        headers: body.headers,
+    })
 }
 
 /// The most messages one `POST /v1/messages` may carry.
@@ -57,28 +45,15 @@ const DEFAULT_PEEK_MESSAGES: usize = 10;
 /// that would go over (but always returns the first message).
 pub const MAX_PEEK_BYTES: usize = 16 << 20;
 
-/// A message, or a batch of them (`messages`), for one topic.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SendRequest {
-    topic: String,
-    #[serde(default)]
-    broker: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
-    #[serde(default)]
-    payload_base64: Option<String>,
-    #[serde(default)]
-    headers: Vec<(String, String)>,
-    #[serde(default)]
-    messages: Vec<MessageBody>,
-}
-
+#[utoipa::path(post, path = "/v1/messages", tag = "messages",
+    summary = "Publish messages to a topic: at most 1000 per request, each within its broker's payload limit (413 above it); the whole body at most 24 MiB (413 above it)",
+    request_body = SendMessages,
+    responses((status = 200, body = api::Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn send_message(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(req): ApiJson<SendRequest>,
-) -> ApiResult {
+    ApiJson(req): ApiJson<SendMessages>,
+) -> ApiResult<api::Published> {
     crate::config::check_name(&req.topic)
         .map_err(|m| ApiError::bad_request(format!("topic: {m}")))?;
     if let Some(b) = &req.broker {
@@ -97,7 +72,7 @@ pub(super) async fn send_message(
     };
     let has_single = single.payload.is_some() || single.payload_base64.is_some();
     let messages: Vec<OutboundMessage> = if req.messages.is_empty() {
-        vec![single.into_message()?]
+        vec![into_message(single)?]
     } else if has_single {
         return Err(ApiError::bad_request(
             "give either one payload or messages, not both",
@@ -105,7 +80,7 @@ pub(super) async fn send_message(
     } else {
         req.messages
             .into_iter()
-            .map(MessageBody::into_message)
+            .map(into_message)
             .collect::<Result<_, _>>()?
     };
     // The router's own headers (provenance, dead-letter signatures) are
@@ -171,7 +146,10 @@ pub(super) async fn send_message(
             }
             e => ApiError::unavailable(format!("cannot publish to {key}: {e:#}")),
         })?;
-    Ok(Json(json!({ "published": count, "topic": key })))
+    Ok(Json(api::Published {
+        published: count,
+        topic: key,
+    }))
 }
 
 /// 413 for a message over its broker's size limit, naming the limit.
@@ -188,12 +166,16 @@ fn too_large(broker: &str, index: usize, size: usize, limit: usize) -> ApiError 
 /// broker can peek): at most `limit` (default 10, at most
 /// [`MAX_PEEK_MESSAGES`]) and about [`MAX_PEEK_BYTES`] of payload;
 /// `truncated` says the byte limit cut the answer short.
+#[utoipa::path(get, path = "/v1/brokers/{broker}/topics/{topic}/messages", tag = "messages",
+    summary = "Peek at a topic's messages without consuming them: at most `limit` (default 10, at most 1000) from `offset` (default 0, at most 100000) and 16 MiB of payload; `truncated` says the byte limit cut the answer short",
+    params(TopicPath, PeekQuery),
+    responses((status = 200, body = api::Peeked), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn peek_topic(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath((broker, topic)): UrlPath<(String, String)>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult {
+    Query(q): Query<PeekQuery>,
+) -> ApiResult<api::Peeked> {
     caller.0.authorize(Action::PeekTopic)?;
     let limit = q.limit.unwrap_or(DEFAULT_PEEK_MESSAGES);
     if limit > MAX_PEEK_MESSAGES {
@@ -225,7 +207,7 @@ pub(super) async fn peek_topic(
         })
         .count();
     let truncated = shown < messages.len();
-    let out: Vec<Value> = messages[..shown]
+    let out: Vec<api::PeekedMessage> = messages[..shown]
         .iter()
         .map(|m| {
             let (payload, encoding) = match std::str::from_utf8(&m.payload) {
@@ -235,26 +217,20 @@ pub(super) async fn peek_topic(
                     "base64",
                 ),
             };
-            json!({
-                "id": m.id,
-                "payload": payload,
-                "payload_encoding": encoding,
-                "headers": m.headers,
-                "receive_count": m.attempt,
-                "enqueued_at": m.enqueued_at.map(crate::util::format_time),
-            })
+            api::PeekedMessage {
+                id: m.id.clone(),
+                payload,
+                payload_encoding: encoding.into(),
+                headers: m.headers.clone(),
+                receive_count: m.attempt,
+                enqueued_at: m.enqueued_at.map(crate::util::format_time),
+            }
         })
         .collect();
-    Ok(Json(json!({ "messages": out, "truncated": truncated })))
-}
-
-#[derive(Deserialize)]
-pub(super) struct ListQuery {
-    #[serde(default)]
-    pub(super) limit: Option<usize>,
-    /// Peek only: skip this many messages first, to page through a topic.
-    #[serde(default)]
-    pub(super) offset: Option<usize>,
+    Ok(Json(api::Peeked {
+        messages: out,
+        truncated,
+    }))
 }
 
 async fn peek_messages(
@@ -276,45 +252,52 @@ async fn peek_messages(
 /// The flow's dead letters among the first `limit` messages of its
 /// dead-letter topic, each marked `verified` (written by this router) or
 /// `unverified` (anything else on the topic that claims to be one).
+#[utoipa::path(get, path = "/v1/flows/{flow}/dead-letters", tag = "dead letters",
+    summary = "A flow's dead letters (only this flow's; each verified or unverified)",
+    params(FlowPath, DeadLetterQuery),
+    responses((status = 200, body = api::DeadLetterList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn list_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult {
+    Query(q): Query<DeadLetterQuery>,
+) -> ApiResult<api::DeadLetterList> {
     let (_, _, letters) = state
         .control
         .dead_letters(&caller.0, &flow, q.limit.unwrap_or(1000))
         .await?;
     let verified = letters.iter().filter(|d| d.verified).count();
-    let out: Vec<Value> = letters
+    let out: Vec<api::DeadLetter> = letters
         .into_iter()
-        .map(|d| {
-            json!({
-                "dead_letter_id": d.id,
-                "verified": d.verified,
-                "status": if d.verified { "verified" } else { "unverified" },
-                "envelope": d.raw,
-            })
+        .map(|d| api::DeadLetter {
+            dead_letter_id: d.id,
+            verified: d.verified,
+            status: if d.verified { "verified" } else { "unverified" }.into(),
+            envelope: d.raw,
         })
         .collect();
-    Ok(Json(json!({
-        "verified": verified,
-        "unverified": out.len() - verified,
-        "dead_letters": out,
-    })))
+    Ok(Json(api::DeadLetterList {
+        verified,
+        unverified: out.len() - verified,
+        dead_letters: out,
+    }))
 }
 
+#[utoipa::path(post, path = "/v1/flows/{flow}/dead-letters/replay", tag = "dead letters",
+    summary = "Publish dead letters back to the flow's topic and remove them",
+    params(FlowPath),
+    request_body = Option<api::ReplayDeadLetters>,
+    responses((status = 200, body = api::ReplayReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn replay_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
     UrlPath(flow): UrlPath<String>,
-    body: Option<ApiJson<ReplayDeadLetters>>,
-) -> ApiResult {
+    body: Option<ApiJson<api::ReplayDeadLetters>>,
+) -> ApiResult<api::ReplayReport> {
     let req = body.map(|ApiJson(r)| r).unwrap_or_default();
     let report = state
         .control
         .replay_dead_letters(&caller.0, &flow, req)
         .await?;
-    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+    Ok(Json(report))
 }

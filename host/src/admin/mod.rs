@@ -13,7 +13,6 @@
 //! [`MAX_BODY_BYTES`] or a message over its broker's limit.
 
 pub mod auth;
-pub mod client;
 mod control_api;
 mod health;
 mod messages;
@@ -32,10 +31,9 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router as Http};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlError, ControlPlane, Role};
@@ -73,11 +71,13 @@ impl From<ControlError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(crate::api::ErrorBody { error: self.1 })).into_response()
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+/// A handler's answer: a body of the API's contract ([`crate::api`]), or
+/// an error.
+type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// The largest request body: one message of the largest payload any broker
 /// takes (16 MiB, the embedded broker's default), grown by a third as
@@ -168,76 +168,9 @@ pub async fn serve(
         router,
         token: token.into(),
     };
-    let api = Http::new()
-        .route(
-            "/v1/state",
-            get(control_api::get_state).put(control_api::put_state),
-        )
-        .route(
-            "/v1/brokers",
-            get(control_api::list_brokers).post(control_api::create_broker),
-        )
-        .route(
-            "/v1/brokers/{broker}",
-            get(control_api::show_broker).delete(control_api::delete_broker),
-        )
-        .route("/v1/brokers/{broker}/topics", get(control_api::list_topics))
-        .route(
-            "/v1/brokers/{broker}/topics/{topic}",
-            put(control_api::declare_topic).delete(control_api::delete_topic),
-        )
-        .route(
-            "/v1/brokers/{broker}/topics/{topic}/grants",
-            post(control_api::add_grant),
-        )
-        .route(
-            "/v1/brokers/{broker}/topics/{topic}/grants/revoke",
-            post(control_api::revoke_grant),
-        )
-        .route(
-            "/v1/brokers/{broker}/topics/{topic}/messages",
-            get(messages::peek_topic),
-        )
-        .route(
-            "/v1/algorithms/{owner}/{name}/topics",
-            get(control_api::algorithm_topics),
-        )
-        .route(
-            "/v1/algorithms/{owner}/{name}/secrets",
-            get(control_api::list_secrets),
-        )
-        .route(
-            "/v1/algorithms/{owner}/{name}/secrets/{key}",
-            put(control_api::set_secret).delete(control_api::delete_secret),
-        )
-        .route(
-            "/v1/flows",
-            get(control_api::list_flows).post(control_api::enable_flow),
-        )
-        .route(
-            "/v1/flows/{flow}",
-            get(control_api::show_flow)
-                .patch(control_api::edit_flow)
-                .delete(control_api::delete_flow),
-        )
-        .route(
-            "/v1/flows/{flow}/dead-letters",
-            get(messages::list_dead_letters),
-        )
-        .route(
-            "/v1/flows/{flow}/dead-letters/replay",
-            post(messages::replay_dead_letters),
-        )
-        .route("/v1/messages", post(messages::send_message))
-        .route("/v1/plugins", get(control_api::list_plugins))
-        .route(
-            "/v1/tokens",
-            get(control_api::list_tokens).post(control_api::create_token),
-        )
-        .route(
-            "/v1/tokens/{id}",
-            axum::routing::delete(control_api::delete_token),
-        )
+    let (api, document) = openapi::routes().split_for_parts();
+    let document = serde_json::to_value(&document).context("cannot write the OpenAPI document")?;
+    let api = api
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(check_path_names))
         .layer(axum::middleware::from_fn_with_state(
@@ -250,7 +183,10 @@ pub async fn serve(
         ));
     let app = Http::new()
         .merge(api)
-        .route("/v1/openapi.json", get(openapi::document))
+        .route(
+            openapi::PATH,
+            get(move || std::future::ready(Json(document.clone()))),
+        )
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

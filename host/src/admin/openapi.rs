@@ -1,320 +1,240 @@
-//! The OpenAPI 3.0 document of the admin API, served at `/v1/openapi.json`.
-//! Kept next to the routes in `mod.rs`; a test checks that every route is
-//! documented.
+//! The OpenAPI document of the admin API, served at [`PATH`]. Generated: the
+//! schemas from the API's types ([`crate::api`]), the operations from each
+//! handler's `#[utoipa::path]`. [`routes`] is the one list of the API's
+//! routes: the router serves exactly the operations the document lists.
 
-use axum::Json;
-use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-fn error_responses(extra: &[&str]) -> Value {
-    let mut r = serde_json::Map::new();
-    r.insert("200".into(), json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}));
-    r.insert(
-        "401".into(),
-        json!({"$ref": "#/components/responses/Error"}),
-    );
-    for code in extra {
-        r.insert(
-            (*code).into(),
-            json!({"$ref": "#/components/responses/Error"}),
-        );
+use super::{AppState, control_api, messages};
+
+/// Where the document is served (open, like `/healthz`).
+pub const PATH: &str = "/v1/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Eventflow admin API",
+        version = "1.0.0",
+        description = "Broker connections, topics and access lists, flows, secrets, tokens and messages of one Eventflow router. Authenticate with `Authorization: Bearer <token>`. Errors are `{\"error\": \"...\"}`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme every operation names.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
     }
-    Value::Object(r)
 }
 
-/// An operation. Parameters can be refused (400: a name that is not a valid
-/// name, a limit above its maximum) and bodies can be too large (413), so
-/// those codes are added where they apply.
-fn op(summary: &str, params: &[&str], body: Option<Value>, errors: &[&str]) -> Value {
-    let mut codes: Vec<&str> = errors.to_vec();
-    if !params.is_empty() {
-        codes.push("400");
-    }
-    if body.is_some() {
-        codes.extend(["400", "413"]);
-    }
-    let mut o = json!({
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "responses": error_responses(&codes),
-    });
-    if !params.is_empty() {
-        o["parameters"] = Value::Array(
-            params
-                .iter()
-                .map(|p| json!({"$ref": format!("#/components/parameters/{p}")}))
-                .collect(),
-        );
-    }
-    if let Some(schema) = body {
-        o["requestBody"] =
-            json!({"required": true, "content": {"application/json": {"schema": schema}}});
-    }
-    o
+/// Every route of the API with its handler and its entry in the document.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(control_api::get_state, control_api::put_state))
+        .routes(routes!(
+            control_api::list_brokers,
+            control_api::create_broker
+        ))
+        .routes(routes!(
+            control_api::show_broker,
+            control_api::delete_broker
+        ))
+        .routes(routes!(control_api::list_topics))
+        .routes(routes!(
+            control_api::declare_topic,
+            control_api::delete_topic
+        ))
+        .routes(routes!(control_api::add_grant))
+        .routes(routes!(control_api::revoke_grant))
+        .routes(routes!(messages::peek_topic))
+        .routes(routes!(control_api::algorithm_topics))
+        .routes(routes!(control_api::list_secrets))
+        .routes(routes!(control_api::set_secret, control_api::delete_secret))
+        .routes(routes!(control_api::list_flows, control_api::enable_flow))
+        .routes(routes!(
+            control_api::show_flow,
+            control_api::edit_flow,
+            control_api::delete_flow
+        ))
+        .routes(routes!(messages::list_dead_letters))
+        .routes(routes!(messages::replay_dead_letters))
+        .routes(routes!(messages::send_message))
+        .routes(routes!(control_api::list_plugins))
+        .routes(routes!(control_api::list_tokens, control_api::create_token))
+        .routes(routes!(control_api::delete_token))
 }
 
-fn schema(name: &str) -> Value {
-    json!({"$ref": format!("#/components/schemas/{name}")})
-}
-
-/// The document.
-pub fn spec() -> Value {
-    // The server also refuses "." and ".." (400), as
-    // `crate::config::is_valid_name` does; the pattern leaves that out to
-    // stay a plain regular expression.
-    let name_pattern = "^[A-Za-z0-9_.-]{1,128}$";
-    json!({
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Eventflow admin API",
-            "version": "1.0.0",
-            "description": "Broker connections, topics and access lists, flows, secrets, tokens and messages of one Eventflow router. Authenticate with `Authorization: Bearer <token>`."
-        },
-        "paths": {
-            "/v1/state": {
-                "get": op("The desired state (brokers redacted)", &[], None, &["403"]),
-                "put": op("Converge the desired state to these declarations (eventflow apply)", &[], Some(schema("Declarations")), &["400", "403"]),
-            },
-            "/v1/brokers": {
-                "get": op("List broker connections (credentials redacted)", &[], None, &["403"]),
-                "post": op("Create a broker connection; inline credentials {\"value\": ...} are stored as secrets", &[], Some(schema("BrokerSpec")), &["400", "403", "409"]),
-            },
-            "/v1/brokers/{broker}": {
-                "get": op("Show a broker connection", &["broker"], None, &["403", "404"]),
-                "delete": op("Delete a broker connection (refused while flows use it, unless force)", &["broker", "force"], None, &["403", "404", "409"]),
-            },
-            "/v1/brokers/{broker}/topics": {
-                "get": op("Topics of a broker: declared ones and those the broker lists; listing_error says why the broker's own list is missing when it refused", &["broker"], None, &["403", "404"]),
-            },
-            "/v1/brokers/{broker}/topics/{topic}": {
-                "put": op("Declare a topic, or change the given fields of a declared one (omitted fields keep their values)", &["broker", "topic"], Some(schema("DeclareTopic")), &["400", "403", "404"]),
-                "delete": op("Delete a topic declaration (refused while flows use it, unless force)", &["broker", "topic", "force"], None, &["403", "404", "409"]),
-            },
-            "/v1/brokers/{broker}/topics/{topic}/grants": {
-                "post": op("Grant an algorithm consume and/or publish access", &["broker", "topic"], Some(schema("Grant")), &["400", "403", "404"]),
-            },
-            "/v1/brokers/{broker}/topics/{topic}/grants/revoke": {
-                "post": op("Revoke an algorithm's access", &["broker", "topic"], Some(schema("Grant")), &["400", "403", "404"]),
-            },
-            "/v1/brokers/{broker}/topics/{topic}/messages": {
-                "get": op("Peek at a topic's messages without consuming them: at most `limit` (default 10, at most 1000) from `offset` (default 0, at most 100000) and 16 MiB of payload; `truncated` says the byte limit cut the answer short", &["broker", "topic", "peek_limit", "peek_offset"], None, &["403", "404", "503"]),
-            },
-            "/v1/algorithms/{owner}/{name}/topics": {
-                "get": op("The topics an algorithm may use, each enabled or disabled (its queues tab)", &["owner", "name"], None, &["403"]),
-            },
-            "/v1/algorithms/{owner}/{name}/secrets": {
-                "get": op("Names of an algorithm's secrets (never values)", &["owner", "name"], None, &["403"]),
-            },
-            "/v1/algorithms/{owner}/{name}/secrets/{key}": {
-                "put": op("Set a secret; the algorithm sees it as an environment variable", &["owner", "name", "key"], Some(schema("SecretValue")), &["400", "403"]),
-                "delete": op("Delete a secret", &["owner", "name", "key"], None, &["403", "404"]),
-            },
-            "/v1/flows": {
-                "get": op("Flows with their status", &[], None, &[]),
-                "post": op("Enable a topic for an algorithm version (creates or re-enables a flow)", &[], Some(schema("EnableFlow")), &["400", "403", "409"]),
-            },
-            "/v1/flows/{flow}": {
-                "get": op("A flow", &["flow"], None, &["403", "404"]),
-                "patch": op("Edit a flow's version, dead-letter topic, limits or state", &["flow"], Some(schema("EditFlow")), &["400", "403", "404"]),
-                "delete": op("Delete a flow (its messages stay in the broker)", &["flow"], None, &["403", "404"]),
-            },
-            "/v1/flows/{flow}/dead-letters": {
-                "get": op("A flow's dead letters (only this flow's; each verified or unverified)", &["flow", "limit"], None, &["400", "403", "404", "503"]),
-            },
-            "/v1/flows/{flow}/dead-letters/replay": {
-                "post": op("Publish dead letters back to the flow's topic and remove them", &["flow"], Some(schema("Replay")), &["400", "403", "404", "409", "503"]),
-            },
-            "/v1/messages": {
-                "post": op("Publish messages to a topic: at most 1000 per request, each within its broker's payload limit (413 above it); the whole body at most 24 MiB (413 above it)", &[], Some(schema("SendMessages")), &["400", "403", "404", "503"]),
-            },
-            "/v1/plugins": {
-                "get": op("Loaded algorithm versions (an owner-scoped token sees its owner's)", &[], None, &[]),
-            },
-            "/v1/tokens": {
-                "get": op("Owner-scoped tokens (without the tokens)", &[], None, &["403"]),
-                "post": op("Create an owner-scoped token (shown once)", &[], Some(schema("NewToken")), &["400", "403"]),
-            },
-            "/v1/tokens/{id}": {
-                "delete": op("Revoke a token", &["id"], None, &["403", "404"]),
-            },
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {
-                "Error": {
-                    "description": "An error, with a message that says what to change",
-                    "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["error"],
-                        "properties": {"error": {"type": "string"}}
-                    }}}
-                }
-            },
-            "parameters": {
-                "broker": {"name": "broker", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "topic": {"name": "topic", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "owner": {"name": "owner", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "name": {"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "key": {"name": "key", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$"}},
-                "flow": {"name": "flow", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": name_pattern}},
-                "force": {"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"}},
-                "limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": 100000}},
-                "peek_offset": {"name": "offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": super::messages::MAX_PEEK_OFFSET, "default": 0}},
-                "peek_limit": {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": super::messages::MAX_PEEK_MESSAGES, "default": 10}},
-            },
-            "schemas": {
-                "SecretRef": {
-                    "type": "object",
-                    "description": "Where a credential comes from: {\"env\": VAR}, {\"file\": PATH}, {\"secret\": NAME}, or (API only) {\"value\": VALUE}, stored as a secret",
-                    "minProperties": 1, "maxProperties": 1,
-                    "properties": {
-                        "env": {"type": "string"}, "file": {"type": "string"},
-                        "secret": {"type": "string"}, "value": {"type": "string"}
-                    }
-                },
-                "BrokerSpec": {
-                    "type": "object",
-                    "required": ["name", "kind"],
-                    "description": "A broker connection; the other fields depend on kind (see the README's configuration reference)",
-                    "properties": {
-                        "name": {"type": "string", "pattern": name_pattern},
-                        "kind": {"type": "string", "enum": ["embedded", "kafka", "eventhubs", "sqs", "servicebus"]}
-                    },
-                    "additionalProperties": true
-                },
-                "TopicSpec": {
-                    "type": "object", "required": ["name"],
-                    "properties": {
-                        "name": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string"},
-                        "address": {"type": "string"},
-                        "consumers": {"type": "array", "items": {"type": "string"}},
-                        "publishers": {"type": "array", "items": {"type": "string"}}
-                    },
-                    "additionalProperties": false
-                },
-                "FlowSpec": {
-                    "type": "object", "required": ["name", "topic", "algorithm"],
-                    "description": "A flow as in the configuration file ([[flows]])",
-                    "properties": {
-                        "name": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string"}, "topic": {"type": "string", "pattern": name_pattern},
-                        "algorithm": {"type": "string", "description": "owner/name or owner/name/version"},
-                        "enabled": {"type": "boolean"}, "concurrency": {"type": "integer", "minimum": 1},
-                        "output_topic": {"type": "string"}, "dead_letter_topic": {"type": "string"},
-                        "max_receives": {"type": "integer", "minimum": 1}, "timeout_secs": {"type": "number"},
-                        "retry": {"type": "object"}, "limits": {"type": "object"}, "consumer": {"type": "object"}
-                    }
-                },
-                "Declarations": {
-                    "type": "object",
-                    "properties": {
-                        "brokers": {"type": "array", "items": schema("BrokerSpec")},
-                        "topics": {"type": "array", "items": schema("TopicSpec")},
-                        "flows": {"type": "array", "items": schema("FlowSpec")},
-                        "algorithm_limits": {"type": "array", "items": {"type": "object"}}
-                    },
-                    "additionalProperties": false
-                },
-                "DeclareTopic": {
-                    "type": "object",
-                    "description": "For a declared topic, omitted fields keep their values; null removes the address, [] empties a list",
-                    "properties": {
-                        "address": {"type": "string", "nullable": true},
-                        "consumers": {"type": "array", "items": {"type": "string"}},
-                        "publishers": {"type": "array", "items": {"type": "string"}},
-                        "dead_letter_publishers": {"type": "array", "items": {"type": "string"}}
-                    },
-                    "additionalProperties": false
-                },
-                "Grant": {
-                    "type": "object", "required": ["algorithm"],
-                    "properties": {
-                        "algorithm": {"type": "string", "description": "owner/name or owner/*"},
-                        "consume": {"type": "boolean"}, "publish": {"type": "boolean"},
-                        "dead_letter_publish": {"type": "boolean"}
-                    },
-                    "additionalProperties": false
-                },
-                "SecretValue": {
-                    "type": "object", "required": ["value"],
-                    "properties": {"value": {"type": "string"}},
-                    "additionalProperties": false
-                },
-                "EnableFlow": {
-                    "type": "object", "required": ["topic", "algorithm"],
-                    "properties": {
-                        "name": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string", "pattern": name_pattern},
-                        "topic": {"type": "string", "pattern": name_pattern},
-                        "algorithm": {"type": "string", "description": "owner/name"},
-                        "version": {"type": "string", "description": "a semver version, or latest; absent keeps an existing flow's version"},
-                        "dead_letter_topic": {"type": "string"}, "output_topic": {"type": "string"},
-                        "timeout_secs": {"type": "number"}, "max_receives": {"type": "integer", "minimum": 0},
-                        "concurrency": {"type": "integer", "minimum": 0}
-                    },
-                    "additionalProperties": false
-                },
-                "EditFlow": {
-                    "type": "object",
-                    "properties": {
-                        "version": {"type": "string"},
-                        "dead_letter_topic": {"type": "string", "nullable": true},
-                        "output_topic": {"type": "string", "nullable": true},
-                        "enabled": {"type": "boolean"},
-                        "timeout_secs": {"type": "number"}, "max_receives": {"type": "integer", "minimum": 0},
-                        "concurrency": {"type": "integer", "minimum": 0}
-                    },
-                    "additionalProperties": false
-                },
-                "Replay": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "nullable": true},
-                        "include_unverified": {"type": "boolean", "description": "admin token only"}
-                    },
-                    "additionalProperties": false
-                },
-                "SendMessages": {
-                    "type": "object", "required": ["topic"],
-                    "properties": {
-                        "topic": {"type": "string", "pattern": name_pattern}, "broker": {"type": "string", "pattern": name_pattern},
-                        "payload": {"type": "string"}, "payload_base64": {"type": "string"},
-                        "headers": {"type": "array", "items": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}},
-                        "messages": {"type": "array", "items": {"type": "object"}, "maxItems": super::messages::MAX_SEND_MESSAGES}
-                    },
-                    "additionalProperties": false
-                },
-                "NewToken": {
-                    "type": "object", "required": ["owner"],
-                    "properties": {"owner": {"type": "string", "pattern": name_pattern}},
-                    "additionalProperties": false
-                }
-            }
-        }
-    })
-}
-
-pub(super) async fn document() -> Json<Value> {
-    Json(spec())
+/// The document, as served.
+#[cfg(test)]
+fn spec() -> serde_json::Value {
+    serde_json::to_value(routes().split_for_parts().1).expect("the document is JSON")
 }
 
 #[cfg(test)]
 mod tests {
-    /// Every `.route("/v1/...")` in mod.rs appears in the document.
-    #[test]
-    fn every_route_is_documented() {
-        let source = include_str!("mod.rs");
-        let spec = super::spec();
-        let paths = spec["paths"].as_object().unwrap();
-        let mut checked = 0;
-        for chunk in source.split(".route(").skip(1) {
-            let path = chunk.trim_start().trim_start_matches('"');
-            let path = &path[..path.find('"').unwrap()];
-            if path.starts_with("/v1/") && path != "/v1/openapi.json" {
-                assert!(
-                    paths.contains_key(path),
-                    "{path} is not in the OpenAPI document"
-                );
-                checked += 1;
+    use serde_json::Value;
+
+    /// The API's operations, as the README and the CLI know them.
+    const OPERATIONS: &[(&str, &str)] = &[
+        ("get", "/v1/state"),
+        ("put", "/v1/state"),
+        ("get", "/v1/brokers"),
+        ("post", "/v1/brokers"),
+        ("get", "/v1/brokers/{broker}"),
+        ("delete", "/v1/brokers/{broker}"),
+        ("get", "/v1/brokers/{broker}/topics"),
+        ("put", "/v1/brokers/{broker}/topics/{topic}"),
+        ("delete", "/v1/brokers/{broker}/topics/{topic}"),
+        ("post", "/v1/brokers/{broker}/topics/{topic}/grants"),
+        ("post", "/v1/brokers/{broker}/topics/{topic}/grants/revoke"),
+        ("get", "/v1/brokers/{broker}/topics/{topic}/messages"),
+        ("get", "/v1/algorithms/{owner}/{name}/topics"),
+        ("get", "/v1/algorithms/{owner}/{name}/secrets"),
+        ("put", "/v1/algorithms/{owner}/{name}/secrets/{key}"),
+        ("delete", "/v1/algorithms/{owner}/{name}/secrets/{key}"),
+        ("get", "/v1/flows"),
+        ("post", "/v1/flows"),
+        ("get", "/v1/flows/{flow}"),
+        ("patch", "/v1/flows/{flow}"),
+        ("delete", "/v1/flows/{flow}"),
+        ("get", "/v1/flows/{flow}/dead-letters"),
+        ("post", "/v1/flows/{flow}/dead-letters/replay"),
+        ("post", "/v1/messages"),
+        ("get", "/v1/plugins"),
+        ("get", "/v1/tokens"),
+        ("post", "/v1/tokens"),
+        ("delete", "/v1/tokens/{id}"),
+    ];
+
+    fn operations(spec: &Value) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                out.push((method.clone(), path.clone()));
             }
         }
-        assert!(checked >= 19, "only {checked} routes found");
+        out.sort();
+        out
+    }
+
+    /// The router serves what `routes` lists, and the document is made from
+    /// the same list: every operation is there, and no other.
+    #[test]
+    fn every_route_is_in_the_document() {
+        let spec = super::spec();
+        let mut expected: Vec<(String, String)> = OPERATIONS
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        expected.sort();
+        assert_eq!(operations(&spec), expected);
+        for (method, path) in OPERATIONS {
+            let op = &spec["paths"][path][method];
+            assert!(op["summary"].is_string(), "{method} {path} has no summary");
+            assert!(
+                op["responses"]["200"].is_object() && op["responses"]["401"].is_object(),
+                "{method} {path} lacks 200 or 401"
+            );
+            if path.contains('{') {
+                assert!(
+                    op["responses"]["400"].is_object(),
+                    "{method} {path}: a bad name in the path is a 400"
+                );
+            }
+        }
+        assert_eq!(
+            spec["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
+
+    /// No route of the API is added beside `routes` (where the document
+    /// would not see it): the only other routes are the open ones.
+    #[test]
+    fn no_route_bypasses_the_document() {
+        let source = include_str!("mod.rs");
+        for chunk in source.split(".route(").skip(1) {
+            let path = chunk.trim_start().trim_start_matches('"');
+            let path = &path[..path.find(['"', ',']).unwrap()];
+            assert!(
+                ["openapi::PATH", "/metrics", "/healthz", "/readyz"].contains(&path),
+                "{path} is routed outside openapi::routes, so it is not in the document"
+            );
+        }
+    }
+
+    /// The schemas carry the bounds the server enforces.
+    #[test]
+    fn the_bounds_are_the_servers() {
+        let spec = super::spec();
+        let schemas = &spec["components"]["schemas"];
+        for schema in ["EnableFlow", "EditFlow", "FlowDeclaration"] {
+            for field in ["max_receives", "concurrency"] {
+                assert_eq!(
+                    schemas[schema]["properties"][field]["minimum"], 1,
+                    "{schema}.{field}: config.rs refuses 0"
+                );
+            }
+            assert_eq!(
+                schemas[schema]["properties"]["timeout_secs"]["exclusiveMinimum"],
+                0
+            );
+            assert_eq!(
+                schemas[schema]["properties"]["timeout_secs"]["maximum"],
+                43200
+            );
+        }
+        assert_eq!(
+            schemas["SendMessages"]["properties"]["messages"]["maxItems"],
+            super::messages::MAX_SEND_MESSAGES
+        );
+        let param = |path: &str, name: &str| -> Value {
+            spec["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path} has no {name}"))
+                .clone()
+        };
+        let peek = "/v1/brokers/{broker}/topics/{topic}/messages";
+        assert_eq!(
+            param(peek, "limit")["schema"]["maximum"],
+            super::messages::MAX_PEEK_MESSAGES
+        );
+        assert_eq!(
+            param(peek, "offset")["schema"]["maximum"],
+            super::messages::MAX_PEEK_OFFSET
+        );
+        assert_eq!(
+            param("/v1/flows/{flow}/dead-letters", "limit")["schema"]["maximum"],
+            crate::control::MAX_DEAD_LETTER_SCAN
+        );
+        assert_eq!(
+            param(peek, "broker")["schema"]["pattern"],
+            crate::api::NAME_PATTERN
+        );
+        assert_eq!(
+            spec["paths"]["/v1/algorithms/{owner}/{name}/secrets/{key}"]["put"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "key")
+                .unwrap()["schema"]["pattern"],
+            crate::api::SECRET_PATTERN
+        );
     }
 }

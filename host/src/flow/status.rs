@@ -6,41 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::{LAST_ERROR_CHARS, one_line};
 use crate::config::FlowSpec;
 use crate::connector::Assignment;
-
-/// What a flow is doing. Serialized as the snake_case word the API and
-/// `eventflow status` show (`running`, `waiting_for_plugin`, ...).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FlowState {
-    /// Opening its consumer; also a configured flow not started yet.
-    #[default]
-    Starting,
-    /// Receiving and processing messages.
-    Running,
-    /// Running, but its consumer holds no partitions (a Kafka consumer
-    /// joining its group or rebalancing). Derived when reporting.
-    WaitingForPartitions,
-    /// Running, but a broker connection it reads from or writes to cannot be
-    /// used (an embedded store that cannot write, a broker that does not
-    /// answer); its last error says which and why. Derived when reporting.
-    Degraded,
-    /// No loaded version of its algorithm matches; its messages stay in the
-    /// broker.
-    WaitingForPlugin,
-    /// Its consumer cannot be opened or receiving failed; retrying.
-    Disconnected,
-    /// Stopped receiving; finishing the messages in flight.
-    Stopping,
-    /// Not running (shut down, or its broker or topic is missing).
-    Stopped,
-    /// Disabled in the configuration.
-    Disabled,
-}
 
 /// Counts per flow, for `eventflow status`.
 #[derive(Default)]
@@ -61,50 +29,8 @@ pub struct FlowStatus {
     samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
 }
 
-/// A snapshot of a flow's status.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct FlowReport {
-    /// The flow.
-    pub name: String,
-    /// starting, running, waiting_for_partitions (a Kafka consumer that
-    /// holds no partitions: joining its group or rebalancing), degraded (a
-    /// broker connection the flow uses is down; `last_error` says which and
-    /// why), waiting_for_plugin, disconnected, stopping, stopped, disabled.
-    pub state: FlowState,
-    /// `owner/name` or `owner/name/version`.
-    pub algorithm: String,
-    /// `broker:topic`.
-    pub topic: String,
-    /// Messages received since start.
-    pub received: u64,
-    /// Messages processed.
-    pub succeeded: u64,
-    /// Retries.
-    pub retried: u64,
-    /// Dead letters.
-    pub dead_lettered: u64,
-    /// Messages dropped for lack of a dead-letter topic.
-    pub dropped: u64,
-    /// Messages being handled now: running, waiting for an invocation slot,
-    /// or waiting for their effects and acknowledgement to be committed.
-    pub in_flight: i64,
-    /// Received per second over the last minute.
-    pub received_per_sec: f64,
-    /// Processed per second over the last minute.
-    pub succeeded_per_sec: f64,
-    /// Failures (retried or dead-lettered) per second over the last minute.
-    pub failed_per_sec: f64,
-    /// The latest error and when: one line of at most 300 characters.
-    pub last_error: Option<(String, String)>,
-    /// Partitions the flow's consumer holds (Kafka); absent for brokers
-    /// without partitions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitions_assigned: Option<usize>,
-    /// How long the consumer has held no partition assignment, in seconds
-    /// (Kafka, while it waits for one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unassigned_secs: Option<f64>,
-}
+/// A snapshot of a flow's status (part of the admin API's contract).
+pub use crate::api::{FlowReport, FlowState};
 
 impl FlowStatus {
     /// Sets the flow's state: the one way it changes.

@@ -1,0 +1,309 @@
+//! `flows`: enable a topic for an algorithm version, edit, disable, delete.
+
+use clap::{Args, Subcommand};
+
+use super::client::Client;
+use super::output::{self, Table};
+use super::{Failure, Global, confirm};
+use crate::api;
+
+#[derive(Subcommand, Debug)]
+pub(super) enum FlowsCommand {
+    /// Lists flows with their state; with --algorithm, the topics that
+    /// algorithm may use, each enabled or disabled (its "queues" tab).
+    List {
+        /// `owner/name`.
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
+    /// Shows one flow as declared, with its status.
+    Show {
+        /// The flow.
+        name: String,
+    },
+    /// Enables a topic for an algorithm version (creates the flow, or
+    /// re-enables it). Re-enabling keeps the flow's version unless
+    /// --version or --latest is given.
+    Enable(EnableArgs),
+    /// Edits a flow's version, topics or settings. A version that is not
+    /// loaded is accepted with a warning: the flow waits for it.
+    Edit(EditArgs),
+    /// Disables a flow: consumption stops, in-flight work finishes, messages
+    /// wait in the broker.
+    Disable {
+        /// The flow.
+        name: String,
+    },
+    /// Deletes a flow; its messages stay in the broker.
+    Delete {
+        /// The flow.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `flows enable`.
+#[derive(Args, Debug)]
+pub(super) struct EnableArgs {
+    /// `owner/name`.
+    #[arg(long)]
+    algorithm: String,
+    /// The topic to consume.
+    #[arg(long)]
+    topic: String,
+    /// The flow's name; `<owner>-<name>-<topic>` by default.
+    #[arg(long)]
+    name: Option<String>,
+    /// The broker connection, when there are several.
+    #[arg(long)]
+    broker: Option<String>,
+    /// A version (or `latest`). Without it an existing flow keeps its
+    /// version and a new flow follows the highest loaded version.
+    #[arg(long, conflicts_with = "latest")]
+    version: Option<String>,
+    /// Follow the highest loaded version (also for an existing flow).
+    #[arg(long)]
+    latest: bool,
+    /// Where failed messages go.
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// Where outputs go.
+    #[arg(long)]
+    output_topic: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// `flows edit`.
+#[derive(Args, Debug)]
+pub(super) struct EditArgs {
+    /// The flow.
+    name: String,
+    /// A version, or `latest`.
+    #[arg(long, conflicts_with = "latest")]
+    version: Option<String>,
+    /// Follow the highest loaded version.
+    #[arg(long)]
+    latest: bool,
+    /// A new dead-letter topic.
+    #[arg(long, conflicts_with = "no_dead_letter_topic")]
+    dead_letter_topic: Option<String>,
+    /// Remove the dead-letter topic (failures are then dropped).
+    #[arg(long)]
+    no_dead_letter_topic: bool,
+    /// A new output topic.
+    #[arg(long, conflicts_with = "no_output_topic")]
+    output_topic: Option<String>,
+    /// Remove the output topic.
+    #[arg(long)]
+    no_output_topic: bool,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// A flow's settings, as `enable` and `edit` take them.
+#[derive(Args, Debug)]
+pub(super) struct Settings {
+    /// Wall-clock limit per message, in seconds (above 0, at most 43200).
+    #[arg(long)]
+    timeout_secs: Option<f64>,
+    /// Deliveries of a message before it is dead-lettered (at least 1).
+    #[arg(long)]
+    max_receives: Option<u32>,
+    /// Invocations at once (at least 1).
+    #[arg(long)]
+    concurrency: Option<u32>,
+}
+
+pub(super) async fn run(g: &Global, command: FlowsCommand) -> Result<(), Failure> {
+    let c = g.client()?;
+    match command {
+        FlowsCommand::List {
+            algorithm: Some(alg),
+        } => {
+            let topics = c.algorithm_topics(&alg).await?;
+            if g.json {
+                output::json(&topics);
+            } else {
+                print_algorithm_topics(&topics);
+            }
+        }
+        FlowsCommand::List { algorithm: None } => {
+            let flows = c.flows().await?;
+            if g.json {
+                output::json(&flows);
+            } else {
+                print_flows(&flows);
+            }
+        }
+        FlowsCommand::Show { name } => {
+            let flow = c.flow(&name).await?;
+            output::json(&flow);
+        }
+        FlowsCommand::Enable(args) => enable(g, &c, args).await?,
+        FlowsCommand::Edit(args) => edit(g, &c, args).await?,
+        FlowsCommand::Disable { name } => {
+            let edit = api::EditFlow {
+                enabled: Some(false),
+                ..Default::default()
+            };
+            let changed = c.edit_flow(&name, &edit).await?;
+            if g.json {
+                output::json(&changed);
+            } else {
+                println!("disabled flow {name}: its messages wait in the broker");
+            }
+        }
+        FlowsCommand::Delete { name, yes } => {
+            confirm(&format!("Delete flow {name:?}?"), yes)?;
+            let deleted = c.delete_flow(&name).await?;
+            if g.json {
+                output::json(&deleted);
+            } else {
+                println!("deleted flow {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn enable(g: &Global, c: &Client, args: EnableArgs) -> Result<(), Failure> {
+    let req = api::EnableFlow {
+        name: args.name,
+        broker: args.broker,
+        topic: args.topic,
+        algorithm: args.algorithm,
+        version: version(args.version, args.latest),
+        dead_letter_topic: args.dead_letter_topic,
+        output_topic: args.output_topic,
+        timeout_secs: args.settings.timeout_secs,
+        max_receives: args.settings.max_receives,
+        concurrency: args.settings.concurrency,
+    };
+    let changed = c.enable_flow(&req).await?;
+    if g.json {
+        output::json(&changed);
+        return Ok(());
+    }
+    let f = &changed.flow;
+    println!(
+        "enabled flow {}: {}:{} -> {} {}{}",
+        f.name,
+        f.broker,
+        f.topic,
+        f.algorithm,
+        f.version,
+        if changed.version_kept {
+            " (the version it had; --version V or --latest changes it)"
+        } else {
+            ""
+        },
+    );
+    print_warnings(&changed);
+    Ok(())
+}
+
+async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
+    let edit = api::EditFlow {
+        version: version(args.version, args.latest),
+        dead_letter_topic: topic_edit(args.dead_letter_topic, args.no_dead_letter_topic),
+        output_topic: topic_edit(args.output_topic, args.no_output_topic),
+        enabled: None,
+        timeout_secs: args.settings.timeout_secs,
+        max_receives: args.settings.max_receives,
+        concurrency: args.settings.concurrency,
+    };
+    let changed = c.edit_flow(&args.name, &edit).await?;
+    if g.json {
+        output::json(&changed);
+        return Ok(());
+    }
+    println!(
+        "edited flow {}: {} {}",
+        args.name, changed.flow.algorithm, changed.flow.version
+    );
+    print_warnings(&changed);
+    Ok(())
+}
+
+/// `--version V`, or `latest` with `--latest`.
+fn version(version: Option<String>, latest: bool) -> Option<String> {
+    if latest {
+        Some("latest".into())
+    } else {
+        version
+    }
+}
+
+/// A topic edit: a new topic, `null` to remove it, or absent to keep it.
+fn topic_edit(topic: Option<String>, remove: bool) -> Option<Option<String>> {
+    if remove { Some(None) } else { topic.map(Some) }
+}
+
+/// Prints the warnings of a change, one `warning: ...` line each.
+fn print_warnings(changed: &api::FlowChanged) {
+    for w in &changed.warnings {
+        println!("warning: {w}");
+    }
+}
+
+/// Each flow as declared, with its state and last error (a `degraded` flow
+/// says there why).
+fn print_flows(flows: &[api::FlowEntry]) {
+    let mut table = Table::new(&[
+        "FLOW",
+        "STATE",
+        "TOPIC",
+        "ALGORITHM",
+        "VERSION",
+        "DEAD-LETTER TOPIC",
+        "LAST ERROR",
+    ]);
+    for f in flows {
+        let last_error = match (&f.report.last_error, &f.waiting_for) {
+            (Some((at, what)), _) => format!("{at} {what}"),
+            (None, Some(waiting)) => format!("waiting: {waiting}"),
+            (None, None) => "-".into(),
+        };
+        table.row(vec![
+            f.spec.name.clone(),
+            f.report.state.to_string(),
+            format!("{}:{}", f.spec.broker, f.spec.topic),
+            f.spec.algorithm.clone(),
+            f.spec.version.clone(),
+            output::or_dash(f.spec.dead_letter_topic.as_deref()),
+            last_error,
+        ]);
+    }
+    table.print();
+}
+
+/// An algorithm's topics, every flow of it on each topic one a line.
+fn print_algorithm_topics(topics: &api::AlgorithmTopics) {
+    println!(
+        "{:<32} {:<9} {:<24} {:<10} DEAD-LETTER TOPIC",
+        "TOPIC", "ENABLED", "FLOW", "VERSION"
+    );
+    for t in &topics.topics {
+        let topic = format!("{}:{}", t.broker, t.topic);
+        if t.flows.is_empty() {
+            println!("{topic:<32} {:<9} {:<24} {:<10} -", "no", "-", "-");
+        }
+        for flow in &t.flows {
+            println!(
+                "{:<32} {:<9} {:<24} {:<10} {}{}",
+                topic,
+                if flow.enabled { "yes" } else { "no" },
+                flow.name,
+                flow.version,
+                flow.dead_letter_topic.as_deref().unwrap_or("-"),
+                flow.waiting_for
+                    .as_deref()
+                    .map(|w| format!("  (waiting: {w})"))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `status` and `plugins`: what the running router is doing.
+
+use clap::Subcommand;
+
+use super::output;
+use super::{Failure, Global};
+use crate::api;
+
+#[derive(Subcommand, Debug)]
+pub(super) enum PluginsCommand {
+    /// Lists owner/name/version, hash, load time, status and the flows using each.
+    List,
+}
+
+pub(super) async fn plugins(g: &Global, command: PluginsCommand) -> Result<(), Failure> {
+    let PluginsCommand::List = command;
+    let plugins = g.client()?.plugins().await?;
+    if g.json {
+        output::json(&plugins);
+    } else {
+        print_plugins(&plugins);
+    }
+    Ok(())
+}
+
+pub(super) async fn status(g: &Global) -> Result<(), Failure> {
+    let c = g.client()?;
+    let flows = c.flows().await?;
+    let ready = c.readiness().await.ok();
+    if g.json {
+        output::json(&serde_json::json!({ "flows": flows, "readiness": ready }));
+    } else {
+        print_status(&flows, ready.as_ref());
+    }
+    Ok(())
+}
+
+fn print_plugins(plugins: &[api::Plugin]) {
+    if plugins.is_empty() {
+        println!("no algorithms loaded");
+        return;
+    }
+    println!(
+        "{:<40} {:<9} {:<14} {:<25} FLOWS",
+        "ALGORITHM", "STATUS", "HASH", "LOADED"
+    );
+    for p in plugins {
+        let hash = p
+            .hash
+            .as_deref()
+            .map(|h| &h[..12.min(h.len())])
+            .unwrap_or("-");
+        println!(
+            "{:<40} {:<9} {:<14} {:<25} {}",
+            p.algorithm,
+            p.status,
+            hash,
+            p.loaded_at.as_deref().unwrap_or("-"),
+            output::list(&p.flows)
+        );
+        if let Some(rejected) = &p.rejected {
+            println!("    rejected: {}", rejected.reason);
+        }
+    }
+}
+
+fn print_status(flows: &[api::FlowEntry], ready: Option<&api::status::Readiness>) {
+    if let Some(ready) = ready {
+        for b in &ready.brokers {
+            println!(
+                "broker {} ({}): {}{}",
+                b.name,
+                b.kind,
+                b.state,
+                b.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+        for f in &ready.flows_not_ready {
+            println!("flow {} not ready: {}", f.name, f.reason);
+        }
+    }
+    println!(
+        "{:<24} {:<22} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}  LAST ERROR",
+        "FLOW", "STATE", "IN/s", "OK/s", "FAIL/s", "IN-FLIGHT", "DEAD", "DROP"
+    );
+    for f in flows {
+        let r = &f.report;
+        let last = r
+            .last_error
+            .as_ref()
+            .map(|(at, what)| format!("{at} {what}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<22} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9} {:>6}  {}",
+            r.name,
+            r.state,
+            r.received_per_sec,
+            r.succeeded_per_sec,
+            r.failed_per_sec,
+            r.in_flight,
+            r.dead_lettered,
+            r.dropped,
+            last
+        );
+        if let Some(waiting) = &f.waiting_for {
+            println!("    waiting: {waiting}");
+        }
+    }
+}
