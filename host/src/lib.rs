@@ -2,8 +2,9 @@
 //!
 //! A message's path through the crate, module by module:
 //!
-//! - [`config`]: the TOML configuration, strict and inert; errors name the
-//!   file and field.
+//! - [`config`]: the TOML configuration, strict and inert, one file per
+//!   part (settings, flows, limits, names); [`config::validate`] checks its
+//!   cross-references; errors name the file and field.
 //! - [`connector`]: broker connections, one folder per broker with the same
 //!   files; a `Source` delivers messages with settle handles, a `Connection`
 //!   publishes. [`connector::topic`] holds the topics and their grants;

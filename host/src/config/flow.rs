@@ -1,0 +1,147 @@
+//! An event flow's declaration: its topic, algorithm, retries and consumer
+//! options.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::default_timeout_secs;
+use super::settings::yes;
+use super::{AlgorithmRef, Limits, TopicSpec, find_topic};
+
+/// The keys (`broker:name`) of every topic that is some flow's dead-letter
+/// topic, enabled or not (its dead letters stay on the topic either way).
+pub fn dead_letter_topic_keys(flows: &[FlowSpec], topics: &[TopicSpec]) -> HashSet<String> {
+    flows
+        .iter()
+        .filter_map(|f| find_topic(topics, &f.broker, f.dead_letter_topic.as_deref()?))
+        .map(TopicSpec::key)
+        .collect()
+}
+
+/// An event flow: every message on `topic` invokes `algorithm`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// A unique name, used in logs, metrics and the CLI.
+    pub name: String,
+    /// The broker connection of the topic. May be left out when there is only
+    /// one broker connection.
+    #[serde(default)]
+    pub broker: String,
+    /// The topic to consume.
+    pub topic: String,
+    /// The algorithm, `owner/name` to follow the latest version or
+    /// `owner/name/version` to pin one.
+    pub algorithm: AlgorithmRef,
+    /// Set to false to keep the flow configured but stopped.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Invocations of this flow that may run at once. When they all run, the
+    /// flow stops receiving until one finishes.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Where the algorithm's output (`ok(some(bytes))`) is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_topic: Option<String>,
+    /// Where messages go, in an envelope saying why, once they fail for good.
+    /// Without one, such messages are dropped with an error log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// Deliveries of a message before it is dead-lettered.
+    #[serde(default = "default_max_receives")]
+    pub max_receives: u32,
+    /// Wall-clock time one invocation may take, in seconds (fractions
+    /// allowed). A longer run fails with `timeout`.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: f64,
+    /// The delay between attempts.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Resource limits of each invocation.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Options of the flow's consumer that only some brokers use.
+    #[serde(default)]
+    pub consumer: ConsumerOptions,
+}
+
+const fn default_concurrency() -> u32 {
+    8
+}
+const fn default_max_receives() -> u32 {
+    10
+}
+
+/// Consumer options that only some brokers use.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerOptions {
+    /// Kafka consumer group; `eventflow-<flow name>` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// SQS: how long messages received while the flow is saturated wait
+    /// before they become visible again, in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation_delay_secs: Option<u64>,
+    /// Kafka: how many messages of one partition may be in flight at once
+    /// (default 8, at most 64). Their outputs and publishes are produced,
+    /// and their offsets stored, in partition order either way; 1 also runs
+    /// the invocations themselves one after another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight_per_partition: Option<u32>,
+    /// Kafka: how long the flow's consumer may hold no partition assignment
+    /// (joining its group, or rebalancing after a broker outage) before
+    /// `/readyz` reports the router not ready, in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_grace_secs: Option<u64>,
+}
+
+/// How long to wait before the next attempt of a failed message.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// `exponential` (doubling from `base_ms` up to `cap_ms`) or `fixed`
+    /// (always `base_ms`).
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// The first delay, in milliseconds.
+    #[serde(default = "default_base_ms")]
+    pub base_ms: u64,
+    /// The longest delay, in milliseconds.
+    #[serde(default = "default_cap_ms")]
+    pub cap_ms: u64,
+    /// Spread delays randomly over their upper half, so that messages that
+    /// failed together do not retry together.
+    #[serde(default = "yes")]
+    pub jitter: bool,
+}
+
+const fn default_base_ms() -> u64 {
+    1_000
+}
+const fn default_cap_ms() -> u64 {
+    300_000
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            base_ms: default_base_ms(),
+            cap_ms: default_cap_ms(),
+            jitter: true,
+        }
+    }
+}
+
+/// The shape of the retry delays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// `base_ms`, then twice that, and so on up to `cap_ms`.
+    #[default]
+    Exponential,
+    /// Always `base_ms`.
+    Fixed,
+}

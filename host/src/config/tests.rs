@@ -1,0 +1,172 @@
+use super::*;
+
+const GOOD: &str = r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "incoming"
+consumers = ["ezra/store_file"]
+
+[[topics]]
+name = "dlq"
+publishers = ["ezra/*"]
+
+[[flows]]
+name = "store"
+topic = "incoming"
+algorithm = "ezra/store_file/0.1.0"
+dead_letter_topic = "dlq"
+"#;
+
+#[test]
+fn a_good_file_fills_in_the_only_broker() {
+    let c = parse("good.toml", GOOD).unwrap();
+    assert_eq!(c.flows[0].broker, "local");
+    assert_eq!(c.topics[1].broker, "local");
+    assert_eq!(
+        c.flows[0].algorithm.version,
+        Some(semver::Version::new(0, 1, 0))
+    );
+}
+
+#[test]
+fn an_unknown_field_names_the_file_and_field() {
+    let text = GOOD.replace("dead_letter_topic", "dead_leter_topic");
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.starts_with("bad.toml: flows[0]"), "{e}");
+    assert!(e.contains("dead_leter_topic"), "{e}");
+}
+
+#[test]
+fn a_bad_algorithm_reference_is_refused() {
+    let text = GOOD.replace("ezra/store_file/0.1.0", "ezra/store_file/one");
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.contains("flows[0].algorithm"), "{e}");
+    assert!(e.contains("semver"), "{e}");
+}
+
+#[test]
+fn an_unknown_broker_is_refused() {
+    let text = GOOD.replace(
+        "topic = \"incoming\"",
+        "topic = \"incoming\"\nbroker = \"nope\"",
+    );
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "bad.toml: flows[0].broker: no broker connection named \"nope\""
+    );
+}
+
+#[test]
+fn partition_depth_out_of_range_is_named() {
+    let text = format!("{GOOD}[flows.consumer]\nin_flight_per_partition = 0\n");
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "bad.toml: flows[0].consumer.in_flight_per_partition: 0 must be between 1 and 64"
+    );
+}
+
+#[test]
+fn a_missing_grant_is_named() {
+    let text = GOOD.replace("consumers = [\"ezra/store_file\"]", "consumers = []");
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.contains("no grant to consume"), "{e}");
+}
+
+/// Names that would be a path, a dot segment, a control character or a
+/// very long string, wherever a name goes in a file.
+#[test]
+fn names_are_validated_everywhere_a_file_gives_one() {
+    let long = "x".repeat(MAX_NAME_BYTES + 1);
+    for bad in [
+        "..",
+        ".",
+        "a/b",
+        "",
+        "a\\u0000b",
+        "a\\nb",
+        "%2e%2e",
+        "a b",
+        &long,
+    ] {
+        for (from, to, field) in [
+            ("name = \"incoming\"", "name = \"BAD\"", "topics[0].name"),
+            ("name = \"local\"", "name = \"BAD\"", "brokers[0].name"),
+            ("name = \"store\"", "name = \"BAD\"", "flows[0].name"),
+            (
+                "dead_letter_topic = \"dlq\"",
+                "dead_letter_topic = \"BAD\"",
+                "flows[0].dead_letter_topic",
+            ),
+            ("topic = \"incoming\"", "topic = \"BAD\"", "flows[0].topic"),
+        ] {
+            let text = GOOD.replacen(from, &to.replace("BAD", bad), 1);
+            let e = parse("bad.toml", &text).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("bad.toml: {field}: ")) && e.contains("not a valid name"),
+                "{bad:?} as {field}: {e}"
+            );
+        }
+    }
+    // A disabled flow is checked too, and so is another broker's topic.
+    let text = GOOD.replace(
+        "dead_letter_topic = \"dlq\"",
+        "dead_letter_topic = \"local:..\"\nenabled = false",
+    );
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.contains("flows[0].dead_letter_topic"), "{e}");
+    let text = GOOD.replace(
+        "kind = \"embedded\"",
+        "kind = \"embedded\"\npath = \"x.redb\"",
+    );
+    assert!(parse("good.toml", &text).is_ok());
+}
+
+#[test]
+fn a_router_secret_reference_must_be_a_name() {
+    let mut c = parse("good.toml", GOOD).unwrap();
+    c.brokers.push(
+        serde_json::from_value(serde_json::json!({
+            "name": "sb", "kind": "servicebus",
+            "connection_string": {"secret": "../other"},
+        }))
+        .unwrap(),
+    );
+    let (field, m) = validate(&mut c).unwrap_err();
+    assert_eq!(field, "brokers[1].connection_string.secret");
+    assert!(m.contains("not a valid name"), "{m}");
+}
+
+#[test]
+fn refused_names_are_shown_escaped_and_short() {
+    let e = check_name(&format!("a\0{}", "y".repeat(500))).unwrap_err();
+    assert!(e.starts_with("\"a\\0yyy"), "{e}");
+    assert!(e.contains("(502 bytes)") && e.len() < 300, "{e}");
+}
+
+#[test]
+fn a_dead_letter_topic_needs_no_publish_grant() {
+    let text = GOOD.replace("publishers = [\"ezra/*\"]", "publishers = []");
+    parse("good.toml", &text).unwrap();
+}
+
+#[test]
+fn outputs_to_a_dead_letter_topic_need_a_dead_letter_grant() {
+    let text = format!(
+        "{GOOD}\n[[flows]]\nname = \"out\"\ntopic = \"incoming\"\nalgorithm = \"ezra/store_file\"\noutput_topic = \"dlq\"\n"
+    );
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(
+        e.contains("flows[1].output_topic") && e.contains("dead_letter_publishers"),
+        "{e}"
+    );
+    let granted = text.replace(
+        "publishers = [\"ezra/*\"]",
+        "publishers = []\ndead_letter_publishers = [\"ezra/store_file\"]",
+    );
+    parse("good.toml", &granted).unwrap();
+}

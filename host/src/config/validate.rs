@@ -1,0 +1,430 @@
+//! Cross-reference checks of a parsed configuration: names, brokers, topics
+//! and their grants, flows and limits.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::{
+    Config, FlowSpec, Limits, SandboxConfig, TopicSpec, check_name, check_topic_reference,
+    dead_letter_topic_keys, find_topic, is_valid_name, quote_name,
+};
+
+/// A field's dotted path and what is wrong with it.
+type FieldError = (String, String);
+
+/// Checks cross-references and fills in defaults that depend on other fields
+/// (a flow's or topic's broker when there is only one).
+pub fn validate(config: &mut Config) -> Result<(), FieldError> {
+    if config.sandbox.max_instances == 0 {
+        return Err(("sandbox.max_instances".into(), "must be at least 1".into()));
+    }
+    let brokers = check_brokers(config)?;
+    check_topics(config, &brokers)?;
+    check_flow_names(config, &brokers)?;
+    check_flows(config)?;
+    check_algorithm_limits(config)
+}
+
+/// The broker connections that topics and flows may name.
+struct Brokers {
+    /// Every connection's name.
+    names: HashSet<String>,
+    /// The name of the only connection, when there is exactly one.
+    only: Option<String>,
+}
+
+impl Brokers {
+    /// Fills in an empty `broker` with the only connection, or checks that
+    /// the named connection exists.
+    fn resolve(&self, field: String, broker: &mut String) -> Result<(), FieldError> {
+        if broker.is_empty() {
+            match &self.only {
+                Some(name) => *broker = name.clone(),
+                None => {
+                    return Err((
+                        field,
+                        "is required when there is not exactly one broker connection".into(),
+                    ));
+                }
+            }
+        } else if !self.names.contains(broker.as_str()) {
+            return Err((field, format!("no broker connection named \"{broker}\"")));
+        }
+        Ok(())
+    }
+}
+
+/// Checks each broker connection's name, uniqueness, own settings and
+/// credential references.
+fn check_brokers(config: &Config) -> Result<Brokers, FieldError> {
+    let mut names = HashSet::new();
+    for (i, b) in config.brokers.iter().enumerate() {
+        check_name(b.name()).map_err(|m| (format!("brokers[{i}].name"), m))?;
+        if !names.insert(b.name().to_string()) {
+            return Err((
+                format!("brokers[{i}].name"),
+                format!(
+                    "a broker connection named \"{}\" is already defined",
+                    b.name()
+                ),
+            ));
+        }
+        b.validate()
+            .map_err(|(f, m)| (format!("brokers[{i}].{f}"), m))?;
+        let spec = serde_json::to_value(b).unwrap_or_default();
+        if let Some(path) = inline_secret(&spec, "") {
+            return Err((
+                format!("brokers[{i}]{path}"),
+                "credentials may not be written inline: use { env = \"VAR\" }, { file = \"PATH\" } or { secret = \"NAME\" } (the admin API stores inline values as secrets)".into(),
+            ));
+        }
+        if let Some((path, m)) = bad_secret_name(&spec, "") {
+            return Err((format!("brokers[{i}]{path}.secret"), m));
+        }
+    }
+    let only = (config.brokers.len() == 1).then(|| config.brokers[0].name().to_string());
+    Ok(Brokers { names, only })
+}
+
+/// Checks each topic's names, address and grants, fills in its broker, and
+/// refuses a topic declared twice on one broker.
+fn check_topics(config: &mut Config, brokers: &Brokers) -> Result<(), FieldError> {
+    let mut topic_keys: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (i, t) in config.topics.iter_mut().enumerate() {
+        check_name(&t.name).map_err(|m| (format!("topics[{i}].name"), m))?;
+        if !t.broker.is_empty() {
+            check_name(&t.broker).map_err(|m| (format!("topics[{i}].broker"), m))?;
+        }
+        brokers.resolve(format!("topics[{i}].broker"), &mut t.broker)?;
+        if let Some(address) = &t.address {
+            check_address(address).map_err(|m| (format!("topics[{i}].address"), m))?;
+        }
+        check_grants(i, t)?;
+        if topic_keys
+            .insert((t.broker.clone(), t.name.clone()), i)
+            .is_some()
+        {
+            return Err((
+                format!("topics[{i}].name"),
+                format!(
+                    "topic \"{}\" is already defined on broker \"{}\"",
+                    t.name, t.broker
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every entry of topic `i`'s access lists is `owner/name` or
+/// `owner/*`.
+fn check_grants(i: usize, t: &TopicSpec) -> Result<(), FieldError> {
+    for (list, grants) in [
+        ("consumers", &t.consumers),
+        ("publishers", &t.publishers),
+        ("dead_letter_publishers", &t.dead_letter_publishers),
+    ] {
+        for (j, g) in grants.iter().enumerate() {
+            let ok = match g.split_once('/') {
+                Some((owner, name)) => is_valid_name(owner) && (name == "*" || is_valid_name(name)),
+                None => false,
+            };
+            if !ok {
+                return Err((
+                    format!("topics[{i}].{list}[{j}]"),
+                    format!("\"{g}\" is not a grant: expected owner/name or owner/*"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks each flow's names and topic references, refuses a flow declared
+/// twice, and fills in its broker.
+fn check_flow_names(config: &mut Config, brokers: &Brokers) -> Result<(), FieldError> {
+    let mut flow_names = HashSet::new();
+    for (i, f) in config.flows.iter_mut().enumerate() {
+        let at = |field: &str| format!("flows[{i}].{field}");
+        check_name(&f.name).map_err(|m| (at("name"), m))?;
+        if !f.broker.is_empty() {
+            check_name(&f.broker).map_err(|m| (at("broker"), m))?;
+        }
+        check_name(&f.topic).map_err(|m| {
+            let hint = if f.topic.contains(':') {
+                " (a flow consumes from its own broker connection: use the plain topic name)"
+            } else {
+                ""
+            };
+            (at("topic"), format!("{m}{hint}"))
+        })?;
+        for (field, target) in [
+            ("output_topic", &f.output_topic),
+            ("dead_letter_topic", &f.dead_letter_topic),
+        ] {
+            if let Some(target) = target {
+                check_topic_reference(target).map_err(|m| (at(field), m))?;
+            }
+        }
+        if !flow_names.insert(f.name.clone()) {
+            return Err((
+                at("name"),
+                format!("a flow named \"{}\" is already defined", f.name),
+            ));
+        }
+        if f.enabled {
+            brokers.resolve(at("broker"), &mut f.broker)?;
+        } else if f.broker.is_empty() {
+            // A disabled flow may point at a connection that is gone; it is
+            // checked again when it is enabled.
+            if let Some(name) = &brokers.only {
+                f.broker = name.clone();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// With every flow's broker known: checks enabled flows against the topics
+/// and every flow's timeout and limits.
+fn check_flows(config: &Config) -> Result<(), FieldError> {
+    let dead_letter_topics = dead_letter_topic_keys(&config.flows, &config.topics);
+    for (i, f) in config.flows.iter().enumerate() {
+        let at = |field: &str| format!("flows[{i}].{field}");
+        if f.enabled {
+            check_flow(f, &config.topics, &dead_letter_topics)
+                .map_err(|(field, m)| (at(&field), m))?;
+        }
+        check_timeout(f.timeout_secs).map_err(|m| (at("timeout_secs"), m))?;
+        check_limits(&f.limits, &config.sandbox)
+            .map_err(|(field, m)| (at(&format!("limits.{field}")), m))?;
+    }
+    Ok(())
+}
+
+/// Checks the per-version limit overrides: each names a version and keeps
+/// within the sandbox's bounds.
+fn check_algorithm_limits(config: &Config) -> Result<(), FieldError> {
+    for (i, o) in config.algorithm_limits.iter().enumerate() {
+        if o.algorithm.version.is_none() {
+            return Err((
+                format!("algorithm_limits[{i}].algorithm"),
+                format!(
+                    "\"{}\" must name a version: owner/name/version",
+                    o.algorithm
+                ),
+            ));
+        }
+        if let Some(t) = o.timeout_secs {
+            check_timeout(t).map_err(|m| (format!("algorithm_limits[{i}].timeout_secs"), m))?;
+        }
+        check_limits(&o.apply_to(&Limits::default()), &config.sandbox)
+            .map_err(|(field, m)| (format!("algorithm_limits[{i}].{field}"), m))?;
+    }
+    Ok(())
+}
+
+/// The broker's own name for a topic (a queue URL, a queue, a Kafka topic)
+/// is the broker's to judge; only what no broker takes is refused here.
+fn check_address(address: &str) -> Result<(), String> {
+    const MAX_ADDRESS_BYTES: usize = 1024;
+    if address.is_empty() {
+        Err("may not be empty (leave it out to use the topic's name)".into())
+    } else if address.len() > MAX_ADDRESS_BYTES {
+        Err(format!(
+            "{} is longer than {MAX_ADDRESS_BYTES} bytes",
+            quote_name(address)
+        ))
+    } else if address.chars().any(char::is_control) {
+        Err(format!(
+            "{} contains control characters",
+            quote_name(address)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The path and error of the first router-secret reference
+/// (`{ secret = NAME }`) in `v` whose name is not a valid name.
+fn bad_secret_name(v: &serde_json::Value, path: &str) -> Option<(String, String)> {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.len() == 1
+                && let Some(serde_json::Value::String(name)) = map.get("secret")
+            {
+                return check_name(name).err().map(|m| (path.to_string(), m));
+            }
+            map.iter()
+                .find_map(|(k, v)| bad_secret_name(v, &format!("{path}.{k}")))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| bad_secret_name(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// The path of the first inline credential (`{ value = ... }`) in `v`.
+pub fn inline_secret(v: &serde_json::Value, path: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.len() == 1 && map.contains_key("value") {
+                return Some(path.to_string());
+            }
+            map.iter()
+                .find_map(|(k, v)| inline_secret(v, &format!("{path}.{k}")))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| inline_secret(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// Checks one flow against the topics and their access lists;
+/// `dead_letter_topics` holds the keys of every flow's dead-letter topic.
+pub fn check_flow(
+    f: &FlowSpec,
+    topics: &[TopicSpec],
+    dead_letter_topics: &HashSet<String>,
+) -> Result<(), FieldError> {
+    let topic = find_topic(topics, &f.broker, &f.topic).ok_or_else(|| {
+        (
+            "topic".to_string(),
+            format!(
+                "no topic \"{}\" is declared on broker \"{}\" (add it to [[topics]])",
+                f.topic, f.broker
+            ),
+        )
+    })?;
+    if f.topic.contains(':') {
+        return Err((
+            "topic".into(),
+            "a flow consumes from its own broker connection: use the plain topic name".into(),
+        ));
+    }
+    let alg = f.algorithm.unversioned();
+    if !topic.may_consume(&f.algorithm.owner, &f.algorithm.name) {
+        return Err((
+            "algorithm".into(),
+            format!(
+                "{alg} has no grant to consume from topic \"{}\" on broker \"{}\": add \"{alg}\" to that topic's consumers",
+                topic.name, topic.broker
+            ),
+        ));
+    }
+    check_targets(f, topics, dead_letter_topics)?;
+    check_flow_settings(f)
+}
+
+/// Checks that flow `f` may publish its outputs to its output topic; its
+/// dead-letter topic needs only to exist, since the router writes there.
+fn check_targets(
+    f: &FlowSpec,
+    topics: &[TopicSpec],
+    dead_letter_topics: &HashSet<String>,
+) -> Result<(), FieldError> {
+    let alg = f.algorithm.unversioned();
+    for (field, target) in [
+        ("output_topic", &f.output_topic),
+        ("dead_letter_topic", &f.dead_letter_topic),
+    ] {
+        let Some(target) = target else { continue };
+        let t = find_topic(topics, &f.broker, target).ok_or_else(|| {
+            (
+                field.to_string(),
+                format!("no topic \"{target}\" is declared (add it to [[topics]])"),
+            )
+        })?;
+        if field == "dead_letter_topic" {
+            // The router writes dead letters itself: no grant needed.
+            continue;
+        }
+        if dead_letter_topics.contains(&t.key()) {
+            if !t.may_publish_dead_letters(&f.algorithm.owner, &f.algorithm.name) {
+                return Err((
+                    field.to_string(),
+                    format!(
+                        "topic \"{}\" on broker \"{}\" is a flow's dead-letter topic, which only the router writes: add \"{alg}\" to that topic's dead_letter_publishers to let the algorithm's outputs go there",
+                        t.name, t.broker
+                    ),
+                ));
+            }
+            continue;
+        }
+        if !t.may_publish(&f.algorithm.owner, &f.algorithm.name) {
+            return Err((
+                field.to_string(),
+                format!(
+                    "{alg} has no grant to publish to topic \"{}\" on broker \"{}\": add \"{alg}\" to that topic's publishers",
+                    t.name, t.broker
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a flow's numeric settings: concurrency, deliveries, consumer
+/// depth and retry delays.
+fn check_flow_settings(f: &FlowSpec) -> Result<(), FieldError> {
+    if f.concurrency == 0 {
+        return Err(("concurrency".into(), "must be at least 1".into()));
+    }
+    if f.max_receives == 0 {
+        return Err(("max_receives".into(), "must be at least 1".into()));
+    }
+    if let Some(n) = f.consumer.in_flight_per_partition
+        && !(1..=64).contains(&n)
+    {
+        return Err((
+            "consumer.in_flight_per_partition".into(),
+            format!("{n} must be between 1 and 64"),
+        ));
+    }
+    if f.retry.base_ms > f.retry.cap_ms {
+        return Err((
+            "retry.base_ms".into(),
+            format!(
+                "{} is larger than retry.cap_ms ({})",
+                f.retry.base_ms, f.retry.cap_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_timeout(t: f64) -> Result<(), String> {
+    if t > 0.0 && t <= 12.0 * 3600.0 {
+        Ok(())
+    } else {
+        Err(format!("{t} must be above 0 and at most 43200 (12 h)"))
+    }
+}
+
+fn check_limits(l: &Limits, sandbox: &SandboxConfig) -> Result<(), FieldError> {
+    if !(l.host_call_timeout_secs > 0.0 && l.host_call_timeout_secs <= 3600.0) {
+        return Err((
+            "host_call_timeout_secs".into(),
+            "must be above 0 and at most 3600".into(),
+        ));
+    }
+    if l.max_memory_mib == 0 || l.max_memory_mib > sandbox.max_memory_mib {
+        return Err((
+            "max_memory_mib".into(),
+            format!(
+                "{} must be between 1 and sandbox.max_memory_mib ({})",
+                l.max_memory_mib, sandbox.max_memory_mib
+            ),
+        ));
+    }
+    if l.max_fuel.is_some() && !sandbox.fuel {
+        return Err((
+            "max_fuel".into(),
+            "needs fuel counting: set `fuel = true` under [sandbox]".into(),
+        ));
+    }
+    Ok(())
+}
