@@ -20,8 +20,10 @@
 //!   directory, reloaded as files change.
 //! - [`data`]: `data://owner/collection/path` storage, confined to its
 //!   collection.
-//! - [`state`]: the router's own durable state (failure journal, secrets
-//!   sealed with [`state::key`], API tokens minted by [`state::token`]).
+//! - [`state`]: the router's own durable state, one file per table (failure
+//!   journal, secrets sealed with [`state::key`], desired state, API tokens
+//!   minted and stored by [`state::token`]) plus how its redb files are
+//!   opened.
 //! - [`router`]: wires the above together and converges to a configuration.
 //! - [`control`]: the control plane: broker connections, topics and
 //!   grants, flows, secrets and tokens, validated and persisted.

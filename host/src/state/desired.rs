@@ -1,0 +1,48 @@
+//! The desired state: the declarations the admin API edits and `eventflow
+//! apply` converges, with the digest of the file they were seeded from.
+
+use anyhow::Context;
+use redb::ReadableDatabase;
+use serde::Serialize;
+
+use super::{META, StateStore};
+
+impl StateStore {
+    /// The stored declarations ([`crate::config::Declarations`]) and the
+    /// digest of the file they were seeded from. The store keeps them as
+    /// JSON; their schema is the configuration's.
+    pub fn desired<D: serde::de::DeserializeOwned>(&self) -> anyhow::Result<Option<(D, String)>> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        let Some(desired) = meta.get("desired")? else {
+            return Ok(None);
+        };
+        let declarations = serde_json::from_str(desired.value())
+            .context("the stored desired state is unreadable")?;
+        let seed = meta
+            .get("seed")?
+            .map(|v| v.value().to_string())
+            .unwrap_or_default();
+        Ok(Some((declarations, seed)))
+    }
+
+    /// Stores the declarations; `seed` records the digest of the file they
+    /// came from (`None` keeps the recorded one).
+    pub fn set_desired<D: Serialize>(
+        &self,
+        declarations: &D,
+        seed: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let json = serde_json::to_string(declarations)?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("desired", json.as_str())?;
+            if let Some(seed) = seed {
+                meta.insert("seed", seed)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
