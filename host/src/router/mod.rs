@@ -1,6 +1,7 @@
 //! The router: builds the services, connects the brokers, loads the plugins
 //! and runs one task per enabled flow. [`Router::apply`] converges the
-//! running flows to a new configuration without a restart.
+//! running flows to a new configuration without a restart (`apply`);
+//! `brokers` watches the broker connections' health.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,15 +13,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Declarations, FlowSpec};
-use crate::connector::{BrokerSpec, ConnectContext, connect};
+use crate::connector::{BrokerSpec, ConnectContext};
 use crate::data::Collections;
-use crate::flow::{
-    self, Broker, FlowReport, FlowState, FlowStatus, Services, Topology, TopologyHandle,
-};
-use crate::metrics::{AlgorithmLabels, BrokerLabels, Metrics};
+use crate::flow::{self, FlowStatus, Services, Topology, TopologyHandle};
+use crate::metrics::{AlgorithmLabels, Metrics};
 use crate::registry::{self, Registry};
 use crate::sandbox::Sandbox;
 use crate::state::{Damaged, StateOptions, StateStore};
+
+mod apply;
+mod brokers;
+
+pub use apply::pool_oversubscription;
 
 /// How often the router checks its broker connections for the flows'
 /// status (`degraded` while one a flow uses is down).
@@ -242,213 +246,6 @@ impl Router {
         }
     }
 
-    /// Converges brokers and flows to `config`: connects new brokers, stops
-    /// flows that were removed or changed (letting in-flight work finish),
-    /// and starts new or changed ones.
-    pub async fn apply(&self, config: Config) -> anyhow::Result<()> {
-        let mut flows = self.flows.lock().await;
-        let old = self.topology();
-        let mut brokers = HashMap::new();
-        for spec in &config.brokers {
-            let existing = old.brokers.get(spec.name()).filter(|b| b.spec == *spec);
-            let broker = match existing {
-                Some(b) => b.clone(),
-                None => Broker {
-                    spec: spec.clone(),
-                    connection: connect(spec, &self.connect_ctx).await.with_context(|| {
-                        format!(
-                            "failed to connect broker {:?} ({})",
-                            spec.name(),
-                            spec.kind()
-                        )
-                    })?,
-                },
-            };
-            brokers.insert(spec.name().to_string(), broker);
-        }
-        let topology = Arc::new(Topology {
-            brokers,
-            topics: config.topics.clone(),
-            algorithm_limits: config.algorithm_limits.clone(),
-            dead_letter_topics: crate::config::dead_letter_topic_keys(
-                &config.flows,
-                &config.topics,
-            ),
-        });
-
-        // Stop flows that are gone, disabled or changed.
-        let wanted: HashMap<&str, &FlowSpec> = config
-            .flows
-            .iter()
-            .filter(|f| f.enabled)
-            .map(|f| (f.name.as_str(), f))
-            .collect();
-        let mut stopping = Vec::new();
-        let names: Vec<String> = flows.keys().cloned().collect();
-        for name in names {
-            let keep = wanted
-                .get(name.as_str())
-                .is_some_and(|f| fingerprint(f, &config) == flows[&name].fingerprint);
-            if !keep && let Some(running) = flows.remove(&name) {
-                running.token.cancel();
-                stopping.push(running);
-            }
-        }
-        for running in stopping {
-            let _ = running.handle.await;
-            if !wanted.contains_key(running.spec.name.as_str()) {
-                running.status.set_state(FlowState::Disabled);
-            }
-        }
-
-        self.topology.replace(topology.clone());
-        if let Some(warning) = pool_oversubscription(&config) {
-            tracing::warn!("{warning}");
-        }
-        let grace = Duration::from_secs_f64(config.router.shutdown_grace_secs);
-        for spec in config.flows.iter().filter(|f| f.enabled) {
-            if flows.contains_key(&spec.name) {
-                continue;
-            }
-            if spec.dead_letter_topic.is_none() {
-                tracing::warn!(
-                    flow = %spec.name,
-                    "Flow has no dead-letter topic: messages that fail max_receives times will be dropped (logged and counted)."
-                );
-            }
-            let status = self
-                .statuses
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(spec.name.clone())
-                .or_default()
-                .clone();
-            let token = self.background.child_token();
-            let handle = tokio::spawn(flow::run(
-                Arc::new(spec.clone()),
-                self.topology.clone(),
-                self.services.clone(),
-                status.clone(),
-                token.clone(),
-                grace,
-            ));
-            flows.insert(
-                spec.name.clone(),
-                RunningFlow {
-                    spec: spec.clone(),
-                    fingerprint: fingerprint(spec, &config),
-                    token,
-                    handle,
-                    status,
-                },
-            );
-        }
-        for spec in config.flows.iter().filter(|f| !f.enabled) {
-            self.statuses
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(spec.name.clone())
-                .or_default()
-                .set_state(FlowState::Disabled);
-        }
-        let known: std::collections::HashSet<&str> =
-            config.flows.iter().map(|f| f.name.as_str()).collect();
-        self.statuses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|name, _| known.contains(name.as_str()));
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
-        Ok(())
-    }
-
-    /// Status of every configured flow.
-    pub fn flow_reports(&self) -> Vec<FlowReport> {
-        let config = self.config();
-        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        config
-            .flows
-            .iter()
-            .map(|spec| match statuses.get(&spec.name) {
-                Some(s) => s.report(spec),
-                None => FlowStatus::default().report(spec),
-            })
-            .collect()
-    }
-
-    /// The running flows that are not ready, and why: Kafka flows whose
-    /// consumer has held no partition assignment for longer than their
-    /// `consumer.assignment_grace_secs`.
-    pub fn unready_flows(&self) -> Vec<(String, String)> {
-        let config = self.config();
-        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        config
-            .flows
-            .iter()
-            .filter_map(|spec| {
-                let grace = spec
-                    .consumer
-                    .assignment_grace_secs
-                    .map_or(flow::DEFAULT_ASSIGNMENT_GRACE, Duration::from_secs);
-                let why = statuses.get(&spec.name)?.unready(grace)?;
-                Some((spec.name.clone(), why))
-            })
-            .collect()
-    }
-
-    /// Checks every broker connection, updating the `broker_up` metric.
-    pub async fn check_brokers(&self) -> Vec<(String, &'static str, Result<(), String>)> {
-        let topology = self.topology();
-        let mut out = Vec::new();
-        for (name, broker) in &topology.brokers {
-            let result = broker.connection.check().await;
-            self.services
-                .metrics
-                .broker_up
-                .get_or_create(&BrokerLabels {
-                    broker: name.clone(),
-                })
-                .set(i64::from(result.is_ok()));
-            out.push((name.clone(), broker.spec.kind(), result));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        self.note_broker_health(&topology, &out);
-        out
-    }
-
-    /// Tells every flow whether a broker connection it uses (the one it
-    /// consumes from, its output's and its dead-letter topic's) is down, so
-    /// its status says `degraded` and why instead of `running`.
-    fn note_broker_health(
-        &self,
-        topology: &Topology,
-        health: &[(String, &'static str, Result<(), String>)],
-    ) {
-        let down = |name: &str| {
-            health
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .and_then(|(_, kind, r)| r.as_ref().err().map(|why| (kind, why)))
-                // Named as the flow's own connection errors name it.
-                .map(|(kind, why)| format!("broker connection {name:?} ({kind}) is down: {why}"))
-        };
-        let config = self.config();
-        let statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        for spec in &config.flows {
-            let Some(status) = statuses.get(&spec.name) else {
-                continue;
-            };
-            let others = [&spec.output_topic, &spec.dead_letter_topic]
-                .into_iter()
-                .flatten()
-                .filter_map(|t| topology.topic(&spec.broker, t))
-                .map(|t| t.broker.as_str());
-            let why = std::iter::once(spec.broker.as_str())
-                .chain(others)
-                .find_map(down);
-            status.set_broker_down(why);
-        }
-    }
-
     /// The broker spec named `name`.
     pub fn broker_spec(&self, name: &str) -> Option<BrokerSpec> {
         self.config().brokers.into_iter().find(|b| b.name() == name)
@@ -499,29 +296,6 @@ impl Router {
         });
     }
 
-    /// Checks the broker connections every few seconds, so a flow's status
-    /// follows an outage (and the recovery) without anyone asking
-    /// `/readyz`.
-    fn spawn_broker_watch(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let token = self.background.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(BROKER_WATCH_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let Some(router) = weak.upgrade() else { return };
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = router.check_brokers() => {}
-                }
-            }
-        });
-    }
-
     fn spawn_sampler(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let token = self.background.clone();
@@ -565,43 +339,4 @@ impl Router {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.background.clone()
     }
-}
-
-/// A one-line warning when the enabled flows' concurrency adds up to more
-/// than the pool's instance slots: invocations beyond them wait for a slot
-/// (they do not fail), so a flow can be slowed by the others.
-pub fn pool_oversubscription(config: &Config) -> Option<String> {
-    if !config.sandbox.pooling {
-        return None;
-    }
-    let flows: Vec<String> = config
-        .flows
-        .iter()
-        .filter(|f| f.enabled)
-        .map(|f| format!("{} {}", f.name, f.concurrency))
-        .collect();
-    let total: u64 = config
-        .flows
-        .iter()
-        .filter(|f| f.enabled)
-        .map(|f| u64::from(f.concurrency))
-        .sum();
-    let slots = config.sandbox.max_instances;
-    (total > u64::from(slots)).then(|| {
-        format!(
-            "The flows' concurrency adds up to {total} ({}) but [sandbox] max_instances is {slots}: \
-             invocations beyond {slots} at once wait for a free instance slot, so busy flows slow the others.",
-            flows.join(", ")
-        )
-    })
-}
-
-/// What a running flow depends on beyond the live topology snapshot: its
-/// own spec, its broker connection and its source topic. A change to any of
-/// them restarts the flow; grants, other topics and limit overrides apply
-/// live.
-fn fingerprint(spec: &FlowSpec, config: &Config) -> String {
-    let broker = config.brokers.iter().find(|b| b.name() == spec.broker);
-    let topic = crate::config::find_topic(&config.topics, &spec.broker, &spec.topic);
-    serde_json::to_string(&(spec, broker, topic)).unwrap_or_default()
 }
