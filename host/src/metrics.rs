@@ -177,92 +177,107 @@ impl Metrics {
             consumer_lag: Family::default(),
             registry: Registry::default(),
         };
+        m.register_message_counts(&mut registry);
+        m.register_invocation_metrics(&mut registry);
+        m.register_router_metrics(&mut registry);
+        Self { registry, ..m }
+    }
+
+    /// Registers what happened to the flows' messages: received, settled each way, in flight.
+    fn register_message_counts(&self, registry: &mut Registry) {
         registry.register(
             "messages_received",
             "Messages handed to a flow",
-            m.received.clone(),
+            self.received.clone(),
         );
         registry.register(
             "messages_succeeded",
             "Messages processed and acknowledged",
-            m.succeeded.clone(),
+            self.succeeded.clone(),
         );
         registry.register(
             "messages_retried",
             "Messages given back for another attempt, by failure reason",
-            m.retried.clone(),
+            self.retried.clone(),
         );
         registry.register(
             "messages_dead_lettered",
             "Messages sent to a dead-letter topic, by failure reason",
-            m.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         registry.register(
             "messages_dropped",
             "Messages that failed for good on a flow without a dead-letter topic",
-            m.dropped.clone(),
+            self.dropped.clone(),
         );
         registry.register(
             "settle_errors",
             "Acks, retries and lease extensions the broker refused",
-            m.settle_errors.clone(),
+            self.settle_errors.clone(),
         );
         registry.register(
             "in_flight",
             "Messages being handled now (running, waiting for a slot or for their commit)",
-            m.in_flight.clone(),
+            self.in_flight.clone(),
         );
+    }
+
+    /// Registers the invocations' timings and resource use, and the log lines left out.
+    fn register_invocation_metrics(&self, registry: &mut Registry) {
         registry.register(
             "invocation_duration_seconds",
             "Time to instantiate and run the algorithm on one message",
-            m.invocation_seconds.clone(),
+            self.invocation_seconds.clone(),
         );
         registry.register(
             "instance_wait_seconds",
             "Time an invocation waited for a free instance slot of the pool ([sandbox] max_instances)",
-            m.instance_wait_seconds.clone(),
+            self.instance_wait_seconds.clone(),
         );
         registry.register(
             "log_lines_suppressed",
             "Log lines of repeated errors left out; each summary line says how many",
-            m.log_lines_suppressed.clone(),
+            self.log_lines_suppressed.clone(),
         );
         registry.register(
             "end_to_end_latency_seconds",
             "From the broker's enqueue time to settlement",
-            m.end_to_end_seconds.clone(),
+            self.end_to_end_seconds.clone(),
         );
         registry.register(
             "invocation_peak_memory_bytes",
             "Peak linear memory of each invocation",
-            m.peak_memory_bytes.clone(),
+            self.peak_memory_bytes.clone(),
         );
         registry.register(
             "invocation_fuel_used",
             "Fuel used by each invocation, when fuel is counted",
-            m.fuel_used.clone(),
+            self.fuel_used.clone(),
         );
+    }
+
+    /// Registers the router's own health: plugin loads, broker connections, consumer lag.
+    fn register_router_metrics(&self, registry: &mut Registry) {
         registry.register(
             "plugin_loads",
             "Algorithm versions loaded or reloaded",
-            m.plugin_loads.clone(),
+            self.plugin_loads.clone(),
         );
         registry.register(
             "plugin_rejections",
             "Plugin files that failed to load",
-            m.plugin_rejections.clone(),
+            self.plugin_rejections.clone(),
         );
         registry.register(
             "broker_up",
             "Whether each broker connection answers (1) or not (0)",
-            m.broker_up.clone(),
+            self.broker_up.clone(),
         );
         registry.register(
             "consumer_lag",
             "Messages behind the end of each partition (Kafka)",
-            m.consumer_lag.clone(),
+            self.consumer_lag.clone(),
         );
-        Self { registry, ..m }
     }
 
     /// The per-message metrics of `flow` running `algorithm`

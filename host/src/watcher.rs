@@ -92,52 +92,20 @@ async fn run(router: Arc<Router>) {
             None
         }
     };
-    // What the registry holds, by file.
-    let mut known: HashMap<PathBuf, Stamp> = scan(&dir)
-        .into_iter()
-        .filter_map(|(_, p)| stamp(&p).map(|s| (p, s)))
-        .collect();
-    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
-    // Files renamed into place: whole, so due without the quiet period.
-    let mut renamed_in: HashSet<PathBuf> = HashSet::new();
+    let mut files = Files::new(dir);
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.reset();
     let mut rearm_at: Option<Instant> = None;
     loop {
-        let next_due = if renamed_in.is_empty() {
-            pending.values().min().map(|t| *t + QUIET)
-        } else {
-            Some(Instant::now())
-        };
-        let sleep_until = next_due
+        let sleep_until = files
+            .next_due()
             .into_iter()
             .chain(rearm_at)
             .min()
             .unwrap_or_else(|| Instant::now() + RESCAN);
         tokio::select! {
             event = rx.recv() => match event {
-                Some(Event::Paths { paths, renamed }) => {
-                    tracing::trace!(?paths, renamed, "Plugin directory event.");
-                    let now = Instant::now();
-                    // A rename's destination is the last path.
-                    let destination = paths.last().cloned();
-                    for p in paths {
-                        if renamed && Some(&p) == destination.as_ref() && id_from_path(&dir, &p).is_some() {
-                            renamed_in.insert(p.clone());
-                            pending.insert(p, now);
-                        } else if p.is_dir() || id_from_path(&dir, &p).is_none() {
-                            // A directory appeared or vanished, or a temporary
-                            // file was renamed: compare the whole tree.
-                            for path in diff(&dir, &known) {
-                                pending.insert(path, now);
-                            }
-                        } else {
-                            // Written in place: wait for the writes to stop.
-                            renamed_in.remove(&p);
-                            pending.insert(p, now);
-                        }
-                    }
-                }
+                Some(Event::Paths { paths, renamed }) => files.touched(paths, renamed),
                 Some(Event::Error(e)) => {
                     tracing::warn!(error = %e, "The plugin directory watcher failed; re-creating it.");
                     watcher = None;
@@ -146,21 +114,14 @@ async fn run(router: Arc<Router>) {
                 None => return,
             },
             _ = tokio::time::sleep_until(sleep_until.into()) => {}
-            _ = rescan.tick() => {
-                let now = Instant::now();
-                for path in diff(&dir, &known) {
-                    pending.entry(path).or_insert(now);
-                }
-            }
+            _ = rescan.tick() => files.rescan(),
         }
         if rearm_at.is_some_and(|t| t <= Instant::now()) {
             rearm_at = None;
-            match watch(&dir, tx.clone()) {
+            match watch(&files.dir, tx.clone()) {
                 Ok(w) => {
                     watcher = Some(w);
-                    for path in diff(&dir, &known) {
-                        pending.entry(path).or_insert(Instant::now());
-                    }
+                    files.rescan();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot re-create the plugin directory watcher; trying again.");
@@ -168,17 +129,97 @@ async fn run(router: Arc<Router>) {
                 }
             }
         }
-        let due: Vec<PathBuf> = pending
-            .iter()
-            .filter(|(p, t)| t.elapsed() >= QUIET || renamed_in.contains(*p))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for path in due {
-            pending.remove(&path);
-            renamed_in.remove(&path);
-            settle_file(&router, &dir, &path, &mut known).await;
+        for path in files.take_due() {
+            settle_file(&router, &files.dir, &path, &mut files.known).await;
         }
         let _ = &watcher;
+    }
+}
+
+/// The debouncing state of the plugin directory: what the registry holds
+/// and which files wait to be looked at.
+struct Files {
+    /// The plugin directory.
+    dir: PathBuf,
+    /// What the registry holds, by file.
+    known: HashMap<PathBuf, Stamp>,
+    /// Files touched, with when they were last touched.
+    pending: HashMap<PathBuf, Instant>,
+    /// Files renamed into place: whole, so due without the quiet period.
+    renamed_in: HashSet<PathBuf>,
+}
+
+impl Files {
+    /// What the plugin directory holds now, with nothing pending.
+    fn new(dir: PathBuf) -> Self {
+        let known = scan(&dir)
+            .into_iter()
+            .filter_map(|(_, p)| stamp(&p).map(|s| (p, s)))
+            .collect();
+        Self {
+            dir,
+            known,
+            pending: HashMap::new(),
+            renamed_in: HashSet::new(),
+        }
+    }
+
+    /// When the next pending file is due: now if one was renamed in.
+    fn next_due(&self) -> Option<Instant> {
+        if self.renamed_in.is_empty() {
+            self.pending.values().min().map(|t| *t + QUIET)
+        } else {
+            Some(Instant::now())
+        }
+    }
+
+    /// Notes the paths of a watcher event.
+    fn touched(&mut self, paths: Vec<PathBuf>, renamed: bool) {
+        tracing::trace!(?paths, renamed, "Plugin directory event.");
+        let now = Instant::now();
+        // A rename's destination is the last path.
+        let destination = paths.last().cloned();
+        for p in paths {
+            if renamed && Some(&p) == destination.as_ref() && id_from_path(&self.dir, &p).is_some()
+            {
+                self.renamed_in.insert(p.clone());
+                self.pending.insert(p, now);
+            } else if p.is_dir() || id_from_path(&self.dir, &p).is_none() {
+                // A directory appeared or vanished, or a temporary
+                // file was renamed: compare the whole tree.
+                for path in diff(&self.dir, &self.known) {
+                    self.pending.insert(path, now);
+                }
+            } else {
+                // Written in place: wait for the writes to stop.
+                self.renamed_in.remove(&p);
+                self.pending.insert(p, now);
+            }
+        }
+    }
+
+    /// Compares the whole tree with what the registry holds; files that
+    /// differ become pending (keeping when they were last touched).
+    fn rescan(&mut self) {
+        let now = Instant::now();
+        for path in diff(&self.dir, &self.known) {
+            self.pending.entry(path).or_insert(now);
+        }
+    }
+
+    /// Takes the files whose quiet period is over, or that were renamed in.
+    fn take_due(&mut self) -> Vec<PathBuf> {
+        let due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(p, t)| t.elapsed() >= QUIET || self.renamed_in.contains(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in &due {
+            self.pending.remove(path);
+            self.renamed_in.remove(path);
+        }
+        due
     }
 }
 
