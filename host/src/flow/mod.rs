@@ -24,12 +24,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FlowSpec;
-use crate::connector::{Source, SourceOptions};
+use crate::config::TopicSpec;
+use crate::connector::{Delivery, Source, SourceOptions};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
@@ -135,69 +136,18 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let topology = topologies.current();
     let flow: Arc<str> = spec.name.as_str().into();
     status.set_state(FlowState::Starting);
-    let Some(broker) = topology.brokers.get(&spec.broker).cloned() else {
-        status.set_state(FlowState::Stopped);
-        status.failed(&format!(
-            "broker connection {:?} is not connected",
-            spec.broker
-        ));
+    let Some(setup) = Setup::new(&spec, &topologies.current(), &services, &status) else {
         return;
     };
-    let Some(topic) = topology.topic(&spec.broker, &spec.topic).cloned() else {
-        status.set_state(FlowState::Stopped);
-        status.failed(&format!("topic {:?} is not declared", spec.topic));
-        return;
-    };
-    let lease = Duration::from_secs_f64(spec.timeout_secs) + LEASE_MARGIN;
-    let concurrency = spec.concurrency as usize;
-    let window = if broker.connection.local_store().is_some() {
-        (concurrency * IN_FLIGHT_PER_SLOT).clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT.max(concurrency))
-    } else {
-        concurrency
-    };
-    let options = SourceOptions {
-        flow: spec.name.clone(),
-        lease,
-        max_batch: window.min(MAX_BATCH),
-        group_id: spec
-            .consumer
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("eventflow-{}", spec.name)),
-        saturation_delay: Duration::from_secs(spec.consumer.saturation_delay_secs.unwrap_or(300)),
-        in_flight_per_partition: spec.consumer.in_flight_per_partition.unwrap_or(8) as usize,
-        metrics: Some(services.metrics.clone()),
-    };
-
     let mut backoff = Backoff::new();
-    let mut source: Box<dyn Source> = loop {
-        match broker.connection.source(&topic, &options).await {
-            Ok(s) => break s,
-            Err(e) => {
-                let delay = backoff.next();
-                tracing::error!(
-                    flow = %flow,
-                    broker = %spec.broker,
-                    topic = %spec.topic,
-                    error = %format!("{e:#}"),
-                    retry_in = ?delay,
-                    "Cannot open the flow's consumer; retrying."
-                );
-                status.set_state(FlowState::Disconnected);
-                status.failed(&format!("cannot open the consumer: {e:#}"));
-                if sleep_or_stop(delay, &shutdown).await {
-                    status.set_state(FlowState::Stopped);
-                    return;
-                }
-            }
-        }
+    let Some(mut source) = connect(&spec, &setup, &status, &shutdown, &mut backoff).await else {
+        status.set_state(FlowState::Stopped);
+        return;
     };
     backoff.reset();
     status.set_assignment(source.assignment());
-
     let throttle = Arc::new(throttle::LogThrottle::new(
         throttle::LOG_INTERVAL,
         services
@@ -208,18 +158,7 @@ pub async fn run(
             })
             .clone(),
     ));
-    let flusher = {
-        let (throttle, flow, stop) = (throttle.clone(), flow.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => throttle.flush(&flow),
-                }
-            }
-        })
-    };
+    let flusher = spawn_flusher(throttle.clone(), flow.clone(), shutdown.clone());
     let worker = Worker {
         spec: spec.clone(),
         topology: topologies.clone(),
@@ -227,11 +166,11 @@ pub async fn run(
         status: status.clone(),
         flow: flow.clone(),
         metric_handles: Default::default(),
-        broker_kind: broker.spec.kind(),
+        broker_kind: setup.broker.spec.kind(),
         native_max_receives: source.native_max_receives(),
-        lease,
+        lease: setup.lease,
         throttle: throttle.clone(),
-        slots: Arc::new(Semaphore::new(concurrency)),
+        slots: Arc::new(Semaphore::new(spec.concurrency as usize)),
     };
     if let Some(n) = worker.native_max_receives {
         tracing::info!(
@@ -240,79 +179,294 @@ pub async fn run(
             "The queue has a redrive policy: its maxReceiveCount applies instead of max_receives."
         );
     }
-    // Room for messages in flight; invocation slots are the worker's.
-    let slots = Arc::new(Semaphore::new(window));
-    let mut tasks = JoinSet::new();
-    let mut plugin_changes = services.registry.subscribe();
-    let mut waiting_logged = false;
-    tracing::info!(flow = %flow, topic = %spec.topic, algorithm = %spec.algorithm, "Flow started.");
-    status.set_state(FlowState::Running);
+    let tasks = ReceiveLoop {
+        source: &mut source,
+        worker: &worker,
+        // Room for messages in flight; invocation slots are the worker's.
+        slots: Arc::new(Semaphore::new(setup.window)),
+        max_batch: setup.options.max_batch,
+        tasks: JoinSet::new(),
+        backoff,
+        shutdown: &shutdown,
+    }
+    .run()
+    .await;
+    drain(tasks, grace, &flow, &status).await;
+    source.close().await;
+    flusher.abort();
+    throttle.flush(&flow);
+    status.set_assignment(None);
+    status.set_state(FlowState::Stopped);
+    tracing::info!(flow = %flow, "Flow stopped.");
+}
 
-    while !shutdown.is_cancelled() {
-        while tasks.try_join_next().is_some() {}
-        if services.registry.resolve(&spec.algorithm).is_none() {
-            if !waiting_logged {
+/// What a flow needs from the topology to open its consumer, and how much
+/// it may have in flight.
+struct Setup {
+    /// The broker connection it consumes from.
+    broker: Broker,
+    /// The topic it consumes.
+    topic: TopicSpec,
+    /// How long a received message stays leased.
+    lease: Duration,
+    /// Messages in flight at most.
+    window: usize,
+    /// The consumer's options.
+    options: SourceOptions,
+}
+
+impl Setup {
+    /// Looks up the flow's broker connection and topic; when either is
+    /// missing, the flow's status says so and there is nothing to run.
+    fn new(
+        spec: &FlowSpec,
+        topology: &Topology,
+        services: &Services,
+        status: &FlowStatus,
+    ) -> Option<Self> {
+        let Some(broker) = topology.brokers.get(&spec.broker).cloned() else {
+            status.set_state(FlowState::Stopped);
+            status.failed(&format!(
+                "broker connection {:?} is not connected",
+                spec.broker
+            ));
+            return None;
+        };
+        let Some(topic) = topology.topic(&spec.broker, &spec.topic).cloned() else {
+            status.set_state(FlowState::Stopped);
+            status.failed(&format!("topic {:?} is not declared", spec.topic));
+            return None;
+        };
+        let lease = Duration::from_secs_f64(spec.timeout_secs) + LEASE_MARGIN;
+        let concurrency = spec.concurrency as usize;
+        let window = if broker.connection.local_store().is_some() {
+            (concurrency * IN_FLIGHT_PER_SLOT).clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT.max(concurrency))
+        } else {
+            concurrency
+        };
+        let options = SourceOptions {
+            flow: spec.name.clone(),
+            lease,
+            max_batch: window.min(MAX_BATCH),
+            group_id: spec
+                .consumer
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("eventflow-{}", spec.name)),
+            saturation_delay: Duration::from_secs(
+                spec.consumer.saturation_delay_secs.unwrap_or(300),
+            ),
+            in_flight_per_partition: spec.consumer.in_flight_per_partition.unwrap_or(8) as usize,
+            metrics: Some(services.metrics.clone()),
+        };
+        Some(Self {
+            broker,
+            topic,
+            lease,
+            window,
+            options,
+        })
+    }
+}
+
+/// Opens the flow's consumer, retrying with `backoff` while the broker
+/// refuses; `None` if `shutdown` fired first.
+async fn connect(
+    spec: &FlowSpec,
+    setup: &Setup,
+    status: &FlowStatus,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Option<Box<dyn Source>> {
+    loop {
+        match setup
+            .broker
+            .connection
+            .source(&setup.topic, &setup.options)
+            .await
+        {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                let delay = backoff.next();
+                tracing::error!(
+                    flow = %spec.name,
+                    broker = %spec.broker,
+                    topic = %spec.topic,
+                    error = %format!("{e:#}"),
+                    retry_in = ?delay,
+                    "Cannot open the flow's consumer; retrying."
+                );
+                status.set_state(FlowState::Disconnected);
+                status.failed(&format!("cannot open the consumer: {e:#}"));
+                if sleep_or_stop(delay, shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Flushes the throttled log lines of `flow` every second until `stop`.
+fn spawn_flusher(
+    throttle: Arc<throttle::LogThrottle>,
+    flow: Arc<str>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => throttle.flush(&flow),
+            }
+        }
+    })
+}
+
+/// The receive loop of one flow: while there is room in flight and a loaded
+/// version of the algorithm, receive and hand each message to a worker
+/// task. Per-message work never ends the loop; only `shutdown` does.
+struct ReceiveLoop<'a> {
+    source: &'a mut Box<dyn Source>,
+    worker: &'a Worker,
+    /// Room for messages in flight.
+    slots: Arc<Semaphore>,
+    /// Most messages asked for in one receive.
+    max_batch: usize,
+    /// The messages being handled.
+    tasks: JoinSet<()>,
+    /// Delays between failed receives.
+    backoff: Backoff,
+    shutdown: &'a CancellationToken,
+}
+
+/// Whether the receive loop goes on.
+enum Next {
+    /// Go on with this iteration.
+    Proceed,
+    /// Start the next iteration.
+    Again,
+    /// Stop: `shutdown` fired.
+    Stop,
+}
+
+impl ReceiveLoop<'_> {
+    /// Runs until `shutdown` fires and returns the messages still in flight.
+    async fn run(mut self) -> JoinSet<()> {
+        let mut plugin_changes = self.worker.services.registry.subscribe();
+        let mut waiting_logged = false;
+        let (spec, flow) = (&self.worker.spec, &self.worker.flow);
+        tracing::info!(flow = %flow, topic = %spec.topic, algorithm = %spec.algorithm, "Flow started.");
+        self.worker.status.set_state(FlowState::Running);
+        while !self.shutdown.is_cancelled() {
+            while self.tasks.try_join_next().is_some() {}
+            match self
+                .wait_for_algorithm(&mut plugin_changes, &mut waiting_logged)
+                .await
+            {
+                Next::Proceed => {}
+                Next::Again => continue,
+                Next::Stop => break,
+            }
+            let first_slot = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                slot = self.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
+            let free = 1 + self.slots.available_permits();
+            let batch = match self.source.receive(free.min(self.max_batch)).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    drop(first_slot);
+                    match self.receive_failed(e).await {
+                        Next::Stop => break,
+                        _ => continue,
+                    }
+                }
+            };
+            self.received_again();
+            self.dispatch(batch, first_slot).await;
+        }
+        self.tasks
+    }
+
+    /// While no loaded version of the algorithm matches, the flow waits
+    /// (logged once) and its messages stay in the broker.
+    async fn wait_for_algorithm(
+        &mut self,
+        plugin_changes: &mut tokio::sync::watch::Receiver<u64>,
+        waiting_logged: &mut bool,
+    ) -> Next {
+        let (spec, flow, status) = (&self.worker.spec, &self.worker.flow, &self.worker.status);
+        if self
+            .worker
+            .services
+            .registry
+            .resolve(&spec.algorithm)
+            .is_none()
+        {
+            if !*waiting_logged {
                 tracing::warn!(
                     flow = %flow,
                     algorithm = %spec.algorithm,
                     "No loaded version of the algorithm matches; the flow waits and its messages stay in the broker."
                 );
-                waiting_logged = true;
+                *waiting_logged = true;
             }
             status.set_state(FlowState::WaitingForPlugin);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = plugin_changes.changed() => continue,
-            }
+            return tokio::select! {
+                _ = self.shutdown.cancelled() => Next::Stop,
+                _ = plugin_changes.changed() => Next::Again,
+            };
         }
-        if waiting_logged {
+        if *waiting_logged {
             tracing::info!(flow = %flow, algorithm = %spec.algorithm, "Algorithm available again; the flow resumes.");
-            waiting_logged = false;
+            *waiting_logged = false;
             status.set_state(FlowState::Running);
         }
-        let first_slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
-        let free = 1 + slots.available_permits();
-        let batch = match source.receive(free.min(options.max_batch)).await {
-            Ok(batch) => {
-                if backoff.failures > 0 {
-                    tracing::info!(flow = %flow, "Receiving again.");
-                    status.set_state(FlowState::Running);
-                }
-                backoff.reset();
-                batch
-            }
-            Err(e) => {
-                drop(first_slot);
-                let delay = backoff.next();
-                tracing::error!(
-                    flow = %flow,
-                    error = %format!("{e:#}"),
-                    retry_in = ?delay,
-                    "Receiving failed; retrying."
-                );
-                status.set_state(FlowState::Disconnected);
-                status.failed(&format!("receive failed: {e:#}"));
-                if sleep_or_stop(delay, &shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
+        Next::Proceed
+    }
+
+    /// A receive succeeded: after failures, the flow runs again.
+    fn received_again(&mut self) {
+        if self.backoff.failures > 0 {
+            tracing::info!(flow = %self.worker.flow, "Receiving again.");
+            self.worker.status.set_state(FlowState::Running);
+        }
+        self.backoff.reset();
+    }
+
+    /// A receive failed: logs it and waits out the backoff.
+    async fn receive_failed(&mut self, e: anyhow::Error) -> Next {
+        let delay = self.backoff.next();
+        tracing::error!(
+            flow = %self.worker.flow,
+            error = %format!("{e:#}"),
+            retry_in = ?delay,
+            "Receiving failed; retrying."
+        );
+        let status = &self.worker.status;
+        status.set_state(FlowState::Disconnected);
+        status.failed(&format!("receive failed: {e:#}"));
+        if sleep_or_stop(delay, self.shutdown).await {
+            Next::Stop
+        } else {
+            Next::Again
+        }
+    }
+
+    /// Hands each message of `batch` to a worker task holding a slot, or
+    /// releases them all when the algorithm went away during `receive`.
+    async fn dispatch(&mut self, batch: Vec<Delivery>, first_slot: OwnedSemaphorePermit) {
+        let (spec, flow) = (&self.worker.spec, &self.worker.flow);
         // Resolve again: a version published while `receive` waited must
         // handle what it returned.
-        let algorithm = match services.registry.resolve(&spec.algorithm) {
-            Some(a) => a,
-            None => {
-                for mut delivery in batch {
-                    if let Err(e) = delivery.settle.retry(Duration::ZERO).await {
-                        tracing::warn!(flow = %flow, error = %format!("{e:#}"), "Could not release a message.");
-                    }
+        let Some(algorithm) = self.worker.services.registry.resolve(&spec.algorithm) else {
+            for mut delivery in batch {
+                if let Err(e) = delivery.settle.retry(Duration::ZERO).await {
+                    tracing::warn!(flow = %flow, error = %format!("{e:#}"), "Could not release a message.");
                 }
-                continue;
             }
+            return;
         };
         let mut first_slot = Some(first_slot);
         for delivery in batch {
@@ -320,19 +474,24 @@ pub async fn run(
             // than were free, so a slot is always there.
             let slot = match first_slot.take() {
                 Some(s) => s,
-                None => slots
+                None => self
+                    .slots
                     .clone()
                     .try_acquire_owned()
                     .expect("received more messages than free slots"),
             };
-            let (worker, algorithm) = (worker.clone(), algorithm.clone());
-            tasks.spawn(async move {
+            let (worker, algorithm) = (self.worker.clone(), algorithm.clone());
+            self.tasks.spawn(async move {
                 worker.process(delivery, algorithm).await;
                 drop(slot);
             });
         }
     }
+}
 
+/// Waits up to `grace` for the messages in flight; what is left stays leased
+/// and the broker redelivers it.
+async fn drain(mut tasks: JoinSet<()>, grace: Duration, flow: &str, status: &FlowStatus) {
     status.set_state(FlowState::Stopping);
     let in_flight = status.in_flight();
     if in_flight > 0 {
@@ -349,12 +508,6 @@ pub async fn run(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
-    source.close().await;
-    flusher.abort();
-    throttle.flush(&flow);
-    status.set_assignment(None);
-    status.set_state(FlowState::Stopped);
-    tracing::info!(flow = %flow, "Flow stopped.");
 }
 
 /// Sleeps for `d`; returns true if `shutdown` fired first.
