@@ -4,6 +4,11 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use wasmtime::Trap;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::LimitTrap;
+use super::bindings::WitFailure;
 
 /// A failure reason. The codes (`timeout`, `memory_limit`, ...) are stable:
 /// operators alert on them and algorithm authors search for them.
@@ -143,6 +148,55 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// The failure an algorithm returned, as the host's.
+pub(super) fn guest_failure(failure: WitFailure) -> Failure {
+    match failure {
+        WitFailure::Retry(r) => Failure {
+            retry_after: Some(Duration::from_millis(r.delay_ms)),
+            ..Failure::new(Reason::GuestRetry, r.reason)
+        },
+        WitFailure::Reject(why) => Failure::new(Reason::GuestReject, why),
+    }
+}
+
+/// Turns a trap or host error into a failure with a reason.
+pub(super) fn classify(
+    error: wasmtime::Error,
+    timeout: Duration,
+    stderr: &MemoryOutputPipe,
+) -> Failure {
+    if let Some(limit) = error.downcast_ref::<LimitTrap>() {
+        let reason = match limit {
+            LimitTrap::Memory { .. } => Reason::MemoryLimit,
+            LimitTrap::HostCalls(_) => Reason::HostCallLimit,
+        };
+        return Failure::new(reason, limit.to_string());
+    }
+    let stderr = String::from_utf8_lossy(&stderr.contents())
+        .trim()
+        .to_string();
+    let with_stderr = |detail: String| {
+        if stderr.is_empty() {
+            detail
+        } else {
+            format!("{detail}; stderr: {stderr}")
+        }
+    };
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::new(
+            Reason::Timeout,
+            format!("did not finish within {timeout:?}"),
+        ),
+        Some(Trap::StackOverflow) => Failure::new(
+            Reason::StackOverflow,
+            "exhausted the WebAssembly stack (unbounded recursion?)",
+        ),
+        Some(Trap::OutOfFuel) => Failure::new(Reason::FuelExhausted, "used up max_fuel"),
+        Some(trap) => Failure::new(Reason::Trap, with_stderr(format!("wasm trap: {trap}"))),
+        None => Failure::new(Reason::Trap, with_stderr(format!("{error:#}"))),
     }
 }
 

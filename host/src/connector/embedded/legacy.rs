@@ -121,17 +121,7 @@ fn migrate(old: &Path, staging: &Path, damaged: Damaged) -> Result<usize, StoreE
     let read = |e: &dyn std::fmt::Display| err(format!("cannot read {}: {e}", old.display()));
     let tx = db.begin_read().map_err(|e| read(&e))?;
     let now = unix_ms(SystemTime::now());
-    let mut marks = HashMap::new();
-    match tx.open_table(MARKS) {
-        Ok(table) => {
-            for entry in table.iter().map_err(|e| read(&e))? {
-                let (k, v) = entry.map_err(|e| read(&e))?;
-                marks.insert(k.value().to_string(), v.value());
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(read(&e)),
-    }
+    let marks = read_marks(&tx, old)?;
     let state = match tx.open_table(STATE) {
         Ok(t) => Some(t),
         Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -165,20 +155,15 @@ fn migrate(old: &Path, staging: &Path, damaged: Damaged) -> Result<usize, StoreE
                 let (id, headers, payload, enqueued_ms) = row.value();
                 let headers: Vec<(String, String)> = serde_json::from_str(headers)
                     .map_err(|e| read(&format!("the headers of message {id}: {e}")))?;
-                let (mut receives, mut visible_ms, leased) = match &state {
+                let stored = match &state {
                     Some(s) => s
                         .get((topic, seq))
                         .map_err(|e| read(&e))?
-                        .map(|v| v.value())
-                        .unwrap_or((0, enqueued_ms, false)),
-                    None => (0, enqueued_ms, false),
+                        .map(|v| v.value()),
+                    None => None,
                 };
-                if leased {
-                    visible_ms = now;
-                }
-                if seq < marks.get(topic).copied().unwrap_or(0) {
-                    receives = receives.saturating_add(1);
-                }
+                let below_mark = seq < marks.get(topic).copied().unwrap_or(0);
+                let (receives, visible_ms) = carried_over(stored, enqueued_ms, now, below_mark);
                 log::put_message(
                     &mut body,
                     topic,
@@ -209,6 +194,43 @@ fn migrate(old: &Path, staging: &Path, damaged: Damaged) -> Result<usize, StoreE
     std::fs::write(staging.join(COMPLETE), b"").map_err(write)?;
     log::sync_dir(staging).map_err(write)?;
     Ok(count)
+}
+
+/// The receive marks of the old file, by topic.
+fn read_marks(tx: &redb::ReadTransaction, old: &Path) -> Result<HashMap<String, u64>, StoreError> {
+    let read = |e: &dyn std::fmt::Display| err(format!("cannot read {}: {e}", old.display()));
+    let mut marks = HashMap::new();
+    match tx.open_table(MARKS) {
+        Ok(table) => {
+            for entry in table.iter().map_err(|e| read(&e))? {
+                let (k, v) = entry.map_err(|e| read(&e))?;
+                marks.insert(k.value().to_string(), v.value());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(read(&e)),
+    }
+    Ok(marks)
+}
+
+/// The receive count and visibility (unix ms) a message takes into the new
+/// log, from its row of the `state` table if it has one: the old version's
+/// crash semantics applied, a lease freed and a message below its topic's
+/// receive mark counted one more receive.
+fn carried_over(
+    stored: Option<(u32, u64, bool)>,
+    enqueued_ms: u64,
+    now: u64,
+    below_mark: bool,
+) -> (u32, u64) {
+    let (mut receives, mut visible_ms, leased) = stored.unwrap_or((0, enqueued_ms, false));
+    if leased {
+        visible_ms = now;
+    }
+    if below_mark {
+        receives = receives.saturating_add(1);
+    }
+    (receives, visible_ms)
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 //! confirmed before the source message is settled.
 
 mod config;
+mod consumer;
+mod offsets;
 mod sink;
 mod source;
 

@@ -80,17 +80,7 @@ pub async fn enqueue(
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(messages.len());
     for m in &messages {
-        let key = m
-            .headers
-            .iter()
-            .find(|(k, _)| k == KEY_HEADER)
-            .map(|(_, v)| v.as_str());
-        let mut record = FutureRecord::<str, [u8]>::to(topic)
-            .payload(&m.payload)
-            .headers(headers(&m.headers));
-        if let Some(k) = key {
-            record = record.key(k);
-        }
+        let mut record = to_record(topic, m);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
@@ -128,6 +118,23 @@ pub async fn enqueue(
         }
         Ok(())
     }))
+}
+
+/// The record for `m`: its payload and headers, and its key header as the
+/// record key.
+fn to_record<'a>(topic: &'a str, m: &'a OutboundMessage) -> FutureRecord<'a, str, [u8]> {
+    let key = m
+        .headers
+        .iter()
+        .find(|(k, _)| k == KEY_HEADER)
+        .map(|(_, v)| v.as_str());
+    let record = FutureRecord::<str, [u8]>::to(topic)
+        .payload(&m.payload)
+        .headers(headers(&m.headers));
+    match key {
+        Some(k) => record.key(k),
+        None => record,
+    }
 }
 
 /// The size of a record as the router counts it against its limits

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::super::log::{self, Loc, Record};
+use super::receive::to_message;
 use super::*;
 use crate::message::InboundMessage;
 

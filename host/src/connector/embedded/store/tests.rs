@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use super::super::log;
 use super::*;
+use crate::message::{InboundMessage, OutboundMessage};
 
 fn msg(body: &str) -> OutboundMessage {
     OutboundMessage {

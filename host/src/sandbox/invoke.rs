@@ -1,0 +1,289 @@
+//! Running an algorithm on one message: a fresh store and instance under
+//! the invocation's limits, then its result, checked, as an [`Outcome`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{ResourceTable, WasiCtx};
+
+use super::bindings::{AlgorithmPre, WitMessage};
+use super::failure::{classify, guest_failure};
+use super::host::{self, HostState, Limiter};
+use super::{
+    Algorithm, Code, Failure, Invocation, NativeFn, NoTopics, Outcome, Reason, Sandbox,
+    TopicResolver,
+};
+use crate::config::Limits;
+use crate::message::InboundMessage;
+
+/// How long after the timeout an invocation stuck in a host call is cut off.
+const HOST_GRACE: Duration = Duration::from_millis(100);
+/// How much of an algorithm's stderr (a panic message, say) is kept for the
+/// failure detail.
+const STDERR_CAPTURE_BYTES: usize = 4096;
+
+impl Sandbox {
+    /// Runs `algorithm` on one message in a fresh instance.
+    ///
+    /// When all of the pool's `max_instances` slots are taken, the call
+    /// first waits (in FIFO order across flows) for one to be freed. The
+    /// wait is not the algorithm's doing, so it is neither a failure nor
+    /// part of `timeout`: the timeout starts once the slot is held. (The
+    /// caller keeps the message leased meanwhile.)
+    pub async fn invoke(&self, algorithm: &Algorithm, inv: Invocation<'_>) -> Outcome {
+        let waiting = Instant::now();
+        let slot = match &algorithm.code {
+            Code::Wasm(_) => self.instance_slot().await,
+            Code::Native(_) => None,
+        };
+        let slot_wait = waiting.elapsed();
+        let started = Instant::now();
+        let pre = match &algorithm.code {
+            Code::Wasm(pre) => pre,
+            Code::Native(f) => return run_native(f, &inv, started, slot_wait),
+        };
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let (mut store, fuel) = self.store(algorithm, &inv, &stderr, started);
+        let result = match check_input(inv.message, inv.limits) {
+            Some(f) => Err(f),
+            None => call(pre, &mut store, &inv, &stderr).await,
+        };
+        let fuel_used = fuel.and_then(|f| store.get_fuel().ok().map(|left| f - left));
+        // Dropping the store gives its instances back to the pool; only then
+        // may the next invocation have the slot.
+        let state = store.into_data();
+        drop(slot);
+        Outcome {
+            published: if result.is_ok() {
+                state.published
+            } else {
+                Vec::new()
+            },
+            result,
+            duration: started.elapsed(),
+            slot_wait,
+            peak_memory_bytes: state.limiter.peak_memory as u64,
+            fuel_used,
+        }
+    }
+
+    /// A fresh store for one invocation, under its limits: memory, fuel
+    /// (returned, when counted) and the epoch deadline that enforces the
+    /// timeout counted from `started`.
+    fn store(
+        &self,
+        algorithm: &Algorithm,
+        inv: &Invocation<'_>,
+        stderr: &MemoryOutputPipe,
+        started: Instant,
+    ) -> (Store<HostState>, Option<u64>) {
+        let limits = inv.limits;
+        let timeout = inv.timeout;
+        let mut wasi = WasiCtx::builder();
+        // Nothing is inherited: no environment but the secrets, no
+        // preopened directories, no network (sockets are denied by default,
+        // and these make it explicit).
+        wasi.envs(inv.env)
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .max_random_size(host::MAX_RANDOM_BYTES);
+        let state = self.host_state(
+            algorithm,
+            wasi.build(),
+            inv.flow.clone(),
+            &inv.message.id,
+            inv.resolver.clone(),
+            limits,
+            Duration::from_secs_f64(limits.host_call_timeout_secs).min(timeout),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let fuel = self
+            .settings
+            .fuel
+            .then(|| limits.max_fuel.unwrap_or(u64::MAX));
+        if let Some(fuel) = fuel {
+            // Cannot fail: fuel is enabled on the engine.
+            let _ = store.set_fuel(fuel);
+        }
+        if self.settings.epoch_interruption {
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                if started.elapsed() >= timeout {
+                    Ok(UpdateDeadline::Interrupt)
+                } else {
+                    // Let other tasks run between ticks of a long computation.
+                    Ok(UpdateDeadline::Yield(1))
+                }
+            });
+        }
+        (store, fuel)
+    }
+
+    /// The host side of one instance of `algorithm`.
+    #[allow(clippy::too_many_arguments)]
+    fn host_state(
+        &self,
+        algorithm: &Algorithm,
+        wasi: WasiCtx,
+        flow: Arc<str>,
+        message_id: &str,
+        resolver: Arc<dyn TopicResolver>,
+        limits: &Limits,
+        host_call_timeout: Duration,
+    ) -> HostState {
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_limit: (limits.max_memory_mib as usize) << 20,
+                peak_memory: 0,
+            },
+            owner: algorithm.id.owner.clone(),
+            label: algorithm.label().into(),
+            flow,
+            message_id: message_id.to_string(),
+            data: self.data.clone(),
+            resolver,
+            published: Vec::new(),
+            published_bytes: 0,
+            max_publish_bytes: limits.publish_budget(),
+            publish_refusals_logged: 0,
+            host_calls: 0,
+            max_host_calls: limits.max_host_calls,
+            data_written: 0,
+            max_data_write_bytes: limits.max_data_write_bytes,
+            host_call_timeout,
+        }
+    }
+
+    /// Calls `apply` `n` times on ONE instance, under the default limits
+    /// (counted across the calls) and an unreachable epoch deadline, and returns
+    /// the time taken. A measurement aid: the router never reuses instances.
+    pub async fn time_reused_instance(
+        &self,
+        algorithm: &Algorithm,
+        message: &InboundMessage,
+        n: u32,
+    ) -> anyhow::Result<Duration> {
+        let Code::Wasm(pre) = &algorithm.code else {
+            anyhow::bail!("a native algorithm has no instance");
+        };
+        let limits = Limits::default();
+        let _slot = self.instance_slot().await;
+        let state = self.host_state(
+            algorithm,
+            WasiCtx::builder().build(),
+            "benchmark".into(),
+            &message.id,
+            Arc::new(NoTopics),
+            &limits,
+            Duration::from_secs_f64(limits.host_call_timeout_secs),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        if self.settings.fuel {
+            let _ = store.set_fuel(u64::MAX);
+        }
+        if self.settings.epoch_interruption {
+            store.set_epoch_deadline(u64::MAX / 2);
+        }
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let wit = WitMessage::from(message);
+        let started = Instant::now();
+        for _ in 0..n {
+            let out = instance
+                .call_apply(&mut store, &wit)
+                .await
+                .map_err(anyhow::Error::from)?;
+            std::hint::black_box(out.ok());
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// Runs a native stand-in: the same input and output checks, no sandbox.
+fn run_native(
+    f: &NativeFn,
+    inv: &Invocation<'_>,
+    started: Instant,
+    slot_wait: Duration,
+) -> Outcome {
+    let result = match check_input(inv.message, inv.limits) {
+        Some(failure) => Err(failure),
+        None => f(inv.message).and_then(|o| check_output(o, inv.limits)),
+    };
+    Outcome {
+        result,
+        published: Vec::new(),
+        duration: started.elapsed(),
+        slot_wait,
+        peak_memory_bytes: 0,
+        fuel_used: None,
+    }
+}
+
+/// Instantiates the algorithm in `store` and calls `apply`, mapping a trap,
+/// a host error, a guest failure or an oversized output to a [`Failure`].
+async fn call(
+    pre: &AlgorithmPre<HostState>,
+    store: &mut Store<HostState>,
+    inv: &Invocation<'_>,
+    stderr: &MemoryOutputPipe,
+) -> Result<Option<Vec<u8>>, Failure> {
+    let (limits, timeout) = (inv.limits, inv.timeout);
+    let message = WitMessage::from(inv.message);
+    let call = async {
+        let instance = pre.instantiate_async(&mut *store).await?;
+        instance.call_apply(&mut *store, &message).await
+    };
+    // The epoch deadline stops computation; this outer deadline, a little
+    // later so the epoch wins for computation, stops a host call that hangs.
+    match tokio::time::timeout(timeout + HOST_GRACE, call).await {
+        Err(_) => Err(Failure::new(
+            Reason::Timeout,
+            format!("did not finish within {timeout:?} (stuck in a host call)"),
+        )),
+        Ok(Err(error)) => Err(classify(error, timeout, stderr)),
+        Ok(Ok(Err(failure))) => Err(guest_failure(failure)),
+        Ok(Ok(Ok(output))) => check_output(output, limits),
+    }
+}
+
+fn check_input(message: &InboundMessage, limits: &Limits) -> Option<Failure> {
+    if let Some(why) = &message.undecodable {
+        return Some(Failure::new(Reason::InvalidInput, why.clone()));
+    }
+    if message.payload.len() as u64 > limits.max_input_bytes {
+        return Some(Failure::new(
+            Reason::InvalidInput,
+            format!(
+                "payload of {} bytes is over max_input_bytes ({})",
+                message.payload.len(),
+                limits.max_input_bytes
+            ),
+        ));
+    }
+    None
+}
+
+fn check_output(output: Option<Vec<u8>>, limits: &Limits) -> Result<Option<Vec<u8>>, Failure> {
+    match output {
+        Some(o) if o.len() as u64 > limits.max_output_bytes => Err(Failure::new(
+            Reason::OutputTooLarge,
+            format!(
+                "returned {} bytes; max_output_bytes is {}",
+                o.len(),
+                limits.max_output_bytes
+            ),
+        )),
+        other => Ok(other),
+    }
+}
