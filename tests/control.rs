@@ -776,17 +776,25 @@ fn an_owner_token_may_do_exactly_what_the_readme_says() {
         &["dlq", "list", "ezra-flow"],
     ));
     ok(cli_with_token(&router, &ezra, &["status"]));
-    let out = cli_with_token(
-        &router,
-        &ezra,
+    // Refused through the CLI too: the admin's commands, and bob's dead
+    // letters and topics.
+    let refused_cli: [&[&str]; 5] = [
         &["topics", "declare", "x", "--broker", "local"],
-    );
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("403"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        &["dlq", "list", "bob-flow"],
+        &["dlq", "replay", "bob-flow"],
+        &["send", "bob-dlq", "--data", "x"],
+        &["send", "bob-dlq", "--broker", "local", "--data", "x"],
+    ];
+    for args in refused_cli {
+        let out = cli_with_token(&router, &ezra, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} as ezra");
+        assert!(stderr.contains("403"), "{args:?} as ezra: {stderr}");
+    }
+    // The admin may do all of it on bob's behalf.
+    ok(router.cli(&["dlq", "list", "bob-flow"]));
+    ok(router.cli(&["dlq", "replay", "bob-flow"]));
+    ok(router.cli(&["send", "bob-dlq", "--data", "from the admin"]));
     ok(cli_with_token(
         &router,
         &ezra,

@@ -177,6 +177,11 @@ fn dead_letter_reads_show_only_the_flows_and_the_owners_own() {
         403,
         "replaying another owner's dead letters"
     );
+    // Nor through one's own flow on the shared topic: test's flow-a does
+    // not see mallory's dead letter by its id.
+    let b_letter = entries(&b)[0]["dead_letter_id"].clone();
+    let (status, body) = replay(&router, Some(&test), "flow-a", json!({ "id": b_letter }));
+    assert_eq!(status, 404, "{body}");
 
     // Replay by test's token publishes test's dead letters only; flow-b's
     // stay where they are.
@@ -214,6 +219,17 @@ fn dead_letter_reads_show_only_the_flows_and_the_owners_own() {
     assert_eq!(status, 200, "{body}");
     let (_, renamed) = list(&router, Some(&test), "flow-b");
     assert_eq!(payloads(&renamed), Vec::<String>::new(), "{renamed}");
+
+    // The admin may replay any owner's dead letters, one by its id.
+    let (_, a) = list(&router, None, "flow-a");
+    let id = entries(&a)[0]["dead_letter_id"].clone();
+    let (status, replayed) = replay(&router, None, "flow-a", json!({ "id": id }));
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(
+        replayed["replayed"].as_array().unwrap().len(),
+        1,
+        "{replayed}"
+    );
 }
 
 /// A fake envelope claiming to be a dead letter of flow-a.

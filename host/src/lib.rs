@@ -25,8 +25,9 @@
 //!   minted and stored by [`state::token`]) plus how its redb files are
 //!   opened.
 //! - [`router`]: wires the above together and converges to a configuration.
-//! - [`control`]: the control plane: broker connections, topics and
-//!   grants, flows, secrets and tokens, validated and persisted.
+//! - [`control`]: the control plane, one file a resource (brokers, topics
+//!   and grants, flows, dead letters, messages, secrets, tokens), validated
+//!   and persisted; the one place that decides what a caller may do.
 //! - [`api`]: the admin API's contract, the request and response types of
 //!   every resource; the OpenAPI document is generated from them.
 //! - [`admin`]: the authenticated HTTP API the CLI talks to, plus metrics

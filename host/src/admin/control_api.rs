@@ -14,7 +14,6 @@ use crate::api::params::{
 };
 use crate::api::{self, Deleted, DeletedWithFlows, ErrorBody};
 use crate::config::Declarations;
-use crate::control::Action;
 
 #[utoipa::path(get, path = "/v1/state", tag = "state",
     summary = "The desired state (brokers redacted)",
@@ -51,13 +50,7 @@ pub(super) async fn list_brokers(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<api::BrokerList> {
-    let mut brokers = state.control.brokers(&caller.0)?;
-    let health = state.router.check_brokers().await;
-    for b in &mut brokers {
-        if let Some((_, _, r)) = health.iter().find(|(n, _, _)| *n == b.name) {
-            b.state = Some(if r.is_ok() { "connected" } else { "down" }.into());
-        }
-    }
+    let brokers = state.control.brokers(&caller.0).await?;
     Ok(Json(api::BrokerList { brokers }))
 }
 
@@ -343,37 +336,7 @@ pub(super) async fn list_plugins(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<api::PluginList> {
-    let flows: Vec<_> = state
-        .control
-        .flows(&caller.0)
-        .into_iter()
-        .filter(|f| f.enabled)
-        .map(|f| (f.name, f.algorithm))
-        .collect();
-    let plugins = state
-        .router
-        .services()
-        .registry
-        .list(&flows)
-        .into_iter()
-        .filter(|p| {
-            let owner = p.algorithm.split_once('/').map_or("", |(o, _)| o);
-            caller.0.may(Action::SeePlugins(owner))
-        })
-        .map(|p| api::Plugin {
-            algorithm: p.algorithm,
-            status: p.status.to_string(),
-            hash: p.hash,
-            size: p.size,
-            loaded_at: p.loaded_at.map(crate::util::format_time),
-            rejected: p.rejected.map(|r| api::PluginRejection {
-                reason: r.reason,
-                hash: r.hash,
-                at: crate::util::format_time(r.at),
-            }),
-            flows: p.flows,
-        })
-        .collect();
+    let plugins = state.control.plugins(&caller.0);
     Ok(Json(api::PluginList { plugins }))
 }
 

@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod control_api;
+mod dead_letters;
 mod health;
 mod messages;
 mod openapi;
@@ -51,9 +52,6 @@ impl ApiError {
     fn not_found(m: impl Into<String>) -> Self {
         Self(StatusCode::NOT_FOUND, m.into())
     }
-    fn unavailable(m: impl Into<String>) -> Self {
-        Self(StatusCode::SERVICE_UNAVAILABLE, m.into())
-    }
 }
 
 impl From<ControlError> for ApiError {
@@ -63,6 +61,7 @@ impl From<ControlError> for ApiError {
             ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self(status, e.to_string())

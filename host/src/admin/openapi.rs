@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, control_api, messages};
+use super::{AppState, control_api, dead_letters, messages};
 
 /// Where the document is served (open, like `/healthz`).
 pub const PATH: &str = "/v1/openapi.json";
@@ -69,8 +69,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
             control_api::edit_flow,
             control_api::delete_flow
         ))
-        .routes(routes!(messages::list_dead_letters))
-        .routes(routes!(messages::replay_dead_letters))
+        .routes(routes!(dead_letters::list_dead_letters))
+        .routes(routes!(dead_letters::replay_dead_letters))
         .routes(routes!(messages::send_message))
         .routes(routes!(control_api::list_plugins))
         .routes(routes!(control_api::list_tokens, control_api::create_token))
@@ -199,7 +199,7 @@ mod tests {
         }
         assert_eq!(
             schemas["SendMessages"]["properties"]["messages"]["maxItems"],
-            super::messages::MAX_SEND_MESSAGES
+            crate::control::MAX_SEND_MESSAGES
         );
         let param = |path: &str, name: &str| -> Value {
             spec["paths"][path]["get"]["parameters"]
@@ -213,11 +213,11 @@ mod tests {
         let peek = "/v1/brokers/{broker}/topics/{topic}/messages";
         assert_eq!(
             param(peek, "limit")["schema"]["maximum"],
-            super::messages::MAX_PEEK_MESSAGES
+            crate::control::MAX_PEEK_MESSAGES
         );
         assert_eq!(
             param(peek, "offset")["schema"]["maximum"],
-            super::messages::MAX_PEEK_OFFSET
+            crate::control::MAX_PEEK_OFFSET
         );
         assert_eq!(
             param("/v1/flows/{flow}/dead-letters", "limit")["schema"]["maximum"],

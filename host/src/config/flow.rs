@@ -73,6 +73,29 @@ const fn default_max_receives() -> u32 {
     10
 }
 
+impl FlowSpec {
+    /// A flow of `algorithm` on `topic` of `broker` whose other fields have
+    /// the defaults a configuration file gives them (the control plane's
+    /// new flows).
+    pub fn new(name: &str, broker: &str, topic: &str, algorithm: AlgorithmRef) -> Self {
+        Self {
+            name: name.to_string(),
+            broker: broker.to_string(),
+            topic: topic.to_string(),
+            algorithm,
+            enabled: yes(),
+            concurrency: default_concurrency(),
+            output_topic: None,
+            dead_letter_topic: None,
+            max_receives: default_max_receives(),
+            timeout_secs: default_timeout_secs(),
+            retry: RetryPolicy::default(),
+            limits: Limits::default(),
+            consumer: ConsumerOptions::default(),
+        }
+    }
+}
+
 /// Consumer options that only some brokers use.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

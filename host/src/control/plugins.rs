@@ -1,0 +1,41 @@
+//! Loaded algorithm versions (`GET /v1/plugins`): an owner-scoped token
+//! sees its owner's.
+
+use super::{Action, ControlPlane, Role};
+use crate::api;
+
+impl ControlPlane {
+    /// The loaded algorithm versions the caller may see, each with the
+    /// enabled flows that run it.
+    pub fn plugins(&self, role: &Role) -> Vec<api::Plugin> {
+        let flows: Vec<_> = self
+            .flows(role)
+            .into_iter()
+            .filter(|f| f.enabled)
+            .map(|f| (f.name, f.algorithm))
+            .collect();
+        self.router
+            .services()
+            .registry
+            .list(&flows)
+            .into_iter()
+            .filter(|p| {
+                let owner = p.algorithm.split_once('/').map_or("", |(o, _)| o);
+                role.may(Action::SeePlugins(owner))
+            })
+            .map(|p| api::Plugin {
+                algorithm: p.algorithm,
+                status: p.status.to_string(),
+                hash: p.hash,
+                size: p.size,
+                loaded_at: p.loaded_at.map(crate::util::format_time),
+                rejected: p.rejected.map(|r| api::PluginRejection {
+                    reason: r.reason,
+                    hash: r.hash,
+                    at: crate::util::format_time(r.at),
+                }),
+                flows: p.flows,
+            })
+            .collect()
+    }
+}
