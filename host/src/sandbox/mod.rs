@@ -51,8 +51,9 @@ const HOST_GRACE: Duration = Duration::from_millis(100);
 /// failure detail.
 const STDERR_CAPTURE_BYTES: usize = 4096;
 /// Core module instances, linear memories and tables of the pool per
-/// instance slot, which are also the most one component may use.
-const CORE_INSTANCES_PER_SLOT: u32 = 8;
+/// instance slot, which are also the most one component may use. A
+/// componentize-py (CPython) component has 14 core instances.
+const CORE_INSTANCES_PER_SLOT: u32 = 24;
 const MEMORIES_PER_SLOT: u32 = 2;
 const TABLES_PER_SLOT: u32 = 8;
 /// Bytes of each linear memory the pool keeps resident and resets with
