@@ -318,13 +318,13 @@ fn start_router(bin: &Path, config: &Path, addr_file: &Path) -> anyhow::Result<R
     );
     // Compiling the Python and JavaScript components takes a while in a
     // debug build; the compiled-code cache makes later starts quick.
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(600);
     while !addr_file.exists() {
         if let Ok(Some(status)) = router.0.try_wait() {
             bail!("the router exited during start-up ({status}); its log is above");
         }
         if Instant::now() > deadline {
-            bail!("the router did not start within 300 s");
+            bail!("the router did not start within 600 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
