@@ -29,6 +29,23 @@ pub fn plugin_file(owner: &str, name: &str) -> PathBuf {
     test_plugins().join(owner).join(name).join("0.1.0.wasm")
 }
 
+/// The compiled component of a Python or JavaScript test algorithm, which
+/// `cargo xtask test` builds into `EVENTFLOW_TEST_GUEST_PLUGINS` (apart from
+/// the Rust ones, so that only the routers that use them compile them).
+pub fn guest_plugin_file(owner: &str, name: &str) -> PathBuf {
+    let dir = std::env::var_os("EVENTFLOW_TEST_GUEST_PLUGINS")
+        .map(PathBuf::from)
+        .expect("EVENTFLOW_TEST_GUEST_PLUGINS is not set: run the tests with `cargo xtask test`");
+    let file = dir.join(owner).join(name).join("0.1.0.wasm");
+    assert!(
+        file.exists(),
+        "{} is missing: `cargo xtask test` builds it when componentize-py and componentize-js \
+         are available, and says above why it did not",
+        file.display()
+    );
+    file
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
 /// after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -61,6 +78,9 @@ pub enum Plugins {
     /// A private copy of these `(owner, name)` algorithms, which the test may
     /// change (hot reload).
     Copy(&'static [(&'static str, &'static str)]),
+    /// A private directory of these Python and JavaScript `(owner, name)`
+    /// algorithms (see [`guest_plugin_file`]).
+    Guest(&'static [(&'static str, &'static str)]),
 }
 
 impl Router {
@@ -72,9 +92,50 @@ impl Router {
 
     /// Like [`Router::start`], choosing the plugin directory.
     pub fn start_with(body: &str, plugins: Plugins) -> Self {
+        let guest = matches!(plugins, Plugins::Guest(_));
         let mut r = Self::configure(body, plugins);
+        if guest {
+            r.share_compiled_code(false);
+        }
         r.launch();
+        if guest {
+            r.share_compiled_code(true);
+        }
         r
+    }
+
+    /// Python and JavaScript components take a minute each to compile in a
+    /// debug build, so their compiled code is kept beside the test plugins
+    /// (`test-compiled-guest`) across routers and runs: copied into the
+    /// state directory before a start (`keep = false`) and back after it
+    /// (`keep = true`). The router checks each entry's engine hash (it is in
+    /// the file name) and recompiles what does not match.
+    fn share_compiled_code(&self, keep: bool) {
+        let guests = PathBuf::from(std::env::var_os("EVENTFLOW_TEST_GUEST_PLUGINS").unwrap());
+        let shared = guests.with_file_name("test-compiled-guest");
+        let ours = self.state_dir().join("compiled");
+        let (from, to) = if keep {
+            (&ours, &shared)
+        } else {
+            (&shared, &ours)
+        };
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let dest = to.join(&name);
+            if !name.to_string_lossy().ends_with(".cwasm") || dest.exists() {
+                continue;
+            }
+            // Two tests may keep the same entry at once: copy, then rename.
+            let tmp = to.join(format!(
+                ".{}.{}",
+                name.to_string_lossy(),
+                std::process::id()
+            ));
+            if std::fs::copy(entry.path(), &tmp).is_ok() {
+                let _ = std::fs::rename(&tmp, &dest);
+            }
+        }
     }
 
     /// Writes the configuration without starting the router.
@@ -83,14 +144,19 @@ impl Router {
             .prefix("eventflow-test-")
             .tempdir()
             .expect("temp dir");
-        let plugins_dir = match plugins {
-            Plugins::Shared => test_plugins(),
-            Plugins::Copy(list) => {
+        let (list, source): (_, fn(&str, &str) -> PathBuf) = match plugins {
+            Plugins::Shared => (None, plugin_file),
+            Plugins::Copy(list) => (Some(list), plugin_file),
+            Plugins::Guest(list) => (Some(list), guest_plugin_file),
+        };
+        let plugins_dir = match list {
+            None => test_plugins(),
+            Some(list) => {
                 let p = dir.path().join("plugins");
                 for (owner, name) in list {
                     let to = p.join(owner).join(name);
                     std::fs::create_dir_all(&to).unwrap();
-                    std::fs::copy(plugin_file(owner, name), to.join("0.1.0.wasm")).unwrap();
+                    std::fs::copy(source(owner, name), to.join("0.1.0.wasm")).unwrap();
                 }
                 p
             }
@@ -170,13 +236,15 @@ impl Router {
             .expect("cannot start eventflow");
         self.child = Some(child);
         let addr = self.state_dir().join("admin.addr");
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // Generous: a router compiles its plugins before it answers, and a
+        // Python or JavaScript component takes a minute in a debug build.
+        let deadline = Instant::now() + Duration::from_secs(300);
         while !addr.exists() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the router exited at start ({status}):\n{}", self.log());
             }
             if Instant::now() > deadline {
-                panic!("the router did not start within 120 s:\n{}", self.log());
+                panic!("the router did not start within 300 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -6,8 +6,9 @@
 //! - `test [ARGS]`: installs what the tests need (the wasm target, the test
 //!   algorithms, and in a virtualenv under ~/.cache: tansu and moto), then runs
 //!   `cargo test` with ARGS.
-//! - `plugins [--out DIR]`: builds the algorithms in plugins/ and installs
-//!   them as `<DIR>/<owner>/<name>/<version>.wasm`.
+//! - `plugins [--out DIR]`: builds the algorithms in plugins/ (Rust, and
+//!   Python and JavaScript where their tools are available, see [`guest`])
+//!   and installs them as `<DIR>/<owner>/<name>/<version>.wasm`.
 //! - `test-deps`: only the installation part of `test`.
 //! - `bench [--quick] [--only B1,B2,...]`: builds the algorithms and the
 //!   benchmark suite in release mode and runs it; reports go to
@@ -21,6 +22,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod guest;
 
 const DEMO_MESSAGE: &str = r#"{"filename": "some-new-file.txt", "data": "file contents to store"}"#;
 const DEMO_URI: &str = "data://ezra/TestingEventFlow/some-new-file.txt";
@@ -118,12 +121,19 @@ fn ensure_wasm_target() -> anyhow::Result<()> {
         .current_dir(root()))
 }
 
-/// Builds plugins/ for wasm32-wasip2 and installs each algorithm as
-/// `<out>/<owner>/<name>/<version>.wasm` (written to a temporary name and
-/// renamed, as a deploy should be). The misbehaving algorithms (owner
-/// `test`, or `test_only = true` in `[package.metadata.eventflow]`) are
-/// installed only for the tests. Returns how many.
+/// Builds every algorithm in plugins/, Rust, Python and JavaScript, into
+/// `out`. Returns how many were installed.
 fn build_plugins(out: &Path, with_test_algorithms: bool) -> anyhow::Result<usize> {
+    let rust = build_rust_plugins(out, with_test_algorithms)?;
+    Ok(rust + guest::build(out, with_test_algorithms)?)
+}
+
+/// Builds the Rust crates of plugins/ for wasm32-wasip2 and installs each
+/// algorithm as `<out>/<owner>/<name>/<version>.wasm` (written to a temporary
+/// name and renamed, as a deploy should be). The misbehaving algorithms
+/// (owner `test`, or `test_only = true` in `[package.metadata.eventflow]`)
+/// are installed only for the tests. Returns how many.
+fn build_rust_plugins(out: &Path, with_test_algorithms: bool) -> anyhow::Result<usize> {
     ensure_wasm_target()?;
     let manifest = root().join("plugins/Cargo.toml");
     println!("xtask: building the algorithms in plugins/");
@@ -228,59 +238,43 @@ impl Drop for Router {
     }
 }
 
+/// The demo message goes to each of the quickstart's flows: the topic, the
+/// file it stores, and the algorithm (version 0.1.0) that stores it.
+const DEMO_FLOWS: [(&str, &str, &str); 3] = [
+    ("incoming", "some-new-file.txt", "ezra/store_file"),
+    ("incoming-python", "from-python.txt", "ezra/store_file_py"),
+    ("incoming-js", "from-js.txt", "ezra/store_file_js"),
+];
+
 fn demo() -> anyhow::Result<()> {
     let example = root().join("examples/quickstart");
     let config = example.join("eventflow.toml");
     let _ = std::fs::remove_dir_all(example.join("plugins/test"));
     build_plugins(&example.join("plugins"), false)?;
     let bin = eventflow_binary()?;
-    // A clean slate each time, so the demo shows one message's whole path.
-    for dir in ["data", "state"] {
-        let _ = std::fs::remove_dir_all(example.join(dir));
-    }
+    // A clean slate each time, so the demo shows one message's whole path;
+    // only the compiled-code cache stays (the Python and JavaScript
+    // components take a while to compile).
+    let _ = std::fs::remove_dir_all(example.join("data"));
+    clear_state(&example.join("state"))?;
     println!(
         "xtask: starting the router: eventflow run --config examples/quickstart/eventflow.toml"
     );
-    let router = Router(
-        Command::new(&bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            .current_dir(root())
-            .spawn()
-            .context("cannot start eventflow")?,
-    );
-    let addr_file = example.join("state/admin.addr");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut router = router;
-    while !addr_file.exists() {
-        if let Ok(Some(status)) = router.0.try_wait() {
-            bail!("the router exited during start-up ({status}); its log is above");
+    let router = start_router(&bin, &config, &example.join("state/admin.addr"))?;
+    for (topic, file, algorithm) in DEMO_FLOWS {
+        let installed = example.join(format!("plugins/{algorithm}/0.1.0.wasm"));
+        if !installed.exists() {
+            println!("xtask: skipping {topic}: {algorithm} was not built (see above why)");
+            continue;
         }
-        if Instant::now() > deadline {
-            bail!("the router did not start within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    println!("xtask: sending the demo message: eventflow send incoming --data '{DEMO_MESSAGE}'");
-    run(Command::new(&bin)
-        .args(["send", "incoming", "--data", DEMO_MESSAGE, "--config"])
-        .arg(&config))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = Command::new(&bin)
-            .args(["data", "get", DEMO_URI, "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .output()?;
-        if got.status.success() {
-            println!("\nxtask: eventflow data get {DEMO_URI}");
-            println!("{}", String::from_utf8_lossy(&got.stdout));
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("{DEMO_URI} did not appear within 30 s; see the router's log above");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        let message = DEMO_MESSAGE.replace("some-new-file.txt", file);
+        let uri = format!("data://ezra/TestingEventFlow/{file}");
+        println!("xtask: sending the demo message: eventflow send {topic} --data '{message}'");
+        run(Command::new(&bin)
+            .args(["send", topic, "--data", &message, "--config"])
+            .arg(&config))?;
+        wait_for_data(&bin, &config, &uri)?;
+        println!("xtask: {algorithm} stored it in {uri}");
     }
     println!("xtask: eventflow plugins list");
     run(Command::new(&bin)
@@ -291,9 +285,71 @@ fn demo() -> anyhow::Result<()> {
     println!("\nxtask: stopping the router");
     drop(router);
     println!(
-        "xtask: demo complete: the message went through ezra/store_file/0.1.0 into {DEMO_URI}"
+        "xtask: demo complete: the message went through ezra/store_file/0.1.0 into {DEMO_URI} (and the Python and JavaScript versions, where built)"
     );
     Ok(())
+}
+
+/// Empties a state directory except its compiled-code cache.
+fn clear_state(state: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(state).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_name() == "compiled" {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts `eventflow run` and waits until it writes its admin address.
+fn start_router(bin: &Path, config: &Path, addr_file: &Path) -> anyhow::Result<Router> {
+    let mut router = Router(
+        Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(root())
+            .spawn()
+            .context("cannot start eventflow")?,
+    );
+    // Compiling the Python and JavaScript components takes a while in a
+    // debug build; the compiled-code cache makes later starts quick.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !addr_file.exists() {
+        if let Ok(Some(status)) = router.0.try_wait() {
+            bail!("the router exited during start-up ({status}); its log is above");
+        }
+        if Instant::now() > deadline {
+            bail!("the router did not start within 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(router)
+}
+
+/// Waits until `uri` can be read, then prints it.
+fn wait_for_data(bin: &Path, config: &Path, uri: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = Command::new(bin)
+            .args(["data", "get", uri, "--config"])
+            .arg(config)
+            .stderr(Stdio::null())
+            .output()?;
+        if got.status.success() {
+            println!("\nxtask: eventflow data get {uri}");
+            println!("{}", String::from_utf8_lossy(&got.stdout));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{uri} did not appear within 30 s; see the router's log above");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Test dependencies in a virtualenv outside the clone. Returns environment
@@ -350,11 +406,19 @@ fn test_deps() -> anyhow::Result<Vec<(String, String)>> {
 /// Builds the test algorithms into `<target>/test-plugins` and installs the
 /// test servers; returns that directory and a cargo command whose
 /// environment points at the servers.
+///
+/// The Python and JavaScript algorithms go to `<target>/test-plugins-guest`
+/// instead (`EVENTFLOW_TEST_GUEST_PLUGINS`): every router compiles every
+/// component in its plugin directory at start, and these are 10-20 MB each,
+/// so only the tests that use them should pay for them.
 fn cargo_with_test_deps() -> anyhow::Result<(PathBuf, Command)> {
     check_system_packages()?;
     let plugins = target_dir().join("test-plugins");
-    build_plugins(&plugins, true)?;
+    build_rust_plugins(&plugins, true)?;
+    let guests = target_dir().join("test-plugins-guest");
+    guest::build(&guests, true)?;
     let mut cmd = cargo();
+    cmd.env("EVENTFLOW_TEST_GUEST_PLUGINS", &guests);
     for (k, v) in test_deps()? {
         cmd.env(k, v);
     }

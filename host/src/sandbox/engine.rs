@@ -21,8 +21,9 @@ use crate::data::Collections;
 /// to other tasks while an algorithm computes.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Core module instances, linear memories and tables of the pool per
-/// instance slot, which are also the most one component may use.
-const CORE_INSTANCES_PER_SLOT: u32 = 8;
+/// instance slot, which are also the most one component may use. A
+/// componentize-py (CPython) component has 14 core instances.
+const CORE_INSTANCES_PER_SLOT: u32 = 24;
 const MEMORIES_PER_SLOT: u32 = 2;
 const TABLES_PER_SLOT: u32 = 8;
 /// Bytes of each linear memory the pool keeps resident and resets with

@@ -1,0 +1,36 @@
+"""Does what its input's "do" says, so one component (compiled once per
+router) covers every behaviour the Python SDK's tests check:
+
+- "retry": on the first attempt raises Retry(input["delay_ms"]); later returns
+  {"attempt": N}.
+- "reject": raises Reject(input["reason"]).
+- "keyerror": reads a key the input lacks (an uncaught KeyError).
+- "env": returns os.environ as a dict.
+- "write": writes "written" to input["uri"] and returns it read back.
+"""
+
+import os
+
+from eventflow import Reject, Retry, data
+
+
+def apply(input, message):
+    action = input["do"]
+    if action == "retry":
+        if message.attempt == 1:
+            raise Retry(input["delay_ms"], "asked to retry")
+        return {"attempt": message.attempt}
+    if action == "reject":
+        raise Reject(input["reason"])
+    if action == "keyerror":
+        return lookup(input)
+    if action == "env":
+        return dict(os.environ)
+    if action == "write":
+        data.put(input["uri"], "written")
+        return {"read": data.get_text(input["uri"])}
+    raise Reject(f"unknown action {action!r}")
+
+
+def lookup(input):
+    return input["missing"]

@@ -1,0 +1,39 @@
+"""Write Eventflow algorithms in Python.
+
+An algorithm is a module named ``app`` with a function ``apply``::
+
+    import eventflow
+
+    def apply(input):
+        eventflow.data.put(f"data://ezra/files/{input['filename']}", input["data"])
+
+``apply`` receives the message's payload decoded from JSON. Declare a second
+parameter to receive the raw :class:`Message` too (then a payload that is not
+JSON arrives as ``input = None`` instead of being rejected). What it returns
+goes to the flow's output topic: ``None`` publishes nothing, ``bytes`` and
+``str`` are sent as they are, anything else as JSON.
+
+Raise :class:`Retry` to have the message redelivered after a delay and
+:class:`Reject` to send it to the dead-letter topic at once. Any other
+exception that escapes ``apply`` rejects the message with the traceback as the
+reason. Secrets arrive in ``os.environ``; nothing else does.
+
+Build with ``componentize-py -d wit -w algorithm componentize eventflow.main
+-p plugins/python -p DIR -o app.wasm`` where DIR holds ``app.py`` (``cargo
+xtask plugins`` does this for the examples).
+"""
+
+from . import data
+from ._core import Message, PublishError, Reject, Retry, log, publish
+from .data import DataError
+
+__all__ = [
+    "DataError",
+    "Message",
+    "PublishError",
+    "Reject",
+    "Retry",
+    "data",
+    "log",
+    "publish",
+]

@@ -1,0 +1,219 @@
+//! Algorithms written in Python and JavaScript, end to end: the real router
+//! on the embedded broker with components built by componentize-py and
+//! componentize-js over plugins/python and plugins/js (`cargo xtask test`
+//! builds them). Each component is 10-20 MB and takes a minute to compile in a
+//! debug build (the harness keeps the compiled code across runs), so: one
+//! router per test, and one Python component that does what its input says
+//! (plugins/py_behaviours). The publisher examples (publish_py, publish_js)
+//! are not run here: two more compiles per cold run.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Plugins, Router, wait_for};
+
+#[test]
+fn the_quickstart_demo_runs_through_python_and_javascript() {
+    let router = Router::start_with(
+        r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "incoming-python"
+consumers = ["ezra/store_file_py"]
+
+[[topics]]
+name = "incoming-js"
+consumers = ["ezra/store_file_js"]
+
+[[topics]]
+name = "dlq"
+
+[[flows]]
+name = "python"
+topic = "incoming-python"
+algorithm = "ezra/store_file_py/0.1.0"
+dead_letter_topic = "dlq"
+
+[[flows]]
+name = "js"
+topic = "incoming-js"
+algorithm = "ezra/store_file_js/0.1.0"
+dead_letter_topic = "dlq"
+"#,
+        Plugins::Guest(&[("ezra", "store_file_py"), ("ezra", "store_file_js")]),
+    );
+    for (topic, file) in [
+        ("incoming-python", "from-python.txt"),
+        ("incoming-js", "from-js.txt"),
+    ] {
+        router.publish(
+            topic,
+            &[json!({"filename": file, "data": "file contents to store"}).to_string()],
+        );
+    }
+    for file in ["from-python.txt", "from-js.txt"] {
+        let stored = wait_for(file, Duration::from_secs(60), || {
+            router.data_file(&format!("ezra/TestingEventFlow/{file}"))
+        });
+        assert_eq!(stored, b"file contents to store");
+    }
+    // What no retry can fix is rejected by the examples, not retried.
+    router.publish(
+        "incoming-js",
+        &[r#"{"filename": "../escape.txt", "data": "x"}"#.into()],
+    );
+    router.publish("incoming-python", &[r#"{"data": "no name"}"#.into()]);
+    for flow in ["js", "python"] {
+        let letter = wait_for(flow, Duration::from_secs(60), || {
+            router.dead_letters(flow).into_iter().next()
+        });
+        assert_eq!(letter["last_failure"]["reason"], "guest_reject", "{letter}");
+    }
+}
+
+/// The `out` messages' payloads, parsed.
+fn outputs(router: &Router) -> Vec<Value> {
+    router
+        .peek("local", "out")
+        .iter()
+        .map(|m| serde_json::from_str(m["payload"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// The detail of the dead letter whose payload contains `needle`.
+fn dead_letter_detail(router: &Router, needle: &str) -> (String, String) {
+    let letter = wait_for(needle, Duration::from_secs(60), || {
+        router
+            .dead_letters("py")
+            .into_iter()
+            .find(|l| l["payload"].as_str().unwrap_or("").contains(needle))
+    });
+    (
+        letter["last_failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        letter["last_failure"]["detail"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+#[test]
+fn python_exceptions_secrets_and_data_access_map_to_the_contract() {
+    let router = Router::start_with(
+        r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "in"
+consumers = ["test/py_behaviours"]
+
+[[topics]]
+name = "out"
+publishers = ["test/py_behaviours"]
+
+[[topics]]
+name = "dlq"
+
+[[flows]]
+name = "py"
+topic = "in"
+algorithm = "test/py_behaviours/0.1.0"
+output_topic = "out"
+dead_letter_topic = "dlq"
+max_receives = 3
+
+[flows.retry]
+backoff = "fixed"
+base_ms = 100
+jitter = false
+"#,
+        Plugins::Guest(&[("test", "py_behaviours")]),
+    );
+    let (status, body) = router.http(
+        "PUT",
+        "/v1/algorithms/test/py_behaviours/secrets/API_KEY",
+        Some(json!({"value": "k-3c9e"})),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let sent = Instant::now();
+    router.publish(
+        "in",
+        &[
+            json!({"do": "retry", "delay_ms": 2000}),
+            json!({"do": "reject", "reason": "customer 42 does not exist"}),
+            json!({"do": "keyerror"}),
+            json!({"do": "env"}),
+            json!({"do": "write", "uri": "data://test/py/ok.txt"}),
+            json!({"do": "write", "uri": "data://ezra/TestingEventFlow/evil.txt"}),
+        ]
+        .map(|v| v.to_string()),
+    );
+
+    // Retry: attempted again, and not before the delay the algorithm asked for
+    // (the flow's own backoff is 100 ms).
+    let retried = wait_for(
+        "the retried message's output",
+        Duration::from_secs(60),
+        || {
+            outputs(&router)
+                .into_iter()
+                .find(|o| o.get("attempt").is_some())
+        },
+    );
+    assert_eq!(retried["attempt"], 2, "{retried}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(2000),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    // Reject: dead-lettered at once with the reason.
+    let (reason, detail) = dead_letter_detail(&router, "customer 42");
+    assert_eq!(reason, "guest_reject");
+    assert_eq!(detail, "customer 42 does not exist");
+
+    // An uncaught exception: dead-lettered with the traceback.
+    let (reason, detail) = dead_letter_detail(&router, "keyerror");
+    assert_eq!(reason, "guest_reject");
+    assert!(
+        detail.starts_with("uncaught KeyError: 'missing'"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("Traceback (most recent call last)"),
+        "{detail}"
+    );
+    assert!(detail.contains("in lookup"), "{detail}");
+
+    // The secret, and nothing else, is in os.environ.
+    let env = wait_for("the environment", Duration::from_secs(60), || {
+        outputs(&router)
+            .into_iter()
+            .find(|o| o.get("API_KEY").is_some())
+    });
+    assert_eq!(env, json!({"API_KEY": "k-3c9e"}));
+
+    // Its own collection: written and read back. Another owner's: refused.
+    let read = wait_for("the write's output", Duration::from_secs(60), || {
+        outputs(&router)
+            .into_iter()
+            .find(|o| o.get("read").is_some())
+    });
+    assert_eq!(read["read"], "written");
+    assert_eq!(router.data_file("test/py/ok.txt").unwrap(), b"written");
+    let (reason, detail) = dead_letter_detail(&router, "evil.txt");
+    assert_eq!(reason, "guest_reject");
+    assert!(detail.contains("AccessDenied"), "{detail}");
+    assert!(router.data_file("ezra/TestingEventFlow/evil.txt").is_none());
+}
