@@ -223,14 +223,20 @@ fn ensure_componentize_py() -> anyhow::Result<()> {
 
 fn ensure_componentize_js() -> anyhow::Result<()> {
     let package = root().join("plugins/js/package.json");
+    let lock = root().join("plugins/js/package-lock.json");
     let dir = npm_dir();
     let how = format!(
         "to build JavaScript algorithms, install Node.js 20 or later with npm, then \
-         `mkdir -p {dir} && cp {package} {dir}/ && npm install --prefix {dir}`",
+         `mkdir -p {dir} && cp {package} {lock} {dir}/ && npm ci --prefix {dir}`",
         dir = dir.display(),
-        package = package.display()
+        package = package.display(),
+        lock = lock.display()
     );
-    let wanted = std::fs::read_to_string(&package)?;
+    let manifest = std::fs::read_to_string(&package)?;
+    let locked = std::fs::read_to_string(&lock)?;
+    // Both files pin: package.json the tools, package-lock.json everything
+    // they pull in.
+    let wanted = format!("{manifest}\n{locked}");
     let stamp = dir.join(".eventflow-package.json");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(());
@@ -249,11 +255,12 @@ fn ensure_componentize_js() -> anyhow::Result<()> {
         Some(m) => bail!("Node.js {m} is too old (componentize-js needs 20 or later); {how}"),
         None => bail!("node is not installed; {how}"),
     }
-    println!("xtask: installing componentize-js from plugins/js/package.json");
+    println!("xtask: installing componentize-js from plugins/js/package-lock.json");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("package.json"), &wanted)?;
+    std::fs::write(dir.join("package.json"), &manifest)?;
+    std::fs::write(dir.join("package-lock.json"), &locked)?;
     run(Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
         .current_dir(&dir))
     .with_context(|| {
         format!("componentize-js is missing and could not be installed (offline?); {how}")
