@@ -39,6 +39,7 @@ impl From<super::PublishRefusal> for WitPublishError {
 }
 
 impl From<&crate::message::InboundMessage> for WitMessage {
+    /// A copy of `m`, for calls that keep their message (the benchmarks').
     fn from(m: &crate::message::InboundMessage) -> Self {
         WitMessage {
             id: m.id.clone(),
@@ -48,4 +49,25 @@ impl From<&crate::message::InboundMessage> for WitMessage {
             attempt: m.attempt,
         }
     }
+}
+
+/// Moves `m`'s fields into a message for the guest, leaving `m` empty until
+/// [`give_back`]: the call copies the payload into guest memory once, and
+/// the host never copies it.
+pub fn lend(m: &mut crate::message::InboundMessage) -> WitMessage {
+    WitMessage {
+        id: std::mem::take(&mut m.id),
+        topic: std::mem::take(&mut m.topic),
+        payload: std::mem::take(&mut m.payload),
+        headers: std::mem::take(&mut m.headers),
+        attempt: m.attempt,
+    }
+}
+
+/// Puts back what [`lend`] took from `m`.
+pub fn give_back(lent: WitMessage, m: &mut crate::message::InboundMessage) {
+    m.id = lent.id;
+    m.topic = lent.topic;
+    m.payload = lent.payload;
+    m.headers = lent.headers;
 }

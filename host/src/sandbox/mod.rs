@@ -162,8 +162,9 @@ pub trait TopicResolver: Send + Sync {
 pub struct Invocation<'a> {
     /// The flow, for log lines.
     pub flow: Arc<str>,
-    /// The message.
-    pub message: &'a InboundMessage,
+    /// The message: lent to the guest during the call (moved, not copied)
+    /// and whole again when [`Sandbox::invoke`] returns.
+    pub message: &'a mut InboundMessage,
     /// Wall-clock limit.
     pub timeout: Duration,
     /// The effective limits.
@@ -526,15 +527,18 @@ impl Sandbox {
         let result = match input_error {
             Some(f) => Err(f),
             None => {
-                let message = WitMessage::from(inv.message);
+                let message = bindings::lend(inv.message);
                 let call = async {
                     let instance = pre.instantiate_async(&mut store).await?;
                     instance.call_apply(&mut store, &message).await
                 };
                 // The epoch deadline stops computation; this outer deadline,
                 // a little later so the epoch wins for computation, stops a
-                // host call that hangs.
-                match tokio::time::timeout(timeout + HOST_GRACE, call).await {
+                // host call that hangs. (Its timer is armed only if the call
+                // does not finish on its first poll.)
+                let called = tokio::time::timeout(timeout + HOST_GRACE, call).await;
+                bindings::give_back(message, inv.message);
+                match called {
                     Err(_) => Err(Failure::new(
                         Reason::Timeout,
                         format!("did not finish within {timeout:?} (stuck in a host call)"),
