@@ -90,15 +90,18 @@ impl Bed {
 
     async fn drain_waiting(self, n: usize) -> anyhow::Result<Drained> {
         let syncs = crate::disk::store_syncs();
+        let cpu = crate::disk::process_cpu();
         let started = Instant::now();
         self.enable().await?;
         self.wait_settled("p", n as u64, Duration::from_secs(600))
             .await?;
         let rate = n as f64 / started.elapsed().as_secs_f64();
+        let cpu_us = cpu_per_message(cpu, n);
         let store_syncs = crate::disk::store_syncs() - syncs;
         self.router.shutdown().await;
         Ok(Drained {
             rate,
+            cpu_us,
             batch: StoreBatch::of(n, store_syncs),
         })
     }
@@ -165,8 +168,19 @@ impl Bed {
 pub struct Drained {
     /// Messages per second.
     pub rate: f64,
+    /// The process's CPU time (user + system, every thread) per message
+    /// while it drained, in microseconds. Other processes on the machine
+    /// slow the rate but barely change this, so it is the number to compare
+    /// between runs on a shared machine.
+    pub cpu_us: f64,
     /// The embedded store's commits while it drained.
     pub batch: StoreBatch,
+}
+
+/// The process's CPU time since `since` (a [`crate::disk::process_cpu`]
+/// reading) over `n` messages, in microseconds.
+fn cpu_per_message(since: Duration, n: usize) -> f64 {
+    (crate::disk::process_cpu().saturating_sub(since)).as_secs_f64() * 1e6 / n.max(1) as f64
 }
 
 /// How many messages the embedded broker made durable per commit in one
@@ -255,6 +269,13 @@ pub struct ThroughputRow {
     pub native: f64,
     /// The embedded broker alone: receive, publish the output, ack.
     pub broker_alone: f64,
+    /// Process CPU time per message in the wasm run, in microseconds (see
+    /// [`Drained::cpu_us`]).
+    pub wasm_cpu_us: f64,
+    /// In the native run.
+    pub native_cpu_us: f64,
+    /// In the broker-alone run.
+    pub broker_alone_cpu_us: f64,
     /// The embedded store's commits in the wasm run.
     pub wasm_batch: StoreBatch,
     /// In the native run.
@@ -327,6 +348,7 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<Drained> {
     let mut source = bed.consumer("in").await?;
     let topology = bed.router.topology();
     let syncs = crate::disk::store_syncs();
+    let cpu = crate::disk::process_cpu();
     let started = Instant::now();
     let mut done = 0;
     while done < n {
@@ -348,10 +370,12 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<Drained> {
         }
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = cpu_per_message(cpu, n);
     let store_syncs = crate::disk::store_syncs() - syncs;
     bed.router.shutdown().await;
     Ok(Drained {
         rate,
+        cpu_us,
         batch: StoreBatch::of(n, store_syncs),
     })
 }
@@ -373,10 +397,13 @@ pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
             crate::disk::probe_async(batch, 1024, Duration::from_secs(o.pick(1, 3))).await?;
         let per_commit = |b: StoreBatch| b.per_commit().map_or("?".into(), |v| format!("{v:.1}"));
         eprintln!(
-            "  concurrency {concurrency}: wasm {:.0}/s, native {:.0}/s, broker alone {:.0}/s (messages per store commit {} / {} / {}), disk limit {:.0}/s at {batch} per fdatasync",
+            "  concurrency {concurrency}: wasm {:.0}/s, native {:.0}/s, broker alone {:.0}/s (CPU per message {:.1} / {:.1} / {:.1} µs; messages per store commit {} / {} / {}), disk limit {:.0}/s at {batch} per fdatasync",
             wasm.rate,
             native.rate,
             broker_alone.rate,
+            wasm.cpu_us,
+            native.cpu_us,
+            broker_alone.cpu_us,
             per_commit(wasm.batch),
             per_commit(native.batch),
             per_commit(broker_alone.batch),
@@ -387,6 +414,9 @@ pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
             wasm: wasm.rate,
             native: native.rate,
             broker_alone: broker_alone.rate,
+            wasm_cpu_us: wasm.cpu_us,
+            native_cpu_us: native.cpu_us,
+            broker_alone_cpu_us: broker_alone.cpu_us,
             wasm_batch: wasm.batch,
             native_batch: native.batch,
             broker_alone_batch: broker_alone.batch,

@@ -343,7 +343,7 @@ impl Report {
         if let Some(b2) = &self.b2 {
             let _ = writeln!(
                 s,
-                "\n## B2 throughput (embedded → identity → embedded, durable, {} × {} B)\n\nMessages per commit: messages settled over the embedded store's commits in that run (its writer thread's fdatasyncs, one per redb commit), for the wasm pipeline, the native one and the broker alone. The disk limit: sequential appends of 1 KiB messages with one fdatasync per batch, to a file in the same temporary directory as the broker's state, in the same run, the batch being the wasm run's messages per commit (rounded).\n\n| concurrency | wasm | native | wasm / native | broker alone | messages per commit (wasm / native / alone) | disk limit | wasm / disk limit |\n|---|---|---|---|---|---|---|---|",
+                "\n## B2 throughput (embedded → identity → embedded, durable, {} × {} B)\n\nMessages per commit: messages settled over the embedded store's commits in that run (its writer thread's fdatasyncs, one per redb commit), for the wasm pipeline, the native one and the broker alone. CPU per message: the process's CPU time (user + system, every thread) over the messages of the run, wasm / native / broker alone; other jobs on the machine slow the rates but barely change it. The disk limit: sequential appends of 1 KiB messages with one fdatasync per batch, to a file in the same temporary directory as the broker's state, in the same run, the batch being the wasm run's messages per commit (rounded).\n\n| concurrency | wasm | native | wasm / native | broker alone | CPU per message (wasm / native / alone) | messages per commit (wasm / native / alone) | disk limit | wasm / disk limit |\n|---|---|---|---|---|---|---|---|---|",
                 b2.messages, b2.payload_bytes
             );
             let per_commit = |b: crate::pipeline::StoreBatch| {
@@ -353,12 +353,15 @@ impl Report {
             for r in &b2.rows {
                 let _ = writeln!(
                     s,
-                    "| {} | {:.0}/s | {:.0}/s | {:.0} % | {:.0}/s | {} / {} / {} | {:.0}/s at {} per fdatasync{} (fdatasync p50 {} µs, p99 {} µs) | {:.0} % |",
+                    "| {} | {:.0}/s | {:.0}/s | {:.0} % | {:.0}/s | {:.1} / {:.1} / {:.1} µs | {} / {} / {} | {:.0}/s at {} per fdatasync{} (fdatasync p50 {} µs, p99 {} µs) | {:.0} % |",
                     r.concurrency,
                     r.wasm,
                     r.native,
                     r.wasm / r.native * 100.0,
                     r.broker_alone,
+                    r.wasm_cpu_us,
+                    r.native_cpu_us,
+                    r.broker_alone_cpu_us,
                     per_commit(r.wasm_batch),
                     per_commit(r.native_batch),
                     per_commit(r.broker_alone_batch),

@@ -12,8 +12,11 @@
 //! [`MIN_IN_FLIGHT`]) are in flight, so invocations keep running while
 //! earlier messages wait for their commit; on other brokers, `concurrency`.
 
+mod dead_letter;
+mod effects;
 pub mod envelope;
 mod events;
+mod journal;
 pub mod retry;
 mod status;
 pub mod throttle;

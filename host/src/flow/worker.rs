@@ -1,6 +1,17 @@
 //! What happens to one delivered message: invoke, publish the effects,
 //! settle. Nothing here returns an error to the flow loop: every outcome ends
 //! in an ack, a retry or a dead letter, logged and counted.
+//!
+//! The effects are in [`super::effects`], a failure's way to a retry or a
+//! dead letter in [`super::dead_letter`], the failure journal in
+//! [`super::journal`].
+//!
+//! Per message, the payload is moved, never copied, from the delivery to
+//! the sandbox, which copies it once, into the guest's memory; the metric
+//! handles and the version label are made once per algorithm version; the
+//! failure journal is touched (on the blocking pool) only for failures and
+//! redeliveries; and no timer is armed for work that finishes without
+//! waiting (see [`with_heartbeat`]).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
@@ -9,31 +20,22 @@ use std::time::Duration;
 use tracing::Level;
 
 use crate::config::FlowSpec;
-use crate::config::TopicSpec;
-use crate::connector::{Delivery, LocalStore, MAX_RETRY_DELAY, PublishError, Settle};
-use crate::message::{InboundMessage, OutboundMessage, counted_size, set_header};
+use crate::connector::{Delivery, MAX_RETRY_DELAY, Settle};
+use crate::message::InboundMessage;
 use crate::metrics::FlowMetrics;
-use crate::sandbox::{Algorithm, AlgorithmId, Failure, Invocation, Reason};
-use crate::state::{FailureHistory, FailureRecord};
+use crate::sandbox::{Algorithm, AlgorithmId, Failure, Invocation, Outcome, Reason};
 use crate::telemetry::trace::TraceContext;
 
-use super::envelope::{Envelope, SourceInfo};
+use super::effects::{Enqueued, Provenance, publish_failure};
 use super::events::{MessageEvents, settle_failed};
 use super::retry::backoff;
 use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
 use super::{FlowStatus, Services};
 
-/// Header naming the algorithm version that produced a message.
-pub const ALGORITHM_HEADER: &str = "eventflow-algorithm";
-/// Header with the SHA-256 of the component that produced a message.
-pub const HASH_HEADER: &str = "eventflow-component-hash";
-/// Header with the id of the message that caused a message.
-pub const SOURCE_ID_HEADER: &str = "eventflow-source-message-id";
-/// Header naming the flow that produced a message.
-pub const FLOW_HEADER: &str = "eventflow-flow";
-/// The W3C trace-context header, carried from input to outputs.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub use super::effects::{
+    ALGORITHM_HEADER, FLOW_HEADER, HASH_HEADER, SOURCE_ID_HEADER, TRACEPARENT_HEADER,
+};
 
 /// The per-message metrics of a flow for the algorithm version that ran
 /// last, shared by a worker's clones: made again only when the version
@@ -63,7 +65,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// The per-message metric handles for `algorithm`.
+    /// The per-message metric handles for `algorithm`; their labels carry
+    /// its `owner/name@version`.
     fn handles(&self, algorithm: &Algorithm) -> Arc<FlowMetrics> {
         let mut cached = self
             .metric_handles
@@ -84,7 +87,7 @@ impl Worker {
     }
 
     /// Reports what happens to `message`, handled by `algorithm`.
-    fn events<'a>(
+    pub(super) fn events<'a>(
         &'a self,
         algorithm: &'a Algorithm,
         message: &'a InboundMessage,
@@ -100,14 +103,14 @@ impl Worker {
         }
     }
 
-    fn max_receives(&self) -> u32 {
+    pub(super) fn max_receives(&self) -> u32 {
         self.native_max_receives.unwrap_or(self.spec.max_receives)
     }
 
     /// Whether to log this occurrence of an error that may repeat for every
     /// message: `Some(n)` with the repeats left out since the last line of
     /// its kind, or `None` to leave it out.
-    fn admit(&self, level: Level, what: &'static str, error: &str) -> Option<u64> {
+    pub(super) fn admit(&self, level: Level, what: &'static str, error: &str) -> Option<u64> {
         self.throttle.admit(level, what, error)
     }
 
@@ -136,50 +139,38 @@ impl Worker {
 
     async fn process_in_trace(
         &self,
-        mut delivery: Delivery,
+        delivery: Delivery,
         algorithm: Arc<Algorithm>,
         trace: TraceContext,
     ) {
-        let message = delivery.message.clone();
-        let events = self.events(&algorithm, &message);
-        events.received();
+        // The message is the worker's from here on: lent to the sandbox for
+        // the invocation, never copied.
+        let Delivery {
+            mut message,
+            mut settle,
+        } = delivery;
+        self.events(&algorithm, &message).received();
 
         if message.attempt > self.max_receives() {
-            // Delivered more often than allowed without a final verdict: the
-            // router died while handling it, or could not dead-letter it.
-            let history = self.history(&message.id).await;
-            let last = history.as_ref().map(|h| h.last.clone()).unwrap_or_else(|| {
-                self.record(
-                    &algorithm,
-                    &message,
-                    &Failure::new(
-                        Reason::MaxReceivesExceeded,
-                        format!(
-                            "delivered {} times (max_receives is {}) without a recorded outcome; the router may have died while handling it",
-                            message.attempt,
-                            self.max_receives()
-                        ),
-                    ),
-                )
-            });
-            let first = history.map(|h| h.first);
-            self.give_up(&mut delivery.settle, &algorithm, &message, first, last)
+            self.give_up_unrecorded(&mut settle, &algorithm, &message)
                 .await;
         } else {
-            self.invoke_and_settle(&mut delivery.settle, &algorithm, &message, &trace)
+            let outcome = self.invoke(&mut settle, &algorithm, &mut message).await;
+            self.settle_outcome(&mut settle, &algorithm, &message, outcome, &trace)
                 .await;
         }
 
-        events.finished();
+        self.events(&algorithm, &message).finished();
     }
 
-    async fn invoke_and_settle(
+    /// Runs the algorithm on `message`, keeping the delivery leased
+    /// meanwhile.
+    async fn invoke(
         &self,
         settle: &mut Box<dyn Settle>,
         algorithm: &Arc<Algorithm>,
-        message: &InboundMessage,
-        trace: &TraceContext,
-    ) {
+        message: &mut InboundMessage,
+    ) -> Outcome {
         let topology = self.topology.current();
         let (timeout, limits) = topology.limits_for(&self.spec, &algorithm.id);
         let env = self
@@ -201,65 +192,82 @@ impl Worker {
             resolver,
         };
         let slots = self.slots.clone();
-        let outcome = with_heartbeat(settle, self.lease, &self.throttle, async move {
+        with_heartbeat(settle, self.lease, &self.throttle, async move {
             // The slot is released as soon as the invocation ends, before
             // its effects are published and the message settled.
             let _slot = slots.acquire_owned().await;
             self.services.sandbox.invoke(algorithm, invocation).await
         })
-        .await;
-        self.events(algorithm, message).invoked(&outcome);
+        .await
+    }
 
-        let failure = match outcome.result {
-            Ok(output) => {
-                // In order: wait until the messages before this one (in its
-                // Kafka partition) have handed their effects to the producer,
-                // hand ours over, let the next message take its turn, and
-                // only then wait for delivery.
-                settle.wait_turn().await;
-                let local = settle.local_store();
-                let enqueued = self
-                    .enqueue_effects(algorithm, message, output, outcome.published, trace, local)
-                    .await;
-                settle.pass_turn();
-                let published = match enqueued {
-                    Ok((atomic, delivering)) => futures::future::try_join_all(delivering)
-                        .await
-                        .map(|_| atomic),
-                    Err(e) => Err(e),
-                };
-                match published {
-                    Ok(atomic) if atomic.is_empty() => {
-                        if self.ack(settle, message).await {
-                            self.succeeded(algorithm, message).await;
-                        }
-                        return;
-                    }
-                    Ok(atomic) => {
-                        // Outputs to the source's own store: written with
-                        // the acknowledgement, in one transaction.
-                        let keys = atomic
-                            .iter()
-                            .map(|(t, _)| Topology::key(t))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        match settle.ack_with(atomic).await {
-                            Ok(()) => {
-                                self.succeeded(algorithm, message).await;
-                                return;
-                            }
-                            Err(e) => publish_failure(&keys, e),
-                        }
-                    }
-                    Err(failure) => failure,
-                }
-            }
+    /// Publishes the effects of a successful invocation and acknowledges
+    /// the message, or fails it.
+    async fn settle_outcome(
+        &self,
+        settle: &mut Box<dyn Settle>,
+        algorithm: &Arc<Algorithm>,
+        message: &InboundMessage,
+        outcome: Outcome,
+        trace: &TraceContext,
+    ) {
+        let events = self.events(algorithm, message);
+        events.invoked(&outcome);
+        let output = match outcome.result {
+            Ok(output) => output,
             Err(failure) => {
                 settle.pass_turn();
-                failure
+                return self.fail(settle, algorithm, message, failure).await;
             }
         };
-        self.fail(settle, algorithm, message, failure).await;
+        // In order: wait until the messages before this one (in its Kafka
+        // partition) have handed their effects to the producer, hand ours
+        // over, let the next message take its turn, and only then wait for
+        // delivery.
+        settle.wait_turn().await;
+        let from = Provenance {
+            algorithm,
+            version: &events.handles.labels.algorithm,
+            message,
+            trace,
+        };
+        let local = settle.local_store();
+        let enqueued = self
+            .enqueue_effects(from, output, outcome.published, local)
+            .await;
+        settle.pass_turn();
+        match self.commit(settle, message, enqueued).await {
+            Ok(true) => self.succeeded(algorithm, message).await,
+            Ok(false) => {}
+            Err(failure) => self.fail(settle, algorithm, message, failure).await,
+        }
+    }
+
+    /// Waits for the effects handed to other producers, then acknowledges
+    /// the message together with the effects for its own store, in one
+    /// transaction. `Ok(false)`: the acknowledgement failed (logged; the
+    /// broker redelivers the message).
+    async fn commit(
+        &self,
+        settle: &mut Box<dyn Settle>,
+        message: &InboundMessage,
+        enqueued: Result<Enqueued, Failure>,
+    ) -> Result<bool, Failure> {
+        let Enqueued { atomic, delivering } = enqueued?;
+        futures::future::try_join_all(delivering).await?;
+        if atomic.is_empty() {
+            return Ok(self.ack(settle, message).await);
+        }
+        let keys = atomic
+            .iter()
+            .map(|(t, _)| Topology::key(t))
+            .collect::<Vec<_>>()
+            .join(", ");
+        settle
+            .ack_with(atomic)
+            .await
+            .map(|()| true)
+            .map_err(|e| publish_failure(&keys, e))
     }
 
     /// The message was acknowledged after its effects were durable.
@@ -270,97 +278,8 @@ impl Worker {
         }
     }
 
-    /// Hands what the algorithm published, then its output, to the
-    /// producers, topic by topic; returns the waits for their delivery, all
-    /// of which must succeed before the input is acknowledged. Messages for
-    /// topics in `local` (the delivery's own store) are not handed over but
-    /// returned, to be written with the acknowledgement.
-    #[allow(clippy::type_complexity)]
-    async fn enqueue_effects(
-        &self,
-        algorithm: &Algorithm,
-        message: &InboundMessage,
-        output: Option<Vec<u8>>,
-        published: Vec<(String, OutboundMessage)>,
-        trace: &TraceContext,
-        local: Option<LocalStore>,
-    ) -> Result<
-        (
-            Vec<(TopicSpec, Vec<OutboundMessage>)>,
-            Vec<futures::future::BoxFuture<'static, Result<(), Failure>>>,
-        ),
-        Failure,
-    > {
-        let provenance = |mut m: OutboundMessage| {
-            set_header(
-                &mut m.headers,
-                ALGORITHM_HEADER,
-                format!(
-                    "{}/{}@{}",
-                    algorithm.id.owner, algorithm.id.name, algorithm.id.version
-                ),
-            );
-            set_header(&mut m.headers, HASH_HEADER, algorithm.hash.clone());
-            set_header(&mut m.headers, SOURCE_ID_HEADER, message.id.clone());
-            set_header(&mut m.headers, FLOW_HEADER, self.flow.to_string());
-            set_header(&mut m.headers, TRACEPARENT_HEADER, trace.traceparent());
-            m
-        };
-        let mut groups: Vec<(String, Vec<OutboundMessage>)> = Vec::new();
-        let mut add =
-            |key: String, m: OutboundMessage| match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, ms)) => ms.push(m),
-                None => groups.push((key, vec![m])),
-            };
-        let topology = self.topology.current();
-        for (key, m) in published {
-            add(key, provenance(m));
-        }
-        if let Some(payload) = output {
-            match &self.spec.output_topic {
-                Some(name) => {
-                    let topic = topology.topic(&self.spec.broker, name).ok_or_else(|| {
-                        Failure::new(
-                            Reason::PublishFailed,
-                            format!("output topic {name:?} is not declared"),
-                        )
-                    })?;
-                    add(
-                        Topology::key(topic),
-                        provenance(OutboundMessage {
-                            payload,
-                            headers: Vec::new(),
-                        }),
-                    );
-                }
-                None => tracing::trace!(
-                    flow = %self.flow,
-                    message_id = %message.id,
-                    "Output discarded: the flow has no output topic."
-                ),
-            }
-        }
-        let mut delivering = Vec::with_capacity(groups.len());
-        let mut atomic = Vec::new();
-        for (key, messages) in groups {
-            if let Some(local) = local
-                && let Some((topic, broker)) = topology.by_key(&key)
-                && broker.connection.local_store() == Some(local)
-            {
-                atomic.push((topic.clone(), messages));
-                continue;
-            }
-            let wait = topology
-                .enqueue(&key, messages)
-                .await
-                .map_err(|e| publish_failure(&key, e))?;
-            delivering.push(Box::pin(
-                async move { wait.await.map_err(|e| publish_failure(&key, e)) },
-            ) as futures::future::BoxFuture<'static, _>);
-        }
-        Ok((atomic, delivering))
-    }
-
+    /// An attempt failed: retry the message with the flow's backoff, or
+    /// give up on it.
     async fn fail(
         &self,
         settle: &mut Box<dyn Settle>,
@@ -394,202 +313,35 @@ impl Worker {
         self.retry(settle, message, delay).await;
     }
 
-    /// Ends a message that failed for good: dead-letter it, leave it to the
-    /// broker's redrive policy, or drop it when the flow has nowhere to put it.
-    async fn give_up(
+    /// Gives up on a message delivered more often than allowed without a
+    /// final verdict: the router died while handling it, or could not
+    /// dead-letter it.
+    async fn give_up_unrecorded(
         &self,
         settle: &mut Box<dyn Settle>,
         algorithm: &Algorithm,
         message: &InboundMessage,
-        first: Option<FailureRecord>,
-        last: FailureRecord,
     ) {
-        let events = self.events(algorithm, message);
-        let Some(dlq) = &self.spec.dead_letter_topic else {
-            if self.native_max_receives.is_some() {
-                // One more receive makes the broker move it to its own
-                // dead-letter queue.
-                events.left_to_redrive(&last);
-                self.retry(settle, message, Duration::ZERO).await;
-                return;
-            }
-            events.dropped_without_dead_letter_topic(&last);
-            if self.ack(settle, message).await {
-                self.forget(&message.id).await;
-            }
-            return;
-        };
-        let source = SourceInfo {
-            broker: self.spec.broker.clone(),
-            kind: self.broker_kind.to_string(),
-            topic: self.spec.topic.clone(),
-            message_id: message.id.clone(),
-        };
-        let envelope = Envelope::new(
-            &self.flow,
-            source,
-            message,
-            (
-                format!(
-                    "{}/{}@{}",
-                    algorithm.id.owner, algorithm.id.name, algorithm.id.version
-                ),
-                algorithm.hash.clone(),
-            ),
-            first,
-            last.clone(),
-        );
-        let topology = self.topology.current();
-        match self
-            .write_dead_letter(&topology, dlq, message, &envelope)
-            .await
-        {
-            Ok(payload_truncated) => {
-                events.dead_lettered(&last, dlq, payload_truncated);
-                if self.ack(settle, message).await {
-                    self.forget(&message.id).await;
-                }
-            }
-            Err(DeadLetterFailure::Permanent(e)) => {
-                // Retrying cannot make it fit: settle it rather than
-                // redeliver it forever, and say so once.
-                events.dropped_unwritable(&last, dlq, &e);
-                if self.ack(settle, message).await {
-                    self.forget(&message.id).await;
-                }
-            }
-            Err(DeadLetterFailure::Transient(e)) => {
-                // Not acknowledged: it comes back, and goes straight to the
-                // dead-letter topic then.
-                let delay = backoff(&self.spec.retry, message.attempt);
-                events.dead_letter_deferred(dlq, &e, delay);
-                self.retry(settle, message, delay).await;
-            }
-        }
-    }
-
-    /// Publishes `envelope`, signed, to the dead-letter topic `dlq`. When
-    /// it is over the topic's message size limit (the connector's
-    /// `max_payload_bytes`, or a too-large refusal), publishes it once more
-    /// with the payload truncated to fit. Returns whether it was truncated.
-    async fn write_dead_letter(
-        &self,
-        topology: &Topology,
-        dlq: &str,
-        message: &InboundMessage,
-        envelope: &Envelope,
-    ) -> Result<bool, DeadLetterFailure> {
-        let Some(topic) = topology.topic(&self.spec.broker, dlq) else {
-            return Err(DeadLetterFailure::Transient(format!(
-                "dead-letter topic {dlq:?} is not declared"
-            )));
-        };
-        let key = Topology::key(topic);
-        let Some((_, broker)) = topology.by_key(&key) else {
-            return Err(DeadLetterFailure::Transient(format!(
-                "broker connection {:?} of the dead-letter topic is not connected",
-                topic.broker
-            )));
-        };
-        let limit = broker.connection.max_payload_bytes();
-        let signer = &self.services.dead_letter_key;
-        let whole = envelope.to_message(signer);
-        let size = counted_size(&whole);
-        // The envelope's own headers are the same once truncated.
-        let overhead = size - whole.payload.len();
-        let too_large = if size <= limit {
-            match topology.publish(&key, vec![whole]).await {
-                Ok(()) => return Ok(false),
-                Err(e) if e.is_too_large() => e.to_string(),
-                Err(e) => return Err(DeadLetterFailure::Transient(format!("{e:#}"))),
-            }
-        } else {
-            format!("the envelope of {size} bytes is over the topic's limit of {limit} bytes")
-        };
-        // Cut to the connection's limit first. A broker whose own limit is
-        // lower refuses that too (a Kafka topic's max.message.bytes, say):
-        // cut to a quarter each time until it fits, or until not even the
-        // envelope without its payload fits.
-        let mut budget = limit.saturating_sub(overhead);
-        let mut refused: Option<String> = None;
-        loop {
-            let Some(cut) = envelope.truncated(&message.payload, budget) else {
-                return Err(DeadLetterFailure::Permanent(match refused {
-                    None => format!(
-                        "{too_large}, and it does not fit even without its payload and headers"
+        let history = self.history(&message.id).await;
+        let last = history.as_ref().map(|h| h.last.clone()).unwrap_or_else(|| {
+            self.record(
+                algorithm,
+                message,
+                &Failure::new(
+                    Reason::MaxReceivesExceeded,
+                    format!(
+                        "delivered {} times (max_receives is {}) without a recorded outcome; the router may have died while handling it",
+                        message.attempt,
+                        self.max_receives()
                     ),
-                    Some(e) => format!("{too_large}; with the payload truncated: {e}"),
-                }));
-            };
-            match topology.publish(&key, vec![cut.to_message(signer)]).await {
-                Ok(()) => return Ok(true),
-                Err(e) if e.is_too_large() => {
-                    refused = Some(e.to_string());
-                    budget /= 4;
-                }
-                Err(e) => return Err(DeadLetterFailure::Transient(format!("{e:#}"))),
-            }
-        }
+                ),
+            )
+        });
+        let first = history.map(|h| h.first);
+        self.give_up(settle, algorithm, message, first, last).await;
     }
 
-    fn record(
-        &self,
-        algorithm: &Algorithm,
-        message: &InboundMessage,
-        f: &Failure,
-    ) -> FailureRecord {
-        FailureRecord {
-            reason: f.reason.code().to_string(),
-            detail: f.detail.clone(),
-            attempt: message.attempt,
-            at: crate::util::rfc3339_now(),
-            algorithm: algorithm.label(),
-        }
-    }
-
-    async fn journal(&self, id: &str, record: FailureRecord) -> Option<FailureHistory> {
-        let (state, flow, id) = (
-            self.services.state.clone(),
-            self.flow.clone(),
-            id.to_string(),
-        );
-        match tokio::task::spawn_blocking(move || state.record_failure(&flow, &id, record)).await {
-            Ok(Ok(h)) => Some(h),
-            Ok(Err(e)) => {
-                const WHAT: &str = "Could not record a failure in the journal";
-                let error = format!("{e:#}");
-                if let Some(suppressed) = self.admit(Level::WARN, WHAT, &error) {
-                    tracing::warn!(flow = %self.flow, error = %error, suppressed, "{WHAT}.");
-                }
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    async fn history(&self, id: &str) -> Option<FailureHistory> {
-        let (state, flow, id) = (
-            self.services.state.clone(),
-            self.flow.clone(),
-            id.to_string(),
-        );
-        tokio::task::spawn_blocking(move || state.failures(&flow, &id))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten()
-    }
-
-    async fn forget(&self, id: &str) {
-        let (state, flow, id) = (
-            self.services.state.clone(),
-            self.flow.clone(),
-            id.to_string(),
-        );
-        let _ = tokio::task::spawn_blocking(move || state.forget(&flow, &id)).await;
-    }
-
-    async fn ack(&self, settle: &mut Box<dyn Settle>, message: &InboundMessage) -> bool {
+    pub(super) async fn ack(&self, settle: &mut Box<dyn Settle>, message: &InboundMessage) -> bool {
         match settle.ack().await {
             Ok(()) => true,
             Err(e) => {
@@ -599,7 +351,12 @@ impl Worker {
         }
     }
 
-    async fn retry(&self, settle: &mut Box<dyn Settle>, message: &InboundMessage, delay: Duration) {
+    pub(super) async fn retry(
+        &self,
+        settle: &mut Box<dyn Settle>,
+        message: &InboundMessage,
+        delay: Duration,
+    ) {
         if let Err(e) = settle.retry(delay).await {
             self.settle_error("Could not release a message", message, &e);
         }
@@ -617,31 +374,10 @@ impl Worker {
     }
 }
 
-/// Why publishing an invocation's effects to `key` failed: a message the
-/// broker refuses as too large is `output_too_large`, anything else
-/// `publish_failed`.
-fn publish_failure(key: &str, e: PublishError) -> Failure {
-    let reason = if e.is_too_large() {
-        Reason::OutputTooLarge
-    } else {
-        Reason::PublishFailed
-    };
-    Failure::new(reason, format!("cannot publish to {key}: {e:#}"))
-}
-
-/// Why a dead letter could not be written.
-enum DeadLetterFailure {
-    /// Retrying cannot help (too large even with the payload truncated): the
-    /// message is dropped with an error log.
-    Permanent(String),
-    /// The broker did not take it, the topic is not declared or does not
-    /// exist (yet): the message stays on its topic and is retried with the
-    /// flow's backoff, so nothing is lost while an operator fixes it.
-    Transient(String),
-}
-
 /// Runs `work`, extending the delivery's lease on the broker's heartbeat
-/// interval until it finishes.
+/// interval until it finishes. The heartbeat's timer is armed only if
+/// `work` does not finish on its first poll: an invocation that finds a
+/// free slot usually runs to the end in one, and then costs no timer.
 async fn with_heartbeat<F: std::future::Future>(
     settle: &mut Box<dyn Settle>,
     lease: Duration,
@@ -651,10 +387,15 @@ async fn with_heartbeat<F: std::future::Future>(
     let Some(every) = settle.heartbeat() else {
         return work.await;
     };
+    let first_tick = tokio::time::Instant::now() + every;
     tokio::pin!(work);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    if let std::task::Poll::Ready(out) = futures::poll!(work.as_mut()) {
+        return out;
+    }
+    let mut ticks = tokio::time::interval_at(first_tick, every);
     loop {
         tokio::select! {
+            biased;
             out = &mut work => return out,
             _ = ticks.tick() => {
                 if let Err(e) = settle.extend(lease).await {
@@ -666,5 +407,57 @@ async fn with_heartbeat<F: std::future::Future>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts lease extensions; heartbeat every 10 ms.
+    struct Leased(Arc<AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl Settle for Leased {
+        async fn ack(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn retry(&mut self, _delay: Duration) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn extend(&mut self, _lease: Duration) -> anyhow::Result<()> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn heartbeat(&self) -> Option<Duration> {
+            Some(Duration::from_millis(10))
+        }
+    }
+
+    fn throttle() -> LogThrottle {
+        LogThrottle::new(Duration::from_secs(1), Default::default())
+    }
+
+    #[tokio::test]
+    async fn work_that_waits_keeps_its_lease_and_work_that_does_not_never_extends() {
+        let extends = Arc::new(AtomicUsize::new(0));
+        let mut settle: Box<dyn Settle> = Box::new(Leased(extends.clone()));
+        let lease = Duration::from_secs(1);
+        // Armed only once the work is found waiting, the heartbeat still
+        // ticks every 10 ms of a 100 ms wait (a loaded machine may merge a
+        // few ticks).
+        let waited = with_heartbeat(&mut settle, lease, &throttle(), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            7
+        })
+        .await;
+        assert_eq!(waited, 7);
+        assert!(extends.load(Ordering::Relaxed) >= 3, "{extends:?}");
+
+        extends.store(0, Ordering::Relaxed);
+        let ready = with_heartbeat(&mut settle, lease, &throttle(), async { 8 }).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!((ready, extends.load(Ordering::Relaxed)), (8, 0));
     }
 }

@@ -8,7 +8,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx};
 
-use super::bindings::{AlgorithmPre, WitMessage};
+use super::bindings::{AlgorithmPre, Lent, WitMessage};
 use super::failure::{classify, guest_failure};
 use super::host::{self, HostState, Limiter};
 use super::{
@@ -32,7 +32,7 @@ impl Sandbox {
     /// wait is not the algorithm's doing, so it is neither a failure nor
     /// part of `timeout`: the timeout starts once the slot is held. (The
     /// caller keeps the message leased meanwhile.)
-    pub async fn invoke(&self, algorithm: &Algorithm, inv: Invocation<'_>) -> Outcome {
+    pub async fn invoke(&self, algorithm: &Algorithm, mut inv: Invocation<'_>) -> Outcome {
         let waiting = Instant::now();
         let slot = match &algorithm.code {
             Code::Wasm(_) => self.instance_slot().await,
@@ -48,7 +48,7 @@ impl Sandbox {
         let (mut store, fuel) = self.store(algorithm, &inv, &stderr, started);
         let result = match check_input(inv.message, inv.limits) {
             Some(f) => Err(f),
-            None => call(pre, &mut store, &inv, &stderr).await,
+            None => call(pre, &mut store, &mut inv, &stderr).await,
         };
         let fuel_used = fuel.and_then(|f| store.get_fuel().ok().map(|left| f - left));
         // Dropping the store gives its instances back to the pool; only then
@@ -235,17 +235,19 @@ fn run_native(
 async fn call(
     pre: &AlgorithmPre<HostState>,
     store: &mut Store<HostState>,
-    inv: &Invocation<'_>,
+    inv: &mut Invocation<'_>,
     stderr: &MemoryOutputPipe,
 ) -> Result<Option<Vec<u8>>, Failure> {
     let (limits, timeout) = (inv.limits, inv.timeout);
-    let message = WitMessage::from(inv.message);
+    let lent = Lent::new(inv.message);
     let call = async {
         let instance = pre.instantiate_async(&mut *store).await?;
-        instance.call_apply(&mut *store, &message).await
+        instance.call_apply(&mut *store, lent.message()).await
     };
     // The epoch deadline stops computation; this outer deadline, a little
     // later so the epoch wins for computation, stops a host call that hangs.
+    // (Its timer is armed only if the call does not finish on its first
+    // poll.)
     match tokio::time::timeout(timeout + HOST_GRACE, call).await {
         Err(_) => Err(Failure::new(
             Reason::Timeout,

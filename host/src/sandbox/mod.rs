@@ -131,8 +131,9 @@ pub trait TopicResolver: Send + Sync {
 pub struct Invocation<'a> {
     /// The flow, for log lines.
     pub flow: Arc<str>,
-    /// The message.
-    pub message: &'a InboundMessage,
+    /// The message: lent to the guest during the call (moved, not copied)
+    /// and whole again when [`Sandbox::invoke`] returns.
+    pub message: &'a mut InboundMessage,
     /// Wall-clock limit.
     pub timeout: Duration,
     /// The effective limits.
