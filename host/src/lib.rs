@@ -9,13 +9,15 @@
 //!   files; a `Source` delivers messages with settle handles, a `Connection`
 //!   publishes. [`connector::topic`] holds the topics and their grants;
 //!   [`connector::embedded`] is the durable default broker.
-//! - [`flow`]: one loop per event flow, pulling as many messages as it has
-//!   free slots; [`flow::worker`] invokes, publishes effects, then acks,
-//!   retries with backoff ([`flow::retry`]) or dead-letters in an envelope
-//!   ([`flow::envelope`]); what happens to each message is logged, counted
+//! - [`flow`]: one loop per event flow (connect, receive, drain), pulling
+//!   as many messages as it has free slots; [`flow::worker`] invokes,
+//!   publishes effects (`flow::effects`), then acks, retries with backoff
+//!   ([`flow::retry`]) or dead-letters in an envelope ([`flow::envelope`],
+//!   `flow::dead_letter`); what happens to each message is logged, counted
 //!   and put in the flow's status in one call of `flow::events`.
-//! - [`sandbox`]: wasmtime engine, compiled-code cache, a fresh instance per
-//!   message, limits and failure reasons.
+//! - [`sandbox`]: the wasmtime engine and instance pool (`engine`), loading
+//!   and the compiled-code cache (`load`), a fresh instance per message
+//!   (`invoke`), limits and failure reasons (`failure`).
 //! - [`registry`] and [`watcher`]: the algorithm versions in the plugin
 //!   directory, reloaded as files change.
 //! - [`data`]: `data://owner/collection/path` storage, confined to its
