@@ -10,19 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Plugins, Router, wait_for};
-
-/// `bytes` with a custom section appended: the same behaviour, another hash.
-fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
-    use wasm_encoder::Section;
-    let mut out = bytes.to_vec();
-    wasm_encoder::CustomSection {
-        name: "eventflow-test-variant".into(),
-        data: tag.as_bytes().into(),
-    }
-    .append_to(&mut out);
-    out
-}
+use support::{Plugins, Router, variant, wait_for};
 
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use damage::{DAMAGES, damage};
 use serde_json::json;
-use support::{Plugins, Router, wait_for};
+use support::{Plugins, Router, variant, wait_for};
 
 /// An embedded broker with a topic nobody consumes: what is published stays.
 const QUEUED: &str = r#"
@@ -531,18 +531,6 @@ fn the_compiled_cache_keeps_only_what_loaded_versions_use() {
     router.launch();
     assert_eq!(entries(), 1);
     router.stop();
-}
-
-/// The same code with a custom section: another file hash.
-fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
-    use wasm_encoder::Section;
-    let mut out = bytes.to_vec();
-    wasm_encoder::CustomSection {
-        name: "eventflow-test-variant".into(),
-        data: tag.as_bytes().into(),
-    }
-    .append_to(&mut out);
-    out
 }
 
 /// A state directory the previous version wrote (its embedded broker kept

@@ -531,3 +531,16 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// A component's `bytes` with a custom section appended: the same behaviour
+/// under another file hash (a new version to the registry and the cache).
+pub fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
+    use wasm_encoder::Section;
+    let mut out = bytes.to_vec();
+    wasm_encoder::CustomSection {
+        name: "eventflow-test-variant".into(),
+        data: tag.as_bytes().into(),
+    }
+    .append_to(&mut out);
+    out
+}

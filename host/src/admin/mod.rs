@@ -13,12 +13,17 @@
 //! [`MAX_BODY_BYTES`] or a message over its broker's limit.
 
 pub mod auth;
-mod control_api;
+mod brokers;
 mod dead_letters;
+mod flows;
 mod health;
 mod messages;
 mod openapi;
 mod runtime;
+mod secrets;
+mod state;
+mod tokens;
+mod topics;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, control_api, dead_letters, messages};
+use super::{AppState, brokers, dead_letters, flows, messages, secrets, state, tokens, topics};
 
 /// Where the document is served (open, like `/healthz`).
 pub const PATH: &str = "/v1/openapi.json";
@@ -43,38 +43,29 @@ impl utoipa::Modify for BearerAuth {
 /// Every route of the API with its handler and its entry in the document.
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(control_api::get_state, control_api::put_state))
-        .routes(routes!(
-            control_api::list_brokers,
-            control_api::create_broker
-        ))
-        .routes(routes!(
-            control_api::show_broker,
-            control_api::delete_broker
-        ))
-        .routes(routes!(control_api::list_topics))
-        .routes(routes!(
-            control_api::declare_topic,
-            control_api::delete_topic
-        ))
-        .routes(routes!(control_api::add_grant))
-        .routes(routes!(control_api::revoke_grant))
+        .routes(routes!(state::get_state, state::put_state))
+        .routes(routes!(brokers::list_brokers, brokers::create_broker))
+        .routes(routes!(brokers::show_broker, brokers::delete_broker))
+        .routes(routes!(topics::list_topics))
+        .routes(routes!(topics::declare_topic, topics::delete_topic))
+        .routes(routes!(topics::add_grant))
+        .routes(routes!(topics::revoke_grant))
         .routes(routes!(messages::peek_topic))
-        .routes(routes!(control_api::algorithm_topics))
-        .routes(routes!(control_api::list_secrets))
-        .routes(routes!(control_api::set_secret, control_api::delete_secret))
-        .routes(routes!(control_api::list_flows, control_api::enable_flow))
+        .routes(routes!(flows::algorithm_topics))
+        .routes(routes!(secrets::list_secrets))
+        .routes(routes!(secrets::set_secret, secrets::delete_secret))
+        .routes(routes!(flows::list_flows, flows::enable_flow))
         .routes(routes!(
-            control_api::show_flow,
-            control_api::edit_flow,
-            control_api::delete_flow
+            flows::show_flow,
+            flows::edit_flow,
+            flows::delete_flow
         ))
         .routes(routes!(dead_letters::list_dead_letters))
         .routes(routes!(dead_letters::replay_dead_letters))
         .routes(routes!(messages::send_message))
-        .routes(routes!(control_api::list_plugins))
-        .routes(routes!(control_api::list_tokens, control_api::create_token))
-        .routes(routes!(control_api::delete_token))
+        .routes(routes!(flows::list_plugins))
+        .routes(routes!(tokens::list_tokens, tokens::create_token))
+        .routes(routes!(tokens::delete_token))
 }
 
 /// The document, as served.
