@@ -193,17 +193,32 @@ fn ensure_componentize_py() -> anyhow::Result<()> {
         venv = venv().display(),
         req = requirements.display()
     );
+    install_requirements(&requirements, "componentize-py").with_context(|| {
+        format!("componentize-py is missing and could not be installed (offline?); {how}")
+    })?;
+    Ok(())
+}
+
+/// Installs `requirements` (a pip requirements file of the project) into the
+/// project's virtualenv, creating it first, unless the same file was
+/// installed last time. Returns the virtualenv's python.
+pub fn install_requirements(requirements: &Path, what: &str) -> anyhow::Result<PathBuf> {
     let python = venv().join("bin/python");
     if !python.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(venv()))
-            .with_context(|| format!("cannot create a virtualenv; {how}"))?;
+        println!("xtask: creating a virtualenv at {}", venv().display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv()))?;
     }
-    let wanted = std::fs::read_to_string(&requirements)?;
-    let stamp = venv().join(".eventflow-build-requirements");
+    let wanted = std::fs::read_to_string(requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let name = requirements
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let stamp = venv().join(format!(".eventflow-{name}"));
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(());
+        return Ok(python);
     }
-    println!("xtask: installing componentize-py from plugins/python/build-requirements.txt");
+    println!("xtask: installing {what} from {}", requirements.display());
     run(Command::new(&python)
         .args([
             "-m",
@@ -213,12 +228,9 @@ fn ensure_componentize_py() -> anyhow::Result<()> {
             "--disable-pip-version-check",
             "-r",
         ])
-        .arg(&requirements))
-    .with_context(|| {
-        format!("componentize-py is missing and could not be installed (offline?); {how}")
-    })?;
+        .arg(requirements))?;
     std::fs::write(&stamp, &wanted)?;
-    Ok(())
+    Ok(python)
 }
 
 fn ensure_componentize_js() -> anyhow::Result<()> {

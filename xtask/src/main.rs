@@ -355,30 +355,9 @@ fn wait_for_data(bin: &Path, config: &Path, uri: &str) -> anyhow::Result<()> {
 /// Test dependencies in a virtualenv outside the clone. Returns environment
 /// variables that tell the tests where the servers are.
 fn test_deps() -> anyhow::Result<Vec<(String, String)>> {
-    let venv = cache_dir().join("eventflow-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        println!("xtask: creating a virtualenv at {}", venv.display());
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    let requirements = root().join("tests/requirements.txt");
-    let stamp = venv.join(".eventflow-requirements");
-    let wanted = std::fs::read_to_string(&requirements)
-        .with_context(|| format!("cannot read {}", requirements.display()))?;
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        println!("xtask: installing test servers from tests/requirements.txt");
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements))?;
-        std::fs::write(&stamp, &wanted)?;
-    }
+    let venv = guest::venv();
+    let python =
+        guest::install_requirements(&root().join("tests/requirements.txt"), "test servers")?;
     let tansu = Command::new(&python)
         .args([
             "-c",
