@@ -188,13 +188,20 @@ fn traceparent_continues_from_input_to_output_and_tags_the_logs() {
         parts[2], "00f067aa0ba902b7",
         "the parent is the invocation's span"
     );
-    // The JSON log line of the message names the trace and both spans.
-    let log = router.log();
-    let line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "Message processed.")
-        .unwrap_or_else(|| panic!("no JSON log line for the message:\n{log}"));
+    // The JSON log line of the message names the trace and both spans. It
+    // is written once the message is settled, which can be just after its
+    // output is visible, so wait for it.
+    let line = wait_for(
+        "the message's JSON log line",
+        Duration::from_secs(30),
+        || {
+            router
+                .log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["message"] == "Message processed.")
+        },
+    );
     let span = &line["span"];
     assert_eq!(span["trace_id"], trace, "{line}");
     assert_eq!(span["parent_span_id"], "00f067aa0ba902b7", "{line}");
