@@ -321,12 +321,22 @@ pub struct Store {
 }
 
 impl Drop for Store {
-    /// Closes the writer's channel and waits for it to finish its last
-    /// frame, so the directory's lock is free once the store is gone.
+    /// Closes the writer's channel, waits for it to finish its last frame,
+    /// then releases the directory's lock, so it is free once the store is
+    /// gone. The unlock is explicit: a copy of the descriptor (a child
+    /// process forked meanwhile, before its exec closes it) or a reader still
+    /// holding the shared state would otherwise keep the lock.
     fn drop(&mut self) {
         self.writer.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        // SAFETY: `flock` on a descriptor the shared state owns.
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&self.shared._lock),
+                libc::LOCK_UN,
+            );
         }
     }
 }

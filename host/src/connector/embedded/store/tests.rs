@@ -118,6 +118,21 @@ async fn reopening_keeps_counts_and_frees_leases_but_not_delays() {
     assert_eq!(store.peek("t", 10).unwrap().len(), 2);
 }
 
+/// A copy of the lock's descriptor (what a child process forked by another
+/// thread holds until its exec) does not keep a dropped store's directory
+/// locked.
+#[tokio::test]
+async fn a_dropped_store_unlocks_even_when_its_lock_descriptor_was_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let store = Store::open(&path).unwrap();
+    let copy = store.shared._lock.try_clone().unwrap();
+    drop(store);
+    let reopened = Store::open(&path);
+    drop(copy);
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
 /// Reopens `path`: a dropped store has released its lock (its writer is
 /// joined on drop), so this succeeds at once.
 fn reopen(path: &Path) -> Store {
