@@ -305,7 +305,14 @@ fn a_sigterm_drains_in_flight_messages_and_loses_nothing(kind: Kind) {
     assert_eq!(flow["dead_lettered"], 0, "{flow}");
     assert_eq!(flow["dropped"], 0, "{flow}");
     // What was finished before the stop was settled, not given back to be
-    // processed again.
+    // processed again. The last "Message processed." line is written after
+    // its settle, so it can trail the finished output: wait for all N lines
+    // before checking that there are no more.
+    wait_for(
+        "a processed line per message",
+        Duration::from_secs(30),
+        || (processed_lines(&router) >= N).then_some(()),
+    );
     assert_eq!(
         processed_lines(&router),
         N,
