@@ -27,6 +27,7 @@
 
 mod brokers;
 mod disk;
+mod instantiation;
 mod pipeline;
 mod report;
 mod sandbox;
@@ -110,6 +111,8 @@ async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("B1") {
         eprintln!("bench: B1 per-message overhead");
         report.b1 = Some(sandbox::b1(&options).await?);
+        eprintln!("bench: B1 engine settings");
+        report.b1_settings = Some(instantiation::settings(&options).await?);
     }
     if options.wants("B3") {
         eprintln!("bench: B3 sandbox cost");

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::brokers::Brokers;
 use crate::disk::DiskProbe;
+use crate::instantiation::SettingRow;
 use crate::pipeline::{FailurePath, HotSwap, LatencyRow, Throughput};
 use crate::sandbox::{OverheadRow, PoolCheck, SandboxCostRow};
 
@@ -102,6 +103,8 @@ pub struct Report {
     pub seconds: f64,
     /// B1.
     pub b1: Option<Vec<OverheadRow>>,
+    /// B1, what each engine setting buys.
+    pub b1_settings: Option<Vec<SettingRow>>,
     /// B2.
     pub b2: Option<Throughput>,
     /// B3.
@@ -129,6 +132,7 @@ impl Report {
             quick: o.quick,
             seconds: 0.0,
             b1: None,
+            b1_settings: None,
             b2: None,
             b3: None,
             b4: None,
@@ -338,6 +342,20 @@ impl Report {
                     r.fresh_ns,
                     r.fresh_ns / r.reused_ns
                 );
+            }
+        }
+        if let Some(rows) = &self.b1_settings {
+            let _ = writeln!(
+                s,
+                "\n## B1 engine settings (fresh instance, identity, 1 KiB)\n\nEach row turns one more setting from wasmtime's default to the router's, each in its own engine, in this run.\n\n| settings | fresh instance | change |\n|---|---|---|"
+            );
+            let mut before: Option<f64> = None;
+            for r in rows {
+                let change = before
+                    .map(|b| format!("{:+.0} ns", r.fresh_ns - b))
+                    .unwrap_or_default();
+                let _ = writeln!(s, "| {} | {:.0} ns | {change} |", r.setting, r.fresh_ns);
+                before = Some(r.fresh_ns);
             }
         }
         if let Some(b2) = &self.b2 {

@@ -40,6 +40,33 @@ const MEMORY_KEEP_RESIDENT: usize = 256 << 10;
 /// 8 bytes, so two pages cover them.
 const TABLE_KEEP_RESIDENT: usize = 8 << 10;
 
+/// The engine settings that decide the cost of a fresh instance. The
+/// router always uses [`EngineTuning::default`]; the benchmarks switch each
+/// one back to wasmtime's default to report what it buys.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineTuning {
+    /// wasmtime's component-model async machinery (off in the router).
+    pub concurrency_support: bool,
+    /// Keep [`MEMORY_KEEP_RESIDENT`] and [`TABLE_KEEP_RESIDENT`] of each
+    /// slot resident between instances (on in the router; wasmtime's
+    /// default is 0: `madvise` on every free).
+    pub keep_resident: bool,
+    /// Find the pages an instance dirtied with `PAGEMAP_SCAN` (on where
+    /// the kernel has it).
+    pub pagemap_scan: bool,
+}
+
+impl Default for EngineTuning {
+    fn default() -> Self {
+        Self {
+            concurrency_support: false,
+            keep_resident: true,
+            pagemap_scan: true,
+        }
+    }
+}
+
 impl Sandbox {
     /// Creates the engine. `cache_dir` keeps compiled code across restarts.
     pub fn new(
@@ -47,7 +74,18 @@ impl Sandbox {
         cache_dir: Option<PathBuf>,
         data: Arc<Collections>,
     ) -> anyhow::Result<Self> {
-        let config = engine_config(settings);
+        Self::with_tuning(settings, cache_dir, data, EngineTuning::default())
+    }
+
+    /// [`Sandbox::new`] with other engine settings, for benchmarks.
+    #[doc(hidden)]
+    pub fn with_tuning(
+        settings: &SandboxConfig,
+        cache_dir: Option<PathBuf>,
+        data: Arc<Collections>,
+        tuning: EngineTuning,
+    ) -> anyhow::Result<Self> {
+        let config = engine_config(settings, tuning);
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("cannot create the WebAssembly engine")?;
@@ -104,14 +142,14 @@ impl Sandbox {
 /// The engine's configuration: the component model without its async
 /// machinery, the stack, fuel and epoch settings and, when pooling, the
 /// pooling allocator.
-fn engine_config(settings: &SandboxConfig) -> wasmtime::Config {
+fn engine_config(settings: &SandboxConfig, tuning: EngineTuning) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true);
     // Algorithms are called one message at a time: the component-model
     // async machinery (per-store concurrent state, a worker fiber torn
     // down with every store) only costs instantiation time. Components
     // that use its features are refused when they load.
-    config.concurrency_support(false);
+    config.concurrency_support(tuning.concurrency_support);
     config.epoch_interruption(settings.epoch_interruption);
     config.consume_fuel(settings.fuel);
     let stack = (settings.max_wasm_stack_kib as usize) << 10;
@@ -119,13 +157,15 @@ fn engine_config(settings: &SandboxConfig) -> wasmtime::Config {
     // The async fiber stack has to hold the wasm stack plus host frames.
     config.async_stack_size(stack + (1 << 20));
     if settings.pooling {
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(settings)));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(
+            settings, tuning,
+        )));
     }
     config
 }
 
 /// The pooling allocator sized for `max_instances` slots.
-fn pooling(settings: &SandboxConfig) -> PoolingAllocationConfig {
+fn pooling(settings: &SandboxConfig, tuning: EngineTuning) -> PoolingAllocationConfig {
     let slots = settings.max_instances;
     let mut pool = PoolingAllocationConfig::new();
     // The per-component caps are each slot's share of the totals, so
@@ -140,11 +180,17 @@ fn pooling(settings: &SandboxConfig) -> PoolingAllocationConfig {
         .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
         .max_tables_per_component(TABLES_PER_SLOT)
         .total_stacks(slots)
-        .max_memory_size((settings.max_memory_mib as usize) << 20)
-        .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
-        .table_keep_resident(TABLE_KEEP_RESIDENT)
-        // Used where the kernel has it (Linux 6.7 and later).
-        .pagemap_scan(Enabled::Auto);
+        .max_memory_size((settings.max_memory_mib as usize) << 20);
+    if tuning.keep_resident {
+        pool.linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT);
+    }
+    // Used where the kernel has it (Linux 6.7 and later).
+    pool.pagemap_scan(if tuning.pagemap_scan {
+        Enabled::Auto
+    } else {
+        Enabled::No
+    });
     pool
 }
 

@@ -28,6 +28,8 @@ use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+#[doc(hidden)]
+pub use engine::EngineTuning;
 pub use failure::{Failure, MAX_DETAIL_BYTES, Reason, cap_detail};
 pub use host::LimitTrap;
 pub use load::CacheEviction;

@@ -72,11 +72,25 @@ impl Writer {
                     .flat_map(|j| &j.changes)
                     .any(|c| matches!(c, Change::Roll))
             };
-            if result.is_ok() && (self.active_len >= self.segment_bytes || asked()) {
+            // A close asks for a roll and returns once it is done; a full
+            // segment rolls after the frame's callers are answered (the
+            // frame is durable), so they do not wait for the new file,
+            // the deletions or a compaction.
+            if result.is_ok() && asked() {
                 self.roll_and_clean();
             }
+            let full = result.is_ok() && self.active_len >= self.segment_bytes;
             for job in jobs {
                 let _ = job.reply.send(result.clone());
+            }
+            if full {
+                let started = Instant::now();
+                self.roll_and_clean();
+                // The next frame waited for this: the cause of latency tails.
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Rolled a segment of the embedded broker's log."
+                );
             }
         }
     }
