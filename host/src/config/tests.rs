@@ -170,3 +170,16 @@ fn outputs_to_a_dead_letter_topic_need_a_dead_letter_grant() {
     );
     parse("good.toml", &granted).unwrap();
 }
+
+#[test]
+fn a_bad_filter_names_the_file_the_flow_and_the_pattern() {
+    let text =
+        format!("{GOOD}filter = {{ headers = {{ source = [{{ numeric = [\">\", \"x\"] }}] }} }}\n");
+    let e = parse("f.toml", &text).unwrap_err().to_string();
+    assert!(
+        e.starts_with("f.toml: flows[0].filter.headers.source[0]: flow \"store\": filter pattern {\"numeric\":[\">\",\"x\"]}: numeric takes pairs"),
+        "{e}"
+    );
+    let good = format!("{GOOD}filter = {{ payload = {{ kind = [\"order\"] }} }}\n");
+    assert!(parse("f.toml", &good).unwrap().flows[0].filter.is_some());
+}

@@ -16,6 +16,7 @@ mod dead_letter;
 mod effects;
 pub mod envelope;
 mod events;
+pub mod filter;
 mod journal;
 pub mod retry;
 mod status;
@@ -144,6 +145,9 @@ pub async fn run(
     let Some(setup) = Setup::new(&spec, &topologies.current(), &services, &status) else {
         return;
     };
+    let Ok(filter) = filter::for_flow(&spec, &status) else {
+        return;
+    };
     let mut backoff = Backoff::new();
     let Some(mut source) = connect(&spec, &setup, &status, &shutdown, &mut backoff).await else {
         status.set_state(FlowState::Stopped);
@@ -174,6 +178,7 @@ pub async fn run(
         lease: setup.lease,
         throttle: throttle.clone(),
         slots: Arc::new(Semaphore::new(spec.concurrency as usize)),
+        filter,
     };
     if let Some(n) = worker.native_max_receives {
         tracing::info!(

@@ -28,6 +28,7 @@ use crate::telemetry::trace::TraceContext;
 
 use super::effects::{Enqueued, Provenance, publish_failure};
 use super::events::{MessageEvents, settle_failed};
+use super::filter::Filter;
 use super::retry::backoff;
 use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
@@ -62,6 +63,9 @@ pub struct Worker {
     /// The flow's invocation slots (`concurrency`): held while an
     /// invocation runs, not while its effects are committed.
     pub(super) slots: Arc<tokio::sync::Semaphore>,
+    /// The flow's filter, compiled when the flow started; `None` passes
+    /// every message.
+    pub(super) filter: Option<Arc<Filter>>,
 }
 
 impl Worker {
@@ -101,6 +105,14 @@ impl Worker {
             algorithm,
             message,
         }
+    }
+
+    /// Whether `message` passes the flow's filter (a payload that is not
+    /// JSON passes no payload pattern).
+    fn selects(&self, message: &InboundMessage) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.matches(&message.payload, &message.headers))
     }
 
     pub(super) fn max_receives(&self) -> u32 {
@@ -151,7 +163,12 @@ impl Worker {
         } = delivery;
         self.events(&algorithm, &message).received();
 
-        if message.attempt > self.max_receives() {
+        if !self.selects(&message) {
+            // Never invoked: nothing to retry or dead-letter.
+            if self.ack(&mut settle, &message).await {
+                self.events(&algorithm, &message).filtered();
+            }
+        } else if message.attempt > self.max_receives() {
             self.give_up_unrecorded(&mut settle, &algorithm, &message)
                 .await;
         } else {
