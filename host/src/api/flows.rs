@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::status::FlowReport;
-pub use crate::config::FilterSpec;
+pub use crate::config::{FilterSpec, FlowOrdering};
 
 /// A request to enable a topic for an algorithm version (`POST /v1/flows`):
 /// creates the flow, or updates and enables the existing one of that name.
@@ -48,6 +48,9 @@ pub struct EnableFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub concurrency: Option<u32>,
+    /// `key` or `none`; absent: an existing flow keeps its ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<FlowOrdering>,
     /// Which messages invoke the algorithm (see the README's Filters);
     /// absent: an existing flow keeps its filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +96,9 @@ pub struct EditFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub concurrency: Option<u32>,
+    /// `key` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<FlowOrdering>,
     /// A new filter, or null to remove it (every message invokes the
     /// algorithm).
     #[serde(
@@ -150,6 +156,9 @@ pub struct Flow {
     pub max_receives: u32,
     /// Invocations at once.
     pub concurrency: u32,
+    /// `key`: one message of a key at a time, in order; `none`.
+    #[serde(default)]
+    pub ordering: FlowOrdering,
     /// Which messages invoke the algorithm; absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,

@@ -123,6 +123,16 @@ pub(super) struct Settings {
     /// (see the README's Filters); the others are acknowledged unprocessed.
     #[arg(long, value_parser = parse_filter)]
     filter: Option<api::flows::FilterSpec>,
+    /// `key`: messages with the same key one at a time, in order, keys in
+    /// parallel (the embedded broker); `none`: no order.
+    #[arg(long, value_parser = parse_ordering)]
+    ordering: Option<api::flows::FlowOrdering>,
+}
+
+/// An `--ordering`: `none` or `key`.
+fn parse_ordering(text: &str) -> Result<api::flows::FlowOrdering, String> {
+    serde_json::from_value(serde_json::Value::String(text.into()))
+        .map_err(|_| format!("{text:?}: expected none or key"))
 }
 
 /// A `--filter`: JSON in the shape of the configuration's `filter` table.
@@ -194,6 +204,7 @@ async fn enable(g: &Global, c: &Client, args: EnableArgs) -> Result<(), Failure>
         timeout_secs: args.settings.timeout_secs,
         max_receives: args.settings.max_receives,
         concurrency: args.settings.concurrency,
+        ordering: args.settings.ordering,
         filter: args.settings.filter,
     };
     let changed = c.enable_flow(&req).await?;
@@ -228,6 +239,7 @@ async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
         timeout_secs: args.settings.timeout_secs,
         max_receives: args.settings.max_receives,
         concurrency: args.settings.concurrency,
+        ordering: args.settings.ordering,
         filter: if args.no_filter {
             Some(None)
         } else {

@@ -64,6 +64,12 @@ pub struct FlowSpec {
     /// Options of the flow's consumer that only some brokers use.
     #[serde(default)]
     pub consumer: ConsumerOptions,
+    /// `key`: messages with the same key (the `message-key` header) are
+    /// handled one at a time in the order received, different keys in
+    /// parallel up to `concurrency` (the embedded broker only, so far).
+    /// `none`: no order.
+    #[serde(default)]
+    pub ordering: FlowOrdering,
     /// Which messages invoke the algorithm; the others are acknowledged
     /// and counted as `filtered`. Absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,9 +102,22 @@ impl FlowSpec {
             retry: RetryPolicy::default(),
             limits: Limits::default(),
             consumer: ConsumerOptions::default(),
+            ordering: FlowOrdering::default(),
             filter: None,
         }
     }
+}
+
+/// The order in which a flow handles the messages it holds at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowOrdering {
+    /// Up to `concurrency` messages at once, whatever their keys.
+    #[default]
+    None,
+    /// One message of a key at a time, in the order received; keys in
+    /// parallel.
+    Key,
 }
 
 /// A flow's filter, in the shape of AWS EventBridge and Lambda filter

@@ -27,7 +27,8 @@ mod tests;
 mod validate;
 
 pub use flow::{
-    Backoff, ConsumerOptions, FilterSpec, FlowSpec, RetryPolicy, dead_letter_topic_keys,
+    Backoff, ConsumerOptions, FilterSpec, FlowOrdering, FlowSpec, RetryPolicy,
+    dead_letter_topic_keys,
 };
 pub use limits::{AlgorithmLimits, Limits};
 pub use names::{

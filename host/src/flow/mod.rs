@@ -18,6 +18,7 @@ pub mod envelope;
 mod events;
 pub mod filter;
 mod journal;
+mod keys;
 pub mod retry;
 mod status;
 pub mod throttle;
@@ -32,8 +33,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::FlowSpec;
 use crate::config::TopicSpec;
+use crate::config::{FlowOrdering, FlowSpec};
 use crate::connector::{Delivery, Source, SourceOptions};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -194,6 +195,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(setup.window)),
         max_batch: setup.options.max_batch,
         tasks: JoinSet::new(),
+        keys: (spec.ordering == FlowOrdering::Key).then(keys::KeyChain::default),
         backoff,
         shutdown: &shutdown,
     }
@@ -343,6 +345,8 @@ struct ReceiveLoop<'a> {
     max_batch: usize,
     /// The messages being handled.
     tasks: JoinSet<()>,
+    /// Each key's turns, with `ordering = "key"`.
+    keys: Option<keys::KeyChain>,
     /// Delays between failed receives.
     backoff: Backoff,
     shutdown: &'a CancellationToken,
@@ -489,8 +493,12 @@ impl ReceiveLoop<'_> {
                     .expect("received more messages than free slots"),
             };
             let (worker, algorithm) = (self.worker.clone(), algorithm.clone());
+            let turn = self.keys.as_mut().and_then(|keys| {
+                let key = delivery.message.header(crate::message::KEY_HEADER)?;
+                Some(keys.turn(key))
+            });
             self.tasks.spawn(async move {
-                worker.process(delivery, algorithm).await;
+                worker.process_in_turn(delivery, algorithm, turn).await;
                 drop(slot);
             });
         }

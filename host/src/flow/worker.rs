@@ -29,6 +29,7 @@ use crate::telemetry::trace::TraceContext;
 use super::effects::{Enqueued, Provenance, publish_failure};
 use super::events::{MessageEvents, settle_failed};
 use super::filter::Filter;
+use super::keys::Turn;
 use super::retry::backoff;
 use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
@@ -124,6 +125,29 @@ impl Worker {
     /// its kind, or `None` to leave it out.
     pub(super) fn admit(&self, level: Level, what: &'static str, error: &str) -> Option<u64> {
         self.throttle.admit(level, what, error)
+    }
+
+    /// Processes one delivery once the previous message of its key is done
+    /// (with `ordering = "key"`), keeping it leased meanwhile; the next
+    /// message of the key goes once this one is settled.
+    pub(super) async fn process_in_turn(
+        &self,
+        mut delivery: Delivery,
+        algorithm: Arc<Algorithm>,
+        turn: Option<Turn>,
+    ) {
+        let Some(mut turn) = turn else {
+            return self.process(delivery, algorithm).await;
+        };
+        with_heartbeat(
+            &mut delivery.settle,
+            self.lease,
+            &self.throttle,
+            turn.wait(),
+        )
+        .await;
+        self.process(delivery, algorithm).await;
+        drop(turn);
     }
 
     /// Processes one delivery to the end, in a span that continues the
