@@ -5,6 +5,12 @@ use std::time::SystemTime;
 /// A header: key and value.
 pub type Header = (String, String);
 
+/// The header that carries a message's key on brokers without keys of
+/// their own (the embedded broker): `eventflow send --key`, the publish
+/// API's `key`, or an algorithm's `publish::send` with this header set it.
+/// A flow with `ordering = "key"` handles the messages of one key in order.
+pub const KEY_HEADER: &str = "message-key";
+
 /// A message received from a topic.
 #[derive(Debug, Clone)]
 pub struct InboundMessage {

@@ -115,6 +115,9 @@ pub struct Metrics {
     pub dead_lettered: Family<ReasonLabels, Counter>,
     /// Messages that failed for good on a flow without a dead-letter topic.
     pub dropped: Family<ReasonLabels, Counter>,
+    /// Messages acknowledged without invocation: the flow's filter left
+    /// them out.
+    pub filtered: Family<FlowOnly, Counter>,
     /// Acks, retries and extensions the broker refused.
     pub settle_errors: Family<FlowOnly, Counter>,
     /// Messages being handled now.
@@ -163,6 +166,7 @@ impl Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             dropped: Family::default(),
+            filtered: Family::default(),
             settle_errors: Family::default(),
             in_flight: Family::default(),
             invocation_seconds: Family::new_with_constructor(seconds),
@@ -209,6 +213,11 @@ impl Metrics {
             "messages_dropped",
             "Messages that failed for good on a flow without a dead-letter topic",
             self.dropped.clone(),
+        );
+        registry.register(
+            "messages_filtered",
+            "Messages acknowledged without invoking the algorithm: the flow's filter left them out",
+            self.filtered.clone(),
         );
         registry.register(
             "settle_errors",

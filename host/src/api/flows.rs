@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::status::FlowReport;
+pub use crate::config::{FilterSpec, FlowOrdering};
 
 /// A request to enable a topic for an algorithm version (`POST /v1/flows`):
 /// creates the flow, or updates and enables the existing one of that name.
@@ -47,6 +48,13 @@ pub struct EnableFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub concurrency: Option<u32>,
+    /// `key` or `none`; absent: an existing flow keeps its ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<FlowOrdering>,
+    /// Which messages invoke the algorithm (see the README's Filters);
+    /// absent: an existing flow keeps its filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
 }
 
 /// An edit of a flow (`PATCH /v1/flows/{flow}`): absent fields stay; `null`
@@ -88,6 +96,18 @@ pub struct EditFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub concurrency: Option<u32>,
+    /// `key` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<FlowOrdering>,
+    /// A new filter, or null to remove it (every message invokes the
+    /// algorithm).
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<FilterSpec>)]
+    pub filter: Option<Option<FilterSpec>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -136,6 +156,12 @@ pub struct Flow {
     pub max_receives: u32,
     /// Invocations at once.
     pub concurrency: u32,
+    /// `key`: one message of a key at a time, in order; `none`.
+    #[serde(default)]
+    pub ordering: FlowOrdering,
+    /// Which messages invoke the algorithm; absent: every message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
     /// What an enabled flow waits for: the version it names is not loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,

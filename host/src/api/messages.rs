@@ -17,6 +17,10 @@ pub struct MessageBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Vec<String>>)]
     pub headers: Vec<(String, String)>,
+    /// The message's key (the `message-key` header): flows with
+    /// `ordering = "key"` handle one key's messages in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// A message, or a batch of them (`messages`), for one topic: at most 1000
@@ -42,6 +46,9 @@ pub struct SendMessages {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Vec<String>>)]
     pub headers: Vec<(String, String)>,
+    /// One message's key (the `message-key` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Several messages instead of one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 1000)]

@@ -80,6 +80,10 @@ pub struct FlowReport {
     pub dead_lettered: u64,
     /// Messages dropped for lack of a dead-letter topic.
     pub dropped: u64,
+    /// Messages acknowledged without invoking the algorithm: the flow's
+    /// filter left them out.
+    #[serde(default)]
+    pub filtered: u64,
     /// Messages being handled now: running, waiting for an invocation slot,
     /// or waiting for their effects and acknowledgement to be committed.
     pub in_flight: i64,

@@ -99,6 +99,9 @@ pub(super) struct EditArgs {
     /// Remove the output topic.
     #[arg(long)]
     no_output_topic: bool,
+    /// Remove the filter: every message invokes the algorithm.
+    #[arg(long, conflicts_with = "filter")]
+    no_filter: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -115,6 +118,26 @@ pub(super) struct Settings {
     /// Invocations at once (at least 1).
     #[arg(long)]
     concurrency: Option<u32>,
+    /// Which messages invoke the algorithm, as JSON, e.g.
+    /// '{"payload": {"kind": ["order"]}, "headers": {"source": [{"prefix": "shop-"}]}}'
+    /// (see the README's Filters); the others are acknowledged unprocessed.
+    #[arg(long, value_parser = parse_filter)]
+    filter: Option<api::flows::FilterSpec>,
+    /// `key`: messages with the same key one at a time, in order, keys in
+    /// parallel (the embedded broker); `none`: no order.
+    #[arg(long, value_parser = parse_ordering)]
+    ordering: Option<api::flows::FlowOrdering>,
+}
+
+/// An `--ordering`: `none` or `key`.
+fn parse_ordering(text: &str) -> Result<api::flows::FlowOrdering, String> {
+    serde_json::from_value(serde_json::Value::String(text.into()))
+        .map_err(|_| format!("{text:?}: expected none or key"))
+}
+
+/// A `--filter`: JSON in the shape of the configuration's `filter` table.
+fn parse_filter(text: &str) -> Result<api::flows::FilterSpec, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a filter: {e}"))
 }
 
 pub(super) async fn run(g: &Global, command: FlowsCommand) -> Result<(), Failure> {
@@ -181,6 +204,8 @@ async fn enable(g: &Global, c: &Client, args: EnableArgs) -> Result<(), Failure>
         timeout_secs: args.settings.timeout_secs,
         max_receives: args.settings.max_receives,
         concurrency: args.settings.concurrency,
+        ordering: args.settings.ordering,
+        filter: args.settings.filter,
     };
     let changed = c.enable_flow(&req).await?;
     if g.json {
@@ -214,6 +239,12 @@ async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
         timeout_secs: args.settings.timeout_secs,
         max_receives: args.settings.max_receives,
         concurrency: args.settings.concurrency,
+        ordering: args.settings.ordering,
+        filter: if args.no_filter {
+            Some(None)
+        } else {
+            args.settings.filter.map(Some)
+        },
     };
     let changed = c.edit_flow(&args.name, &edit).await?;
     if g.json {

@@ -83,8 +83,8 @@ fn print_status(flows: &[api::FlowEntry], ready: Option<&api::status::Readiness>
         }
     }
     println!(
-        "{:<24} {:<22} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}  LAST ERROR",
-        "FLOW", "STATE", "IN/s", "OK/s", "FAIL/s", "IN-FLIGHT", "DEAD", "DROP"
+        "{:<24} {:<22} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>9}  LAST ERROR",
+        "FLOW", "STATE", "IN/s", "OK/s", "FAIL/s", "IN-FLIGHT", "DEAD", "DROP", "FILTERED"
     );
     for f in flows {
         let r = &f.report;
@@ -94,7 +94,7 @@ fn print_status(flows: &[api::FlowEntry], ready: Option<&api::status::Readiness>
             .map(|(at, what)| format!("{at} {what}"))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<24} {:<22} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9} {:>6}  {}",
+            "{:<24} {:<22} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>9} {:>6} {:>9}  {}",
             r.name,
             r.state,
             r.received_per_sec,
@@ -103,6 +103,7 @@ fn print_status(flows: &[api::FlowEntry], ready: Option<&api::status::Readiness>
             r.in_flight,
             r.dead_lettered,
             r.dropped,
+            r.filtered,
             last
         );
         if let Some(waiting) = &f.waiting_for {

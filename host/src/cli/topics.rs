@@ -102,6 +102,10 @@ pub(super) struct SendArgs {
     /// A header, `key=value`; repeatable.
     #[arg(long = "header", short = 'H', value_parser = parse_pair)]
     headers: Vec<(String, String)>,
+    /// The message's key (the `message-key` header): flows with
+    /// `ordering = "key"` handle one key's messages in order.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 pub(super) async fn send(g: &Global, args: SendArgs) -> Result<(), Failure> {
@@ -116,6 +120,7 @@ pub(super) async fn send(g: &Global, args: SendArgs) -> Result<(), Failure> {
         topic: args.topic,
         broker: args.broker,
         headers: args.headers,
+        key: args.key,
         ..Default::default()
     };
     match String::from_utf8(payload) {

@@ -1,7 +1,7 @@
 //! An event flow's declaration: its topic, algorithm, retries and consumer
 //! options.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +64,16 @@ pub struct FlowSpec {
     /// Options of the flow's consumer that only some brokers use.
     #[serde(default)]
     pub consumer: ConsumerOptions,
+    /// `key`: messages with the same key (the `message-key` header) are
+    /// handled one at a time in the order received, different keys in
+    /// parallel up to `concurrency` (the embedded broker only, so far).
+    /// `none`: no order.
+    #[serde(default)]
+    pub ordering: FlowOrdering,
+    /// Which messages invoke the algorithm; the others are acknowledged
+    /// and counted as `filtered`. Absent: every message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
 }
 
 const fn default_concurrency() -> u32 {
@@ -92,8 +102,46 @@ impl FlowSpec {
             retry: RetryPolicy::default(),
             limits: Limits::default(),
             consumer: ConsumerOptions::default(),
+            ordering: FlowOrdering::default(),
+            filter: None,
         }
     }
+}
+
+/// The order in which a flow handles the messages it holds at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowOrdering {
+    /// Up to `concurrency` messages at once, whatever their keys.
+    #[default]
+    None,
+    /// One message of a key at a time, in the order received; keys in
+    /// parallel.
+    Key,
+}
+
+/// A flow's filter, in the shape of AWS EventBridge and Lambda filter
+/// patterns: every named field must match, and a field matches when any
+/// condition of its list does. A condition is a value (equality), or one of
+/// `{ prefix = "s" }`, `{ exists = true | false }`,
+/// `{ numeric = [">", 100, "<=", 200] }` and
+/// `{ anything-but = [values] | value | { prefix = "s" } }`. Checked and
+/// compiled by [`crate::flow::filter::Filter::compile`].
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSpec {
+    /// Patterns on the fields of the JSON payload: a field name maps to a
+    /// list of conditions, or to a table of patterns on the fields of an
+    /// object inside it. A payload that is not JSON matches no payload
+    /// pattern.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub payload: BTreeMap<String, serde_json::Value>,
+    /// Patterns on the message's headers: a header name maps to a list of
+    /// conditions on its value (a string; `numeric` reads it as a number).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub headers: BTreeMap<String, serde_json::Value>,
 }
 
 /// Consumer options that only some brokers use.

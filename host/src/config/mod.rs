@@ -26,7 +26,10 @@ mod settings;
 mod tests;
 mod validate;
 
-pub use flow::{Backoff, ConsumerOptions, FlowSpec, RetryPolicy, dead_letter_topic_keys};
+pub use flow::{
+    Backoff, ConsumerOptions, FilterSpec, FlowOrdering, FlowSpec, RetryPolicy,
+    dead_letter_topic_keys,
+};
 pub use limits::{AlgorithmLimits, Limits};
 pub use names::{
     AlgorithmRef, MAX_NAME_BYTES, check_name, check_topic_reference, is_valid_name,

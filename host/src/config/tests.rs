@@ -170,3 +170,37 @@ fn outputs_to_a_dead_letter_topic_need_a_dead_letter_grant() {
     );
     parse("good.toml", &granted).unwrap();
 }
+
+#[test]
+fn a_bad_filter_names_the_file_the_flow_and_the_pattern() {
+    let text =
+        format!("{GOOD}filter = {{ headers = {{ source = [{{ numeric = [\">\", \"x\"] }}] }} }}\n");
+    let e = parse("f.toml", &text).unwrap_err().to_string();
+    assert!(
+        e.starts_with("f.toml: flows[0].filter.headers.source[0]: flow \"store\": filter pattern {\"numeric\":[\">\",\"x\"]}: numeric takes pairs"),
+        "{e}"
+    );
+    let good = format!("{GOOD}filter = {{ payload = {{ kind = [\"order\"] }} }}\n");
+    assert!(parse("f.toml", &good).unwrap().flows[0].filter.is_some());
+}
+
+#[test]
+fn ordering_by_key_is_refused_off_the_embedded_broker() {
+    let keyed = format!("{GOOD}ordering = \"key\"\n");
+    assert_eq!(
+        parse("k.toml", &keyed).unwrap().flows[0].ordering,
+        FlowOrdering::Key
+    );
+    #[cfg(feature = "sqs")]
+    {
+        let text = keyed.replace(
+            "kind = \"embedded\"",
+            "kind = \"sqs\"\nregion = \"us-east-1\"",
+        );
+        let e = parse("k.toml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains("flows[0].ordering") && e.contains("embedded broker only"),
+            "{e}"
+        );
+    }
+}

@@ -197,8 +197,47 @@ fn check_flows(config: &Config) -> Result<(), FieldError> {
         check_timeout(f.timeout_secs).map_err(|m| (at("timeout_secs"), m))?;
         check_limits(&f.limits, &config.sandbox)
             .map_err(|(field, m)| (at(&format!("limits.{field}")), m))?;
+        check_filter(f).map_err(|(field, m)| (at(&field), m))?;
+        check_ordering(f, config).map_err(|m| (at("ordering"), m))?;
     }
     Ok(())
+}
+
+/// Order by key needs a key and a receive loop that keeps it: the embedded
+/// broker's, so far.
+fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
+    if f.ordering != super::FlowOrdering::Key {
+        return Ok(());
+    }
+    match config.brokers.iter().find(|b| b.name() == f.broker) {
+        Some(b) if b.kind() != "embedded" => Err(format!(
+            "ordering = \"key\" is supported on the embedded broker only so far; broker \"{}\" is {}",
+            f.broker,
+            b.kind()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Compiles a flow's filter the way the flow will when it starts; the error
+/// names the flow and the pattern.
+fn check_filter(f: &FlowSpec) -> Result<(), FieldError> {
+    let Some(filter) = &f.filter else {
+        return Ok(());
+    };
+    crate::flow::filter::Filter::compile(filter)
+        .map(|_| ())
+        .map_err(|e| {
+            let field = match e.path.as_str() {
+                "filter" => "filter".to_string(),
+                path => format!("filter.{path}"),
+            };
+            let message = format!(
+                "flow \"{}\": filter pattern {}: {}",
+                f.name, e.pattern, e.message
+            );
+            (field, message)
+        })
 }
 
 /// Checks the per-version limit overrides: each names a version and keeps

@@ -2,7 +2,7 @@
 
 use super::{Action, ControlError, ControlPlane, Role};
 use crate::api::{self, EditFlow, EnableFlow};
-use crate::config::{self, AlgorithmRef, FlowSpec};
+use crate::config::{self, AlgorithmRef, FilterSpec, FlowOrdering, FlowSpec};
 
 /// A flow after it was enabled or edited, and what its caller should know.
 #[derive(Debug, Clone)]
@@ -330,6 +330,8 @@ pub fn flow_view(f: &FlowSpec) -> api::Flow {
         timeout_secs: f.timeout_secs,
         max_receives: f.max_receives,
         concurrency: f.concurrency,
+        ordering: f.ordering,
+        filter: f.filter.clone(),
         waiting_for: None,
     }
 }
@@ -360,6 +362,9 @@ struct Settings {
     timeout_secs: Option<f64>,
     max_receives: Option<u32>,
     concurrency: Option<u32>,
+    ordering: Option<FlowOrdering>,
+    /// `Some(None)` removes the filter.
+    filter: Option<Option<FilterSpec>>,
 }
 
 impl Settings {
@@ -374,6 +379,8 @@ impl Settings {
             timeout_secs: req.timeout_secs,
             max_receives: req.max_receives,
             concurrency: req.concurrency,
+            ordering: req.ordering,
+            filter: req.filter.clone().map(Some),
         })
     }
 
@@ -387,6 +394,8 @@ impl Settings {
             timeout_secs: edit.timeout_secs,
             max_receives: edit.max_receives,
             concurrency: edit.concurrency,
+            ordering: edit.ordering,
+            filter: edit.filter,
         })
     }
 
@@ -412,6 +421,12 @@ impl Settings {
         }
         if let Some(c) = self.concurrency {
             flow.concurrency = c;
+        }
+        if let Some(o) = self.ordering {
+            flow.ordering = o;
+        }
+        if let Some(f) = self.filter {
+            flow.filter = f;
         }
     }
 }
@@ -476,6 +491,7 @@ mod tests {
     #[test]
     fn enable_and_edit_apply_the_same_settings() {
         let base = FlowSpec::new("f", "b", "t", "ezra/x".parse().unwrap());
+        let filter: FilterSpec = toml::from_str("payload = { kind = [\"order\"] }").unwrap();
         let enable = Settings::enabling(&EnableFlow {
             topic: "t".into(),
             algorithm: "ezra/x".into(),
@@ -485,6 +501,8 @@ mod tests {
             timeout_secs: Some(2.5),
             max_receives: Some(3),
             concurrency: Some(4),
+            ordering: Some(FlowOrdering::Key),
+            filter: Some(filter.clone()),
             ..EnableFlow::default()
         })
         .unwrap();
@@ -496,6 +514,8 @@ mod tests {
             timeout_secs: Some(2.5),
             max_receives: Some(3),
             concurrency: Some(4),
+            ordering: Some(FlowOrdering::Key),
+            filter: Some(Some(filter.clone())),
         })
         .unwrap();
         assert_eq!(enable, edit);
@@ -507,6 +527,8 @@ mod tests {
         assert_eq!(flow.algorithm.version, Some(semver::Version::new(1, 2, 3)));
         assert_eq!(flow.dead_letter_topic.as_deref(), Some("dlq"));
         assert_eq!((flow.max_receives, flow.concurrency), (3, 4));
+        assert_eq!(flow.filter.as_ref(), Some(&filter));
+        assert_eq!(flow.ordering, FlowOrdering::Key);
         assert!(flow.enabled);
         // An edit's `null` removes a topic; enabling never does.
         let mut cleared = flow.clone();
@@ -516,6 +538,12 @@ mod tests {
         }
         .apply(&mut cleared);
         assert_eq!(cleared.dead_letter_topic, None);
+        Settings {
+            filter: Some(None),
+            ..Settings::default()
+        }
+        .apply(&mut cleared);
+        assert_eq!(cleared.filter, None);
         let mut kept = flow.clone();
         Settings::enabling(&EnableFlow::default())
             .unwrap()

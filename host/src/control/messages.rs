@@ -140,8 +140,12 @@ fn messages_of(req: SendMessages) -> Result<Vec<OutboundMessage>, ControlError> 
         payload: req.payload,
         payload_base64: req.payload_base64,
         headers: req.headers,
+        key: req.key,
     };
     let has_single = single.payload.is_some() || single.payload_base64.is_some();
+    if !has_single && single.key.is_some() && !req.messages.is_empty() {
+        return Err(bad("key: give each message its own key in messages".into()));
+    }
     let messages: Vec<OutboundMessage> = if req.messages.is_empty() {
         vec![into_message(single)?]
     } else if has_single {
@@ -177,10 +181,11 @@ fn into_message(body: MessageBody) -> Result<OutboundMessage, ControlError> {
             ));
         }
     };
-    Ok(OutboundMessage {
-        payload,
-        headers: body.headers,
-    })
+    let mut headers = body.headers;
+    if let Some(key) = body.key {
+        crate::message::set_header(&mut headers, crate::message::KEY_HEADER, key);
+    }
+    Ok(OutboundMessage { payload, headers })
 }
 
 /// The one declared topic `name` (on `broker`, if given): 404 for none, 400

@@ -86,6 +86,23 @@ impl MessageEvents<'_> {
         );
     }
 
+    /// The message did not pass the flow's filter and was acknowledged
+    /// without invoking the algorithm.
+    pub(super) fn filtered(&self) {
+        self.metrics
+            .filtered
+            .get_or_create(&FlowOnly {
+                flow: self.flow.to_string(),
+            })
+            .inc();
+        self.status.filtered();
+        tracing::debug!(
+            flow = %self.flow,
+            message_id = %self.message.id,
+            "Message filtered out; acknowledged without invoking the algorithm."
+        );
+    }
+
     /// An attempt failed; `final_failure` when it is not retried. The
     /// failure becomes the flow's last error.
     pub(super) fn attempt_failed(&self, failure: &Failure, max_receives: u32, final_failure: bool) {

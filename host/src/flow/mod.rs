@@ -16,7 +16,9 @@ mod dead_letter;
 mod effects;
 pub mod envelope;
 mod events;
+pub mod filter;
 mod journal;
+mod keys;
 pub mod retry;
 mod status;
 pub mod throttle;
@@ -31,8 +33,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::FlowSpec;
 use crate::config::TopicSpec;
+use crate::config::{FlowOrdering, FlowSpec};
 use crate::connector::{Delivery, Source, SourceOptions};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -144,6 +146,9 @@ pub async fn run(
     let Some(setup) = Setup::new(&spec, &topologies.current(), &services, &status) else {
         return;
     };
+    let Ok(filter) = filter::for_flow(&spec, &status) else {
+        return;
+    };
     let mut backoff = Backoff::new();
     let Some(mut source) = connect(&spec, &setup, &status, &shutdown, &mut backoff).await else {
         status.set_state(FlowState::Stopped);
@@ -174,6 +179,7 @@ pub async fn run(
         lease: setup.lease,
         throttle: throttle.clone(),
         slots: Arc::new(Semaphore::new(spec.concurrency as usize)),
+        filter,
     };
     if let Some(n) = worker.native_max_receives {
         tracing::info!(
@@ -189,6 +195,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(setup.window)),
         max_batch: setup.options.max_batch,
         tasks: JoinSet::new(),
+        keys: (spec.ordering == FlowOrdering::Key).then(keys::KeyChain::default),
         backoff,
         shutdown: &shutdown,
     }
@@ -338,6 +345,8 @@ struct ReceiveLoop<'a> {
     max_batch: usize,
     /// The messages being handled.
     tasks: JoinSet<()>,
+    /// Each key's turns, with `ordering = "key"`.
+    keys: Option<keys::KeyChain>,
     /// Delays between failed receives.
     backoff: Backoff,
     shutdown: &'a CancellationToken,
@@ -484,8 +493,12 @@ impl ReceiveLoop<'_> {
                     .expect("received more messages than free slots"),
             };
             let (worker, algorithm) = (self.worker.clone(), algorithm.clone());
+            let turn = self.keys.as_mut().and_then(|keys| {
+                let key = delivery.message.header(crate::message::KEY_HEADER)?;
+                Some(keys.turn(key))
+            });
             self.tasks.spawn(async move {
-                worker.process(delivery, algorithm).await;
+                worker.process_in_turn(delivery, algorithm, turn).await;
                 drop(slot);
             });
         }

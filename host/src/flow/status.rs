@@ -25,6 +25,7 @@ pub struct FlowStatus {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     dropped: AtomicU64,
+    filtered: AtomicU64,
     in_flight: AtomicI64,
     samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
 }
@@ -67,6 +68,9 @@ impl FlowStatus {
     }
     pub(super) fn dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn filtered(&self) {
+        self.filtered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the latest error, on one line and cut to
@@ -182,6 +186,7 @@ impl FlowStatus {
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             received_per_sec: rates[0],
             succeeded_per_sec: rates[1],

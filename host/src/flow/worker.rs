@@ -28,6 +28,8 @@ use crate::telemetry::trace::TraceContext;
 
 use super::effects::{Enqueued, Provenance, publish_failure};
 use super::events::{MessageEvents, settle_failed};
+use super::filter::Filter;
+use super::keys::Turn;
 use super::retry::backoff;
 use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
@@ -62,6 +64,9 @@ pub struct Worker {
     /// The flow's invocation slots (`concurrency`): held while an
     /// invocation runs, not while its effects are committed.
     pub(super) slots: Arc<tokio::sync::Semaphore>,
+    /// The flow's filter, compiled when the flow started; `None` passes
+    /// every message.
+    pub(super) filter: Option<Arc<Filter>>,
 }
 
 impl Worker {
@@ -103,6 +108,14 @@ impl Worker {
         }
     }
 
+    /// Whether `message` passes the flow's filter (a payload that is not
+    /// JSON passes no payload pattern).
+    fn selects(&self, message: &InboundMessage) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.matches(&message.payload, &message.headers))
+    }
+
     pub(super) fn max_receives(&self) -> u32 {
         self.native_max_receives.unwrap_or(self.spec.max_receives)
     }
@@ -112,6 +125,29 @@ impl Worker {
     /// its kind, or `None` to leave it out.
     pub(super) fn admit(&self, level: Level, what: &'static str, error: &str) -> Option<u64> {
         self.throttle.admit(level, what, error)
+    }
+
+    /// Processes one delivery once the previous message of its key is done
+    /// (with `ordering = "key"`), keeping it leased meanwhile; the next
+    /// message of the key goes once this one is settled.
+    pub(super) async fn process_in_turn(
+        &self,
+        mut delivery: Delivery,
+        algorithm: Arc<Algorithm>,
+        turn: Option<Turn>,
+    ) {
+        let Some(mut turn) = turn else {
+            return self.process(delivery, algorithm).await;
+        };
+        with_heartbeat(
+            &mut delivery.settle,
+            self.lease,
+            &self.throttle,
+            turn.wait(),
+        )
+        .await;
+        self.process(delivery, algorithm).await;
+        drop(turn);
     }
 
     /// Processes one delivery to the end, in a span that continues the
@@ -151,7 +187,12 @@ impl Worker {
         } = delivery;
         self.events(&algorithm, &message).received();
 
-        if message.attempt > self.max_receives() {
+        if !self.selects(&message) {
+            // Never invoked: nothing to retry or dead-letter.
+            if self.ack(&mut settle, &message).await {
+                self.events(&algorithm, &message).filtered();
+            }
+        } else if message.attempt > self.max_receives() {
             self.give_up_unrecorded(&mut settle, &algorithm, &message)
                 .await;
         } else {
