@@ -35,11 +35,15 @@
 //! - [`admin`]: the authenticated HTTP API the CLI talks to, plus metrics
 //!   and health endpoints; [`metrics`] defines what is counted.
 //! - [`cli`], [`run`], [`telemetry`]: the `eventflow` command.
+//! - [`author`]: the algorithm author's loop behind `eventflow new`,
+//!   `build`, `invoke` (one message through the sandbox, no router) and
+//!   `deploy`.
 //! - [`secret`]: credentials by reference, redacted when shown.
 //! - [`message`], [`util`]: shared types and helpers.
 
 pub mod admin;
 pub mod api;
+pub mod author;
 pub mod cli;
 pub mod config;
 pub mod connector;

@@ -1,10 +1,11 @@
 //! The `eventflow` command line, one file per subcommand group over the
-//! typed client ([`client`]). Every subcommand but `run`, `check` and `data`
-//! talks to the running router through the admin API, found from the same
+//! typed client ([`client`]). Every subcommand but `run`, `check`, `data`
+//! and the authors' `new`, `build` and `invoke` talks to the running router through the admin API, found from the same
 //! `--config` (or at `--url`). Output is a human table or text by default
 //! and JSON with `--json`. Mistakes print one line and exit non-zero: 2 for
 //! a bad configuration or usage, 1 for anything else.
 
+mod author;
 mod brokers;
 pub mod client;
 mod data;
@@ -153,6 +154,19 @@ enum Command {
         #[command(subcommand)]
         command: tokens::TokensCommand,
     },
+    /// Creates an algorithm project (Rust, Python or JavaScript) with a test
+    /// input.
+    New(author::NewArgs),
+    /// Builds an algorithm project into a component, in
+    /// `dist/<owner>/<name>/<version>.wasm`.
+    Build(author::BuildArgs),
+    /// Runs one message through an algorithm in the router's sandbox, with
+    /// no broker and no router, and shows everything it did. Exits non-zero
+    /// when the algorithm fails.
+    Invoke(author::InvokeArgs),
+    /// Installs a component in the plugin directory and waits for the
+    /// running router to load or reject it. Exits non-zero when rejected.
+    Deploy(author::DeployArgs),
 }
 
 /// Parses `key=value`.
@@ -225,6 +239,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Flows { command } => flows::run(g, command).await,
         Command::Secrets { command } => secrets::run(g, command).await,
         Command::Tokens { command } => tokens::run(g, command).await,
+        Command::New(args) => author::new(args),
+        Command::Build(args) => author::build(g, args),
+        Command::Invoke(args) => author::invoke(g, args).await,
+        Command::Deploy(args) => author::deploy(g, args).await,
     }
 }
 
