@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connector::BrokerSpec;
 pub use crate::connector::topic::{TopicSpec, find_topic};
+use crate::data::DataConfig;
 
 mod flow;
 mod limits;
@@ -60,6 +61,9 @@ pub struct Config {
     /// Engine-wide settings of the WebAssembly sandbox.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Where data collections are kept: the data directory or a bucket.
+    #[serde(default)]
+    pub data: DataConfig,
     /// Broker connections, by name.
     #[serde(default)]
     pub brokers: Vec<BrokerSpec>,
@@ -111,6 +115,7 @@ impl Config {
             router: self.router.clone(),
             admin: self.admin.clone(),
             sandbox: self.sandbox.clone(),
+            data: self.data.clone(),
             brokers: d.brokers,
             topics: d.topics,
             flows: d.flows,
