@@ -4,10 +4,10 @@
 //! Every import counts against `max_host_calls`; going over traps with
 //! [`LimitTrap::HostCalls`]. Data calls (on the blocking pool, or to a
 //! bucket) run under their own timeout, because an epoch deadline cannot
-//! interrupt the host. What
-//! `publish` may queue is bounded per invocation (`max_publish_bytes`,
-//! headers included) and per message (header count and sizes), so an
-//! algorithm cannot make the router hold more than a few outputs' worth.
+//! interrupt the host. What `publish` may queue is bounded per invocation
+//! (`max_publish_bytes`, headers included) and per message (header count and
+//! sizes), so an algorithm cannot make the router hold more than a few
+//! outputs' worth.
 
 use std::sync::Arc;
 use std::time::Duration;
