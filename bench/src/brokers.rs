@@ -100,7 +100,7 @@ pub async fn b7(o: &crate::Options) -> Brokers {
 }
 
 /// A server process killed on drop (and when this process dies).
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -109,13 +109,13 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
         .unwrap_or(0)
 }
 
-fn start(bin: &str, args: &[String], port: u16) -> anyhow::Result<Server> {
+pub(crate) fn start(bin: &str, args: &[String], port: u16) -> anyhow::Result<Server> {
     let mut cmd = Command::new(bin);
     cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: prctl is async-signal-safe.

@@ -24,8 +24,11 @@
 //!   (tansu) and a plain SDK receive-and-delete loop (moto); over Kafka,
 //!   the process's and tansu's CPU time per message of each, at a setting
 //!   where tansu does not limit them and at librdkafka's defaults.
+//! - B8 data collections: a durable `data::put` of 1 KiB on S3 (moto)
+//!   against the local backend.
 
 mod brokers;
+mod data;
 mod disk;
 mod instantiation;
 mod pipeline;
@@ -148,6 +151,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("B7") {
         eprintln!("bench: B7 brokers");
         report.b7 = Some(brokers::b7(&options).await);
+    }
+    if options.wants("B8") {
+        eprintln!("bench: B8 data collections");
+        report.b8 = Some(data::b8(&options).await);
     }
     report.seconds = started.elapsed().as_secs_f64();
     let written = report.write(&options.out)?;

@@ -121,6 +121,8 @@ pub struct Report {
     pub b6_pool: Option<PoolCheck>,
     /// B7.
     pub b7: Option<Brokers>,
+    /// B8.
+    pub b8: Option<crate::data::DataPuts>,
 }
 
 impl Report {
@@ -141,6 +143,7 @@ impl Report {
             b6: None,
             b6_pool: None,
             b7: None,
+            b8: None,
         }
     }
 
@@ -521,6 +524,9 @@ impl Report {
                     us(tuned.raw_cpu_us)
                 );
             }
+        }
+        if let Some(b8) = &self.b8 {
+            s.push_str(&crate::data::markdown(b8));
         }
         s
     }

@@ -21,7 +21,9 @@
 //! - [`registry`] and [`watcher`]: the algorithm versions in the plugin
 //!   directory, reloaded as files change.
 //! - [`data`]: `data://owner/collection/path` storage, confined to its
-//!   collection.
+//!   collection: the URI checks (`data::uri`), then a directory
+//!   ([`data::local`]) or a bucket ([`data::object`]), as `[data]`
+//!   ([`data::config`]) says.
 //! - [`state`]: the router's own durable state, one file per table (failure
 //!   journal, secrets sealed with [`state::key`], desired state, API tokens
 //!   minted and stored by [`state::token`]) plus how its redb files are

@@ -1,5 +1,5 @@
-//! moto's SQS server on a free loopback port, and an SDK client for the
-//! tests' own set-up and checks. `EVENTFLOW_MOTO_SERVER` names the
+//! moto's SQS (and S3) server on a free loopback port, and an SDK client
+//! for the tests' own set-up and checks. `EVENTFLOW_MOTO_SERVER` names the
 //! `moto_server` executable (`cargo xtask test` sets it).
 
 #![allow(dead_code)]
@@ -174,6 +174,38 @@ impl Moto {
                 return got;
             }
         }
+    }
+
+    /// Creates an S3 bucket (moto takes an unsigned request).
+    pub fn bucket(&self, name: &str) {
+        let (status, body) =
+            crate::support::http_raw("PUT", &format!("{}/{name}", self.url), None, None);
+        assert_eq!(status, 200, "cannot create bucket {name}: {body}");
+    }
+
+    /// Every object of a bucket: key and contents, sorted by key.
+    pub fn objects(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
+        use futures::TryStreamExt;
+        use object_store::{ObjectStore, ObjectStoreExt};
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(&self.url)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap();
+        self.block_on(async {
+            let metas: Vec<_> = store.list(None).try_collect().await.unwrap();
+            let mut objects = Vec::new();
+            for m in metas {
+                let bytes = store.get(&m.location).await.unwrap().bytes().await;
+                objects.push((m.location.to_string(), bytes.unwrap().to_vec()));
+            }
+            objects.sort();
+            objects
+        })
     }
 
     /// A broker connection named `aws` for this server.

@@ -1,11 +1,11 @@
-//! `data get|ls`: reads the data directory (no router needed).
-
-use std::path::Path;
+//! `data get|ls`: reads the data collections directly, from the data
+//! directory or the bucket of `[data] backend` (no router needed).
 
 use anyhow::Context;
 use clap::Subcommand;
 
 use super::{Failure, Global, output};
+use crate::data::config::Backend;
 use crate::data::{Collections, DataUri};
 
 #[derive(Subcommand, Debug)]
@@ -22,17 +22,18 @@ pub(super) enum DataCommand {
     },
 }
 
-pub(super) fn run(g: &Global, command: DataCommand) -> Result<(), Failure> {
+pub(super) async fn run(g: &Global, command: DataCommand) -> Result<(), Failure> {
     let (uri, list) = match command {
         DataCommand::Get { uri } => (uri, false),
         DataCommand::Ls { uri } => (uri, true),
     };
     let cfg = g.load()?;
     let uri = DataUri::parse(&uri).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let collections = open_collections(&cfg.router.data_dir)?;
+    let collections = open_collections(&cfg)?;
     if list {
         let names = collections
             .list(&uri)
+            .await
             .map_err(|e| anyhow::anyhow!("{uri}: {e}"))?;
         if g.json {
             output::json(&names);
@@ -44,6 +45,7 @@ pub(super) fn run(g: &Global, command: DataCommand) -> Result<(), Failure> {
     } else {
         let bytes = collections
             .get(&uri)
+            .await
             .map_err(|e| anyhow::anyhow!("{uri}: {e}"))?;
         use std::io::Write;
         let mut out = std::io::stdout();
@@ -55,9 +57,12 @@ pub(super) fn run(g: &Global, command: DataCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-fn open_collections(dir: &Path) -> anyhow::Result<Collections> {
-    if !dir.exists() {
+/// The configured collections. Router secrets are in the router's state,
+/// which the CLI does not open; `{ env }` and `{ file }` credentials work.
+fn open_collections(cfg: &crate::config::Config) -> anyhow::Result<Collections> {
+    let dir = &cfg.router.data_dir;
+    if cfg.data.parsed() == Ok(Backend::Local) && !dir.exists() {
         anyhow::bail!("the data directory {} does not exist yet", dir.display());
     }
-    Collections::open(dir).with_context(|| format!("cannot open {}", dir.display()))
+    cfg.data.open(dir, None)
 }

@@ -230,7 +230,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Check => router::check(g),
         Command::Apply { file } => router::apply(g, &file).await,
         Command::Send(args) => topics::send(g, args).await,
-        Command::Data { command } => data::run(g, command),
+        Command::Data { command } => data::run(g, command).await,
         Command::Plugins { command } => status::plugins(g, command).await,
         Command::Status => status::status(g).await,
         Command::Dlq { command } => dlq::run(g, command).await,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connector::BrokerSpec;
 pub use crate::connector::topic::{TopicSpec, find_topic};
+use crate::data::DataConfig;
 
 mod flow;
 mod limits;
@@ -63,6 +64,9 @@ pub struct Config {
     /// Engine-wide settings of the WebAssembly sandbox.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Where data collections are kept: the data directory or a bucket.
+    #[serde(default)]
+    pub data: DataConfig,
     /// Broker connections, by name.
     #[serde(default)]
     pub brokers: Vec<BrokerSpec>,
@@ -114,6 +118,7 @@ impl Config {
             router: self.router.clone(),
             admin: self.admin.clone(),
             sandbox: self.sandbox.clone(),
+            data: self.data.clone(),
             brokers: d.brokers,
             topics: d.topics,
             flows: d.flows,

@@ -17,11 +17,32 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     if config.sandbox.max_instances == 0 {
         return Err(("sandbox.max_instances".into(), "must be at least 1".into()));
     }
+    check_data(config)?;
     let brokers = check_brokers(config)?;
     check_topics(config, &brokers)?;
     check_flow_names(config, &brokers)?;
     check_flows(config)?;
     check_algorithm_limits(config)
+}
+
+/// Checks `[data]`: the backend URL, which fields apply to it, and that
+/// credentials are references.
+fn check_data(config: &Config) -> Result<(), FieldError> {
+    config
+        .data
+        .validate()
+        .map_err(|(f, m)| (format!("data.{f}"), m))?;
+    let spec = serde_json::to_value(&config.data).unwrap_or_default();
+    if let Some(path) = inline_secret(&spec, "") {
+        return Err((
+            format!("data{path}"),
+            "credentials may not be written inline: use { env = \"VAR\" }, { file = \"PATH\" } or { secret = \"NAME\" }".into(),
+        ));
+    }
+    if let Some((path, m)) = bad_secret_name(&spec, "") {
+        return Err((format!("data{path}.secret"), m));
+    }
+    Ok(())
 }
 
 /// The broker connections that topics and flows may name.

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Declarations, FlowSpec};
 use crate::connector::{BrokerSpec, ConnectContext};
-use crate::data::Collections;
 use crate::flow::{self, FlowStatus, Services, Topology, TopologyHandle};
 use crate::metrics::{AlgorithmLabels, Metrics};
 use crate::registry::{self, Registry};
@@ -68,9 +67,7 @@ impl Router {
             };
             tokio::task::spawn_blocking(move || StateStore::open(&dir, &options)).await??
         };
-        let data = Arc::new(Collections::open(&dirs.data_dir).with_context(|| {
-            format!("cannot open the data directory {}", dirs.data_dir.display())
-        })?);
+        let data = Arc::new(config.data.open(&dirs.data_dir, Some(&state))?);
         let sandbox = Arc::new(Sandbox::new(
             &config.sandbox,
             Some(dirs.state_dir.join("compiled")),

@@ -2,11 +2,12 @@
 //! host side of the `data`, `publish` and `log` imports.
 //!
 //! Every import counts against `max_host_calls`; going over traps with
-//! [`LimitTrap::HostCalls`]. Data calls run on the blocking pool under their
-//! own timeout, because an epoch deadline cannot interrupt the host. What
-//! `publish` may queue is bounded per invocation (`max_publish_bytes`,
-//! headers included) and per message (header count and sizes), so an
-//! algorithm cannot make the router hold more than a few outputs' worth.
+//! [`LimitTrap::HostCalls`]. Data calls (on the blocking pool, or to a
+//! bucket) run under their own timeout, because an epoch deadline cannot
+//! interrupt the host. What `publish` may queue is bounded per invocation
+//! (`max_publish_bytes`, headers included) and per message (header count and
+//! sizes), so an algorithm cannot make the router hold more than a few
+//! outputs' worth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,23 +132,25 @@ impl HostState {
         Ok(uri)
     }
 
-    /// Runs a blocking data operation under the host-call timeout. Takes no
-    /// `&self` across the await: the store data is not `Sync`.
-    fn blocking<T: Send + 'static>(
+    /// Runs a data operation under the host-call timeout. Takes no `&self`
+    /// across the await: the store data is not `Sync`.
+    fn data_call<T, F>(
         &self,
-        op: impl FnOnce(&Collections) -> Result<T, DataError> + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T, DataError>> + Send + 'static {
-        let data = self.data.clone();
+        op: impl FnOnce(Arc<Collections>) -> F,
+    ) -> impl std::future::Future<Output = Result<T, DataError>> + Send + 'static
+    where
+        F: std::future::Future<Output = Result<T, DataError>> + Send + 'static,
+    {
+        let call = op(self.data.clone());
         let timeout = self.host_call_timeout;
         async move {
-            let task = tokio::task::spawn_blocking(move || op(&data));
-            match tokio::time::timeout(timeout, task).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(join)) => Err(DataError::Io(format!("host task failed: {join}"))),
-                Err(_) => Err(DataError::Io(format!(
-                    "host call timed out after {timeout:?}"
-                ))),
-            }
+            tokio::time::timeout(timeout, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DataError::Io(format!(
+                        "host call timed out after {timeout:?}"
+                    )))
+                })
         }
     }
 }
@@ -160,7 +163,7 @@ impl data::Host for HostState {
             Err(e) => return Ok(Err(e.into())),
         };
         Ok(self
-            .blocking(move |d| d.get(&uri))
+            .data_call(|d| async move { d.get(&uri).await })
             .await
             .map_err(Into::into))
     }
@@ -181,7 +184,7 @@ impl data::Host for HostState {
         }
         self.data_written += size;
         Ok(self
-            .blocking(move |d| d.put(&uri, &contents))
+            .data_call(|d| async move { d.put(&uri, contents).await })
             .await
             .map_err(Into::into))
     }
@@ -193,7 +196,7 @@ impl data::Host for HostState {
             Err(e) => return Ok(Err(e.into())),
         };
         Ok(self
-            .blocking(move |d| d.list(&uri))
+            .data_call(|d| async move { d.list(&uri).await })
             .await
             .map_err(Into::into))
     }
@@ -205,7 +208,7 @@ impl data::Host for HostState {
             Err(e) => return Ok(Err(e.into())),
         };
         Ok(self
-            .blocking(move |d| d.delete(&uri))
+            .data_call(|d| async move { d.delete(&uri).await })
             .await
             .map_err(Into::into))
     }

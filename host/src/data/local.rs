@@ -1,144 +1,23 @@
-//! Hosted data collections: `data://owner/collection/path`, stored as files
-//! under the data directory.
+//! The local backend: collections as files under the data directory.
 //!
-//! URIs are checked twice. [`DataUri::parse`] refuses anything that could
-//! name a file outside its collection (`..`, absolute paths, empty segments,
-//! NUL and control bytes, backslashes, percent-encoded dots, slashes and NUL).
-//! Then the owner's directory, the collection and every directory below are
-//! opened one segment at a time without following symlinks, so a link can
-//! never lead an algorithm into another owner's tree or another collection,
-//! even one inside the data directory; the last segment is resolved by a
-//! `cap-std` handle rooted at its directory, which refuses symlinks that lead
-//! out of it. Writes are durable when they return: a temporary file, fsync,
-//! rename, fsync of the directory.
+//! After [`DataUri::parse`], the owner's directory, the collection and
+//! every directory below are opened one segment at a time without following
+//! symlinks, so a link can never lead an algorithm into another owner's
+//! tree or another collection, even one inside the data directory; the last
+//! segment is resolved by a `cap-std` handle rooted at its directory, which
+//! refuses symlinks that lead out of it. Writes are durable when they
+//! return: a temporary file, fsync, rename, fsync of the directory.
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use cap_fs_ext::DirExt;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-use crate::config::is_valid_name;
-
-const SCHEME: &str = "data://";
-const MAX_PATH_BYTES: usize = 1024;
-const MAX_SEGMENT_BYTES: usize = 255;
-/// Temporary files of unfinished writes start with this; they are hidden
-/// from listings and cannot be named by algorithms.
-const TMP_PREFIX: &str = ".eventflow-tmp-";
-
-/// Why a data operation failed. Mirrors the WIT `data-error`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DataError {
-    /// The URI is malformed or tries to leave its collection.
-    #[error("invalid data URI: {0}")]
-    InvalidUri(String),
-    /// The collection belongs to another owner.
-    #[error("access denied: the collection belongs to another owner")]
-    AccessDenied,
-    /// Nothing is stored there.
-    #[error("not found")]
-    NotFound,
-    /// The invocation's write quota is used up.
-    #[error("data write quota exceeded")]
-    QuotaExceeded,
-    /// The file system failed.
-    #[error("i/o error: {0}")]
-    Io(String),
-}
-
-/// A checked `data://owner/collection/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataUri {
-    /// The owner of the collection.
-    pub owner: String,
-    /// The collection.
-    pub collection: String,
-    /// The path inside the collection, `/`-separated; empty for the
-    /// collection itself.
-    pub path: String,
-}
-
-impl std::fmt::Display for DataUri {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{SCHEME}{}/{}", self.owner, self.collection)?;
-        if !self.path.is_empty() {
-            write!(f, "/{}", self.path)?;
-        }
-        Ok(())
-    }
-}
-
-impl DataUri {
-    /// Parses and checks a URI. A trailing `/` is allowed (for listings).
-    pub fn parse(uri: &str) -> Result<Self, DataError> {
-        let bad = |why: &str| Err(DataError::InvalidUri(format!("{uri:?}: {why}")));
-        let Some(rest) = uri.strip_prefix(SCHEME) else {
-            return bad("must start with data://");
-        };
-        if rest.len() > MAX_PATH_BYTES {
-            return bad("longer than 1024 bytes");
-        }
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let mut parts = rest.splitn(3, '/');
-        let owner = parts.next().unwrap_or_default();
-        let collection = parts.next().unwrap_or_default();
-        let path = parts.next().unwrap_or_default();
-        if !is_valid_name(owner) {
-            return bad("the owner must be a name of letters, digits, '_', '-' and '.'");
-        }
-        if !is_valid_name(collection) {
-            return bad("the collection must be a name of letters, digits, '_', '-' and '.'");
-        }
-        if !path.is_empty() {
-            for segment in path.split('/') {
-                if let Err(why) = check_segment(segment) {
-                    return bad(&why);
-                }
-            }
-        }
-        Ok(Self {
-            owner: owner.into(),
-            collection: collection.into(),
-            path: path.into(),
-        })
-    }
-}
-
-fn check_segment(segment: &str) -> Result<(), String> {
-    if segment.is_empty() {
-        return Err("empty path segment (absolute paths and '//' are not allowed)".into());
-    }
-    if segment == "." || segment == ".." {
-        return Err("'.' and '..' are not allowed".into());
-    }
-    if segment.len() > MAX_SEGMENT_BYTES {
-        return Err("a path segment is longer than 255 bytes".into());
-    }
-    if segment.starts_with(TMP_PREFIX) {
-        return Err(format!("names starting with {TMP_PREFIX} are reserved"));
-    }
-    if let Some(c) = segment.chars().find(|c| c.is_control() || *c == '\\') {
-        return Err(format!("the character {c:?} is not allowed"));
-    }
-    let bytes = segment.as_bytes();
-    for (i, _) in segment.match_indices('%') {
-        let decoded = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        if let Some(b) = decoded
-            && (b == b'.' || b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f)
-        {
-            return Err(format!(
-                "percent-encoded {:?} is not allowed",
-                &segment[i..i + 3]
-            ));
-        }
-    }
-    Ok(())
-}
+use super::uri::TMP_PREFIX;
+use super::{DataError, DataUri, Store};
 
 fn io_error(uri: &DataUri, e: io::Error) -> DataError {
     match e.kind() {
@@ -204,12 +83,13 @@ fn check_last_segment(dir: &Dir, name: &str, uri: &DataUri) -> Result<(), DataEr
     }
 }
 
-/// The data directory.
-pub struct Collections {
+/// The data directory. Its methods block; [`Store`] runs them on tokio's
+/// blocking threads.
+pub struct LocalDir {
     root: Dir,
 }
 
-impl Collections {
+impl LocalDir {
     /// Opens the data directory, creating it if needed.
     pub fn open(root: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(root)?;
@@ -239,25 +119,16 @@ impl Collections {
         Ok((dir, last))
     }
 
-    fn names_a_file(uri: &DataUri) -> Result<(), DataError> {
-        if uri.path.is_empty() {
-            return Err(DataError::InvalidUri(format!(
-                "{uri}: names a collection, not a file"
-            )));
-        }
-        Ok(())
-    }
-
     /// Reads a whole file. Blocking.
     pub fn get(&self, uri: &DataUri) -> Result<Vec<u8>, DataError> {
-        Self::names_a_file(uri)?;
+        uri.names_a_file()?;
         let (dir, name) = self.parent(uri, false)?;
         dir.read(name).map_err(|e| io_error(uri, e))
     }
 
     /// Replaces a whole file; durable when it returns. Blocking.
     pub fn put(&self, uri: &DataUri, contents: &[u8]) -> Result<(), DataError> {
-        Self::names_a_file(uri)?;
+        uri.names_a_file()?;
         let (parent_dir, name) = self.parent(uri, true)?;
         check_last_segment(&parent_dir, name, uri)?;
         let tmp = format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4());
@@ -308,10 +179,41 @@ impl Collections {
 
     /// Deletes a file. Blocking.
     pub fn delete(&self, uri: &DataUri) -> Result<(), DataError> {
-        Self::names_a_file(uri)?;
+        uri.names_a_file()?;
         let (dir, name) = self.parent(uri, false)?;
         check_last_segment(&dir, name, uri)?;
         dir.remove_file(name).map_err(|e| io_error(uri, e))
+    }
+}
+
+/// Runs a blocking operation of the data directory on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    dir: &Arc<LocalDir>,
+    uri: &DataUri,
+    op: impl FnOnce(&LocalDir, &DataUri) -> Result<T, DataError> + Send + 'static,
+) -> Result<T, DataError> {
+    let (dir, uri) = (dir.clone(), uri.clone());
+    tokio::task::spawn_blocking(move || op(&dir, &uri))
+        .await
+        .unwrap_or_else(|join| Err(DataError::Io(format!("host task failed: {join}"))))
+}
+
+#[async_trait::async_trait]
+impl Store for Arc<LocalDir> {
+    async fn get(&self, uri: &DataUri) -> Result<Vec<u8>, DataError> {
+        blocking(self, uri, |d, u| d.get(u)).await
+    }
+
+    async fn put(&self, uri: &DataUri, contents: Vec<u8>) -> Result<(), DataError> {
+        blocking(self, uri, move |d, u| d.put(u, &contents)).await
+    }
+
+    async fn list(&self, uri: &DataUri) -> Result<Vec<String>, DataError> {
+        blocking(self, uri, |d, u| d.list(u)).await
+    }
+
+    async fn delete(&self, uri: &DataUri) -> Result<(), DataError> {
+        blocking(self, uri, |d, u| d.delete(u)).await
     }
 }
 
@@ -320,48 +222,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn good_uris_parse() {
-        let u = DataUri::parse("data://ezra/TestingEventFlow/some-new-file.txt").unwrap();
-        assert_eq!(u.owner, "ezra");
-        assert_eq!(u.collection, "TestingEventFlow");
-        assert_eq!(u.path, "some-new-file.txt");
-        assert_eq!(DataUri::parse("data://ezra/c/").unwrap().path, "");
-        assert_eq!(
-            DataUri::parse("data://ezra/c/a/b%20c.txt").unwrap().path,
-            "a/b%20c.txt"
-        );
-    }
-
-    #[test]
-    fn traversal_attempts_are_refused() {
-        for uri in [
-            "data://ezra/c/../../etc/passwd",
-            "data://ezra/c/a/../b",
-            "data://ezra/../bob/c",
-            "data://../x/y",
-            "data://ezra/c//etc/passwd",
-            "data:///etc/passwd",
-            "data://ezra/c/a\0b",
-            "data://ezra/c/%2e%2e/x",
-            "data://ezra/c/%2E%2E%2Fx",
-            "data://ezra/c/a%2fb",
-            "data://ezra/c/a%00b",
-            "data://ezra/c/a\\..\\b",
-            "file:///etc/passwd",
-            "data://ezra",
-            "data://ezra/c/.eventflow-tmp-x",
-        ] {
-            assert!(
-                matches!(DataUri::parse(uri), Err(DataError::InvalidUri(_))),
-                "{uri} was accepted"
-            );
-        }
-    }
-
-    #[test]
     fn put_get_list_delete() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Collections::open(dir.path()).unwrap();
+        let c = LocalDir::open(dir.path()).unwrap();
         let u = DataUri::parse("data://ezra/c/sub/f.txt").unwrap();
         c.put(&u, b"hello").unwrap();
         assert_eq!(c.get(&u).unwrap(), b"hello");
@@ -380,7 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"s").unwrap();
-        let c = Collections::open(dir.path()).unwrap();
+        let c = LocalDir::open(dir.path()).unwrap();
         std::fs::create_dir_all(dir.path().join("ezra/c")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("ezra/c/link")).unwrap();
         // Also a link to a sibling collection of another owner.
@@ -403,7 +266,7 @@ mod tests {
 
     /// A data directory where mallory owns `c/f` and `c/sub/g`, and ezra a
     /// collection `own` with `f`.
-    fn two_owners() -> (tempfile::TempDir, Collections) {
+    fn two_owners() -> (tempfile::TempDir, LocalDir) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("mallory/c/sub")).unwrap();
@@ -411,7 +274,7 @@ mod tests {
         std::fs::write(root.join("mallory/c/sub/g"), b"mallory's too").unwrap();
         std::fs::create_dir_all(root.join("ezra/own")).unwrap();
         std::fs::write(root.join("ezra/own/f"), b"ezra's").unwrap();
-        let c = Collections::open(root).unwrap();
+        let c = LocalDir::open(root).unwrap();
         (dir, c)
     }
 
@@ -431,7 +294,7 @@ mod tests {
 
     /// Tries get, put, list and delete on each URI, expecting refusals, then checks mallory's tree is as it
     /// was.
-    fn all_refused(root: &Path, c: &Collections, uris: &[&str]) {
+    fn all_refused(root: &Path, c: &LocalDir, uris: &[&str]) {
         for uri in uris {
             let u = DataUri::parse(uri).unwrap();
             refused(&format!("get {uri}"), c.get(&u));
