@@ -136,7 +136,9 @@ pub struct Flow {
     pub max_receives: u32,
     /// Invocations at once.
     pub concurrency: u32,
-    /// What an enabled flow waits for: the version it names is not loaded.
+    /// What an enabled flow waits for: the version it names is not loaded
+    /// (or still compiling), or needs more initial memory than the flow's
+    /// `max_memory_mib`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
 }
@@ -161,7 +163,9 @@ pub struct FlowEntry {
     pub report: FlowReport,
     /// The flow as declared.
     pub spec: Flow,
-    /// What an enabled flow waits for: the version it names is not loaded.
+    /// What an enabled flow waits for: the version it names is not loaded
+    /// (or still compiling), or needs more initial memory than the flow's
+    /// `max_memory_mib`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
 }
