@@ -74,7 +74,7 @@ async fn invoke(sandbox: &Sandbox, algorithm: &Algorithm, m: &InboundMessage) ->
 
 /// Nanoseconds per fresh-instance invocation of `algorithm` on `m`, over
 /// `n` invocations after `warm_up` unmeasured ones; an error if one fails.
-async fn fresh_ns(
+pub async fn fresh_ns(
     sandbox: &Sandbox,
     algorithm: &Algorithm,
     m: &InboundMessage,
