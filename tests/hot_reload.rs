@@ -290,7 +290,8 @@ fn a_flow_following_the_latest_switches_up_and_falls_back() {
     wait_for("0.2.0 to serve", Duration::from_secs(30), || {
         router
             .cli_ok(&["plugins", "list"])
-            .contains("test/swap/0.2.0")
+            .lines()
+            .any(|l| l.starts_with("test/swap/0.2.0 ") && l.contains(" ok "))
             .then_some(())
     });
     assert_eq!(by_version("a"), "test/swap@0.2.0");

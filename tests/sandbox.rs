@@ -300,7 +300,8 @@ fn dlq_replay_after_fixing_the_algorithm_processes_the_messages() {
     wait_for("version 0.2.0 to load", Duration::from_secs(30), || {
         router
             .cli_ok(&["plugins", "list"])
-            .contains("test/always_reject/0.2.0")
+            .lines()
+            .any(|l| l.starts_with("test/always_reject/0.2.0 ") && l.contains(" ok "))
             .then_some(())
     });
 

@@ -7,7 +7,9 @@
 //! Benchmarks never fail a test run: they measure and report, including the
 //! targets they miss.
 //!
-//! - B1 per-message overhead: native fn, reused instance, fresh instance.
+//! - B1 per-message overhead: native fn, reused instance, fresh instance;
+//!   and with B3, by language: native, Rust, Python and JavaScript, with
+//!   component sizes and resident memory per in-flight instance.
 //! - B2 throughput: embedded → identity → embedded, durable, 1 KiB, against
 //!   a native identity in the same pipeline, the broker alone and the disk's
 //!   limit (sequential fdatasync'd appends, in batches of as many messages
@@ -31,6 +33,7 @@ mod brokers;
 mod data;
 mod disk;
 mod instantiation;
+mod languages;
 mod pipeline;
 mod report;
 mod sandbox;
@@ -47,6 +50,8 @@ pub struct Options {
     pub quick: bool,
     /// The installed algorithms (`<owner>/<name>/<version>.wasm`).
     pub plugins: PathBuf,
+    /// The installed Python and JavaScript algorithms, same layout.
+    pub guest_plugins: Option<PathBuf>,
     /// Where reports go.
     pub out: PathBuf,
     /// Only these stages (`B1`, `B2`, ...).
@@ -71,6 +76,7 @@ fn parse_args() -> anyhow::Result<Options> {
     let mut options = Options {
         quick: false,
         plugins: PathBuf::new(),
+        guest_plugins: None,
         out: PathBuf::from("bench-results"),
         only: None,
     };
@@ -78,6 +84,9 @@ fn parse_args() -> anyhow::Result<Options> {
         match a.as_str() {
             "--quick" => options.quick = true,
             "--plugins" => options.plugins = args.next().context("--plugins DIR")?.into(),
+            "--guest-plugins" => {
+                options.guest_plugins = Some(args.next().context("--guest-plugins DIR")?.into())
+            }
             "--out" => options.out = args.next().context("--out DIR")?.into(),
             "--only" => {
                 options.only = Some(
@@ -89,7 +98,7 @@ fn parse_args() -> anyhow::Result<Options> {
                 )
             }
             other => anyhow::bail!(
-                "unknown argument {other:?}; usage: eventflow-bench --plugins DIR [--out DIR] [--quick] [--only B1,B2,...]"
+                "unknown argument {other:?}; usage: eventflow-bench --plugins DIR [--guest-plugins DIR] [--out DIR] [--quick] [--only B1,B2,...]"
             ),
         }
     }
@@ -120,6 +129,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("B3") {
         eprintln!("bench: B3 sandbox cost");
         report.b3 = Some(sandbox::b3(&options).await?);
+    }
+    if options.wants("B1") || options.wants("B3") {
+        eprintln!("bench: B1 and B3 by language");
+        report.languages = Some(languages::run(&options, options.guest_plugins.as_deref()).await?);
     }
     if options.wants("B6") {
         eprintln!("bench: B6 failure path (pool)");

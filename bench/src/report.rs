@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::brokers::Brokers;
 use crate::disk::DiskProbe;
 use crate::instantiation::SettingRow;
+use crate::languages::LanguageRow;
 use crate::pipeline::{FailurePath, HotSwap, LatencyRow, Throughput};
 use crate::sandbox::{OverheadRow, PoolCheck, SandboxCostRow};
 
@@ -109,6 +110,8 @@ pub struct Report {
     pub b2: Option<Throughput>,
     /// B3.
     pub b3: Option<Vec<SandboxCostRow>>,
+    /// B1 and B3 by language.
+    pub languages: Option<Vec<LanguageRow>>,
     /// B4.
     pub b4: Option<Vec<LatencyRow>>,
     /// The disk's `fdatasync` latency measured with B4.
@@ -137,6 +140,7 @@ impl Report {
             b1_settings: None,
             b2: None,
             b3: None,
+            languages: None,
             b4: None,
             b4_disk: None,
             b5: None,
@@ -173,6 +177,20 @@ impl Report {
                 measured: format!("{:.1} µs", row.fresh_ns / 1000.0),
                 met: row.fresh_ns <= 5_000.0,
             });
+        }
+        for r in self.languages.iter().flatten() {
+            if matches!(r.language, "Python" | "JavaScript") {
+                t.push(Target {
+                    stage: "B1",
+                    target: if r.language == "Python" {
+                        "Python: fresh instance ≤ 1 ms per message at 1 KiB"
+                    } else {
+                        "JavaScript: fresh instance ≤ 1 ms per message at 1 KiB"
+                    },
+                    measured: format!("{:.0} µs", r.identity_ns / 1000.0),
+                    met: r.identity_ns <= 1_000_000.0,
+                });
+            }
         }
         if let Some(b2) = &self.b2 {
             let worst = b2
@@ -407,6 +425,9 @@ impl Report {
             for r in b3 {
                 let _ = writeln!(s, "| {} | {:.1} µs |", r.variant, r.ns_per_message / 1000.0);
             }
+        }
+        if let Some(rows) = &self.languages {
+            crate::languages::markdown(&mut s, rows);
         }
         if let Some(b4) = &self.b4 {
             let _ = writeln!(

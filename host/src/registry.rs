@@ -6,6 +6,11 @@
 //! the version it started with while new messages pick up the new one. A file
 //! that fails to load is recorded as rejected; if that version had loaded
 //! before, the last good content keeps serving.
+//!
+//! Loading does not hold anything up: a version is marked compiling (shown
+//! by `plugins list`) from when its load is asked for until it serves or is
+//! rejected, flows wait meanwhile, and at most one compile per core runs at
+//! once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::AlgorithmRef;
 use crate::sandbox::{Algorithm, AlgorithmId, Sandbox};
@@ -46,7 +51,8 @@ pub struct Rejection {
 pub struct PluginInfo {
     /// `owner/name/version`.
     pub algorithm: String,
-    /// `ok` or `rejected`.
+    /// `compiling` while new content is being loaded (or waits for a
+    /// compile slot), else `rejected` if the latest content was, else `ok`.
     pub status: &'static str,
     /// SHA-256 of the serving component.
     pub hash: Option<String>,
@@ -55,6 +61,8 @@ pub struct PluginInfo {
     /// When the serving component was loaded.
     #[serde(with = "crate::util::rfc3339_opt")]
     pub loaded_at: Option<SystemTime>,
+    /// The serving component's largest initial linear memory, in bytes.
+    pub initial_memory_bytes: Option<u64>,
     /// The latest rejection, if the latest file content was rejected.
     pub rejected: Option<Rejection>,
     /// Flows that currently resolve to this version.
@@ -67,6 +75,40 @@ type Versions = BTreeMap<semver::Version, Slot>;
 pub struct Registry {
     algorithms: RwLock<HashMap<(String, String), Versions>>,
     changes: watch::Sender<u64>,
+    /// Versions with loads pending (compiling or waiting for a compile
+    /// slot), and how many.
+    compiling: std::sync::Mutex<HashMap<AlgorithmId, usize>>,
+    /// One permit per core: compiles at once.
+    compile_slots: Semaphore,
+    /// One lock per version, held from reading its file to publishing the
+    /// result, so that loads of one version end in the order they read it
+    /// and the latest content wins.
+    load_locks: std::sync::Mutex<HashMap<AlgorithmId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Marks a version as compiling while it lives (see
+/// [`Registry::compiling`]).
+pub struct CompilingGuard {
+    registry: Arc<Registry>,
+    id: AlgorithmId,
+}
+
+impl Drop for CompilingGuard {
+    fn drop(&mut self) {
+        let mut compiling = self
+            .registry
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = compiling.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                compiling.remove(&self.id);
+            }
+        }
+        drop(compiling);
+        self.registry.changed();
+    }
 }
 
 impl Default for Registry {
@@ -78,10 +120,69 @@ impl Default for Registry {
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             algorithms: RwLock::new(HashMap::new()),
             changes: watch::channel(0).0,
+            compiling: Default::default(),
+            compile_slots: Semaphore::new(cores),
+            load_locks: Default::default(),
         }
+    }
+
+    /// Marks `id` as compiling until the guard is dropped: `plugins list`
+    /// shows it so, and the compiled-code cache is not trimmed meanwhile
+    /// (the entry it is about to read must stay).
+    pub fn compiling(self: &Arc<Self>, id: &AlgorithmId) -> CompilingGuard {
+        *self
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_default() += 1;
+        self.changed();
+        CompilingGuard {
+            registry: self.clone(),
+            id: id.clone(),
+        }
+    }
+
+    /// Whether any version is compiling or waiting to.
+    pub fn any_compiling(&self) -> bool {
+        !self
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Whether a version `reference` could resolve to is compiling.
+    pub fn compiling_matches(&self, reference: &AlgorithmRef) -> bool {
+        self.compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|id| {
+                id.owner == reference.owner
+                    && id.name == reference.name
+                    && reference.version.as_ref().is_none_or(|v| *v == id.version)
+            })
+    }
+
+    fn is_compiling(&self, id: &AlgorithmId) -> bool {
+        self.compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    fn load_lock(&self, id: &AlgorithmId) -> Arc<tokio::sync::Mutex<()>> {
+        self.load_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_default()
+            .clone()
     }
 
     /// Subscribes to changes: the value increases whenever a version is
@@ -177,46 +278,63 @@ impl Registry {
             .cloned()
     }
 
-    /// Every known version, for listings. `flows` maps flow names to their
-    /// references, to show which flow runs which version.
+    /// Every known version, for listings, compiling ones included. `flows`
+    /// maps flow names to their references, to show which flow runs which
+    /// version.
     pub fn list(&self, flows: &[(String, AlgorithmRef)]) -> Vec<PluginInfo> {
         let resolved: Vec<(String, Option<String>)> = flows
             .iter()
             .map(|(name, r)| (name.clone(), self.resolve(r).map(|a| a.id.to_string())))
             .collect();
+        let mut slots: BTreeMap<AlgorithmId, Option<Slot>> = self
+            .compiling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|id| (id.clone(), None))
+            .collect();
         let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
-        // Sorted by owner, name and then version as semver (0.1.2 before
-        // 0.1.10), not by the text of `owner/name/version`.
-        let mut keyed = Vec::new();
         for ((owner, name), versions) in algorithms.iter() {
             for (version, slot) in versions {
-                let algorithm = format!("{owner}/{name}/{version}");
-                let serving = slot.serving.as_ref();
-                let key = (owner.clone(), name.clone(), version.clone());
-                keyed.push((
-                    key,
-                    PluginInfo {
-                        status: if slot.rejected.is_some() {
-                            "rejected"
-                        } else {
-                            "ok"
-                        },
-                        hash: serving.map(|a| a.hash.clone()),
-                        size: serving.map(|a| a.size),
-                        loaded_at: serving.map(|a| a.loaded_at),
-                        rejected: slot.rejected.clone(),
-                        flows: resolved
-                            .iter()
-                            .filter(|(_, r)| r.as_deref() == Some(algorithm.as_str()))
-                            .map(|(f, _)| f.clone())
-                            .collect(),
-                        algorithm,
-                    },
-                ));
+                let id = AlgorithmId {
+                    owner: owner.clone(),
+                    name: name.clone(),
+                    version: version.clone(),
+                };
+                slots.insert(id, Some(slot.clone()));
             }
         }
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        keyed.into_iter().map(|(_, info)| info).collect()
+        drop(algorithms);
+        // Sorted by owner, name and then version as semver (0.1.2 before
+        // 0.1.10), not by the text of `owner/name/version`.
+        slots
+            .into_iter()
+            .map(|(id, slot)| {
+                let algorithm = id.to_string();
+                let serving = slot.as_ref().and_then(|s| s.serving.as_ref());
+                let rejected = slot.as_ref().and_then(|s| s.rejected.clone());
+                PluginInfo {
+                    status: if self.is_compiling(&id) {
+                        "compiling"
+                    } else if rejected.is_some() {
+                        "rejected"
+                    } else {
+                        "ok"
+                    },
+                    hash: serving.map(|a| a.hash.clone()),
+                    size: serving.map(|a| a.size),
+                    loaded_at: serving.map(|a| a.loaded_at),
+                    initial_memory_bytes: serving.and_then(|a| a.initial_memory_bytes),
+                    rejected,
+                    flows: resolved
+                        .iter()
+                        .filter(|(_, r)| r.as_deref() == Some(algorithm.as_str()))
+                        .map(|(f, _)| f.clone())
+                        .collect(),
+                    algorithm,
+                }
+            })
+            .collect()
     }
 }
 
@@ -240,13 +358,18 @@ pub fn id_from_path(dir: &Path, path: &Path) -> Option<AlgorithmId> {
 }
 
 /// Reads and loads one plugin file into the registry, off the async
-/// threads. Returns the outcome for logging by the caller.
+/// threads, once a compile slot is free. Returns the outcome for logging by
+/// the caller, which marks the version [`Registry::compiling`] meanwhile.
 pub async fn load_file(
     sandbox: &Arc<Sandbox>,
     registry: &Registry,
     id: AlgorithmId,
     path: PathBuf,
 ) -> Result<Arc<Algorithm>, Rejection> {
+    let lock = registry.load_lock(&id);
+    let _in_order = lock.lock().await;
+    // Never closed: the registry owns the semaphore.
+    let _slot = registry.compile_slots.acquire().await.ok();
     let sb = sandbox.clone();
     let (p, i) = (path.clone(), id.clone());
     let loaded = tokio::task::spawn_blocking(move || {
@@ -384,5 +507,39 @@ mod tests {
                 "ezra/store_file/10.0.0",
             ]
         );
+    }
+
+    #[test]
+    fn a_version_is_listed_as_compiling_until_its_last_load_ends() {
+        let registry = Arc::new(Registry::new());
+        let id = AlgorithmId {
+            owner: "ezra".into(),
+            name: "big".into(),
+            version: semver::Version::new(0, 1, 0),
+        };
+        let reference: AlgorithmRef = "ezra/big".parse().unwrap();
+        let status = |r: &Registry| {
+            r.list(&[])
+                .into_iter()
+                .map(|p| p.status)
+                .collect::<Vec<_>>()
+        };
+        let (first, second) = (registry.compiling(&id), registry.compiling(&id));
+        assert_eq!(status(&registry), ["compiling"]);
+        assert!(registry.any_compiling() && registry.compiling_matches(&reference));
+        drop(first);
+        registry.reject(
+            PathBuf::from("/p/ezra/big/0.1.0.wasm"),
+            &id,
+            Rejection {
+                reason: "test".into(),
+                hash: String::new(),
+                at: SystemTime::now(),
+            },
+        );
+        assert_eq!(status(&registry), ["compiling"]);
+        drop(second);
+        assert_eq!(status(&registry), ["rejected"]);
+        assert!(!registry.any_compiling() && !registry.compiling_matches(&reference));
     }
 }

@@ -212,8 +212,34 @@ impl Router {
         self.dir.path().join("state")
     }
 
-    /// Starts (or restarts) the process and waits until its admin API answers.
+    /// Starts (or restarts) the process and waits until its admin API
+    /// answers and no algorithm is compiling any more, so that a test's
+    /// messages find their flows running (a router loads its plugins in the
+    /// background; [`Router::launch_without_waiting`] does not wait for it).
     pub fn launch(&mut self) {
+        self.launch_without_waiting();
+        // Generous: a Python or JavaScript component takes a minute to
+        // compile in a debug build.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        if !self.state_dir().join("admin.token").exists() {
+            return;
+        }
+        loop {
+            let (status, body) = self.http("GET", "/v1/plugins", None);
+            let compiling = body["plugins"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|p| p["status"] == "compiling"));
+            if status != 200 || !compiling {
+                return;
+            }
+            self.exited_or_late(deadline, "load its plugins");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts (or restarts) the process and waits until its admin API
+    /// answers, not for its plugins to load.
+    pub fn launch_without_waiting(&mut self) {
         assert!(self.child.is_none(), "the router is already running");
         let _ = std::fs::remove_file(self.state_dir().join("admin.addr"));
         let log = std::fs::OpenOptions::new()
@@ -236,17 +262,21 @@ impl Router {
             .expect("cannot start eventflow");
         self.child = Some(child);
         let addr = self.state_dir().join("admin.addr");
-        // Generous: a router compiles its plugins before it answers, and a
-        // Python or JavaScript component takes a minute in a debug build.
         let deadline = Instant::now() + Duration::from_secs(300);
         while !addr.exists() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the router exited at start ({status}):\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                panic!("the router did not start within 300 s:\n{}", self.log());
-            }
+            self.exited_or_late(deadline, "start");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panics if the router exited or `deadline` passed while waiting for
+    /// it to do `what`.
+    fn exited_or_late(&mut self, deadline: Instant, what: &str) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("the router exited at start ({status}):\n{}", self.log());
+        }
+        if Instant::now() > deadline {
+            panic!("the router did not {what} within 300 s:\n{}", self.log());
         }
     }
 

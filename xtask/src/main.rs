@@ -420,6 +420,8 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     cmd.args(["run", "--release", "-p", "eventflow-bench", "--"])
         .arg("--plugins")
         .arg(&plugins)
+        .arg("--guest-plugins")
+        .arg(target_dir().join("test-plugins-guest"))
         .arg("--out")
         .arg(root().join("bench-results"))
         .args(args);

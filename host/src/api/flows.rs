@@ -162,7 +162,9 @@ pub struct Flow {
     /// Which messages invoke the algorithm; absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,
-    /// What an enabled flow waits for: the version it names is not loaded.
+    /// What an enabled flow waits for: the version it names is not loaded
+    /// (or still compiling), or needs more initial memory than the flow's
+    /// `max_memory_mib`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
 }
@@ -187,7 +189,9 @@ pub struct FlowEntry {
     pub report: FlowReport,
     /// The flow as declared.
     pub spec: Flow,
-    /// What an enabled flow waits for: the version it names is not loaded.
+    /// What an enabled flow waits for: the version it names is not loaded
+    /// (or still compiling), or needs more initial memory than the flow's
+    /// `max_memory_mib`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
 }

@@ -19,7 +19,8 @@ pub struct PluginRejection {
 pub struct Plugin {
     /// `owner/name/version`.
     pub algorithm: String,
-    /// `ok` or `rejected`.
+    /// `compiling` while new content loads (flows that need it wait), else
+    /// `rejected` if the latest content was, else `ok`.
     pub status: String,
     /// SHA-256 of the serving component.
     pub hash: Option<String>,
@@ -31,6 +32,13 @@ pub struct Plugin {
     pub rejected: Option<PluginRejection>,
     /// Flows that currently resolve to this version.
     pub flows: Vec<String>,
+    /// The serving component's largest initial linear memory, in MiB
+    /// (rounded up): the least `max_memory_mib` that lets it start.
+    pub initial_memory_mib: Option<u64>,
+    /// Flows among `flows` whose memory limit is below that, one sentence
+    /// each (`... needs 13 MiB initial memory, flow "x" allows 8 MiB ...`):
+    /// they do not invoke this version and their messages wait.
+    pub memory_shortfalls: Vec<String>,
 }
 
 /// `GET /v1/plugins`.

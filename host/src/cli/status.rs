@@ -8,7 +8,7 @@ use crate::api;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum PluginsCommand {
-    /// Lists owner/name/version, hash, load time, status and the flows using each.
+    /// Lists owner/name/version, status, hash, load time, initial memory and the flows using each.
     List,
 }
 
@@ -41,8 +41,8 @@ fn print_plugins(plugins: &[api::Plugin]) {
         return;
     }
     println!(
-        "{:<40} {:<9} {:<14} {:<25} FLOWS",
-        "ALGORITHM", "STATUS", "HASH", "LOADED"
+        "{:<40} {:<9} {:<14} {:<25} {:<8} FLOWS",
+        "ALGORITHM", "STATUS", "HASH", "LOADED", "MEMORY"
     );
     for p in plugins {
         let hash = p
@@ -50,16 +50,23 @@ fn print_plugins(plugins: &[api::Plugin]) {
             .as_deref()
             .map(|h| &h[..12.min(h.len())])
             .unwrap_or("-");
+        let memory = p
+            .initial_memory_mib
+            .map_or("-".to_string(), |m| format!("{m} MiB"));
         println!(
-            "{:<40} {:<9} {:<14} {:<25} {}",
+            "{:<40} {:<9} {:<14} {:<25} {:<8} {}",
             p.algorithm,
             p.status,
             hash,
             p.loaded_at.as_deref().unwrap_or("-"),
+            memory,
             output::list(&p.flows)
         );
         if let Some(rejected) = &p.rejected {
             println!("    rejected: {}", rejected.reason);
+        }
+        for shortfall in &p.memory_shortfalls {
+            println!("    not run: {shortfall}");
         }
     }
 }

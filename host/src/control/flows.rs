@@ -123,19 +123,30 @@ impl ControlPlane {
         }
     }
 
-    /// What an enabled flow waits for: the version it names is not loaded.
+    /// What an enabled flow waits for: the version it names is not loaded
+    /// (or still compiling), or needs more memory to start than the flow
+    /// allows.
     fn waiting_for(&self, f: &FlowSpec) -> Option<String> {
-        if f.enabled {
-            self.missing_version(&f.algorithm)
-        } else {
-            None
+        if !f.enabled {
+            return None;
+        }
+        match self.router.services().registry.resolve(&f.algorithm) {
+            Some(a) => self.router.topology().memory_shortfall(f, &a),
+            None => self.missing_version(&f.algorithm),
         }
     }
 
     /// Why `algorithm` does not resolve to a loaded version, if it does not.
     fn missing_version(&self, algorithm: &AlgorithmRef) -> Option<String> {
-        if self.router.services().registry.resolve(algorithm).is_some() {
+        let registry = &self.router.services().registry;
+        if registry.resolve(algorithm).is_some() {
             return None;
+        }
+        if registry.compiling_matches(algorithm) {
+            return Some(match &algorithm.version {
+                Some(v) => format!("version {v} of {} is compiling", algorithm.unversioned()),
+                None => format!("a version of {} is compiling", algorithm.unversioned()),
+            });
         }
         Some(match &algorithm.version {
             Some(v) => format!("version {v} of {} is not loaded", algorithm.unversioned()),

@@ -8,6 +8,21 @@ impl ControlPlane {
     /// The loaded algorithm versions the caller may see, each with the
     /// enabled flows that run it.
     pub fn plugins(&self, role: &Role) -> Vec<api::Plugin> {
+        let (config, topology) = (self.router.config(), self.router.topology());
+        let registry = &self.router.services().registry;
+        let shortfalls = |algorithm: &str, flows: &[String]| -> Vec<String> {
+            config
+                .flows
+                .iter()
+                .filter(|f| flows.contains(&f.name))
+                .filter_map(|f| {
+                    let a = registry.resolve(&f.algorithm)?;
+                    (a.id.to_string() == algorithm)
+                        .then(|| topology.memory_shortfall(f, &a))
+                        .flatten()
+                })
+                .collect()
+        };
         let flows: Vec<_> = self
             .flows(role)
             .into_iter()
@@ -24,6 +39,7 @@ impl ControlPlane {
                 role.may(Action::SeePlugins(owner))
             })
             .map(|p| api::Plugin {
+                memory_shortfalls: shortfalls(&p.algorithm, &p.flows),
                 algorithm: p.algorithm,
                 status: p.status.to_string(),
                 hash: p.hash,
@@ -34,6 +50,7 @@ impl ControlPlane {
                     hash: r.hash,
                     at: crate::util::format_time(r.at),
                 }),
+                initial_memory_mib: p.initial_memory_bytes.map(|b| b.div_ceil(1 << 20)),
                 flows: p.flows,
             })
             .collect()

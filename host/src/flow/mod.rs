@@ -23,6 +23,7 @@ pub mod retry;
 mod status;
 pub mod throttle;
 pub mod topology;
+mod waiting;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -366,14 +367,14 @@ impl ReceiveLoop<'_> {
     /// Runs until `shutdown` fires and returns the messages still in flight.
     async fn run(mut self) -> JoinSet<()> {
         let mut plugin_changes = self.worker.services.registry.subscribe();
-        let mut waiting_logged = false;
+        let mut waiting = None;
         let (spec, flow) = (&self.worker.spec, &self.worker.flow);
         tracing::info!(flow = %flow, topic = %spec.topic, algorithm = %spec.algorithm, "Flow started.");
         self.worker.status.set_state(FlowState::Running);
         while !self.shutdown.is_cancelled() {
             while self.tasks.try_join_next().is_some() {}
             match self
-                .wait_for_algorithm(&mut plugin_changes, &mut waiting_logged)
+                .wait_for_algorithm(&mut plugin_changes, &mut waiting)
                 .await
             {
                 Next::Proceed => {}
@@ -399,43 +400,6 @@ impl ReceiveLoop<'_> {
             self.dispatch(batch, first_slot).await;
         }
         self.tasks
-    }
-
-    /// While no loaded version of the algorithm matches, the flow waits
-    /// (logged once) and its messages stay in the broker.
-    async fn wait_for_algorithm(
-        &mut self,
-        plugin_changes: &mut tokio::sync::watch::Receiver<u64>,
-        waiting_logged: &mut bool,
-    ) -> Next {
-        let (spec, flow, status) = (&self.worker.spec, &self.worker.flow, &self.worker.status);
-        if self
-            .worker
-            .services
-            .registry
-            .resolve(&spec.algorithm)
-            .is_none()
-        {
-            if !*waiting_logged {
-                tracing::warn!(
-                    flow = %flow,
-                    algorithm = %spec.algorithm,
-                    "No loaded version of the algorithm matches; the flow waits and its messages stay in the broker."
-                );
-                *waiting_logged = true;
-            }
-            status.set_state(FlowState::WaitingForPlugin);
-            return tokio::select! {
-                _ = self.shutdown.cancelled() => Next::Stop,
-                _ = plugin_changes.changed() => Next::Again,
-            };
-        }
-        if *waiting_logged {
-            tracing::info!(flow = %flow, algorithm = %spec.algorithm, "Algorithm available again; the flow resumes.");
-            *waiting_logged = false;
-            status.set_state(FlowState::Running);
-        }
-        Next::Proceed
     }
 
     /// A receive succeeded: after failures, the flow runs again.
@@ -467,12 +431,13 @@ impl ReceiveLoop<'_> {
     }
 
     /// Hands each message of `batch` to a worker task holding a slot, or
-    /// releases them all when the algorithm went away during `receive`.
+    /// releases them all when the algorithm went away (or stopped fitting
+    /// the flow's limits) during `receive`.
     async fn dispatch(&mut self, batch: Vec<Delivery>, first_slot: OwnedSemaphorePermit) {
-        let (spec, flow) = (&self.worker.spec, &self.worker.flow);
+        let flow = &self.worker.flow;
         // Resolve again: a version published while `receive` waited must
         // handle what it returned.
-        let Some(algorithm) = self.worker.services.registry.resolve(&spec.algorithm) else {
+        let Ok(algorithm) = self.usable_algorithm() else {
             for mut delivery in batch {
                 if let Err(e) = delivery.settle.retry(Duration::ZERO).await {
                     tracing::warn!(flow = %flow, error = %format!("{e:#}"), "Could not release a message.");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::{AlgorithmLimits, AlgorithmRef, FlowSpec, Limits, TopicSpec, find_topic};
 use crate::connector::{BrokerSpec, Connection, PublishError};
 use crate::message::OutboundMessage;
-use crate::sandbox::{AlgorithmId, PublishRefusal, TopicResolver};
+use crate::sandbox::{Algorithm, AlgorithmId, PublishRefusal, TopicResolver};
 
 /// A broker connection and its configuration.
 #[derive(Clone)]
@@ -101,6 +101,22 @@ impl Topology {
                 flow.limits.clone(),
             ),
         }
+    }
+}
+
+impl Topology {
+    /// Why `flow` cannot run `algorithm`: its initial memory is larger than
+    /// the flow's `max_memory_mib` (with the version's overrides), so every
+    /// instance would fail before running. Such a flow does not invoke it:
+    /// its messages wait in the broker until the limit or the version
+    /// changes. `None` when it fits.
+    pub fn memory_shortfall(&self, flow: &FlowSpec, algorithm: &Algorithm) -> Option<String> {
+        let (_, limits) = self.limits_for(flow, &algorithm.id);
+        let needs = algorithm.memory_shortfall(limits.max_memory_mib)?;
+        Some(format!(
+            "{needs}, flow {:?} allows {} MiB (raise max_memory_mib in its [flows.limits] or in [[algorithm_limits]])",
+            flow.name, limits.max_memory_mib
+        ))
     }
 }
 

@@ -50,8 +50,10 @@ pub struct Router {
 }
 
 impl Router {
-    /// Starts the router: opens state, loads plugins, connects the brokers
-    /// and starts the enabled flows. Errors are setup errors.
+    /// Starts the router: opens state, starts loading the plugins, connects
+    /// the brokers and starts the enabled flows. Errors are setup errors.
+    /// It does not wait for plugins to compile: a flow whose algorithm is
+    /// still compiling waits (`waiting_for_plugin`) and starts when it loads.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
         let dirs = &config.router;
         let damaged = if dirs.move_damaged_aside {
@@ -107,8 +109,7 @@ impl Router {
             plugins_dir: dirs.plugins_dir.clone(),
             background: CancellationToken::new(),
         });
-        router.load_plugins().await;
-        router.evict_compiled().await;
+        router.spawn_plugin_loads(&config);
         router.spawn_cache_eviction();
         let config = router.seed(config).await?;
         router.apply(config).await?;
@@ -187,14 +188,52 @@ impl Router {
         &self.plugins_dir
     }
 
-    async fn load_plugins(&self) {
-        for (id, path) in registry::scan(&self.plugins_dir) {
-            self.load_plugin(id, path).await;
+    /// Loads every version in the plugin directory in the background, those
+    /// that enabled flows name queued first; each is marked compiling from
+    /// now on. Once all are done, trims the compiled-code cache.
+    fn spawn_plugin_loads(self: &Arc<Self>, config: &Config) {
+        let mut found = registry::scan(&self.plugins_dir);
+        let wanted = |id: &crate::sandbox::AlgorithmId| {
+            config
+                .flows
+                .iter()
+                .any(|f| f.enabled && f.algorithm.owner == id.owner && f.algorithm.name == id.name)
+        };
+        // Stable: within each group, the scan's order.
+        found.sort_by_key(|(id, _)| !wanted(id));
+        if !found.is_empty() {
+            tracing::info!(
+                versions = found.len(),
+                "Loading the plugin directory in the background; flows start as their algorithms load."
+            );
         }
+        let mut loads = tokio::task::JoinSet::new();
+        for (id, path) in found {
+            let guard = self.services.registry.compiling(&id);
+            let router = self.clone();
+            loads.spawn(async move {
+                router.load_plugin(id, path).await;
+                drop(guard);
+            });
+        }
+        let (router, token) = (self.clone(), self.background.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => loads.abort_all(),
+                _ = async { while loads.join_next().await.is_some() {} } => {
+                    // Otherwise the end of that load trims it.
+                    if !router.services.registry.any_compiling() {
+                        router.evict_compiled().await;
+                    }
+                }
+            }
+        });
     }
 
-    /// Loads (or reloads) one plugin file, logging and counting the outcome.
+    /// Loads (or reloads) one plugin file, logging and counting the outcome;
+    /// the version shows as compiling until it is logged.
     pub async fn load_plugin(&self, id: crate::sandbox::AlgorithmId, path: PathBuf) {
+        let _compiling = self.services.registry.compiling(&id);
         let labels = AlgorithmLabels {
             algorithm: id.to_string(),
         };
@@ -219,6 +258,7 @@ impl Router {
                     path = %path.display(),
                     "Algorithm loaded."
                 );
+                self.log_memory_shortfalls(&algorithm);
             }
             Err(rejection) => {
                 self.services
@@ -238,6 +278,30 @@ impl Router {
                     path = %path.display(),
                     error = %rejection.reason,
                     "Plugin file rejected{keeps}."
+                );
+            }
+        }
+    }
+
+    /// Logs every enabled flow that runs `algorithm` under a memory limit
+    /// below its initial memory: such a flow waits instead of invoking it.
+    fn log_memory_shortfalls(&self, algorithm: &crate::sandbox::Algorithm) {
+        let (config, topology) = (self.config(), self.topology());
+        for flow in config.flows.iter().filter(|f| f.enabled) {
+            let runs_it = self
+                .services
+                .registry
+                .resolve(&flow.algorithm)
+                .is_some_and(|a| a.id == algorithm.id);
+            if let Some(why) = runs_it
+                .then(|| topology.memory_shortfall(flow, algorithm))
+                .flatten()
+            {
+                tracing::error!(
+                    flow = %flow.name,
+                    algorithm = %algorithm.id,
+                    error = %why,
+                    "The flow's memory limit is below what the algorithm needs to start; the flow does not invoke it and its messages wait in the broker."
                 );
             }
         }
@@ -270,7 +334,9 @@ impl Router {
     }
 
     /// Trims the cache again whenever versions are added, replaced or
-    /// removed (a burst of changes trims once).
+    /// removed (a burst of changes trims once), but not while any version
+    /// is compiling or waits to: the entry it is about to read must stay (the
+    /// end of the last load is a change too).
     fn spawn_cache_eviction(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let token = self.background.clone();
@@ -288,7 +354,9 @@ impl Router {
                 }
                 changes.mark_unchanged();
                 let Some(router) = weak.upgrade() else { return };
-                router.evict_compiled().await;
+                if !router.services.registry.any_compiling() {
+                    router.evict_compiled().await;
+                }
             }
         });
     }

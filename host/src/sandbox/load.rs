@@ -35,6 +35,7 @@ impl Sandbox {
             size: bytes.len() as u64,
             loaded_at: SystemTime::now(),
             from_cache,
+            initial_memory_bytes: initial_memory_bytes(&component),
             code: Code::Wasm(pre),
         })
     }
@@ -143,6 +144,18 @@ impl Sandbox {
         outcome.kept_bytes = total;
         Ok(outcome)
     }
+}
+
+/// The initial size of the largest linear memory the component's core
+/// modules define, in bytes: what an instance needs before it runs a line
+/// (tens of MiB for an interpreter with its heap snapshot). The memory limit
+/// applies to each memory, so the largest one is what must fit. `None` when
+/// the component instantiates modules it imports (then it cannot be known
+/// without instantiating it).
+fn initial_memory_bytes(component: &Component) -> Option<u64> {
+    const WASM_PAGE: u64 = 64 << 10;
+    let resources = component.resources_required()?;
+    Some(resources.max_initial_memory_size.unwrap_or(0) * WASM_PAGE)
 }
 
 /// A component's preamble: magic, then version 0x0d and layer 1.

@@ -69,6 +69,10 @@ pub struct Algorithm {
     pub loaded_at: SystemTime,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
+    /// The largest linear memory's initial size, in bytes: an invocation
+    /// whose `max_memory_mib` is below it could never start (see
+    /// [`Algorithm::memory_shortfall`]). `None` if it cannot be known.
+    pub initial_memory_bytes: Option<u64>,
     code: Code,
 }
 
@@ -92,8 +96,23 @@ impl Algorithm {
             size: 0,
             loaded_at: SystemTime::now(),
             from_cache: false,
+            initial_memory_bytes: None,
             code: Code::Native(f),
         }
+    }
+
+    /// Why this version cannot run under a memory limit of `max_memory_mib`:
+    /// its initial memory alone is larger (`needs 13 MiB initial memory`),
+    /// so every instance would fail before running. `None` when it fits.
+    pub fn memory_shortfall(&self, max_memory_mib: u64) -> Option<String> {
+        let needs = self.initial_memory_bytes?;
+        (needs > max_memory_mib.saturating_mul(1 << 20)).then(|| {
+            format!(
+                "{} needs {} MiB initial memory",
+                self.id,
+                needs.div_ceil(1 << 20)
+            )
+        })
     }
 
     /// `owner/name@version#hash12`, the label used in logs and envelopes.
