@@ -29,7 +29,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     crate::state::secure_dir(&state_dir)?;
     let watcher = crate::watcher::spawn(router.clone());
     let flows = router.flow_reports().len();
-    tracing::info!(admin = %format!("http://{addr}"), flows, "Eventflow is running.");
+    tracing::info!(
+        admin = %format!("http://{addr}"),
+        console = %format!("http://{addr}{}/", crate::admin::console::PATH),
+        flows,
+        "Eventflow is running."
+    );
     let signal_name = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",

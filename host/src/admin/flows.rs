@@ -23,9 +23,13 @@ pub(super) async fn algorithm_topics(
     UrlPath((owner, name)): UrlPath<(String, String)>,
 ) -> ApiResult<api::AlgorithmTopics> {
     let topics = state.control.algorithm_topics(&caller.0, &owner, &name)?;
+    let may_publish = state
+        .control
+        .algorithm_publishes(&caller.0, &owner, &name)?;
     Ok(Json(api::AlgorithmTopics {
         algorithm: format!("{owner}/{name}"),
         topics,
+        may_publish,
     }))
 }
 

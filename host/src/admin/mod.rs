@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod brokers;
+pub mod console;
 mod dead_letters;
 mod flows;
 mod health;
@@ -194,6 +195,7 @@ pub async fn serve(
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(console::routes())
         .fallback(not_found)
         .with_state(state);
     let tmp = addr_file.with_extension("tmp");

@@ -66,6 +66,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(flows::list_plugins))
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::delete_token))
+        .routes(routes!(tokens::whoami))
 }
 
 /// The document, as served.
@@ -108,6 +109,7 @@ mod tests {
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens"),
         ("delete", "/v1/tokens/{id}"),
+        ("get", "/v1/whoami"),
     ];
 
     fn operations(spec: &Value) -> Vec<(String, String)> {

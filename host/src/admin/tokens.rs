@@ -63,3 +63,10 @@ pub(super) async fn delete_token(
     state.control.delete_token(&caller.0, &id).await?;
     Ok(Json(Deleted { deleted: id }))
 }
+
+#[utoipa::path(get, path = "/v1/whoami", tag = "tokens",
+    summary = "Who the token belongs to and what it may manage",
+    responses((status = 200, body = api::Identity), (status = 401, body = ErrorBody)))]
+pub(super) async fn whoami(State(state): State<AppState>, caller: Caller) -> Json<api::Identity> {
+    Json(state.control.whoami(&caller.0))
+}

@@ -233,4 +233,17 @@ pub struct AlgorithmTopics {
     pub algorithm: String,
     /// The topics it may consume.
     pub topics: Vec<AlgorithmTopic>,
+    /// The topics it may publish to: the choices for a flow's output or
+    /// dead-letter topic.
+    #[serde(default)]
+    pub may_publish: Vec<TopicRef>,
+}
+
+/// A topic, by broker connection and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TopicRef {
+    /// The broker connection.
+    pub broker: String,
+    /// The topic.
+    pub topic: String,
 }

@@ -25,14 +25,14 @@ pub use dead_letters::{
 };
 pub use flows::{
     AlgorithmTopic, AlgorithmTopics, EditFlow, EnableFlow, Flow, FlowChanged, FlowDetail,
-    FlowEntry, FlowList,
+    FlowEntry, FlowList, TopicRef,
 };
 pub use messages::{MessageBody, Peeked, PeekedMessage, Published, SendMessages};
 pub use plugins::{Plugin, PluginList, PluginRejection};
 pub use secrets::{SecretNames, SecretSet, SecretValue};
 pub use state::{Applied, StateView};
 pub use status::{FlowReport, FlowState};
-pub use tokens::{NewToken, Token, TokenCreated, TokenList};
+pub use tokens::{Identity, NewToken, Token, TokenCreated, TokenKind, TokenList};
 pub use topics::{DeclareTopic, Grant, Topic, TopicEntry, TopicListing};
 
 use serde::{Deserialize, Serialize};

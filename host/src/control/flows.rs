@@ -70,6 +70,27 @@ impl ControlPlane {
             .collect())
     }
 
+    /// The topics an algorithm may publish to (its output and dead-letter
+    /// topic choices), in declaration order.
+    pub fn algorithm_publishes(
+        &self,
+        role: &Role,
+        owner: &str,
+        name: &str,
+    ) -> Result<Vec<api::TopicRef>, ControlError> {
+        role.authorize(Action::AlgorithmTopics(owner))?;
+        Ok(self
+            .declarations()
+            .topics
+            .iter()
+            .filter(|t| t.may_publish(owner, name))
+            .map(|t| api::TopicRef {
+                broker: t.broker.clone(),
+                topic: t.name.clone(),
+            })
+            .collect())
+    }
+
     /// Flows the caller may see.
     pub fn flows(&self, role: &Role) -> Vec<FlowSpec> {
         self.declarations()
