@@ -4,8 +4,8 @@
 //! builds them). Each component is 10-20 MB and takes a minute to compile in a
 //! debug build (the harness keeps the compiled code across runs), so: one
 //! router per test, and one Python component that does what its input says
-//! (plugins/py_behaviours). The publisher examples (publish_py, publish_js)
-//! are not run here: two more compiles per cold run.
+//! (plugins/py_behaviours, and plugins/js_behaviours beside the publisher
+//! examples in a third router).
 
 mod support;
 
@@ -216,4 +216,157 @@ jitter = false
     assert_eq!(reason, "guest_reject");
     assert!(detail.contains("AccessDenied"), "{detail}");
     assert!(router.data_file("ezra/TestingEventFlow/evil.txt").is_none());
+}
+
+#[test]
+fn the_publisher_examples_forward_and_javascript_retries_and_reads_its_secrets() {
+    let router = Router::start_with(
+        r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[brokers]]
+name = "outbound"
+kind = "embedded"
+
+[[topics]]
+name = "in-py"
+broker = "local"
+consumers = ["ezra/publish_py"]
+
+[[topics]]
+name = "in-js"
+broker = "local"
+consumers = ["ezra/publish_js"]
+
+[[topics]]
+name = "in-behave"
+broker = "local"
+consumers = ["test/js_behaviours"]
+
+[[topics]]
+name = "out"
+broker = "local"
+publishers = ["test/js_behaviours"]
+
+[[topics]]
+name = "dlq"
+broker = "local"
+
+[[topics]]
+name = "forwarded"
+broker = "outbound"
+publishers = ["ezra/publish_py", "ezra/publish_js"]
+
+[[flows]]
+name = "py"
+broker = "local"
+topic = "in-py"
+algorithm = "ezra/publish_py/0.1.0"
+dead_letter_topic = "dlq"
+
+[[flows]]
+name = "js"
+broker = "local"
+topic = "in-js"
+algorithm = "ezra/publish_js/0.1.0"
+dead_letter_topic = "dlq"
+
+[[flows]]
+name = "behave"
+broker = "local"
+topic = "in-behave"
+algorithm = "test/js_behaviours/0.1.0"
+output_topic = "out"
+dead_letter_topic = "dlq"
+max_receives = 3
+
+[flows.retry]
+backoff = "fixed"
+base_ms = 100
+jitter = false
+"#,
+        Plugins::Guest(&[
+            ("ezra", "publish_py"),
+            ("ezra", "publish_js"),
+            ("test", "js_behaviours"),
+        ]),
+    );
+    let (status, body) = router.http(
+        "PUT",
+        "/v1/algorithms/test/js_behaviours/secrets/API_KEY",
+        Some(json!({"value": "k-77"})),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // The publishers: payload and headers forwarded to the other connection.
+    for (topic, n) in [("in-py", 1), ("in-js", 2)] {
+        let (status, body) = router.http(
+            "POST",
+            "/v1/messages",
+            Some(json!({
+                "topic": topic,
+                "broker": "local",
+                "payload": format!("{{\"n\": {n}}}"),
+                "headers": [["trace-me", format!("t{n}")]],
+            })),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let forwarded = wait_for("both forwarded", Duration::from_secs(120), || {
+        let all = router.peek("outbound", "forwarded");
+        (all.len() >= 2).then_some(all)
+    });
+    assert_eq!(forwarded.len(), 2, "{forwarded:?}");
+    for (n, from) in [(1, "in-py"), (2, "in-js")] {
+        let m = forwarded
+            .iter()
+            .find(|m| m["payload"] == format!("{{\"n\": {n}}}"))
+            .unwrap_or_else(|| panic!("message {n} was not forwarded: {forwarded:?}"));
+        let headers = m["headers"].as_array().unwrap();
+        assert!(
+            headers.contains(&json!(["trace-me", format!("t{n}")])),
+            "{m}"
+        );
+        assert!(headers.contains(&json!(["forwarded-from", from])), "{m}");
+    }
+
+    // JavaScript: a retry waits for the delay it asks; env() has the secret
+    // and nothing else; an uncaught error dead-letters with its stack.
+    let sent = Instant::now();
+    router.publish(
+        "in-behave",
+        &[
+            json!({"do": "retry", "delay_ms": 2000}),
+            json!({"do": "env"}),
+            json!({"do": "typeerror"}),
+        ]
+        .map(|v| v.to_string()),
+    );
+    let retried = wait_for("the retried output", Duration::from_secs(120), || {
+        outputs(&router)
+            .into_iter()
+            .find(|o| o.get("attempt").is_some())
+    });
+    assert_eq!(retried["attempt"], 2, "{retried}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(2000),
+        "{:?}",
+        sent.elapsed()
+    );
+    let env = wait_for("the environment", Duration::from_secs(60), || {
+        outputs(&router)
+            .into_iter()
+            .find(|o| o.get("API_KEY").is_some())
+    });
+    assert_eq!(env, json!({"API_KEY": "k-77"}));
+    let letter = wait_for(
+        "the TypeError's dead letter",
+        Duration::from_secs(60),
+        || router.dead_letters("behave").into_iter().next(),
+    );
+    assert_eq!(letter["last_failure"]["reason"], "guest_reject", "{letter}");
+    let detail = letter["last_failure"]["detail"].as_str().unwrap();
+    assert!(detail.starts_with("uncaught TypeError"), "{detail}");
 }
