@@ -2,14 +2,11 @@
 //! fresh instance (issue 16, item 5). Each row turns one more setting from
 //! wasmtime's default to the router's, so the last row is the router.
 
-use std::sync::Arc;
-
 use eventflow::config::SandboxConfig;
-use eventflow::data::Collections;
-use eventflow::sandbox::{EngineTuning, Sandbox};
+use eventflow::sandbox::EngineTuning;
 use serde::Serialize;
 
-use crate::sandbox::{fresh_ns, load, message};
+use crate::sandbox::{fresh_ns, load, message, sandbox_tuned};
 
 /// One row: the settings and the fresh-instance cost with them.
 #[derive(Debug, Serialize)]
@@ -55,9 +52,7 @@ pub async fn settings(o: &crate::Options) -> anyhow::Result<Vec<SettingRow>> {
     let m = message(vec![b'x'; 1024]);
     let mut rows = Vec::new();
     for (setting, tuning) in variants() {
-        let dir = tempfile::tempdir()?;
-        let data = Arc::new(Collections::open(dir.path())?);
-        let sb = Sandbox::with_tuning(&SandboxConfig::default(), None, data, tuning)?;
+        let (sb, _dir) = sandbox_tuned(SandboxConfig::default(), tuning)?;
         let echo = load(&sb, &o.plugins, "examples", "echo")?;
         let fresh_ns = fresh_ns(&sb, &echo, &m, 100, n).await?;
         eprintln!("  {setting}: fresh {fresh_ns:.0} ns");

@@ -7,14 +7,22 @@ use std::time::{Duration, Instant};
 use eventflow::config::{Limits, SandboxConfig};
 use eventflow::data::Collections;
 use eventflow::message::InboundMessage;
-use eventflow::sandbox::{Algorithm, AlgorithmId, Invocation, NoTopics, Sandbox};
+use eventflow::sandbox::{Algorithm, AlgorithmId, EngineTuning, Invocation, NoTopics, Sandbox};
 use serde::Serialize;
 
 /// A sandbox with `settings`, its data in a temporary directory.
 pub fn sandbox(settings: SandboxConfig) -> anyhow::Result<(Sandbox, tempfile::TempDir)> {
+    sandbox_tuned(settings, EngineTuning::default())
+}
+
+/// [`sandbox`] with other engine settings than the router's.
+pub fn sandbox_tuned(
+    settings: SandboxConfig,
+    tuning: EngineTuning,
+) -> anyhow::Result<(Sandbox, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let data = Arc::new(Collections::open(dir.path())?);
-    Ok((Sandbox::new(&settings, None, data)?, dir))
+    Ok((Sandbox::with_tuning(&settings, None, data, tuning)?, dir))
 }
 
 /// Loads `<plugins>/<owner>/<name>/0.1.0.wasm`.
