@@ -83,8 +83,7 @@ jitter = false
 }
 
 fn url(router: &Router, path: &str) -> String {
-    let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
-    format!("http://{}{path}", addr.trim())
+    format!("{}{path}", router.admin_url())
 }
 
 fn owner_token(router: &Router, owner: &str) -> String {
@@ -124,12 +123,7 @@ fn payloads(body: &Value) -> Vec<String> {
 }
 
 fn send(router: &Router, topic: &str, payload: &str) {
-    let (status, body) = router.http(
-        "POST",
-        "/v1/messages",
-        Some(json!({ "topic": topic, "payload": payload })),
-    );
-    assert_eq!(status, 200, "{body}");
+    router.publish(topic, &[payload.to_string()]);
 }
 
 fn wait_topic_len(router: &Router, topic: &str, n: usize) {
@@ -351,10 +345,7 @@ fn algorithms_cannot_forge_dead_letters() {
 fn a_ten_mib_reject_reason_is_capped_and_dead_lettered_once() {
     let router = Router::start(&single_flow("mallory/forger", ""));
     send(&router, "in", "REJECT 10485760");
-    let letters = wait_for("the dead letter", Duration::from_secs(60), || {
-        let l = router.dead_letters("subject");
-        (!l.is_empty()).then_some(l)
-    });
+    let letters = router.wait_dead_letters("subject", 1, Duration::from_secs(60));
     let detail = letters[0]["last_failure"]["detail"].as_str().unwrap();
     assert!(detail.len() <= 4096, "{} bytes", detail.len());
     assert!(

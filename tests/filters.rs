@@ -43,15 +43,6 @@ fn message(payload: &str, source: Option<&str>) -> Value {
     }
 }
 
-fn publish(router: &Router, messages: Vec<Value>) {
-    let (status, body) = router.http(
-        "POST",
-        "/v1/messages",
-        Some(json!({ "topic": "incoming", "messages": messages })),
-    );
-    assert_eq!(status, 200, "{body}");
-}
-
 /// The payloads on `out`, sorted.
 fn outputs(router: &Router) -> Vec<String> {
     let mut out: Vec<String> = router
@@ -83,7 +74,7 @@ fn messages_that_do_not_match_are_acknowledged_and_counted_never_invoked() {
     ];
     let mut messages: Vec<Value> = not_matching.iter().map(|(p, s)| message(p, *s)).collect();
     messages.extend(matching.iter().map(|p| message(p, Some("shop-us"))));
-    publish(&router, messages);
+    router.send("incoming", messages);
 
     let total = (matching.len() + not_matching.len()) as u64;
     let flow = wait_for("every message settled", Duration::from_secs(60), || {
@@ -142,8 +133,8 @@ fn the_filter_is_set_and_removed_through_the_cli_and_the_api() {
         "--filter",
         r#"{"payload": {"kind": ["refund"]}}"#,
     ]);
-    publish(
-        &router,
+    router.send(
+        "incoming",
         vec![
             message(r#"{"kind": "order", "amount": 500}"#, Some("shop-eu")),
             message(r#"{"kind": "refund", "n": 1}"#, None),
@@ -182,7 +173,7 @@ fn the_filter_is_set_and_removed_through_the_cli_and_the_api() {
     let (status, body) = router.http("PATCH", "/v1/flows/orders", Some(json!({ "filter": null })));
     assert_eq!(status, 200, "{body}");
     assert!(body.get("filter").is_none(), "{body}");
-    publish(&router, vec![message("plain text", None)]);
+    router.send("incoming", vec![message("plain text", None)]);
     wait_for("the plain message echoed", Duration::from_secs(60), || {
         outputs(&router)
             .contains(&"plain text".to_string())

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Plugins, Router, variant, wait_for};
+use support::{Plugins, Router, header, install_in, one_flow, variant, wait_for};
 
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -19,14 +19,6 @@ fn sha256(bytes: &[u8]) -> String {
 
 fn echo() -> Vec<u8> {
     std::fs::read(support::plugin_file("examples", "echo")).unwrap()
-}
-
-/// Deploys by writing a temporary name and renaming it into place.
-fn deploy(dir: &Path, version: &str, bytes: &[u8]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!(".{version}.tmp"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(tmp, dir.join(format!("{version}.wasm"))).unwrap();
 }
 
 /// Deploys by overwriting in place in several slow writes, as a careless
@@ -40,35 +32,9 @@ fn deploy_in_pieces(dir: &Path, version: &str, bytes: &[u8]) {
     }
 }
 
+/// One flow `swap` of `algorithm` (`test/swap`, pinned or not).
 fn config(algorithm: &str) -> String {
-    format!(
-        r#"
-[[brokers]]
-name = "local"
-kind = "embedded"
-
-[[topics]]
-name = "in"
-consumers = ["test/swap"]
-
-[[topics]]
-name = "out"
-publishers = ["test/swap"]
-
-[[topics]]
-name = "dlq"
-publishers = ["test/swap"]
-
-[[flows]]
-name = "swap"
-topic = "in"
-algorithm = "{algorithm}"
-output_topic = "out"
-dead_letter_topic = "dlq"
-concurrency = 8
-max_receives = 3
-"#
-    )
+    one_flow("swap", algorithm, "concurrency = 8\nmax_receives = 3")
 }
 
 /// A router whose plugin directory holds `test/swap/0.1.0` = echo (tagged).
@@ -76,18 +42,10 @@ fn router_with_swap(algorithm: &str) -> (Router, std::path::PathBuf, Vec<u8>) {
     let router = Router::configure(&config(algorithm), Plugins::Copy(&[]));
     let dir = router.plugins_dir().join("test/swap");
     let first = variant(&echo(), "v0");
-    deploy(&dir, "0.1.0", &first);
+    install_in(&dir, "0.1.0", &first);
     let mut router = router;
     router.launch();
     (router, dir, first)
-}
-
-fn header<'a>(message: &'a Value, key: &str) -> Option<&'a str> {
-    message["headers"]
-        .as_array()?
-        .iter()
-        .find(|h| h[0] == key)
-        .and_then(|h| h[1].as_str())
 }
 
 fn hashes_of_outputs(router: &Router) -> BTreeMap<String, usize> {
@@ -130,7 +88,7 @@ fn swapping_twenty_times_under_load_loses_nothing_and_every_output_names_its_cod
             let next = variant(&echo(), &format!("v{swaps}"));
             deployed.insert(sha256(&next));
             if swaps % 2 == 0 {
-                deploy(&dir, "0.1.0", &next);
+                install_in(&dir, "0.1.0", &next);
             } else {
                 deploy_in_pieces(&dir, "0.1.0", &next);
             }
@@ -192,8 +150,8 @@ fn a_truncated_file_is_rejected_and_the_old_version_keeps_serving() {
 
     // A new version arrives truncated; then the current version is
     // overwritten with a truncated copy of itself.
-    deploy(&dir, "0.2.0", &good[..good.len() / 2]);
-    deploy(&dir, "0.1.0", &first[..first.len() / 3]);
+    install_in(&dir, "0.2.0", &good[..good.len() / 2]);
+    install_in(&dir, "0.1.0", &first[..first.len() / 3]);
     wait_for("both rejections", Duration::from_secs(30), || {
         let list = router.cli_ok(&["plugins", "list", "--json"]);
         let list: Value = serde_json::from_str(&list).unwrap();
@@ -221,7 +179,7 @@ fn a_truncated_file_is_rejected_and_the_old_version_keeps_serving() {
     );
 
     // Completing the copy brings the new version in.
-    deploy(&dir, "0.2.0", &good);
+    install_in(&dir, "0.2.0", &good);
     let good_hash = sha256(&good);
     wait_for("0.2.0 to load", Duration::from_secs(30), || {
         let list = router.cli_ok(&["plugins", "list", "--json"]);
@@ -265,7 +223,7 @@ fn deleting_pauses_a_pinned_flow_and_restoring_resumes_it() {
         "waiting messages are not failed"
     );
 
-    deploy(&dir, "0.1.0", &first);
+    install_in(&dir, "0.1.0", &first);
     wait_for("the waiting messages", Duration::from_secs(30), || {
         (router.peek("local", "out").len() == 21).then_some(())
     });
@@ -276,7 +234,7 @@ fn deleting_pauses_a_pinned_flow_and_restoring_resumes_it() {
 fn a_flow_following_the_latest_switches_up_and_falls_back() {
     let (router, dir, first) = router_with_swap("test/swap");
     let second = variant(&echo(), "second");
-    deploy(&dir, "0.2.0", &second);
+    install_in(&dir, "0.2.0", &second);
     let by_version = |payload: &str| {
         router.publish("in", &[payload.to_string()]);
         let m = wait_for("an output", Duration::from_secs(30), || {

@@ -66,12 +66,7 @@ fn one_key_is_handled_in_order_while_keys_overlap() {
             messages.push(json!({ "payload": payload.to_string(), "key": key }));
         }
     }
-    let (status, body) = router.http(
-        "POST",
-        "/v1/messages",
-        Some(json!({ "topic": "in", "messages": messages })),
-    );
-    assert_eq!(status, 200, "{body}");
+    router.send("in", messages);
     let total = KEYS.len() * ROUNDS;
     let outputs = wait_for("every output", Duration::from_secs(90), || {
         let out = router.peek("local", "out");

@@ -7,21 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Plugins, Router, wait_for};
-
-/// The entry of `algorithm` in `GET /v1/plugins`.
-fn plugin(router: &Router, algorithm: &str) -> Value {
-    let (status, body) = router.http("GET", "/v1/plugins", None);
-    assert_eq!(status, 200, "{body}");
-    body["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["algorithm"] == algorithm)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {algorithm} in {body}"))
-}
 
 const TIGHT: &str = r#"
 [[brokers]]
@@ -56,7 +43,7 @@ fn a_memory_limit_below_the_initial_memory_is_refused_at_load_and_messages_wait(
     // A Rust component starts with a 1 MiB stack plus its data, so more
     // than 1 MiB of memory: every instance would fail before running.
     let router = Router::start_with(TIGHT, Plugins::Copy(&[("examples", "echo")]));
-    let echo = plugin(&router, "examples/echo/0.1.0");
+    let echo = router.plugin("examples/echo/0.1.0");
     let needs = echo["initial_memory_mib"].as_u64().unwrap();
     assert!(needs >= 2, "{echo}");
     let sentence = format!(
@@ -108,7 +95,7 @@ fn a_memory_limit_below_the_initial_memory_is_refused_at_load_and_messages_wait(
     assert_eq!(out["payload"], "kept");
     assert!(router.dead_letters("tight").is_empty());
     assert!(
-        plugin(&router, "examples/echo/0.1.0")["memory_shortfalls"]
+        router.plugin("examples/echo/0.1.0")["memory_shortfalls"]
             .as_array()
             .unwrap()
             .is_empty()
@@ -148,34 +135,30 @@ algorithm = "ezra/store_file_py/0.1.0"
 "#,
         Plugins::Guest(&[("ezra", "store_file_py")]),
     );
-    let echo_dir = router.plugins_dir().join("examples/echo");
-    std::fs::create_dir_all(&echo_dir).unwrap();
-    std::fs::copy(
-        support::plugin_file("examples", "echo"),
-        echo_dir.join("0.1.0.wasm"),
-    )
-    .unwrap();
+    let echo = std::fs::read(support::plugin_file("examples", "echo")).unwrap();
+    router.install("examples/echo", "0.1.0", &echo);
     // No compiled code is shared with this router: the Python component
     // (18 MB) compiles from scratch, which takes a minute in a debug build,
     // the Rust one well under a second.
     router.launch_without_waiting();
     let python = "ezra/store_file_py/0.1.0";
-    assert_eq!(plugin(&router, python)["status"], "compiling");
+    assert_eq!(router.plugin(python)["status"], "compiling");
     router.publish("in", &["while python compiles".into()]);
     router.publish(
         "incoming-python",
         &[json!({"filename": "late.txt", "data": "after compiling"}).to_string()],
     );
 
-    // The Rust flow serves its message...
-    let out = wait_for("the Rust flow's output", Duration::from_secs(60), || {
-        router.peek("local", "out").into_iter().next()
+    // The Rust flow serves its message, and the Python flow, started beside
+    // it, waits (it says so at a moment of its own)...
+    let (out, flow) = wait_for("the Rust flow's output", Duration::from_secs(60), || {
+        let flow = router.flow("python");
+        let out = router.peek("local", "out").into_iter().next()?;
+        (flow["state"] == "waiting_for_plugin").then_some((out, flow))
     });
     assert_eq!(out["payload"], "while python compiles");
-    // ...while the Python version is still compiling and its flow waits.
-    assert_eq!(plugin(&router, python)["status"], "compiling");
-    let flow = router.flow("python");
-    assert_eq!(flow["state"], "waiting_for_plugin", "{flow}");
+    // ...while the Python version is still compiling.
+    assert_eq!(router.plugin(python)["status"], "compiling");
     assert_eq!(
         flow["waiting_for"], "version 0.1.0 of ezra/store_file_py is compiling",
         "{flow}"
@@ -192,7 +175,7 @@ algorithm = "ezra/store_file_py/0.1.0"
     wait_for(
         "the Python version to load",
         Duration::from_secs(600),
-        || (plugin(&router, python)["status"] == "ok").then_some(()),
+        || (router.plugin(python)["status"] == "ok").then_some(()),
     );
     let stored = wait_for("the stored file", Duration::from_secs(60), || {
         router.data_file("ezra/TestingEventFlow/late.txt")

@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Plugins, Router, wait_for};
+use support::{Plugins, Router, one_flow, wait_for};
 
 #[test]
 fn the_quickstart_demo_runs_through_python_and_javascript() {
@@ -108,35 +108,16 @@ fn dead_letter_detail(router: &Router, needle: &str) -> (String, String) {
 #[test]
 fn python_exceptions_secrets_and_data_access_map_to_the_contract() {
     let router = Router::start_with(
-        r#"
-[[brokers]]
-name = "local"
-kind = "embedded"
-
-[[topics]]
-name = "in"
-consumers = ["test/py_behaviours"]
-
-[[topics]]
-name = "out"
-publishers = ["test/py_behaviours"]
-
-[[topics]]
-name = "dlq"
-
-[[flows]]
-name = "py"
-topic = "in"
-algorithm = "test/py_behaviours/0.1.0"
-output_topic = "out"
-dead_letter_topic = "dlq"
-max_receives = 3
+        &one_flow(
+            "py",
+            "test/py_behaviours/0.1.0",
+            r#"max_receives = 3
 
 [flows.retry]
 backoff = "fixed"
 base_ms = 100
-jitter = false
-"#,
+jitter = false"#,
+        ),
         Plugins::Guest(&[("test", "py_behaviours")]),
     );
     let (status, body) = router.http(

@@ -56,13 +56,6 @@ output_topic = "out2"
     )
 }
 
-fn wait_dead_letters(router: &Router, n: usize, timeout: Duration) -> Vec<Value> {
-    wait_for(&format!("{n} dead letters"), timeout, || {
-        let letters = router.dead_letters("subject");
-        (letters.len() >= n).then_some(letters)
-    })
-}
-
 fn millis(rfc3339: &Value) -> u128 {
     let t = humantime::parse_rfc3339(rfc3339.as_str().unwrap()).unwrap();
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
@@ -96,7 +89,7 @@ fn an_infinite_loop_is_dead_lettered_as_timeout_within_a_second_of_the_timeout()
     );
     router.publish("in", &["spin".into(), "spin".into()]);
     bystander_flows(&router, 50);
-    let letters = wait_dead_letters(&router, 2, Duration::from_secs(30));
+    let letters = router.wait_dead_letters("subject", 2, Duration::from_secs(30));
     for l in &letters {
         assert_eq!(l["last_failure"]["reason"], "timeout", "{l}");
         let spent = millis(&l["dead_lettered_at"]) - millis(&l["enqueued_at"]);
@@ -116,7 +109,7 @@ fn a_memory_bomb_is_stopped_and_the_router_stays_small() {
     ));
     let payloads: Vec<String> = (0..20).map(|i| format!("bomb {i}")).collect();
     router.publish("in", &payloads);
-    let letters = wait_dead_letters(&router, 20, Duration::from_secs(60));
+    let letters = router.wait_dead_letters("subject", 20, Duration::from_secs(60));
     for l in &letters {
         assert_eq!(l["last_failure"]["reason"], "memory_limit", "{l}");
     }
@@ -133,7 +126,7 @@ fn a_memory_bomb_is_stopped_and_the_router_stays_small() {
 fn unbounded_recursion_is_a_stack_overflow_not_a_crash() {
     let mut router = Router::start(&config("test/deep_recursion", "max_receives = 1"));
     router.publish("in", &["down".into(), "down".into(), "down".into()]);
-    let letters = wait_dead_letters(&router, 3, Duration::from_secs(30));
+    let letters = router.wait_dead_letters("subject", 3, Duration::from_secs(30));
     for l in &letters {
         assert_eq!(l["last_failure"]["reason"], "stack_overflow", "{l}");
     }
@@ -148,7 +141,7 @@ fn a_huge_output_is_refused() {
         "max_receives = 1\n[flows.limits]\nmax_memory_mib = 512\nmax_output_bytes = 1048576",
     ));
     router.publish("in", &["big".into()]);
-    let letters = wait_dead_letters(&router, 1, Duration::from_secs(60));
+    let letters = router.wait_dead_letters("subject", 1, Duration::from_secs(60));
     assert_eq!(letters[0]["last_failure"]["reason"], "output_too_large");
     assert!(router.peek("local", "out").is_empty());
 }
@@ -157,7 +150,7 @@ fn a_huge_output_is_refused() {
 fn a_panic_is_a_trap_with_its_message() {
     let router = Router::start(&config("test/panic", "max_receives = 1"));
     router.publish("in", &["boom".into()]);
-    let letters = wait_dead_letters(&router, 1, Duration::from_secs(30));
+    let letters = router.wait_dead_letters("subject", 1, Duration::from_secs(30));
     let failure = &letters[0]["last_failure"];
     assert_eq!(failure["reason"], "trap");
     let detail = failure["detail"].as_str().unwrap();
@@ -181,9 +174,12 @@ fn fails_twice_then_succeeds_once_on_the_third_attempt() {
         "max_receives = 5\n[flows.retry]\nbackoff = \"fixed\"\nbase_ms = 100\njitter = false",
     ));
     router.publish("in", &[r#"{"fail_times": 2}"#.into()]);
+    // The success is counted after the output is published and the input
+    // acknowledged: wait for both.
     let out = wait_for("the output", Duration::from_secs(30), || {
         let o = router.peek("local", "out");
-        (!o.is_empty()).then_some(o)
+        let counted = router.flow("subject")["succeeded"].as_u64() >= Some(1);
+        (!o.is_empty() && counted).then_some(o)
     });
     // Give a duplicate the chance to show up before counting.
     std::thread::sleep(Duration::from_millis(500));
@@ -210,7 +206,7 @@ fn always_failing_is_dead_lettered_after_exactly_max_receives_across_a_restart()
     let status = router.stop();
     assert!(status.success());
     router.launch();
-    let letters = wait_dead_letters(&router, 1, Duration::from_secs(60));
+    let letters = router.wait_dead_letters("subject", 1, Duration::from_secs(60));
     let l = &letters[0];
     assert_eq!(l["attempts"], 4, "{l}");
     assert_eq!(l["first_failure"]["attempt"], 1, "{l}");
@@ -242,7 +238,7 @@ fn ten_thousand_poison_messages_among_ten_thousand_good_ones() {
         });
     }
     router.publish("in", &payloads);
-    let letters = wait_dead_letters(&router, 10_000, Duration::from_secs(600));
+    let letters = router.wait_dead_letters("subject", 10_000, Duration::from_secs(600));
     assert_eq!(letters.len(), 10_000);
     let outputs = wait_for("10,000 outputs", Duration::from_secs(120), || {
         let o = router.peek("local", "out");
@@ -279,7 +275,7 @@ fn dlq_replay_after_fixing_the_algorithm_processes_the_messages() {
     );
     let payloads: Vec<String> = (0..5).map(|i| format!("order {i}")).collect();
     router.publish("in", &payloads);
-    wait_dead_letters(&router, 5, Duration::from_secs(30));
+    router.wait_dead_letters("subject", 5, Duration::from_secs(30));
     let listed: Vec<Value> =
         serde_json::from_str(&router.cli_ok(&["dlq", "list", "subject", "--json"])).unwrap();
     assert_eq!(listed.len(), 5);
@@ -358,7 +354,7 @@ max_host_calls = 0
 "#
     ));
     router.publish("in", &["spin".into()]);
-    let letters = wait_dead_letters(&router, 1, Duration::from_secs(30));
+    let letters = router.wait_dead_letters("subject", 1, Duration::from_secs(30));
     assert_eq!(
         letters[0]["last_failure"]["reason"], "fuel_exhausted",
         "{}",

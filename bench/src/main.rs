@@ -34,6 +34,7 @@ mod data;
 mod disk;
 mod instantiation;
 mod languages;
+mod latency;
 mod pipeline;
 mod report;
 mod sandbox;
@@ -109,6 +110,14 @@ fn parse_args() -> anyhow::Result<Options> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `eventflow` binary does (host/src/main.rs): `RUST_BACKTRACE`
+    // asks for backtraces of panics, not of every error value, which would
+    // otherwise cost every fresh instance a backtrace when its store is
+    // dropped and make the router measured here slower than the one shipped.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet (the runtime starts below).
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let options = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,11 +154,17 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let best = report
         .b2
         .as_ref()
-        .map(|b| b.best_wasm_rate())
+        .map(|b| b.best_row().map_or(0.0, |r| r.wasm))
         .unwrap_or(1000.0);
     if options.wants("B4") {
-        eprintln!("bench: B4 latency (B2's best: {best:.0} msgs/s)");
-        let (rows, disk) = pipeline::b4(&options, best).await?;
+        let concurrency = report
+            .b2
+            .as_ref()
+            .and_then(|b| b.best_row())
+            .map_or(8, |r| r.concurrency);
+        eprintln!("bench: B4 latency (B2's best: {best:.0} msgs/s at concurrency {concurrency})");
+        let (rows, disk) = latency::b4(&options, best, concurrency).await?;
+        report.b4_concurrency = Some(concurrency);
         report.b4 = Some(rows);
         report.b4_disk = Some(disk);
     }

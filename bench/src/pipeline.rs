@@ -1,5 +1,5 @@
-//! Stages that run the router in-process on the embedded broker: B2, B4,
-//! B5 and B6's pipeline part.
+//! Stages that run the router in-process on the embedded broker: B2, B5
+//! and B6's pipeline part, and the test bed B4 shares.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use eventflow::flow::envelope::Envelope;
 use eventflow::message::{OutboundMessage, header};
 use eventflow::router::Router;
 use eventflow::sandbox::{Algorithm, AlgorithmId, NativeFn};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// An in-process router in a temporary directory.
@@ -40,6 +39,17 @@ pub async fn bed(plugins: Option<&Path>, body: &str) -> anyhow::Result<Bed> {
     );
     let config = config::parse("bench.toml", &text)?;
     let router = Router::start(config.clone()).await?;
+    // The router compiles the plugin directory in the background (each bed
+    // has a fresh compiled-code cache): measuring while it does would count
+    // the start-up, not the pipeline.
+    let started = Instant::now();
+    while router.services().registry.any_compiling() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the plugin directory did not load within 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(Bed {
         router,
         config,
@@ -226,7 +236,7 @@ pub fn messages(n: usize) -> Vec<OutboundMessage> {
         .collect()
 }
 
-fn pipeline_config(algorithm: &str, concurrency: u32, extra: &str) -> String {
+pub fn pipeline_config(algorithm: &str, concurrency: u32, extra: &str) -> String {
     format!(
         r#"
 [[brokers]]
@@ -305,9 +315,10 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    /// The best wasm rate, the basis of B4 and B5's loads.
-    pub fn best_wasm_rate(&self) -> f64 {
-        self.rows.iter().map(|r| r.wasm).fold(0.0, f64::max)
+    /// The row of the best wasm rate: its rate is the basis of B4 and B5's
+    /// loads, and B4 offers them at its concurrency.
+    pub fn best_row(&self) -> Option<&ThroughputRow> {
+        self.rows.iter().max_by(|a, b| a.wasm.total_cmp(&b.wasm))
     }
 }
 
@@ -431,9 +442,9 @@ pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
     })
 }
 
-const INTENDED: &str = "bench-intended-ns";
+pub const INTENDED: &str = "bench-intended-ns";
 
-fn unix_ns() -> u128 {
+pub fn unix_ns() -> u128 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -443,19 +454,26 @@ fn unix_ns() -> u128 {
 /// Publishes `rate` messages a second for `duration`, each stamped with the
 /// time it was meant to be sent, without waiting for earlier publishes (open
 /// loop). `body(i)` is the payload of message `i`, which is meant to be
-/// sent `i / rate` seconds after the start. Returns how many were sent and
-/// the start, in nanoseconds since the Unix epoch.
-async fn open_loop(
+/// sent `i / rate` seconds after the start. Returns how many were sent, the
+/// start in nanoseconds since the Unix epoch, and when each message's
+/// publish returned (durable), by message number.
+pub async fn open_loop(
     router: &Router,
     rate: f64,
     duration: Duration,
     body: fn(usize) -> Vec<u8>,
-) -> anyhow::Result<(usize, u128)> {
+) -> anyhow::Result<(usize, u128, Vec<u128>)> {
     let total = (rate * duration.as_secs_f64()) as usize;
     let topology = router.topology();
     let start = tokio::time::Instant::now();
     let start_ns = unix_ns();
+    let mut published = vec![0u128; total];
     let mut tasks = tokio::task::JoinSet::new();
+    let mut done = |r: Result<anyhow::Result<(usize, u128)>, tokio::task::JoinError>| {
+        let (i, at) = r??;
+        published[i] = at;
+        anyhow::Ok(())
+    };
     for i in 0..total {
         let offset = Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(start + offset).await;
@@ -471,119 +489,17 @@ async fn open_loop(
                         headers: vec![(INTENDED.into(), intended.to_string())],
                     }],
                 )
-                .await
+                .await?;
+            anyhow::Ok((i, unix_ns()))
         });
         while let Some(r) = tasks.try_join_next() {
-            r??;
+            done(r)?;
         }
     }
     while let Some(r) = tasks.join_next().await {
-        r??;
+        done(r)?;
     }
-    Ok((total, start_ns))
-}
-
-/// B4's numbers for one load level.
-#[derive(Debug, Serialize)]
-pub struct LatencyRow {
-    /// Fraction of B2's best rate.
-    pub load: f64,
-    /// Messages per second offered.
-    pub rate: f64,
-    /// Messages measured.
-    pub messages: u64,
-    /// Percentiles of intended-send-to-output latency, in microseconds.
-    pub p50_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
-    /// 99.9th percentile.
-    pub p999_us: u64,
-    /// The worst.
-    pub max_us: u64,
-}
-
-/// B4: open-loop latency at 10, 50 and 80 % of B2's best.
-/// Also returns the disk's `fdatasync` latency measured just before the
-/// loads (one 1 KiB message per sync), which B4's target is relative to.
-pub async fn b4(
-    o: &crate::Options,
-    best: f64,
-) -> anyhow::Result<(Vec<LatencyRow>, crate::disk::DiskProbe)> {
-    let duration = Duration::from_secs(o.pick(3, 10));
-    let disk = crate::disk::probe_async(1, 1024, Duration::from_secs(o.pick(2, 5))).await?;
-    eprintln!(
-        "  disk: fdatasync of 1 KiB p50 {} µs, p99 {} µs",
-        disk.sync_p50_us, disk.sync_p99_us
-    );
-    let mut rows = Vec::new();
-    for load in [0.1, 0.5, 0.8] {
-        let rate = (best * load).max(10.0);
-        let bed = bed(
-            Some(&o.plugins),
-            &pipeline_config("examples/echo/0.1.0", 8, ""),
-        )
-        .await?;
-        bed.enable().await?;
-        let mut consumer = bed.consumer("out").await?;
-        let duration = duration + Duration::from_secs(1);
-        let expected = (rate * duration.as_secs_f64()) as u64;
-        // Arrival times by message number; outputs carry no input headers,
-        // so the number at the start of the payload says which message it is.
-        let measure = tokio::spawn(async move {
-            let mut arrivals: Vec<(usize, u128)> = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while (arrivals.len() as u64) < expected && Instant::now() < deadline {
-                let batch = consumer.receive(64).await?;
-                let now = unix_ns();
-                for d in &batch {
-                    if let Some(i) =
-                        std::str::from_utf8(&d.message.payload[..8.min(d.message.payload.len())])
-                            .ok()
-                            .and_then(|v| v.parse::<usize>().ok())
-                    {
-                        arrivals.push((i, now));
-                    }
-                }
-                let acks = batch
-                    .into_iter()
-                    .map(|mut d| async move { d.settle.ack().await });
-                for r in futures::future::join_all(acks).await {
-                    r?;
-                }
-            }
-            anyhow::Ok(arrivals)
-        });
-        let (_, start_ns) = open_loop(&bed.router, rate, duration, kib).await?;
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        // The first second warms the pipeline up and is not counted.
-        let warm_up = rate as usize;
-        for (i, at) in measure.await?? {
-            if i < warm_up {
-                continue;
-            }
-            let intended = start_ns + (i as f64 / rate * 1e9) as u128;
-            h.record(((at.saturating_sub(intended)) / 1000).clamp(1, 60_000_000) as u64)?;
-        }
-        let row = LatencyRow {
-            load,
-            rate,
-            messages: h.len(),
-            p50_us: h.value_at_quantile(0.5),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            max_us: h.max(),
-        };
-        eprintln!(
-            "  {:.0}% ({rate:.0}/s): p50 {} µs, p99 {} µs, p99.9 {} µs",
-            load * 100.0,
-            row.p50_us,
-            row.p99_us,
-            row.p999_us
-        );
-        rows.push(row);
-        bed.router.shutdown().await;
-    }
-    Ok((rows, disk))
+    Ok((total, start_ns, published))
 }
 
 /// A component with a custom section `tag` appended: the same code,
@@ -759,7 +675,7 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
         tokio::spawn(async move {
             open_loop(&router, rate, Duration::from_secs(seconds), kib)
                 .await
-                .map(|(n, _)| n)
+                .map(|(n, _, _)| n)
         })
     };
     let mut compile_ms = Vec::new();
@@ -905,7 +821,7 @@ pub async fn b6(o: &crate::Options) -> anyhow::Result<FailurePath> {
     .await?;
     bed.enable().await?;
     let rate = (clean_rate * 0.5).max(10.0);
-    let (sent, _) = open_loop(
+    let (sent, _, _) = open_loop(
         &bed.router,
         rate,
         Duration::from_secs(o.pick(3, 10)),

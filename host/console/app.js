@@ -22,9 +22,11 @@ const PAGES = [
 const main = document.getElementById("main");
 let me = null;
 let leave = null;
+let visits = 0;
 
 function signIn(why) {
   me = null;
+  visits++;
   fill(document.getElementById("nav"));
   fill(document.getElementById("who"));
   document.getElementById("sign-out").hidden = true;
@@ -79,11 +81,17 @@ async function route() {
     if (a.id === `nav-${entry.id}`) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  fill(main, h("h1", {}, entry.title));
+  // Each visit renders into its own container: a page still loading when
+  // the user moves on fills a detached one, and is left at once.
+  const mine = ++visits;
+  const view = h("div", { class: "page" }, h("h1", {}, entry.title));
+  fill(main, view);
   try {
-    leave = (await entry.page.render(main, { me, args: rest.map(decodeURIComponent) })) ?? null;
+    const left = (await entry.page.render(view, { me, args: rest.map(decodeURIComponent) })) ?? null;
+    if (mine === visits) leave = left;
+    else if (left) left();
   } catch (e) {
-    notice(e.message, true);
+    if (mine === visits) notice(e.message, true);
   }
 }
 

@@ -51,6 +51,7 @@ function flowCard(f, hashes, letters) {
     chart(samples),
     h("p", {}, `Topic ${f.topic}, algorithm ${serving ? serving.version : f.algorithm}`),
     serving?.hash ? h("p", { class: "hash" }, `Component ${serving.hash.slice(0, 16)}…`) : null,
+    f.waiting_for ? h("p", { class: "waiting" }, `Waiting: ${f.waiting_for}`) : null,
     f.last_error ? h("p", { class: "error" }, `Last error ${f.last_error[0]}: ${f.last_error[1]}`) : null,
     h("button", { type: "button", onclick: () => showDeadLetters(letters, f.name) }, "Dead letters"));
 }

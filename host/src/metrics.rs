@@ -44,6 +44,94 @@ pub struct AlgorithmLabels {
     pub algorithm: String,
 }
 
+/// Labels of a canary's rollout decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// The flow.
+    pub flow: String,
+    /// The canary version.
+    pub version: String,
+    /// `rolled_back` or `promoted`.
+    pub decision: String,
+}
+
+/// Labels of a shadow version's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    /// The flow.
+    pub flow: String,
+    /// The shadow version.
+    pub version: String,
+}
+
+/// Labels of a shadow's runs: how each ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowRunLabels {
+    /// The flow.
+    pub flow: String,
+    /// The shadow version.
+    pub version: String,
+    /// `ok`, or the failure reason (`trap`, `timeout`, ...).
+    pub verdict: String,
+    /// Whether its output equals the serving version's: `equal`,
+    /// `different`, or `none` when the serving attempt failed.
+    pub output: String,
+}
+
+/// What is counted of flows' shadow versions.
+pub struct ShadowMetrics {
+    /// Shadow runs, by verdict and agreement with the serving output.
+    pub runs: Family<ShadowRunLabels, Counter>,
+    /// Messages not shadowed: the shadow's budget or the pool was full.
+    pub skipped: Family<ShadowLabels, Counter>,
+    /// Shadows stopped because their gate failed.
+    pub stopped: Family<ShadowLabels, Counter>,
+    /// Time of each shadow run.
+    pub seconds: HistogramFamily<ShadowLabels>,
+    /// Peak linear memory of each shadow run.
+    pub peak_memory_bytes: HistogramFamily<ShadowLabels>,
+}
+
+impl ShadowMetrics {
+    fn new() -> Self {
+        Self {
+            runs: Family::default(),
+            skipped: Family::default(),
+            stopped: Family::default(),
+            seconds: Family::new_with_constructor(seconds),
+            peak_memory_bytes: Family::new_with_constructor(bytes),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shadow_runs",
+            "Messages run again by a flow's shadow version, by verdict and by whether its output equals the serving one",
+            self.runs.clone(),
+        );
+        registry.register(
+            "shadow_skipped",
+            "Messages a flow's shadow did not run: its concurrency budget or the instance pool was full",
+            self.skipped.clone(),
+        );
+        registry.register(
+            "shadow_stopped",
+            "Shadow versions stopped because their gate failed",
+            self.stopped.clone(),
+        );
+        registry.register(
+            "shadow_duration_seconds",
+            "Time to instantiate and run a shadow version on one message",
+            self.seconds.clone(),
+        );
+        registry.register(
+            "shadow_peak_memory_bytes",
+            "Peak linear memory of a shadow version's run on one message",
+            self.peak_memory_bytes.clone(),
+        );
+    }
+}
+
 /// Labels of per-broker metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BrokerLabels {
@@ -60,6 +148,48 @@ pub struct PartitionLabels {
     pub topic: String,
     /// The partition.
     pub partition: String,
+}
+
+/// Labels of outgoing HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    /// `owner/name`.
+    pub algorithm: String,
+    /// The destination host, as the request named it.
+    pub host: String,
+    /// `2xx` to `5xx`, or `error` when no response came.
+    pub status: String,
+}
+
+/// Labels of refused outgoing HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundDenialLabels {
+    /// `owner/name`.
+    pub algorithm: String,
+    /// `not_granted`, `not_public`, `admin`, `limit` or `invalid`.
+    pub reason: String,
+}
+
+/// Algorithms' outgoing HTTP requests (`wasi:http`), counted by the
+/// sandbox and registered with [`Metrics::register_outbound`].
+#[derive(Clone, Debug)]
+pub struct OutboundMetrics {
+    /// Requests sent, by algorithm, host and status class.
+    pub requests: Family<OutboundLabels, Counter>,
+    /// Their durations, to the response head.
+    pub duration_seconds: HistogramFamily<OutboundLabels>,
+    /// Requests refused, by algorithm and reason.
+    pub denied: Family<OutboundDenialLabels, Counter>,
+}
+
+impl Default for OutboundMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration_seconds: Family::new_with_constructor(seconds),
+            denied: Family::default(),
+        }
+    }
 }
 
 /// One flow's per-message metrics for one algorithm version, from
@@ -120,6 +250,11 @@ pub struct Metrics {
     pub filtered: Family<FlowOnly, Counter>,
     /// Acks, retries and extensions the broker refused.
     pub settle_errors: Family<FlowOnly, Counter>,
+    /// Canaries rolled back (their gate failed, or an operator said so) or
+    /// promoted.
+    pub rollout_decisions: Family<RolloutLabels, Counter>,
+    /// The flows' shadow versions.
+    pub shadow: ShadowMetrics,
     /// Messages being handled now.
     pub in_flight: Family<FlowOnly, Gauge>,
     /// Time to instantiate and run the algorithm.
@@ -142,6 +277,10 @@ pub struct Metrics {
     pub broker_up: Family<BrokerLabels, Gauge>,
     /// Messages behind the end of each partition (Kafka).
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Keys parked by a failed message (`on_key_failure = "park"`).
+    pub parked_keys: Family<FlowOnly, Gauge>,
+    /// Messages held for parked keys.
+    pub parked_messages: Family<FlowOnly, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,6 +307,8 @@ impl Metrics {
             dropped: Family::default(),
             filtered: Family::default(),
             settle_errors: Family::default(),
+            rollout_decisions: Family::default(),
+            shadow: ShadowMetrics::new(),
             in_flight: Family::default(),
             invocation_seconds: Family::new_with_constructor(seconds),
             instance_wait_seconds: Family::new_with_constructor(seconds),
@@ -179,11 +320,14 @@ impl Metrics {
             plugin_rejections: Family::default(),
             broker_up: Family::default(),
             consumer_lag: Family::default(),
+            parked_keys: Family::default(),
+            parked_messages: Family::default(),
             registry: Registry::default(),
         };
         m.register_message_counts(&mut registry);
         m.register_invocation_metrics(&mut registry);
         m.register_router_metrics(&mut registry);
+        m.shadow.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -220,6 +364,11 @@ impl Metrics {
             self.filtered.clone(),
         );
         registry.register(
+            "rollout_decisions",
+            "Canary versions rolled back or promoted",
+            self.rollout_decisions.clone(),
+        );
+        registry.register(
             "settle_errors",
             "Acks, retries and lease extensions the broker refused",
             self.settle_errors.clone(),
@@ -228,6 +377,16 @@ impl Metrics {
             "in_flight",
             "Messages being handled now (running, waiting for a slot or for their commit)",
             self.in_flight.clone(),
+        );
+        registry.register(
+            "parked_keys",
+            "Keys whose later messages are held after a failure (on_key_failure = \"park\")",
+            self.parked_keys.clone(),
+        );
+        registry.register(
+            "parked_messages",
+            "Messages held for parked keys until an operator releases or drops them",
+            self.parked_messages.clone(),
         );
     }
 
@@ -266,6 +425,25 @@ impl Metrics {
     }
 
     /// Registers the router's own health: plugin loads, broker connections, consumer lag.
+    /// Registers the sandbox's outgoing-request metrics.
+    pub fn register_outbound(&mut self, outbound: &OutboundMetrics) {
+        self.registry.register(
+            "outbound_requests",
+            "Algorithms' outgoing HTTP requests, by algorithm, destination host and status class",
+            outbound.requests.clone(),
+        );
+        self.registry.register(
+            "outbound_request_duration_seconds",
+            "Time from an algorithm's outgoing HTTP request to its response head",
+            outbound.duration_seconds.clone(),
+        );
+        self.registry.register(
+            "outbound_denied",
+            "Algorithms' outgoing HTTP requests refused (not granted, a private address, a limit)",
+            outbound.denied.clone(),
+        );
+    }
+
     fn register_router_metrics(&self, registry: &mut Registry) {
         registry.register(
             "plugin_loads",

@@ -198,12 +198,31 @@ impl Registry {
     /// The version a flow's reference resolves to: the pinned version, or the
     /// highest version that serves.
     pub fn resolve(&self, reference: &AlgorithmRef) -> Option<Arc<Algorithm>> {
+        match &reference.version {
+            Some(v) => {
+                let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
+                let versions =
+                    algorithms.get(&(reference.owner.clone(), reference.name.clone()))?;
+                versions.get(v).and_then(|s| s.serving.clone())
+            }
+            None => self.resolve_latest_where(reference, |_| true),
+        }
+    }
+
+    /// The highest version of `reference`'s algorithm that serves and that
+    /// `keep` accepts (a rollout's versions that are not skipped).
+    pub fn resolve_latest_where(
+        &self,
+        reference: &AlgorithmRef,
+        keep: impl Fn(&semver::Version) -> bool,
+    ) -> Option<Arc<Algorithm>> {
         let algorithms = self.algorithms.read().unwrap_or_else(|p| p.into_inner());
         let versions = algorithms.get(&(reference.owner.clone(), reference.name.clone()))?;
-        match &reference.version {
-            Some(v) => versions.get(v).and_then(|s| s.serving.clone()),
-            None => versions.values().rev().find_map(|s| s.serving.clone()),
-        }
+        versions
+            .iter()
+            .rev()
+            .filter(|(v, _)| keep(v))
+            .find_map(|(_, s)| s.serving.clone())
     }
 
     /// Publishes a freshly loaded version, replacing older content.

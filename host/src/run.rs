@@ -25,6 +25,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let router = Router::start(config).await?;
     let addr =
         crate::admin::serve(router.clone(), &listen, &state_dir, router.shutdown_token()).await?;
+    // An algorithm's HTTP requests never reach the admin API.
+    router.protect_admin(addr);
     // Every file of the state directory is private, the address file too.
     crate::state::secure_dir(&state_dir)?;
     let watcher = crate::watcher::spawn(router.clone());

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod helpers;
+// Each test file uses some of these; the rest would warn in it.
+#[allow(unused_imports)]
+pub use helpers::{EMBEDDED_BROKER, header, install_in, named_flow, one_flow};
+
 /// The installed test algorithms (`<owner>/<name>/<version>.wasm`).
 pub fn test_plugins() -> PathBuf {
     match std::env::var_os("EVENTFLOW_TEST_PLUGINS") {
@@ -381,16 +386,10 @@ impl Router {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn api(&self) -> (String, String) {
-        let addr = std::fs::read_to_string(self.state_dir().join("admin.addr")).unwrap();
-        let token = std::fs::read_to_string(self.state_dir().join("admin.token")).unwrap();
-        (format!("http://{}", addr.trim()), token.trim().to_string())
-    }
-
     /// Calls the admin API: `method` `path` with an optional JSON body.
     pub fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (base, token) = self.api();
-        http(method, &format!("{base}{path}"), Some(&token), body)
+        let url = format!("{}{path}", self.admin_url());
+        http(method, &url, Some(&self.admin_token()), body)
     }
 
     /// Publishes messages (payloads) to a topic through the admin API.
@@ -413,15 +412,21 @@ impl Router {
 
     /// The status report of one flow.
     pub fn flow(&self, name: &str) -> Value {
-        let (status, body) = self.http("GET", "/v1/flows", None);
+        self.listed("/v1/flows", "flows", "name", name)
+    }
+
+    /// The entry of `array` in the answer to `GET path` whose `field` is
+    /// `value`; panics if the answer is not 200 or has no such entry.
+    pub fn listed(&self, path: &str, array: &str, field: &str, value: &str) -> Value {
+        let (status, body) = self.http("GET", path, None);
         assert_eq!(status, 200, "{body}");
-        body["flows"]
+        body[array]
             .as_array()
             .unwrap()
             .iter()
-            .find(|f| f["name"] == name)
+            .find(|entry| entry[field] == value)
             .cloned()
-            .unwrap_or_else(|| panic!("no flow {name} in {body}"))
+            .unwrap_or_else(|| panic!("no {field} {value} in {array} of {body}"))
     }
 
     /// The dead-letter envelopes of a flow.
@@ -450,8 +455,7 @@ impl Router {
 
     /// The Prometheus text of the router.
     pub fn metrics(&self) -> String {
-        let (base, _) = self.api();
-        http_text(&format!("{base}/metrics"))
+        http_text(&format!("{}/metrics", self.admin_url()))
     }
 
     /// A file of a data collection, if it exists.

@@ -405,12 +405,60 @@ fn cargo_with_test_deps() -> anyhow::Result<(PathBuf, Command)> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
+    install_browser();
     let (plugins, mut cmd) = cargo_with_test_deps()?;
     cmd.env("EVENTFLOW_TEST_PLUGINS", &plugins);
     // The optional OTLP exporter is built and tested too.
     cmd.args(["test", "--workspace", "--features", "eventflow/otlp"])
         .args(args);
     run(&mut cmd)
+}
+
+/// The console tests (`tests/console.rs`) drive Debian's headless Chromium
+/// through chromedriver: installs both with apt when either is missing (as
+/// root, else through sudo). If that fails, says so and goes on: the other
+/// tests do not need them, and the console tests say what is missing.
+fn install_browser() {
+    const PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
+    let installed = |pkg: &str| {
+        Command::new("dpkg")
+            .args(["-s", pkg])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let missing: Vec<&str> = PACKAGES.into_iter().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    println!(
+        "xtask: installing {} with apt (the console tests need them)",
+        missing.join(" ")
+    );
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    // sudo resets the environment: pass apt's setting through env(1).
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new(if root { "env" } else { "sudo" });
+        if !root {
+            cmd.arg("env");
+        }
+        cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"])
+            .args(args);
+        run(&mut cmd)
+    };
+    let done = apt(&["update", "-qq"])
+        .and_then(|()| apt(&[&["install", "-y", "-qq"][..], &missing[..]].concat()));
+    if let Err(e) = done {
+        eprintln!(
+            "xtask: cannot install {} ({e:#}); the console tests will fail until they are \
+             installed (`sudo apt-get install chromium chromium-driver`)",
+            missing.join(" ")
+        );
+    }
 }
 
 /// Runs the benchmark suite in release mode. The brokers (tansu, moto) come

@@ -98,6 +98,30 @@ pub(super) async fn delete_flow(
     Ok(Json(Deleted { deleted: flow }))
 }
 
+#[utoipa::path(post, path = "/v1/flows/{flow}/promote", tag = "flows",
+    summary = "Promote a flow's canary: the flow runs (and pins) the canary version",
+    params(FlowPath),
+    responses((status = 200, body = api::RolloutChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn promote_flow(
+    State(state): State<AppState>,
+    caller: Caller,
+    UrlPath(flow): UrlPath<String>,
+) -> ApiResult<api::RolloutChanged> {
+    Ok(Json(state.control.promote_flow(&caller.0, &flow).await?))
+}
+
+#[utoipa::path(post, path = "/v1/flows/{flow}/rollback", tag = "flows",
+    summary = "Roll a flow's canary back: it gets no more messages and leaves the flow",
+    params(FlowPath),
+    responses((status = 200, body = api::RolloutChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn rollback_flow(
+    State(state): State<AppState>,
+    caller: Caller,
+    UrlPath(flow): UrlPath<String>,
+) -> ApiResult<api::RolloutChanged> {
+    Ok(Json(state.control.rollback_flow(&caller.0, &flow).await?))
+}
+
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
     summary = "Loaded algorithm versions (an owner-scoped token sees its owner's)",
     responses((status = 200, body = api::PluginList), (status = 401, body = ErrorBody)))]

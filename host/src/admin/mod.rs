@@ -18,8 +18,10 @@ pub mod console;
 mod dead_letters;
 mod flows;
 mod health;
+mod keys;
 mod messages;
 mod openapi;
+mod outbound;
 mod runtime;
 mod secrets;
 mod state;
@@ -173,6 +175,14 @@ pub async fn serve(
         router,
         token: token.into(),
     };
+    if let Some(decisions) = state.router.services().rollouts.take_decisions() {
+        tokio::spawn(
+            state
+                .control
+                .clone()
+                .save_rollout_decisions(decisions, shutdown.clone()),
+        );
+    }
     let (api, document) = openapi::routes().split_for_parts();
     let document = serde_json::to_value(&document).context("cannot write the OpenAPI document")?;
     let api = api

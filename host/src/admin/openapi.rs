@@ -8,7 +8,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, brokers, dead_letters, flows, messages, secrets, state, tokens, topics};
+use super::{
+    AppState, brokers, dead_letters, flows, keys, messages, outbound, secrets, state, tokens,
+    topics,
+};
 
 /// Where the document is served (open, like `/healthz`).
 pub const PATH: &str = "/v1/openapi.json";
@@ -60,6 +63,11 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
             flows::edit_flow,
             flows::delete_flow
         ))
+        .routes(routes!(flows::promote_flow))
+        .routes(routes!(flows::rollback_flow))
+        .routes(routes!(keys::list_keys))
+        .routes(routes!(keys::release_keys))
+        .routes(routes!(keys::drop_keys))
         .routes(routes!(dead_letters::list_dead_letters))
         .routes(routes!(dead_letters::replay_dead_letters))
         .routes(routes!(messages::send_message))
@@ -67,6 +75,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::delete_token))
         .routes(routes!(tokens::whoami))
+        .routes(routes!(outbound::list_outbound))
+        .routes(routes!(outbound::allow_outbound))
+        .routes(routes!(outbound::deny_outbound))
 }
 
 /// The document, as served.
@@ -102,9 +113,17 @@ mod tests {
         ("get", "/v1/flows/{flow}"),
         ("patch", "/v1/flows/{flow}"),
         ("delete", "/v1/flows/{flow}"),
+        ("post", "/v1/flows/{flow}/promote"),
+        ("post", "/v1/flows/{flow}/rollback"),
         ("get", "/v1/flows/{flow}/dead-letters"),
         ("post", "/v1/flows/{flow}/dead-letters/replay"),
+        ("get", "/v1/flows/{flow}/keys"),
+        ("post", "/v1/flows/{flow}/keys/release"),
+        ("post", "/v1/flows/{flow}/keys/drop"),
         ("post", "/v1/messages"),
+        ("get", "/v1/outbound"),
+        ("post", "/v1/algorithms/{owner}/{name}/outbound"),
+        ("post", "/v1/algorithms/{owner}/{name}/outbound/revoke"),
         ("get", "/v1/plugins"),
         ("get", "/v1/tokens"),
         ("post", "/v1/tokens"),

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::status::FlowReport;
-pub use crate::config::{FilterSpec, FlowOrdering};
+pub use crate::config::{CanarySpec, FilterSpec, FlowOrdering, RolloutPolicy, ShadowSpec};
 
 /// A request to enable a topic for an algorithm version (`POST /v1/flows`):
 /// creates the flow, or updates and enables the existing one of that name.
@@ -108,6 +108,30 @@ pub struct EditFlow {
     )]
     #[schema(value_type = Option<FilterSpec>)]
     pub filter: Option<Option<FilterSpec>>,
+    /// A canary (a share of the messages to another version, with its
+    /// gate), or null to remove it (its messages go back to the flow's
+    /// version).
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<CanarySpec>)]
+    pub canary: Option<Option<CanarySpec>>,
+    /// A shadow (another version run on every message with its effects
+    /// discarded, to compare), or null to remove it.
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<ShadowSpec>)]
+    pub shadow: Option<Option<ShadowSpec>>,
+    /// For a flow with a `rollout`: the versions it never runs, replacing
+    /// the list (`[]` empties it; a version taken off is rolled out again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub skip_versions: Option<Vec<semver::Version>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -162,6 +186,23 @@ pub struct Flow {
     /// Which messages invoke the algorithm; absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,
+    /// Its canary: a share of the messages to another version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+    /// Its shadow: another version run on every message, effects discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+    /// How a newly loaded version takes over a latest-following flow
+    /// (`canary N% then promote after M`); set in the configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "canary 10% then promote after 1000")]
+    pub rollout: Option<RolloutPolicy>,
+    /// The versions a flow with a `rollout` never runs (the ones its
+    /// rollout rolled back, or an operator listed); it follows the newest
+    /// loaded version not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub skip_versions: Vec<semver::Version>,
     /// What an enabled flow waits for: the version it names is not loaded
     /// (or still compiling), or needs more initial memory than the flow's
     /// `max_memory_mib`.

@@ -10,9 +10,12 @@
 pub mod brokers;
 pub mod dead_letters;
 pub mod flows;
+pub mod keys;
 pub mod messages;
+pub mod outbound;
 pub mod params;
 pub mod plugins;
+pub mod rollout;
 pub mod secrets;
 pub mod state;
 pub mod status;
@@ -27,8 +30,13 @@ pub use flows::{
     AlgorithmTopic, AlgorithmTopics, EditFlow, EnableFlow, Flow, FlowChanged, FlowDetail,
     FlowEntry, FlowList, TopicRef,
 };
+pub use keys::{KeySelection, KeysChanged, ParkedKey, ParkedKeyList};
 pub use messages::{MessageBody, Peeked, PeekedMessage, Published, SendMessages};
+pub use outbound::{OutboundGrant, OutboundList, OutboundOrigin};
 pub use plugins::{Plugin, PluginList, PluginRejection};
+pub use rollout::{
+    RolloutChanged, RolloutReport, RolloutSide, RolloutState, ShadowReport, ShadowState,
+};
 pub use secrets::{SecretNames, SecretSet, SecretValue};
 pub use state::{Applied, StateView};
 pub use status::{FlowReport, FlowState};

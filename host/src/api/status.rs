@@ -105,7 +105,28 @@ pub struct FlowReport {
     /// (Kafka, while it waits for one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unassigned_secs: Option<f64>,
+    /// The flow's canary, when it has one (or had one: a rolled-back or
+    /// promoted canary stays shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::RolloutReport>,
+    /// The flow's shadow version, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<super::ShadowReport>,
+    /// Parked keys (`on_key_failure = "park"`), the first
+    /// [`MAX_PARKED_SHOWN`] by key with the messages each holds;
+    /// `eventflow keys list` shows them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parked: Vec<crate::api::ParkedKey>,
+    /// How many keys are parked.
+    #[serde(default)]
+    pub parked_keys: u64,
+    /// How many messages parked keys hold.
+    #[serde(default)]
+    pub parked_messages: u64,
 }
+
+/// The most parked keys a flow's status lists.
+pub const MAX_PARKED_SHOWN: usize = 20;
 
 /// A broker connection's health, as `/readyz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

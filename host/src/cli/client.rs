@@ -219,6 +219,20 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/flows/{flow}/promote` or `/rollback` (`action`).
+    pub async fn end_canary(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> anyhow::Result<api::RolloutChanged> {
+        self.call(
+            Method::POST,
+            &format!("/v1/flows/{name}/{action}"),
+            None::<&()>,
+        )
+        .await
+    }
+
     // ----- dead letters and messages -----
 
     /// `GET /v1/flows/{flow}/dead-letters`.
@@ -247,6 +261,41 @@ impl Client {
             Some(req),
         )
         .await
+    }
+
+    /// `GET /v1/flows/{flow}/keys`.
+    pub async fn parked_keys(&self, flow: &str) -> anyhow::Result<api::ParkedKeyList> {
+        let path = format!("/v1/flows/{flow}/keys");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `POST /v1/flows/{flow}/keys/release`.
+    pub async fn release_keys(
+        &self,
+        flow: &str,
+        which: &api::KeySelection,
+    ) -> anyhow::Result<api::KeysChanged> {
+        self.change_keys(flow, "release", which).await
+    }
+
+    /// `POST /v1/flows/{flow}/keys/drop`.
+    pub async fn drop_keys(
+        &self,
+        flow: &str,
+        which: &api::KeySelection,
+    ) -> anyhow::Result<api::KeysChanged> {
+        self.change_keys(flow, "drop", which).await
+    }
+
+    /// `POST /v1/flows/{flow}/keys/{change}` (`release` or `drop`).
+    async fn change_keys(
+        &self,
+        flow: &str,
+        change: &str,
+        which: &api::KeySelection,
+    ) -> anyhow::Result<api::KeysChanged> {
+        let path = format!("/v1/flows/{flow}/keys/{change}");
+        self.call(Method::POST, &path, Some(which)).await
     }
 
     /// `POST /v1/messages`.
@@ -287,6 +336,32 @@ impl Client {
             Method::DELETE,
             &format!("/v1/algorithms/{algorithm}/secrets/{key}"),
             None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/outbound`.
+    pub async fn outbound(&self) -> anyhow::Result<Vec<api::OutboundGrant>> {
+        let list: api::OutboundList = self.call(Method::GET, "/v1/outbound", None::<&()>).await?;
+        Ok(list.grants)
+    }
+
+    /// `POST /v1/algorithms/{owner}/{name}/outbound` (`add`) or
+    /// `.../outbound/revoke`.
+    pub async fn change_outbound(
+        &self,
+        algorithm: &str,
+        origin: &str,
+        add: bool,
+    ) -> anyhow::Result<api::OutboundGrant> {
+        let action = if add { "outbound" } else { "outbound/revoke" };
+        let body = api::OutboundOrigin {
+            origin: origin.to_string(),
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/algorithms/{algorithm}/{action}"),
+            Some(&body),
         )
         .await
     }

@@ -34,6 +34,26 @@ pub(super) enum FlowsCommand {
         /// The flow.
         name: String,
     },
+    /// Gives a flow a canary: a share of its messages goes to another
+    /// version, rolled back when its gate fails (see the README's Canary
+    /// rollouts); --remove takes it away.
+    Canary(CanaryArgs),
+    /// Gives a flow a shadow: every message is run again by another
+    /// version, its effects discarded, and the two compared (see the
+    /// README's Canary rollouts); --off takes it away.
+    Shadow(ShadowArgs),
+    /// Promotes a flow's canary: the flow runs (and pins) the canary
+    /// version for every message.
+    Promote {
+        /// The flow.
+        name: String,
+    },
+    /// Rolls a flow's canary back: it gets no more messages and the flow
+    /// stays on its version.
+    Rollback {
+        /// The flow.
+        name: String,
+    },
     /// Deletes a flow; its messages stay in the broker.
     Delete {
         /// The flow.
@@ -104,6 +124,63 @@ pub(super) struct EditArgs {
     no_filter: bool,
     #[command(flatten)]
     settings: Settings,
+}
+
+/// `flows canary`.
+#[derive(Args, Debug)]
+pub(super) struct CanaryArgs {
+    /// The flow.
+    name: String,
+    /// The canary version.
+    #[arg(long, required_unless_present = "remove")]
+    version: Option<String>,
+    /// Its share of the messages, in percent.
+    #[arg(long, default_value_t = 10.0)]
+    percent: f64,
+    /// Roll back when its failure rate exceeds the serving version's by
+    /// more than this (0 to 1).
+    #[arg(long)]
+    max_failure_rate: Option<f64>,
+    /// Roll back when its p99 invocation time exceeds this many times the
+    /// serving version's.
+    #[arg(long)]
+    max_p99_ratio: Option<f64>,
+    /// Messages of the canary before its gate is judged.
+    #[arg(long, default_value_t = 100)]
+    window_messages: u64,
+    /// Promote it after this many messages with its gate passing.
+    #[arg(long)]
+    promote_after: Option<u64>,
+    /// Remove the flow's canary.
+    #[arg(long, conflicts_with = "version")]
+    remove: bool,
+}
+
+/// `flows shadow`.
+#[derive(Args, Debug)]
+pub(super) struct ShadowArgs {
+    /// The flow.
+    name: String,
+    /// The shadow version.
+    #[arg(required_unless_present = "off")]
+    version: Option<String>,
+    /// Stop it when less than this share of the serving outputs (0 to 1)
+    /// is reproduced byte for byte.
+    #[arg(long)]
+    min_output_agreement: Option<f64>,
+    /// Stop it when its failure rate exceeds the serving version's by more
+    /// than this (0 to 1).
+    #[arg(long)]
+    max_failure_rate: Option<f64>,
+    /// Messages of the shadow before its gate is judged.
+    #[arg(long, default_value_t = 100)]
+    window_messages: u64,
+    /// Shadow runs at once; a message finding them all busy is skipped.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u32,
+    /// Remove the flow's shadow.
+    #[arg(long, conflicts_with = "version")]
+    off: bool,
 }
 
 /// A flow's settings, as `enable` and `edit` take them.
@@ -179,6 +256,10 @@ pub(super) async fn run(g: &Global, command: FlowsCommand) -> Result<(), Failure
                 println!("disabled flow {name}: its messages wait in the broker");
             }
         }
+        FlowsCommand::Canary(args) => canary(g, &c, args).await?,
+        FlowsCommand::Shadow(args) => shadow(g, &c, args).await?,
+        FlowsCommand::Promote { name } => end_canary(g, &c, &name, "promote").await?,
+        FlowsCommand::Rollback { name } => end_canary(g, &c, &name, "rollback").await?,
         FlowsCommand::Delete { name, yes } => {
             confirm(&format!("Delete flow {name:?}?"), yes)?;
             let deleted = c.delete_flow(&name).await?;
@@ -245,6 +326,9 @@ async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
         } else {
             args.settings.filter.map(Some)
         },
+        canary: None,
+        shadow: None,
+        skip_versions: None,
     };
     let changed = c.edit_flow(&args.name, &edit).await?;
     if g.json {
@@ -256,6 +340,92 @@ async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
         args.name, changed.flow.algorithm, changed.flow.version
     );
     print_warnings(&changed);
+    Ok(())
+}
+
+/// `flows shadow`: an edit of the flow's shadow.
+async fn shadow(g: &Global, c: &Client, args: ShadowArgs) -> Result<(), Failure> {
+    let shadow = match args.version {
+        Some(v) if !args.off => Some(api::flows::ShadowSpec {
+            version: semver::Version::parse(&v)
+                .map_err(|e| anyhow::anyhow!("version {v:?} is not a semver version: {e}"))?,
+            min_output_agreement: args.min_output_agreement,
+            max_failure_rate: args.max_failure_rate,
+            window_messages: args.window_messages,
+            concurrency: args.concurrency,
+        }),
+        _ => None,
+    };
+    let edit = api::EditFlow {
+        shadow: Some(shadow),
+        ..Default::default()
+    };
+    let changed = c.edit_flow(&args.name, &edit).await?;
+    if g.json {
+        output::json(&changed);
+        return Ok(());
+    }
+    match &changed.flow.shadow {
+        Some(s) => println!(
+            "flow {}: shadow {} runs every message, its effects discarded",
+            args.name, s.version
+        ),
+        None => println!("flow {}: no shadow", args.name),
+    }
+    print_warnings(&changed);
+    Ok(())
+}
+
+/// `flows canary`: an edit of the flow's canary.
+async fn canary(g: &Global, c: &Client, args: CanaryArgs) -> Result<(), Failure> {
+    let canary = match args.version {
+        Some(v) if !args.remove => Some(api::flows::CanarySpec {
+            version: semver::Version::parse(&v)
+                .map_err(|e| anyhow::anyhow!("--version {v:?} is not a semver version: {e}"))?,
+            percent: args.percent,
+            max_failure_rate: args.max_failure_rate,
+            max_p99_ratio: args.max_p99_ratio,
+            window_messages: args.window_messages,
+            promote_after: args.promote_after,
+        }),
+        _ => None,
+    };
+    let edit = api::EditFlow {
+        canary: Some(canary),
+        ..Default::default()
+    };
+    let changed = c.edit_flow(&args.name, &edit).await?;
+    if g.json {
+        output::json(&changed);
+        return Ok(());
+    }
+    match &changed.flow.canary {
+        Some(k) => println!(
+            "flow {}: canary {} gets {}% of the messages",
+            args.name, k.version, k.percent
+        ),
+        None => println!("flow {}: no canary", args.name),
+    }
+    print_warnings(&changed);
+    Ok(())
+}
+
+/// `flows promote` or `flows rollback` (`action`).
+async fn end_canary(g: &Global, c: &Client, name: &str, action: &str) -> Result<(), Failure> {
+    let changed = c.end_canary(name, action).await?;
+    if g.json {
+        output::json(&changed);
+    } else if changed.state == api::RolloutState::Promoted {
+        println!(
+            "promoted the canary of flow {name}: it runs {}",
+            changed.algorithm
+        );
+    } else {
+        println!(
+            "rolled back the canary of flow {name}: it runs {}",
+            changed.algorithm
+        );
+    }
     Ok(())
 }
 

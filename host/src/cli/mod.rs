@@ -11,6 +11,8 @@ pub mod client;
 mod data;
 mod dlq;
 mod flows;
+mod keys;
+mod outbound;
 mod output;
 mod router;
 mod secrets;
@@ -115,8 +117,12 @@ enum Command {
         #[command(subcommand)]
         command: status::PluginsCommand,
     },
-    /// Shows what every flow of the running router is doing.
-    Status,
+    /// Shows what every flow of the running router is doing, or one flow
+    /// (with its canary and shadow).
+    Status {
+        /// Only this flow.
+        flow: Option<String>,
+    },
     /// Inspects and replays a flow's dead letters.
     Dlq {
         #[command(subcommand)]
@@ -144,10 +150,21 @@ enum Command {
         #[command(subcommand)]
         command: flows::FlowsCommand,
     },
+    /// A flow's parked keys (`on_key_failure = "park"`): list, release,
+    /// drop.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Algorithms' secrets: set, list names, delete. Values are never shown.
     Secrets {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
+    },
+    /// Where algorithms may send HTTP requests: allow, deny, list origins.
+    Outbound {
+        #[command(subcommand)]
+        command: outbound::OutboundCommand,
     },
     /// Owner-scoped API tokens.
     Tokens {
@@ -232,12 +249,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Send(args) => topics::send(g, args).await,
         Command::Data { command } => data::run(g, command).await,
         Command::Plugins { command } => status::plugins(g, command).await,
-        Command::Status => status::status(g).await,
+        Command::Status { flow } => status::status(g, flow.as_deref()).await,
         Command::Dlq { command } => dlq::run(g, command).await,
         Command::Topics { command } => topics::run(g, command).await,
         Command::Brokers { command } => brokers::run(g, command).await,
         Command::Flows { command } => flows::run(g, command).await,
+        Command::Keys { command } => keys::run(g, command).await,
         Command::Secrets { command } => secrets::run(g, command).await,
+        Command::Outbound { command } => outbound::run(g, command).await,
         Command::Tokens { command } => tokens::run(g, command).await,
         Command::New(args) => author::new(args),
         Command::Build(args) => author::build(g, args),

@@ -23,9 +23,15 @@ pub(super) async fn plugins(g: &Global, command: PluginsCommand) -> Result<(), F
     Ok(())
 }
 
-pub(super) async fn status(g: &Global) -> Result<(), Failure> {
+pub(super) async fn status(g: &Global, only: Option<&str>) -> Result<(), Failure> {
     let c = g.client()?;
-    let flows = c.flows().await?;
+    let mut flows = c.flows().await?;
+    if let Some(name) = only {
+        flows.retain(|f| f.report.name == name);
+        if flows.is_empty() {
+            return Err(anyhow::anyhow!("no flow named {name:?}").into());
+        }
+    }
     let ready = c.readiness().await.ok();
     if g.json {
         output::json(&serde_json::json!({ "flows": flows, "readiness": ready }));
@@ -116,5 +122,85 @@ fn print_status(flows: &[api::FlowEntry], ready: Option<&api::status::Readiness>
         if let Some(waiting) = &f.waiting_for {
             println!("    waiting: {waiting}");
         }
+        if r.parked_keys > 0 {
+            println!(
+                "    parked: {} keys, {} messages held (eventflow keys list {})",
+                r.parked_keys, r.parked_messages, r.name
+            );
+            for k in &r.parked {
+                println!("      {}: {} messages", k.key, k.messages);
+            }
+        }
+        if let Some(rollout) = &r.rollout {
+            print_rollout(rollout);
+        }
+        if let Some(shadow) = &r.shadow {
+            print_shadow(shadow);
+        }
+    }
+}
+
+/// A flow's canary under its status line: its share, each version's numbers
+/// and the decision, if any.
+fn print_rollout(r: &api::RolloutReport) {
+    let side = |s: &api::RolloutSide| {
+        format!(
+            "{} messages, {} failed, window {:.1}% failed, p99 {:.1} ms",
+            s.messages,
+            s.failures,
+            s.window_failure_rate * 100.0,
+            s.window_p99_secs * 1e3
+        )
+    };
+    let state = serde_json::to_value(r.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!(
+        "    canary {} {state} at {:.1}%: {}; serving: {}",
+        r.canary_version,
+        r.percent,
+        side(&r.canary),
+        side(&r.serving)
+    );
+    if let Some((at, why)) = &r.decided {
+        println!("    {state} {at}: {why}");
+    }
+}
+
+/// A flow's shadow under its status line: its runs, failures, agreement
+/// with the serving outputs, cost, and why it stopped, if it did.
+fn print_shadow(s: &api::ShadowReport) {
+    let state = match s.state {
+        api::ShadowState::Running => "running",
+        api::ShadowState::Stopped => "stopped",
+    };
+    let agreement = s
+        .agreement
+        .map_or("-".to_string(), |a| format!("{:.1}%", a * 100.0));
+    let reasons = s
+        .failure_reasons
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "    shadow {} {state}: {} runs, {} failed{}, {} skipped; agreement {agreement} ({} of {} outputs equal); mean {:.1} ms, peak memory {} KiB",
+        s.version,
+        s.runs,
+        s.failures,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reasons})")
+        },
+        s.skipped,
+        s.agreed,
+        s.compared,
+        s.mean_secs * 1e3,
+        s.max_peak_memory_bytes / 1024
+    );
+    if let Some((at, why)) = &s.stopped {
+        println!("    shadow stopped {at}: {why}");
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::limits::default_timeout_secs;
+use super::rollout::{CanarySpec, RolloutPolicy, ShadowSpec};
 use super::settings::yes;
 use super::{AlgorithmRef, Limits, TopicSpec, find_topic};
 
@@ -70,10 +71,44 @@ pub struct FlowSpec {
     /// `none`: no order.
     #[serde(default)]
     pub ordering: FlowOrdering,
+    /// With `ordering = "key"`, what a message that fails for good (after
+    /// its retries, which keep its key's order) does to the later messages
+    /// of its key. `continue`: it goes to the dead-letter topic and the
+    /// next message of the key proceeds. `park`: it goes to the
+    /// dead-letter topic and the key's later messages are held in the
+    /// router's state until an operator releases or drops them
+    /// (`eventflow keys`).
+    #[serde(default, skip_serializing_if = "KeyFailure::is_continue")]
+    pub on_key_failure: KeyFailure,
     /// Which messages invoke the algorithm; the others are acknowledged
     /// and counted as `filtered`. Absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,
+    /// A canary: a share of the messages goes to another version of the
+    /// algorithm, rolled back when its gate fails and promoted after
+    /// `promote_after` messages, e.g.
+    /// `canary = { version = "0.3.0", percent = 10, max_failure_rate = 0.05 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+    /// A shadow: every message is also run by another version whose
+    /// effects are discarded, to compare it with the serving one, e.g.
+    /// `shadow = { version = "0.3.0", min_output_agreement = 0.9 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+    /// For a flow that follows the latest version: how a newly loaded
+    /// version takes over, `"canary N% then promote after M"`. It gets N %
+    /// of the messages as a canary and is promoted after M of them with
+    /// its gate passing, or rolled back (the previous version keeps
+    /// serving). Absent: a new version takes every message at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+    /// For a flow with a `rollout`: versions it never runs, e.g.
+    /// `skip_versions = ["0.2.0"]`. The flow follows the newest loaded
+    /// version not listed. The router adds a version its rollout rolls
+    /// back, so the rollback survives restarts and holds for every router
+    /// sharing the state; remove it to roll that version out again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip_versions: Vec<semver::Version>,
 }
 
 const fn default_concurrency() -> u32 {
@@ -103,7 +138,12 @@ impl FlowSpec {
             limits: Limits::default(),
             consumer: ConsumerOptions::default(),
             ordering: FlowOrdering::default(),
+            on_key_failure: KeyFailure::default(),
             filter: None,
+            canary: None,
+            shadow: None,
+            rollout: None,
+            skip_versions: Vec::new(),
         }
     }
 }
@@ -118,6 +158,23 @@ pub enum FlowOrdering {
     /// One message of a key at a time, in the order received; keys in
     /// parallel.
     Key,
+}
+
+/// What a key's failed message does to the key's later messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFailure {
+    /// The later messages proceed.
+    #[default]
+    Continue,
+    /// The later messages are held until an operator releases or drops them.
+    Park,
+}
+
+impl KeyFailure {
+    fn is_continue(&self) -> bool {
+        *self == Self::Continue
+    }
 }
 
 /// A flow's filter, in the shape of AWS EventBridge and Lambda filter

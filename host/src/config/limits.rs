@@ -38,9 +38,56 @@ pub struct Limits {
     /// refused with `limit-exceeded`. Default: 4 x `max_output_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_publish_bytes: Option<u64>,
+    /// Outgoing HTTP requests one invocation may send (to origins granted
+    /// with `[[outbound]]`). Default: 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_requests: Option<u32>,
+    /// Request body bytes one invocation may send over HTTP, summed over its
+    /// requests. Default: 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_request_bytes: Option<u64>,
+    /// Response body bytes one invocation may receive over HTTP, summed over
+    /// its requests. Default: 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_response_bytes: Option<u64>,
+    /// How long one outgoing HTTP request may take, from connecting to the
+    /// last byte of the response, in seconds; never past the invocation's
+    /// `timeout_secs`. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_timeout_secs: Option<f64>,
 }
 
+/// Default of `max_http_requests`.
+pub const DEFAULT_MAX_HTTP_REQUESTS: u32 = 16;
+/// Default of `max_http_request_bytes`.
+pub const DEFAULT_MAX_HTTP_REQUEST_BYTES: u64 = 1 << 20;
+/// Default of `max_http_response_bytes`.
+pub const DEFAULT_MAX_HTTP_RESPONSE_BYTES: u64 = 4 << 20;
+/// Default of `http_timeout_secs`.
+pub const DEFAULT_HTTP_TIMEOUT_SECS: f64 = 10.0;
+
 impl Limits {
+    /// The effective `max_http_requests`, `max_http_request_bytes`,
+    /// `max_http_response_bytes` and `http_timeout_secs` (a timeout that is
+    /// not a positive number of seconds counts as the default).
+    pub fn http(&self) -> (u32, u64, u64, std::time::Duration) {
+        let timeout = self
+            .http_timeout_secs
+            .filter(|t| *t > 0.0)
+            .and_then(|t| std::time::Duration::try_from_secs_f64(t).ok())
+            .unwrap_or(std::time::Duration::from_secs_f64(
+                DEFAULT_HTTP_TIMEOUT_SECS,
+            ));
+        (
+            self.max_http_requests.unwrap_or(DEFAULT_MAX_HTTP_REQUESTS),
+            self.max_http_request_bytes
+                .unwrap_or(DEFAULT_MAX_HTTP_REQUEST_BYTES),
+            self.max_http_response_bytes
+                .unwrap_or(DEFAULT_MAX_HTTP_RESPONSE_BYTES),
+            timeout,
+        )
+    }
+
     /// The effective `max_publish_bytes`.
     pub fn publish_budget(&self) -> u64 {
         self.max_publish_bytes
@@ -81,6 +128,10 @@ impl Default for Limits {
             max_input_bytes: default_max_input_bytes(),
             host_call_timeout_secs: default_host_call_timeout_secs(),
             max_publish_bytes: None,
+            max_http_requests: None,
+            max_http_request_bytes: None,
+            max_http_response_bytes: None,
+            http_timeout_secs: None,
         }
     }
 }
@@ -118,6 +169,18 @@ pub struct AlgorithmLimits {
     /// Overrides `max_publish_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_publish_bytes: Option<u64>,
+    /// Overrides `max_http_requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_requests: Option<u32>,
+    /// Overrides `max_http_request_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_request_bytes: Option<u64>,
+    /// Overrides `max_http_response_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_http_response_bytes: Option<u64>,
+    /// Overrides `http_timeout_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_timeout_secs: Option<f64>,
 }
 
 impl AlgorithmLimits {
@@ -136,6 +199,12 @@ impl AlgorithmLimits {
                 .host_call_timeout_secs
                 .unwrap_or(base.host_call_timeout_secs),
             max_publish_bytes: self.max_publish_bytes.or(base.max_publish_bytes),
+            max_http_requests: self.max_http_requests.or(base.max_http_requests),
+            max_http_request_bytes: self.max_http_request_bytes.or(base.max_http_request_bytes),
+            max_http_response_bytes: self
+                .max_http_response_bytes
+                .or(base.max_http_response_bytes),
+            http_timeout_secs: self.http_timeout_secs.or(base.http_timeout_secs),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! One file a part: `settings` (router, admin endpoint, sandbox), `flow`
 //! (flows, retries, consumer options), `limits` (per-invocation limits and
 //! per-version overrides), `names` (what a name may be, algorithm
-//! references) and `validate` (the cross-reference checks); every public
+//! references), `outbound` (HTTP grants), `rollout` (a flow's canary and shadow) and
+//! `validate` (the cross-reference checks); every public
 //! item is re-exported here.
 
 use std::path::Path;
@@ -22,13 +23,15 @@ use crate::data::DataConfig;
 mod flow;
 mod limits;
 mod names;
+mod outbound;
+mod rollout;
 mod settings;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use flow::{
-    Backoff, ConsumerOptions, FilterSpec, FlowOrdering, FlowSpec, RetryPolicy,
+    Backoff, ConsumerOptions, FilterSpec, FlowOrdering, FlowSpec, KeyFailure, RetryPolicy,
     dead_letter_topic_keys,
 };
 pub use limits::{AlgorithmLimits, Limits};
@@ -36,6 +39,8 @@ pub use names::{
     AlgorithmRef, MAX_NAME_BYTES, check_name, check_topic_reference, is_valid_name,
     is_valid_variable, quote_name,
 };
+pub use outbound::{OutboundGrant, is_grantee};
+pub use rollout::{CanarySpec, RolloutPolicy, ShadowSpec, check_canary, check_shadow};
 pub use settings::{AdminConfig, RouterConfig, SandboxConfig};
 pub use validate::{check_flow, inline_secret, validate};
 
@@ -80,6 +85,9 @@ pub struct Config {
     /// that runs it.
     #[serde(default)]
     pub algorithm_limits: Vec<AlgorithmLimits>,
+    /// Origins algorithms may send HTTP requests to.
+    #[serde(default)]
+    pub outbound: Vec<OutboundGrant>,
 }
 
 /// The declarative part of a configuration: what `eventflow apply -f`
@@ -99,6 +107,9 @@ pub struct Declarations {
     /// Per-version limit overrides.
     #[serde(default)]
     pub algorithm_limits: Vec<AlgorithmLimits>,
+    /// Origins algorithms may send HTTP requests to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<OutboundGrant>,
 }
 
 impl Config {
@@ -109,6 +120,7 @@ impl Config {
             topics: self.topics.clone(),
             flows: self.flows.clone(),
             algorithm_limits: self.algorithm_limits.clone(),
+            outbound: self.outbound.clone(),
         }
     }
 
@@ -123,6 +135,7 @@ impl Config {
             topics: d.topics,
             flows: d.flows,
             algorithm_limits: d.algorithm_limits,
+            outbound: d.outbound,
         }
     }
 }

@@ -185,22 +185,65 @@ fn a_bad_filter_names_the_file_the_flow_and_the_pattern() {
 }
 
 #[test]
-fn ordering_by_key_is_refused_off_the_embedded_broker() {
+fn ordering_by_key_is_refused_on_service_bus_and_park_needs_it() {
     let keyed = format!("{GOOD}ordering = \"key\"\n");
     assert_eq!(
         parse("k.toml", &keyed).unwrap().flows[0].ordering,
         FlowOrdering::Key
     );
-    #[cfg(feature = "sqs")]
+    #[cfg(feature = "servicebus")]
     {
         let text = keyed.replace(
             "kind = \"embedded\"",
-            "kind = \"sqs\"\nregion = \"us-east-1\"",
+            "kind = \"servicebus\"\nconnection_string = { env = \"SB\" }",
         );
         let e = parse("k.toml", &text).unwrap_err().to_string();
         assert!(
-            e.contains("flows[0].ordering") && e.contains("embedded broker only"),
+            e.contains("flows[0].ordering") && e.contains("servicebus"),
             "{e}"
         );
     }
+    let park = format!("{GOOD}on_key_failure = \"park\"\n");
+    let e = parse("k.toml", &park).unwrap_err().to_string();
+    assert!(e.contains("needs ordering = \"key\""), "{e}");
+    let parked = parse("k.toml", &format!("{keyed}on_key_failure = \"park\"\n")).unwrap();
+    assert_eq!(parked.flows[0].on_key_failure, KeyFailure::Park);
+}
+
+#[test]
+fn a_rollout_and_a_shadow_are_checked_and_errors_name_the_file_and_field() {
+    let latest = GOOD.replace("ezra/store_file/0.1.0", "ezra/store_file");
+    let text = format!("{latest}rollout = \"canary 10% then promote after 1000\"\n");
+    let c = parse("good.toml", &text).unwrap();
+    let policy = c.flows[0].rollout.as_ref().unwrap();
+    assert_eq!((policy.percent, policy.promote_after), (10.0, 1000));
+
+    let text = format!("{latest}rollout = \"canary ten percent\"\n");
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.starts_with("bad.toml: flows[0].rollout"), "{e}");
+    assert!(e.contains("canary N% then promote after M"), "{e}");
+
+    let text = format!("{GOOD}rollout = \"canary 10% then promote after 1000\"\n");
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.starts_with("bad.toml: flows[0].rollout"), "{e}");
+    assert!(e.contains("follows the latest version"), "{e}");
+
+    let text = format!("{GOOD}shadow = {{ version = \"0.1.0\" }}\n");
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.starts_with("bad.toml: flows[0].shadow.version"), "{e}");
+
+    let skip = "skip_versions = [\"0.2.0\"]\n";
+    let text = format!("{latest}rollout = \"canary 10% then promote after 1000\"\n{skip}");
+    let c = parse("good.toml", &text).unwrap();
+    assert_eq!(c.flows[0].skip_versions, vec!["0.2.0".parse().unwrap()]);
+    let e = parse("bad.toml", &format!("{latest}{skip}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("bad.toml: flows[0].skip_versions"), "{e}");
+    assert!(e.contains("a flow with a rollout"), "{e}");
+    let text = format!(
+        "{latest}rollout = \"canary 10% then promote after 1000\"\nskip_versions = [\"two\"]\n"
+    );
+    let e = parse("bad.toml", &text).unwrap_err().to_string();
+    assert!(e.contains("bad.toml") && e.contains("skip_versions"), "{e}");
 }

@@ -22,6 +22,7 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     check_topics(config, &brokers)?;
     check_flow_names(config, &brokers)?;
     check_flows(config)?;
+    super::outbound::check_outbound(&config.outbound)?;
     check_algorithm_limits(config)
 }
 
@@ -220,18 +221,64 @@ fn check_flows(config: &Config) -> Result<(), FieldError> {
             .map_err(|(field, m)| (at(&format!("limits.{field}")), m))?;
         check_filter(f).map_err(|(field, m)| (at(&field), m))?;
         check_ordering(f, config).map_err(|m| (at("ordering"), m))?;
+        if let Some(canary) = &f.canary {
+            super::check_canary(canary, &f.algorithm).map_err(|(field, m)| (at(&field), m))?;
+        }
+        if let Some(shadow) = &f.shadow {
+            super::check_shadow(shadow, &f.algorithm).map_err(|(field, m)| (at(&field), m))?;
+        }
+        if f.rollout.is_some() {
+            check_rollout(f).map_err(|m| (at("rollout"), m))?;
+        }
+        check_skip_versions(f).map_err(|m| (at("skip_versions"), m))?;
     }
     Ok(())
 }
 
+/// A rollout takes over from the latest version, so the flow must follow
+/// it; and a flow's canary is either declared or the rollout's.
+fn check_rollout(f: &FlowSpec) -> Result<(), String> {
+    if let Some(v) = &f.algorithm.version {
+        return Err(format!(
+            "a rollout applies to a flow that follows the latest version (algorithm = \"{}/{}\"); this one pins {v}",
+            f.algorithm.owner, f.algorithm.name
+        ));
+    }
+    if f.canary.is_some() {
+        return Err("a flow with a rollout cannot also declare a canary: the rollout makes each new version its canary".into());
+    }
+    Ok(())
+}
+
+/// Skipped versions are the rollout's: a flow without one has nothing that
+/// would skip them.
+fn check_skip_versions(f: &FlowSpec) -> Result<(), String> {
+    if f.skip_versions.is_empty() || f.rollout.is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "skip_versions ({}) applies to a flow with a rollout (rollout = \"canary N% then promote after M\"); remove it or add a rollout",
+        f.skip_versions
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
 /// Order by key needs a key and a receive loop that keeps it: the embedded
-/// broker's, so far.
+/// broker's, so far. `park` needs an order to hold.
 fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
     if f.ordering != super::FlowOrdering::Key {
+        if f.on_key_failure == super::KeyFailure::Park {
+            return Err(
+                "on_key_failure = \"park\" needs ordering = \"key\": without an order there is nothing to hold".into(),
+            );
+        }
         return Ok(());
     }
     match config.brokers.iter().find(|b| b.name() == f.broker) {
-        Some(b) if b.kind() != "embedded" => Err(format!(
+        Some(b) if !KEYED_BROKERS.contains(&b.kind()) => Err(format!(
             "ordering = \"key\" is supported on the embedded broker only so far; broker \"{}\" is {}",
             f.broker,
             b.kind()
@@ -239,6 +286,9 @@ fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
         _ => Ok(()),
     }
 }
+
+/// The broker kinds whose messages have a key `ordering = "key"` can use.
+const KEYED_BROKERS: [&str; 1] = ["embedded"];
 
 /// Compiles a flow's filter the way the flow will when it starts; the error
 /// names the flow and the pattern.

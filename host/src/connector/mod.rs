@@ -294,6 +294,13 @@ pub trait Source: Send {
         None
     }
 
+    /// The header that carries a message's key, which `ordering = "key"`
+    /// orders by ([`crate::message::KEY_HEADER`] on the embedded broker, the
+    /// only one `ordering = "key"` accepts so far).
+    fn key_header(&self) -> &'static str {
+        crate::message::KEY_HEADER
+    }
+
     /// Where the flow reads the consumer's partition assignment from, for
     /// sources that consume partitions (Kafka); `None` for the others.
     /// Called once, after the source is opened; the flow's status and

@@ -36,6 +36,10 @@ pub enum Action<'a> {
     DeleteTopic,
     /// Grant or revoke an algorithm's access to a topic.
     ChangeGrant,
+    /// List the origins algorithms may send HTTP requests to.
+    ListOutbound,
+    /// Allow or deny an algorithm an HTTP origin.
+    ChangeOutbound,
     /// Read a topic's messages without consuming them.
     PeekTopic,
     /// Publish messages to this topic.
@@ -76,6 +80,8 @@ impl Action<'_> {
             Action::DeleteTopic => "delete topics".into(),
             Action::ChangeGrant => "grant or revoke access to topics".into(),
             Action::PeekTopic => "peek at topics".into(),
+            Action::ListOutbound => "list outbound HTTP grants".into(),
+            Action::ChangeOutbound => "allow or deny algorithms HTTP origins".into(),
             Action::Send(t) => format!(
                 "send to topic {:?} on broker {:?} (none of its algorithms may consume it)",
                 t.name, t.broker
@@ -105,7 +111,7 @@ impl Role {
     /// dead letters; set, delete and list the names of secrets; see the
     /// algorithms' topics and loaded versions; and send messages to a topic
     /// one of its algorithms may consume (to test a queue). Everything else
-    /// (brokers, topics, grants, peeking, the whole state, tokens, and
+    /// (brokers, topics, grants, outbound HTTP grants, peeking, the whole state, tokens, and
     /// anything of another owner) is refused.
     pub fn authorize(&self, action: Action<'_>) -> Result<(), ControlError> {
         let Role::Owner(me) = self else {
@@ -133,6 +139,8 @@ impl Role {
             | Action::DeclareTopic
             | Action::DeleteTopic
             | Action::ChangeGrant
+            | Action::ListOutbound
+            | Action::ChangeOutbound
             | Action::PeekTopic
             | Action::ManageTokens
             | Action::ReplayUnverified => {

@@ -2,7 +2,9 @@
 
 use super::{Action, ControlError, ControlPlane, Role};
 use crate::api::{self, EditFlow, EnableFlow};
-use crate::config::{self, AlgorithmRef, FilterSpec, FlowOrdering, FlowSpec};
+use crate::config::{
+    self, AlgorithmRef, CanarySpec, FilterSpec, FlowOrdering, FlowSpec, ShadowSpec,
+};
 
 /// A flow after it was enabled or edited, and what its caller should know.
 #[derive(Debug, Clone)]
@@ -176,7 +178,7 @@ impl ControlPlane {
     }
 
     /// The flow `name`, or 404.
-    fn flow_named(&self, name: &str) -> Result<FlowSpec, ControlError> {
+    pub(super) fn flow_named(&self, name: &str) -> Result<FlowSpec, ControlError> {
         self.declarations()
             .flows
             .into_iter()
@@ -364,6 +366,10 @@ pub fn flow_view(f: &FlowSpec) -> api::Flow {
         concurrency: f.concurrency,
         ordering: f.ordering,
         filter: f.filter.clone(),
+        canary: f.canary.clone(),
+        shadow: f.shadow.clone(),
+        rollout: f.rollout.clone(),
+        skip_versions: f.skip_versions.clone(),
         waiting_for: None,
     }
 }
@@ -397,6 +403,12 @@ struct Settings {
     ordering: Option<FlowOrdering>,
     /// `Some(None)` removes the filter.
     filter: Option<Option<FilterSpec>>,
+    /// `Some(None)` removes the canary.
+    canary: Option<Option<CanarySpec>>,
+    /// `Some(None)` removes the shadow.
+    shadow: Option<Option<ShadowSpec>>,
+    /// The new `skip_versions`.
+    skip_versions: Option<Vec<semver::Version>>,
 }
 
 impl Settings {
@@ -413,6 +425,9 @@ impl Settings {
             concurrency: req.concurrency,
             ordering: req.ordering,
             filter: req.filter.clone().map(Some),
+            canary: None,
+            shadow: None,
+            skip_versions: None,
         })
     }
 
@@ -428,38 +443,33 @@ impl Settings {
             concurrency: edit.concurrency,
             ordering: edit.ordering,
             filter: edit.filter,
+            canary: edit.canary,
+            shadow: edit.shadow,
+            skip_versions: edit.skip_versions,
         })
     }
 
     /// Sets the given fields of `flow`.
     fn apply(self, flow: &mut FlowSpec) {
-        if let Some(v) = self.version {
-            flow.algorithm.version = v;
-        }
-        if let Some(e) = self.enabled {
-            flow.enabled = e;
-        }
-        if let Some(t) = self.dead_letter_topic {
-            flow.dead_letter_topic = t;
-        }
-        if let Some(t) = self.output_topic {
-            flow.output_topic = t;
-        }
-        if let Some(t) = self.timeout_secs {
-            flow.timeout_secs = t;
-        }
-        if let Some(m) = self.max_receives {
-            flow.max_receives = m;
-        }
-        if let Some(c) = self.concurrency {
-            flow.concurrency = c;
-        }
-        if let Some(o) = self.ordering {
-            flow.ordering = o;
-        }
-        if let Some(f) = self.filter {
-            flow.filter = f;
-        }
+        set(&mut flow.algorithm.version, self.version);
+        set(&mut flow.enabled, self.enabled);
+        set(&mut flow.dead_letter_topic, self.dead_letter_topic);
+        set(&mut flow.output_topic, self.output_topic);
+        set(&mut flow.timeout_secs, self.timeout_secs);
+        set(&mut flow.max_receives, self.max_receives);
+        set(&mut flow.concurrency, self.concurrency);
+        set(&mut flow.ordering, self.ordering);
+        set(&mut flow.filter, self.filter);
+        set(&mut flow.canary, self.canary);
+        set(&mut flow.shadow, self.shadow);
+        set(&mut flow.skip_versions, self.skip_versions);
+    }
+}
+
+/// Sets `field` to `value` when one is given.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
     }
 }
 
@@ -548,6 +558,9 @@ mod tests {
             concurrency: Some(4),
             ordering: Some(FlowOrdering::Key),
             filter: Some(Some(filter.clone())),
+            canary: None,
+            shadow: None,
+            skip_versions: None,
         })
         .unwrap();
         assert_eq!(enable, edit);

@@ -1,6 +1,7 @@
 //! The control plane: broker connections, topics and their access lists,
-//! flows (the "queues" of an algorithm), dead letters, messages, secrets
-//! and tokens, one file a resource.
+//! flows (the "queues" of an algorithm), their canaries (`rollout`) and
+//! parked keys, dead letters, messages, secrets, tokens and outbound HTTP
+//! grants, one file a resource.
 //!
 //! Every call takes the caller's [`Role`], and whether it may is decided
 //! here and only here, by [`Role::authorize`]; the admin API's
@@ -16,8 +17,11 @@ mod auth;
 mod brokers;
 mod dead_letters;
 mod flows;
+mod keys;
 mod messages;
+mod outbound;
 mod plugins;
+mod rollout;
 mod secrets;
 mod state;
 mod tokens;

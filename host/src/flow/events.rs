@@ -14,6 +14,7 @@ use crate::sandbox::{Algorithm, Failure, Outcome, Reason};
 use crate::state::FailureRecord;
 
 use super::FlowStatus;
+use super::rollout::{AutoRollout, Rollout};
 use super::throttle::LogThrottle;
 
 /// The events of one message handled by one algorithm version.
@@ -25,6 +26,9 @@ pub(super) struct MessageEvents<'a> {
     pub(super) handles: Arc<FlowMetrics>,
     /// Keeps errors that repeat for every message to a few lines.
     pub(super) throttle: &'a LogThrottle,
+    /// The flow's canary, which counts each version's attempts.
+    pub(super) rollout: Option<&'a Rollout>,
+    pub(super) auto_rollout: Option<&'a AutoRollout>,
     pub(super) algorithm: &'a Algorithm,
     pub(super) message: &'a InboundMessage,
 }
@@ -52,8 +56,10 @@ impl MessageEvents<'_> {
         {
             self.handles.end_to_end_seconds.observe(age.as_secs_f64());
         }
-        self.handles.in_flight.dec();
+        // The status first: whoever sees the gauge at zero sees the status
+        // there too.
         self.status.finished();
+        self.handles.in_flight.dec();
     }
 
     /// The algorithm ran (successfully or not): what it cost.
@@ -70,6 +76,13 @@ impl MessageEvents<'_> {
             .observe(outcome.peak_memory_bytes as f64);
         if let Some(fuel) = outcome.fuel_used {
             handles.fuel_used.observe(fuel as f64);
+        }
+        let (failed, secs) = (outcome.result.is_err(), outcome.duration.as_secs_f64());
+        if let Some(rollout) = self.rollout {
+            rollout.observe(&self.algorithm.id, failed, secs);
+        }
+        if let Some(rollout) = self.auto_rollout {
+            rollout.observe(&self.algorithm.id, failed, secs);
         }
     }
 

@@ -25,7 +25,7 @@ impl Worker {
             detail: f.detail.clone(),
             attempt: message.attempt,
             at: crate::util::rfc3339_now(),
-            algorithm: algorithm.label(),
+            algorithm: algorithm.label().to_string(),
         }
     }
 

@@ -19,7 +19,9 @@ mod events;
 pub mod filter;
 mod journal;
 mod keys;
+mod parked;
 pub mod retry;
+pub mod rollout;
 mod status;
 pub mod throttle;
 pub mod topology;
@@ -35,7 +37,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicSpec;
-use crate::config::{FlowOrdering, FlowSpec};
+use crate::config::{FlowOrdering, FlowSpec, KeyFailure};
 use crate::connector::{Delivery, Source, SourceOptions};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -60,6 +62,8 @@ pub struct Services {
     pub secrets: RwLock<HashMap<String, Vec<(String, String)>>>,
     /// Signs the dead letters this router writes, and verifies them on read.
     pub dead_letter_key: envelope::DeadLetterKey,
+    /// The flows' canaries.
+    pub rollouts: rollout::Rollouts,
 }
 
 impl Services {
@@ -157,18 +161,9 @@ pub async fn run(
     };
     backoff.reset();
     status.set_assignment(source.assignment());
-    let throttle = Arc::new(throttle::LogThrottle::new(
-        throttle::LOG_INTERVAL,
-        services
-            .metrics
-            .log_lines_suppressed
-            .get_or_create(&crate::metrics::FlowOnly {
-                flow: spec.name.clone(),
-            })
-            .clone(),
-    ));
+    let throttle = log_throttle(&services, &spec.name);
     let flusher = spawn_flusher(throttle.clone(), flow.clone(), shutdown.clone());
-    let worker = Worker {
+    let mut worker = Worker {
         spec: spec.clone(),
         topology: topologies.clone(),
         services: services.clone(),
@@ -181,7 +176,15 @@ pub async fn run(
         throttle: throttle.clone(),
         slots: Arc::new(Semaphore::new(spec.concurrency as usize)),
         filter,
+        rollout: services.rollouts.start(&spec, &services.metrics, &status),
+        parking: (spec.on_key_failure == KeyFailure::Park).then(Default::default),
+        key_header: source.key_header(),
+        auto_rollout: services
+            .rollouts
+            .start_auto(&spec, &services.metrics, &status),
+        shadow: None,
     };
+    worker.shadow = rollout::start_shadow(&worker);
     if let Some(n) = worker.native_max_receives {
         tracing::info!(
             flow = %flow,
@@ -189,6 +192,8 @@ pub async fn run(
             "The queue has a redrive policy: its maxReceiveCount applies instead of max_receives."
         );
     }
+    let chain = Arc::new(std::sync::Mutex::new(keys::KeyChain::default()));
+    let releaser = parked::start_releaser(worker.clone(), chain.clone(), shutdown.clone()).await;
     let tasks = ReceiveLoop {
         source: &mut source,
         worker: &worker,
@@ -196,13 +201,16 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(setup.window)),
         max_batch: setup.options.max_batch,
         tasks: JoinSet::new(),
-        keys: (spec.ordering == FlowOrdering::Key).then(keys::KeyChain::default),
+        keys: (spec.ordering == FlowOrdering::Key).then_some(chain),
         backoff,
         shutdown: &shutdown,
     }
     .run()
     .await;
     drain(tasks, grace, &flow, &status).await;
+    if let Some(releaser) = releaser {
+        let _ = releaser.await;
+    }
     source.close().await;
     flusher.abort();
     throttle.flush(&flow);
@@ -317,6 +325,22 @@ async fn connect(
     }
 }
 
+/// Keeps the errors of flow `name` that repeat for every message to a few
+/// lines, counting the rest.
+fn log_throttle(services: &Services, name: &str) -> Arc<throttle::LogThrottle> {
+    let suppressed = services
+        .metrics
+        .log_lines_suppressed
+        .get_or_create(&crate::metrics::FlowOnly {
+            flow: name.to_string(),
+        })
+        .clone();
+    Arc::new(throttle::LogThrottle::new(
+        throttle::LOG_INTERVAL,
+        suppressed,
+    ))
+}
+
 /// Flushes the throttled log lines of `flow` every second until `stop`.
 fn spawn_flusher(
     throttle: Arc<throttle::LogThrottle>,
@@ -346,8 +370,9 @@ struct ReceiveLoop<'a> {
     max_batch: usize,
     /// The messages being handled.
     tasks: JoinSet<()>,
-    /// Each key's turns, with `ordering = "key"`.
-    keys: Option<keys::KeyChain>,
+    /// Each key's turns, with `ordering = "key"` (shared with the releases
+    /// of parked keys).
+    keys: Option<Arc<std::sync::Mutex<keys::KeyChain>>>,
     /// Delays between failed receives.
     backoff: Backoff,
     shutdown: &'a CancellationToken,
@@ -458,9 +483,9 @@ impl ReceiveLoop<'_> {
                     .expect("received more messages than free slots"),
             };
             let (worker, algorithm) = (self.worker.clone(), algorithm.clone());
-            let turn = self.keys.as_mut().and_then(|keys| {
-                let key = delivery.message.header(crate::message::KEY_HEADER)?;
-                Some(keys.turn(key))
+            let turn = self.keys.as_ref().and_then(|keys| {
+                let key = delivery.message.header(self.worker.key_header)?;
+                Some(keys.lock().unwrap_or_else(|p| p.into_inner()).turn(key))
             });
             self.tasks.spawn(async move {
                 worker.process_in_turn(delivery, algorithm, turn).await;

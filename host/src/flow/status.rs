@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::rollout::{AutoRollout, Rollout, ShadowStats};
 use super::{LAST_ERROR_CHARS, one_line};
+use crate::api::status::MAX_PARKED_SHOWN;
 use crate::config::FlowSpec;
 use crate::connector::Assignment;
 
@@ -28,6 +30,14 @@ pub struct FlowStatus {
     filtered: AtomicU64,
     in_flight: AtomicI64,
     samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
+    /// The flow's canary, kept after a decision restarted the flow.
+    rollout: Mutex<Option<Arc<Rollout>>>,
+    /// The flow's automatic rollout (`rollout`), if it has one.
+    auto_rollout: Mutex<Option<Arc<AutoRollout>>>,
+    /// The flow's shadow, while the flow runs with one.
+    shadow: Mutex<Option<Arc<ShadowStats>>>,
+    /// The parked keys, as last read from the state store.
+    parked: Mutex<Vec<crate::api::ParkedKey>>,
 }
 
 /// A snapshot of a flow's status (part of the admin API's contract).
@@ -71,6 +81,65 @@ impl FlowStatus {
     }
     pub(super) fn filtered(&self) {
         self.filtered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Shows `rollout` as the flow's canary.
+    pub(super) fn set_rollout(&self, rollout: Arc<Rollout>) {
+        *self.rollout.lock().unwrap_or_else(|p| p.into_inner()) = Some(rollout);
+    }
+
+    /// Shows `rollout`'s canaries as the flow's (`None`: it has none).
+    pub(super) fn set_auto_rollout(&self, rollout: Option<Arc<AutoRollout>>) {
+        *self.auto_rollout.lock().unwrap_or_else(|p| p.into_inner()) = rollout;
+    }
+
+    /// Shows `shadow` as the flow's shadow (`None`: it has none).
+    pub(super) fn set_shadow(&self, shadow: Option<Arc<ShadowStats>>) {
+        *self.shadow.lock().unwrap_or_else(|p| p.into_inner()) = shadow;
+    }
+
+    /// The flow started without a shadow: a running one (removed by an
+    /// edit) is shown no more; one its gate stopped (which removed it from
+    /// the declaration) stays.
+    pub(super) fn clear_running_shadow(&self) {
+        let mut shadow = self.shadow.lock().unwrap_or_else(|p| p.into_inner());
+        match shadow.as_ref() {
+            Some(s) if s.is_stopped() => s.left_declaration(),
+            Some(_) => *shadow = None,
+            None => {}
+        }
+    }
+
+    /// Whether the shadow shown is `version`, stopped by its gate, and the
+    /// flow's declaration still names it (the stop is being saved).
+    pub(super) fn shadow_stop_unsaved(&self, version: &semver::Version) -> bool {
+        let shadow = self.shadow.lock().unwrap_or_else(|p| p.into_inner());
+        shadow
+            .as_ref()
+            .is_some_and(|s| s.is_stopped() && !s.has_left_declaration() && s.version() == version)
+    }
+
+    /// The flow started without a canary: one that was never decided
+    /// (removed by an edit) is shown no more; a decided one stays.
+    pub(super) fn clear_undecided_rollout(&self) {
+        let mut rollout = self.rollout.lock().unwrap_or_else(|p| p.into_inner());
+        if rollout.as_ref().is_some_and(|r| r.undecided()) {
+            *rollout = None;
+        }
+    }
+
+    /// Sets the parked keys, as read from the state store.
+    pub(super) fn set_parked(&self, keys: Vec<crate::api::ParkedKey>) {
+        *self.parked.lock().unwrap_or_else(|p| p.into_inner()) = keys;
+    }
+
+    /// The parked keys (the first [`MAX_PARKED_SHOWN`]), how many there
+    /// are and the messages they hold.
+    fn parked(&self) -> (Vec<crate::api::ParkedKey>, u64, u64) {
+        let keys = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        let messages = keys.iter().map(|k| k.messages).sum();
+        let shown = keys.iter().take(MAX_PARKED_SHOWN).cloned().collect();
+        (shown, keys.len() as u64, messages)
     }
 
     /// Records the latest error, on one line and cut to
@@ -176,6 +245,7 @@ impl FlowStatus {
             state = FlowState::Degraded;
             last_error = Some(down);
         }
+        let (parked, parked_keys, parked_messages) = self.parked();
         FlowReport {
             name: spec.name.clone(),
             state,
@@ -194,7 +264,31 @@ impl FlowStatus {
             last_error,
             partitions_assigned: partitions.map(|(n, _)| n),
             unassigned_secs: partitions.and_then(|(_, d)| d).map(|d| d.as_secs_f64()),
+            rollout: self
+                .rollout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|r| r.report())
+                .or_else(|| self.auto_rollout_report()),
+            shadow: self
+                .shadow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|s| s.report()),
+            parked,
+            parked_keys,
+            parked_messages,
         }
+    }
+
+    fn auto_rollout_report(&self) -> Option<crate::api::RolloutReport> {
+        self.auto_rollout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()?
+            .report()
     }
 
     /// Why the flow is not ready, if it is not: a running Kafka flow whose

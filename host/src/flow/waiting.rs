@@ -28,11 +28,16 @@ impl ReceiveLoop<'_> {
     /// The version the flow runs now, if it can run it.
     pub(super) fn usable_algorithm(&self) -> Result<Arc<Algorithm>, Unusable> {
         let worker = self.worker;
-        let algorithm = worker
-            .services
-            .registry
-            .resolve(&worker.spec.algorithm)
-            .ok_or(Unusable::Missing)?;
+        let (registry, spec) = (&worker.services.registry, &worker.spec);
+        // A latest-following flow never runs a version its `skip_versions`
+        // lists: while only such versions are loaded (a restart loads them
+        // in any order) it waits, as for a missing one.
+        let algorithm = if spec.skip_versions.is_empty() || spec.algorithm.version.is_some() {
+            registry.resolve(&spec.algorithm)
+        } else {
+            registry.resolve_latest_where(&spec.algorithm, |v| !spec.skip_versions.contains(v))
+        }
+        .ok_or(Unusable::Missing)?;
         match worker
             .topology
             .current()

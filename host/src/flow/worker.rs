@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tracing::Level;
 
-use crate::config::FlowSpec;
+use crate::config::{FlowOrdering, FlowSpec, Limits};
 use crate::connector::{Delivery, MAX_RETRY_DELAY, Settle};
 use crate::message::InboundMessage;
 use crate::metrics::FlowMetrics;
@@ -30,7 +30,9 @@ use super::effects::{Enqueued, Provenance, publish_failure};
 use super::events::{MessageEvents, settle_failed};
 use super::filter::Filter;
 use super::keys::Turn;
+use super::parked::Parking;
 use super::retry::backoff;
+use super::rollout::{AutoRollout, Rollout, Shadow};
 use super::throttle::LogThrottle;
 use super::topology::{FlowResolver, Topology, TopologyHandle};
 use super::{FlowStatus, Services};
@@ -67,6 +69,16 @@ pub struct Worker {
     /// The flow's filter, compiled when the flow started; `None` passes
     /// every message.
     pub(super) filter: Option<Arc<Filter>>,
+    /// The flow's canary, if it has one: it chooses each message's version.
+    pub(super) rollout: Option<Arc<Rollout>>,
+    /// The flow's `rollout`, if it has one: new versions become canaries.
+    pub(super) auto_rollout: Option<Arc<AutoRollout>>,
+    /// The flow's shadow, if it has one: offered every invoked message.
+    pub(super) shadow: Option<Arc<Shadow>>,
+    /// The flow's parked keys, with `on_key_failure = "park"`.
+    pub(super) parking: Option<Arc<Parking>>,
+    /// The header of a message's key (see `Source::key_header`).
+    pub(super) key_header: &'static str,
 }
 
 impl Worker {
@@ -103,6 +115,8 @@ impl Worker {
             metrics: &self.services.metrics,
             handles: self.handles(algorithm),
             throttle: &self.throttle,
+            rollout: self.rollout.as_deref(),
+            auto_rollout: self.auto_rollout.as_deref(),
             algorithm,
             message,
         }
@@ -128,8 +142,9 @@ impl Worker {
     }
 
     /// Processes one delivery once the previous message of its key is done
-    /// (with `ordering = "key"`), keeping it leased meanwhile; the next
-    /// message of the key goes once this one is settled.
+    /// (with `ordering = "key"`), keeping it leased meanwhile, or holds it
+    /// if its key is parked; the next message of the key goes once this one
+    /// is settled (its retries, in place, included).
     pub(super) async fn process_in_turn(
         &self,
         mut delivery: Delivery,
@@ -146,7 +161,9 @@ impl Worker {
             turn.wait(),
         )
         .await;
-        self.process(delivery, algorithm).await;
+        if let Some(delivery) = self.hold_if_parked(delivery).await {
+            self.process(delivery, algorithm).await;
+        }
         drop(turn);
     }
 
@@ -154,6 +171,14 @@ impl Worker {
     /// message's trace.
     pub async fn process(&self, delivery: Delivery, algorithm: Arc<Algorithm>) {
         use tracing::Instrument;
+        let algorithm = match &self.rollout {
+            Some(r) => r.choose(&delivery.message, algorithm, &self.services.registry),
+            None => algorithm,
+        };
+        let algorithm = match &self.auto_rollout {
+            Some(r) => r.choose(&delivery.message, algorithm, &self.services.registry),
+            None => algorithm,
+        };
         #[allow(unused_mut)]
         let mut trace = TraceContext::for_message(delivery.message.header(TRACEPARENT_HEADER));
         let span = tracing::info_span!(
@@ -196,9 +221,19 @@ impl Worker {
             self.give_up_unrecorded(&mut settle, &algorithm, &message)
                 .await;
         } else {
-            let outcome = self.invoke(&mut settle, &algorithm, &mut message).await;
-            self.settle_outcome(&mut settle, &algorithm, &message, outcome, &trace)
-                .await;
+            loop {
+                let outcome = self.invoke(&mut settle, &algorithm, &mut message).await;
+                let Some(delay) = self
+                    .settle_outcome(&mut settle, &algorithm, &message, outcome, &trace)
+                    .await
+                else {
+                    break;
+                };
+                // Retried in place, still leased: see `retry_in_place`.
+                let wait = tokio::time::sleep(delay);
+                with_heartbeat(&mut settle, self.lease, &self.throttle, wait).await;
+                message.attempt += 1;
+            }
         }
 
         self.events(&algorithm, &message).finished();
@@ -212,6 +247,23 @@ impl Worker {
         algorithm: &Arc<Algorithm>,
         message: &mut InboundMessage,
     ) -> Outcome {
+        let (prepared, resolver) = self.prepare(algorithm).await;
+        let invocation = prepared.invocation(self.flow.clone(), message, resolver);
+        let slots = self.slots.clone();
+        with_heartbeat(settle, self.lease, &self.throttle, async move {
+            // The slot is released as soon as the invocation ends, before
+            // its effects are published and the message settled.
+            let _slot = slots.acquire_owned().await;
+            self.services.sandbox.invoke(algorithm, invocation).await
+        })
+        .await
+    }
+
+    /// Prepares an attempt of `algorithm` with the limits and secrets in
+    /// force now, and the resolver that checks its publishes against the
+    /// flow's grants and counts its host calls; the resolver is handed to
+    /// the invocation, the rest lent to it.
+    pub(super) async fn prepare(&self, algorithm: &Algorithm) -> (Prepared, Arc<FlowResolver>) {
         let topology = self.topology.current();
         let (timeout, limits) = topology.limits_for(&self.spec, &algorithm.id);
         let env = self
@@ -224,26 +276,17 @@ impl Worker {
             algorithm: self.spec.algorithm.clone(),
             remaining: AtomicU32::new(limits.max_host_calls),
         });
-        let invocation = Invocation {
-            flow: self.flow.clone(),
-            message,
+        let prepared = Prepared {
             timeout,
-            limits: &limits,
-            env: &env,
-            resolver,
+            limits,
+            env,
         };
-        let slots = self.slots.clone();
-        with_heartbeat(settle, self.lease, &self.throttle, async move {
-            // The slot is released as soon as the invocation ends, before
-            // its effects are published and the message settled.
-            let _slot = slots.acquire_owned().await;
-            self.services.sandbox.invoke(algorithm, invocation).await
-        })
-        .await
+        (prepared, resolver)
     }
 
     /// Publishes the effects of a successful invocation and acknowledges
-    /// the message, or fails it.
+    /// the message, or fails it; `Some(delay)` when it is to be retried in
+    /// place after `delay`.
     async fn settle_outcome(
         &self,
         settle: &mut Box<dyn Settle>,
@@ -251,9 +294,12 @@ impl Worker {
         message: &InboundMessage,
         outcome: Outcome,
         trace: &TraceContext,
-    ) {
+    ) -> Option<Duration> {
         let events = self.events(algorithm, message);
         events.invoked(&outcome);
+        if let Some(shadow) = &self.shadow {
+            shadow.offer(message, &outcome.result);
+        }
         let output = match outcome.result {
             Ok(output) => output,
             Err(failure) => {
@@ -280,8 +326,9 @@ impl Worker {
         match self.commit(settle, message, enqueued).await {
             Ok(true) => self.succeeded(algorithm, message).await,
             Ok(false) => {}
-            Err(failure) => self.fail(settle, algorithm, message, failure).await,
+            Err(failure) => return self.fail(settle, algorithm, message, failure).await,
         }
+        None
     }
 
     /// Waits for the effects handed to other producers, then acknowledges
@@ -320,14 +367,14 @@ impl Worker {
     }
 
     /// An attempt failed: retry the message with the flow's backoff, or
-    /// give up on it.
+    /// give up on it. `Some(delay)`: retry it in place after `delay`.
     async fn fail(
         &self,
         settle: &mut Box<dyn Settle>,
         algorithm: &Arc<Algorithm>,
         message: &InboundMessage,
         failure: Failure,
-    ) {
+    ) -> Option<Duration> {
         let record = self.record(algorithm, message, &failure);
         let history = self.journal(&message.id, record.clone()).await;
         let last_attempt = message.attempt >= self.max_receives();
@@ -342,8 +389,9 @@ impl Worker {
                 Some(h) => (Some(h.first), h.last),
                 None => (None, record),
             };
+            self.park_key_of(message).await;
             self.give_up(settle, algorithm, message, first, last).await;
-            return;
+            return None;
         }
         // The algorithm's delay is a floor: it never makes the router retry
         // sooner than the flow's backoff allows.
@@ -351,7 +399,19 @@ impl Worker {
             .max(failure.retry_after.unwrap_or_default())
             .min(MAX_RETRY_DELAY);
         self.events(algorithm, message).retried(&failure.reason);
+        if self.retry_in_place(message) {
+            return Some(delay);
+        }
         self.retry(settle, message, delay).await;
+        None
+    }
+
+    /// Whether a failed attempt of `message` is retried in place, the
+    /// message kept leased and its key's turn held: with `ordering =
+    /// "key"`, a retry given back to the broker would come back behind the
+    /// key's later messages.
+    fn retry_in_place(&self, message: &InboundMessage) -> bool {
+        self.spec.ordering == FlowOrdering::Key && message.header(self.key_header).is_some()
     }
 
     /// Gives up on a message delivered more often than allowed without a
@@ -379,6 +439,7 @@ impl Worker {
             )
         });
         let first = history.map(|h| h.first);
+        self.park_key_of(message).await;
         self.give_up(settle, algorithm, message, first, last).await;
     }
 
@@ -412,6 +473,34 @@ impl Worker {
             message,
             error,
         );
+    }
+}
+
+/// What an attempt of an algorithm version is lent besides the message (see
+/// [`Worker::prepare`]).
+pub(super) struct Prepared {
+    timeout: Duration,
+    limits: Limits,
+    env: Vec<(String, String)>,
+}
+
+impl Prepared {
+    /// The invocation of `message` in `flow`, borrowing the limits and the
+    /// secrets, owning `resolver`.
+    pub(super) fn invocation<'a>(
+        &'a self,
+        flow: Arc<str>,
+        message: &'a mut InboundMessage,
+        resolver: Arc<FlowResolver>,
+    ) -> Invocation<'a> {
+        Invocation {
+            flow,
+            message,
+            timeout: self.timeout,
+            limits: &self.limits,
+            env: &self.env,
+            resolver,
+        }
     }
 }
 

@@ -24,6 +24,12 @@ impl Router {
         if let Some(warning) = pool_oversubscription(&config) {
             tracing::warn!("{warning}");
         }
+        self.services.sandbox.outbound().replace(
+            config
+                .outbound
+                .iter()
+                .map(|g| (g.algorithm.clone(), g.origins.clone())),
+        );
         self.start_new_flows(&mut flows, &config);
         self.update_statuses(&config);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;

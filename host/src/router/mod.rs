@@ -81,12 +81,17 @@ impl Router {
                 .await??
         };
         let services = Arc::new(Services {
-            sandbox,
+            sandbox: sandbox.clone(),
             registry: Arc::new(Registry::new()),
             state,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new({
+                let mut metrics = Metrics::new();
+                metrics.register_outbound(sandbox.outbound().metrics());
+                metrics
+            }),
             secrets: RwLock::new(HashMap::new()),
             dead_letter_key,
+            rollouts: Default::default(),
         });
         services.reload_secrets()?;
         std::fs::create_dir_all(&dirs.plugins_dir).with_context(|| {
@@ -398,6 +403,11 @@ impl Router {
         }
         let state = self.services.state.clone();
         let _ = tokio::task::spawn_blocking(move || state.flush()).await;
+    }
+
+    /// Closes the admin listener's address to algorithms' HTTP requests.
+    pub fn protect_admin(&self, admin: std::net::SocketAddr) {
+        self.services.sandbox.outbound().protect(admin);
     }
 
     /// A token cancelled when the router shuts down, for its helpers.

@@ -91,6 +91,7 @@ impl Sandbox {
             .context("cannot create the WebAssembly engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::Algorithm::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -113,6 +114,7 @@ impl Sandbox {
             compiling: std::sync::Mutex::default(),
             engine_hash,
             data,
+            outbound: Arc::default(),
             settings: settings.clone(),
             ticker_stop,
             slots: settings
@@ -127,6 +129,16 @@ impl Sandbox {
         let slots = self.slots.as_ref()?;
         // Never closed: the sandbox owns the semaphore.
         slots.clone().acquire_owned().await.ok()
+    }
+
+    /// An instance slot if one is free now: `Err(())` when the pool is
+    /// full, `Ok(None)` without the pool. For shadow invocations, which
+    /// never wait for a slot a serving one could take.
+    pub(super) fn free_instance_slot(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        let Some(slots) = self.slots.as_ref() else {
+            return Ok(None);
+        };
+        slots.clone().try_acquire_owned().map(Some).map_err(|_| ())
     }
 
     /// Instances of the pooling allocator in use now (component instances,

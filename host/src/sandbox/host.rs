@@ -1,5 +1,6 @@
 //! What an algorithm can reach: the store data of one invocation and the
-//! host side of the `data`, `publish` and `log` imports.
+//! host side of the `data`, `publish` and `log` imports (`wasi:http` is in
+//! [`super::outbound`]).
 //!
 //! Every import counts against `max_host_calls`; going over traps with
 //! [`LimitTrap::HostCalls`]. Data calls (on the blocking pool, or to a
@@ -9,11 +10,13 @@
 //! sizes), so an algorithm cannot make the router hold more than a few
 //! outputs' worth.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::PublishRefusal;
 use super::TopicResolver;
@@ -85,6 +88,9 @@ impl wasmtime::ResourceLimiter for Limiter {
 pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
+    pub(super) http: WasiHttpCtx,
+    /// Where outgoing HTTP requests go, checked (`wasi:http`).
+    pub(super) outbound: super::outbound::Hooks,
     pub(super) limiter: Limiter,
     pub(super) owner: String,
     pub(super) label: Arc<str>,
@@ -103,6 +109,10 @@ pub struct HostState {
     pub(super) data_written: u64,
     pub(super) max_data_write_bytes: u64,
     pub(super) host_call_timeout: Duration,
+    /// A shadow invocation's data writes (`None` for a delete), by URI:
+    /// kept here and read back by its own `get`s, never written to the
+    /// store. `None` for a serving invocation.
+    pub(super) captured_writes: Option<HashMap<String, Option<Vec<u8>>>>,
 }
 
 impl WasiView for HostState {
@@ -110,6 +120,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }
@@ -162,6 +182,13 @@ impl data::Host for HostState {
             Ok(u) => u,
             Err(e) => return Ok(Err(e.into())),
         };
+        if let Some(captured) = self
+            .captured_writes
+            .as_ref()
+            .and_then(|c| c.get(&uri.to_string()))
+        {
+            return Ok(captured.clone().ok_or_else(|| DataError::NotFound.into()));
+        }
         Ok(self
             .data_call(|d| async move { d.get(&uri).await })
             .await
@@ -183,6 +210,10 @@ impl data::Host for HostState {
             return Ok(Err(DataError::QuotaExceeded.into()));
         }
         self.data_written += size;
+        if let Some(captured) = &mut self.captured_writes {
+            captured.insert(uri.to_string(), Some(contents));
+            return Ok(Ok(()));
+        }
         Ok(self
             .data_call(|d| async move { d.put(&uri, contents).await })
             .await
@@ -207,6 +238,10 @@ impl data::Host for HostState {
             Ok(u) => u,
             Err(e) => return Ok(Err(e.into())),
         };
+        if let Some(captured) = &mut self.captured_writes {
+            captured.insert(uri.to_string(), None);
+            return Ok(Ok(()));
+        }
         Ok(self
             .data_call(|d| async move { d.delete(&uri).await })
             .await

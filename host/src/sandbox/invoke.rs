@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx};
+use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::bindings::{AlgorithmPre, Lent, WitMessage};
 use super::failure::{classify, guest_failure};
 use super::host::{self, HostState, Limiter};
+use super::outbound::{Hooks, HooksFor, HttpLimits};
 use super::{
     Algorithm, Code, Failure, Invocation, NativeFn, NoTopics, Outcome, Reason, Sandbox,
     TopicResolver,
@@ -32,20 +34,49 @@ impl Sandbox {
     /// wait is not the algorithm's doing, so it is neither a failure nor
     /// part of `timeout`: the timeout starts once the slot is held. (The
     /// caller keeps the message leased meanwhile.)
-    pub async fn invoke(&self, algorithm: &Algorithm, mut inv: Invocation<'_>) -> Outcome {
+    pub async fn invoke(&self, algorithm: &Algorithm, inv: Invocation<'_>) -> Outcome {
         let waiting = Instant::now();
         let slot = match &algorithm.code {
             Code::Wasm(_) => self.instance_slot().await,
             Code::Native(_) => None,
         };
-        let slot_wait = waiting.elapsed();
+        self.run(algorithm, inv, slot, waiting.elapsed(), false)
+            .await
+    }
+
+    /// Runs `algorithm` on one message as a shadow: in a fresh instance,
+    /// with its data writes captured (the invocation reads them back, the
+    /// store never sees them), every HTTP request refused, and its
+    /// publishes returned to be discarded. `None`, without running, when
+    /// the pool has no free instance slot: a shadow never waits for one.
+    pub async fn invoke_shadow(
+        &self,
+        algorithm: &Algorithm,
+        inv: Invocation<'_>,
+    ) -> Option<Outcome> {
+        let slot = match &algorithm.code {
+            Code::Wasm(_) => self.free_instance_slot().ok()?,
+            Code::Native(_) => None,
+        };
+        Some(self.run(algorithm, inv, slot, Duration::ZERO, true).await)
+    }
+
+    /// Runs an invocation holding its instance `slot`.
+    async fn run(
+        &self,
+        algorithm: &Algorithm,
+        mut inv: Invocation<'_>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        slot_wait: Duration,
+        shadow: bool,
+    ) -> Outcome {
         let started = Instant::now();
         let pre = match &algorithm.code {
             Code::Wasm(pre) => pre,
             Code::Native(f) => return run_native(f, &inv, started, slot_wait),
         };
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
-        let (mut store, fuel) = self.store(algorithm, &inv, &stderr, started);
+        let (mut store, fuel) = self.store(algorithm, &inv, &stderr, (started, shadow));
         let result = match check_input(inv.message, inv.limits) {
             Some(f) => Err(f),
             None => call(pre, &mut store, &mut inv, &stderr).await,
@@ -77,7 +108,7 @@ impl Sandbox {
         algorithm: &Algorithm,
         inv: &Invocation<'_>,
         stderr: &MemoryOutputPipe,
-        started: Instant,
+        (started, shadow): (Instant, bool),
     ) -> (Store<HostState>, Option<u64>) {
         let limits = inv.limits;
         let timeout = inv.timeout;
@@ -91,15 +122,19 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .max_random_size(host::MAX_RANDOM_BYTES);
-        let state = self.host_state(
+        let hooks = self.http_hooks(algorithm, inv, started + timeout, shadow);
+        let mut state = self.host_state(
             algorithm,
-            wasi.build(),
+            (wasi.build(), hooks),
             inv.flow.clone(),
             &inv.message.id,
             inv.resolver.clone(),
             limits,
             Duration::from_secs_f64(limits.host_call_timeout_secs).min(timeout),
         );
+        if shadow {
+            state.captured_writes = Some(Default::default());
+        }
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let fuel = self
@@ -124,12 +159,52 @@ impl Sandbox {
         (store, fuel)
     }
 
+    /// The send-request hook of one invocation: the algorithm's grants, its
+    /// limits, and the message's trace continued.
+    fn http_hooks(
+        &self,
+        algorithm: &Algorithm,
+        inv: &Invocation<'_>,
+        deadline: Instant,
+        shadow: bool,
+    ) -> Hooks {
+        let (max_requests, max_request_bytes, max_response_bytes, timeout) = inv.limits.http();
+        let traceparent = inv
+            .message
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+            .map(|(_, v)| v.as_str());
+        let hooks = if shadow {
+            Hooks::for_shadow
+        } else {
+            Hooks::new
+        };
+        hooks(
+            &self.outbound,
+            HooksFor {
+                algorithm: algorithm.qualified().clone(),
+                label: algorithm.label().clone(),
+                flow: inv.flow.clone(),
+                message_id: &inv.message.id,
+                traceparent,
+                limits: HttpLimits {
+                    max_requests,
+                    max_request_bytes,
+                    max_response_bytes,
+                    timeout,
+                },
+                deadline,
+            },
+        )
+    }
+
     /// The host side of one instance of `algorithm`.
     #[allow(clippy::too_many_arguments)]
     fn host_state(
         &self,
         algorithm: &Algorithm,
-        wasi: WasiCtx,
+        (wasi, outbound): (WasiCtx, Hooks),
         flow: Arc<str>,
         message_id: &str,
         resolver: Arc<dyn TopicResolver>,
@@ -139,12 +214,14 @@ impl Sandbox {
         HostState {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            outbound,
             limiter: Limiter {
                 memory_limit: (limits.max_memory_mib as usize) << 20,
                 peak_memory: 0,
             },
             owner: algorithm.id.owner.clone(),
-            label: algorithm.label().into(),
+            label: algorithm.label().clone(),
             flow,
             message_id: message_id.to_string(),
             data: self.data.clone(),
@@ -158,6 +235,7 @@ impl Sandbox {
             data_written: 0,
             max_data_write_bytes: limits.max_data_write_bytes,
             host_call_timeout,
+            captured_writes: None,
         }
     }
 
@@ -175,9 +253,26 @@ impl Sandbox {
         };
         let limits = Limits::default();
         let _slot = self.instance_slot().await;
+        let hooks = Hooks::new(
+            &self.outbound,
+            HooksFor {
+                algorithm: algorithm.qualified().clone(),
+                label: algorithm.label().clone(),
+                flow: "benchmark".into(),
+                message_id: &message.id,
+                traceparent: None,
+                limits: HttpLimits {
+                    max_requests: 0,
+                    max_request_bytes: 0,
+                    max_response_bytes: 0,
+                    timeout: Duration::ZERO,
+                },
+                deadline: Instant::now(),
+            },
+        );
         let state = self.host_state(
             algorithm,
-            WasiCtx::builder().build(),
+            (WasiCtx::builder().build(), hooks),
             "benchmark".into(),
             &message.id,
             Arc::new(NoTopics),

@@ -29,15 +29,15 @@ impl Sandbox {
         let pre = AlgorithmPre::new(instance_pre)
             .map_err(anyhow::Error::from)
             .context("it does not export the eventflow:algorithm world (`apply`)")?;
-        Ok(Algorithm {
+        let initial = initial_memory_bytes(&component);
+        Ok(Algorithm::new(
             id,
             hash,
-            size: bytes.len() as u64,
-            loaded_at: SystemTime::now(),
+            bytes.len() as u64,
             from_cache,
-            initial_memory_bytes: initial_memory_bytes(&component),
-            code: Code::Wasm(pre),
-        })
+            initial,
+            Code::Wasm(pre),
+        ))
     }
 
     fn cache_path(&self, hash: &str) -> Option<PathBuf> {

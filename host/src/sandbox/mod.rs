@@ -8,7 +8,7 @@
 //! one), and holds it until its store is dropped. Limits: wall-clock timeout by
 //! epoch interruption (plus an outer timeout covering host calls), memory by a
 //! store limiter, stack by the engine, optional fuel, output size, host calls
-//! and data bytes. Breaking one is a [`Failure`] with a [`Reason`], never a
+//! and data bytes; outgoing HTTP only to granted origins ([`outbound`]). Breaking one is a [`Failure`] with a [`Reason`], never a
 //! crash of the router.
 
 mod bindings;
@@ -17,6 +17,7 @@ mod failure;
 mod host;
 mod invoke;
 mod load;
+pub mod outbound;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -73,6 +74,10 @@ pub struct Algorithm {
     /// whose `max_memory_mib` is below it could never start (see
     /// [`Algorithm::memory_shortfall`]). `None` if it cannot be known.
     pub initial_memory_bytes: Option<u64>,
+    /// `owner/name@version#hash12`, made once.
+    label: Arc<str>,
+    /// `owner/name`, made once.
+    qualified: Arc<str>,
     code: Code,
 }
 
@@ -90,14 +95,29 @@ impl Algorithm {
     /// It runs without a sandbox: only benchmarks use it, to measure what
     /// the sandbox costs in the same pipeline.
     pub fn native(id: AlgorithmId, f: NativeFn) -> Self {
+        Self::new(id, "0".repeat(64), 0, false, None, Code::Native(f))
+    }
+
+    fn new(
+        id: AlgorithmId,
+        hash: String,
+        size: u64,
+        from_cache: bool,
+        initial_memory_bytes: Option<u64>,
+        code: Code,
+    ) -> Self {
+        let qualified = format!("{}/{}", id.owner, id.name);
+        let label = format!("{qualified}@{}#{}", id.version, &hash[..12.min(hash.len())]);
         Self {
             id,
-            hash: "0".repeat(64),
-            size: 0,
+            hash,
+            size,
             loaded_at: SystemTime::now(),
-            from_cache: false,
-            initial_memory_bytes: None,
-            code: Code::Native(f),
+            from_cache,
+            initial_memory_bytes,
+            label: label.into(),
+            qualified: qualified.into(),
+            code,
         }
     }
 
@@ -116,14 +136,13 @@ impl Algorithm {
     }
 
     /// `owner/name@version#hash12`, the label used in logs and envelopes.
-    pub fn label(&self) -> String {
-        format!(
-            "{}/{}@{}#{}",
-            self.id.owner,
-            self.id.name,
-            self.id.version,
-            &self.hash[..12]
-        )
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// `owner/name`, the algorithm without its version.
+    pub fn qualified(&self) -> &Arc<str> {
+        &self.qualified
     }
 }
 
@@ -193,6 +212,7 @@ pub struct Sandbox {
     compiling: std::sync::Mutex<HashSet<String>>,
     engine_hash: String,
     data: Arc<Collections>,
+    outbound: Arc<outbound::OutboundGrants>,
     settings: SandboxConfig,
     ticker_stop: Arc<AtomicBool>,
     /// One permit per instance slot of the pooling allocator; `None` without
@@ -210,6 +230,11 @@ impl Sandbox {
     /// The engine settings.
     pub fn settings(&self) -> &SandboxConfig {
         &self.settings
+    }
+
+    /// The algorithms' HTTP grants, which the router keeps up to date.
+    pub fn outbound(&self) -> &Arc<outbound::OutboundGrants> {
+        &self.outbound
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Once;
 use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Damaged, FAILURES, META, SECRETS, TOKENS};
+use super::{Damaged, FAILURES, META, PARKED, PARKED_KEYS, SECRETS, TOKENS};
 
 /// Copies every table of `db` into a new file and puts it in place of
 /// `path`: nothing the old file freed survives.
@@ -26,6 +26,8 @@ pub(super) fn rewrite(db: Database, path: &Path) -> anyhow::Result<()> {
         copy_table(&from, &to, FAILURES)?;
         copy_table(&from, &to, META)?;
         copy_table(&from, &to, TOKENS)?;
+        copy_table(&from, &to, PARKED_KEYS)?;
+        copy_table(&from, &to, PARKED)?;
         {
             let src = from.open_table(SECRETS)?;
             let mut dst = to.open_table(SECRETS)?;

@@ -5,6 +5,8 @@
 //! - secrets: the algorithms' (their environment) and the router's own
 //!   (broker credentials created through the API);
 //! - owner-scoped API tokens (their SHA-256, never the token);
+//! - parked keys and the messages held for them (`on_key_failure =
+//!   "park"`), durably: those messages were acknowledged on their broker;
 //! - the failure journal: the first and last failure of every message that
 //!   has failed and is not yet settled for good, so the dead-letter envelope
 //!   can report both even when attempts span restarts. Journal writes are
@@ -21,9 +23,10 @@
 //! panic nor an empty start, and the state directory is kept private
 //! ([`secure_dir`]).
 //!
-//! One file a concern: `journal` (failures), `secrets` (sealing, conversion,
-//! key rotation), `desired` (declarations), [`token`] (API tokens), `file`
-//! (opening, rewriting and securing redb files).
+//! One file a concern: `journal` (failures), `parked` (parked keys),
+//! `secrets` (sealing, conversion, key rotation), `desired` (declarations),
+//! [`token`] (API tokens), `file` (opening, rewriting and securing redb
+//! files).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,12 +38,14 @@ mod desired;
 mod file;
 mod journal;
 pub mod key;
+mod parked;
 mod secrets;
 pub mod token;
 
 pub(crate) use file::aside_name;
 pub use file::{StoreFileError, open_redb, secure_dir, tighten};
 pub use journal::{FailureHistory, FailureRecord};
+pub use parked::{HeldMessage, ParkedKey};
 pub use secrets::{Rotation, rotate_key};
 pub use token::TokenInfo;
 
@@ -57,6 +62,12 @@ const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secr
 /// Single values: `desired` (JSON declarations), `seed` (digest of the
 /// configuration file they were last seeded from).
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// (flow, key) → JSON: the parked keys (see [`parked`]).
+const PARKED_KEYS: TableDefinition<(&str, &str), &str> = TableDefinition::new("parked_keys");
+/// (flow, key, place) → (JSON of the headers and id, payload): the
+/// messages held for parked keys.
+const PARKED: TableDefinition<(&str, &str, u64), (&str, &[u8])> =
+    TableDefinition::new("parked_messages");
 /// SHA-256 of a token → JSON of [`TokenInfo`].
 const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 
@@ -106,6 +117,8 @@ impl StateStore {
         tx.open_table(SECRETS)?;
         tx.open_table(META)?;
         tx.open_table(TOKENS)?;
+        tx.open_table(PARKED_KEYS)?;
+        tx.open_table(PARKED)?;
         tx.commit()?;
         let store = Self {
             db: Arc::new(db),

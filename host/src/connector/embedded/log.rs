@@ -29,7 +29,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -412,26 +411,48 @@ pub fn open_segment(dir: &Path, id: u64) -> std::io::Result<File> {
 /// possibly empty), durably: written to a temporary name, synced, renamed,
 /// and the directory synced. Returns the file and its length.
 pub fn create_segment(dir: &Path, id: u64, first: &[u8]) -> std::io::Result<(File, u64)> {
-    let name = segment_name(id);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
+    let file = prepare_segment(dir, id)?;
+    let len = finish_segment(dir, id, &file, first)?;
+    Ok((file, len))
+}
+
+/// The first half of [`create_segment`], which can run ahead of the roll
+/// that needs it: segment `id` under its temporary name with only its
+/// header, synced. A crash leaves it behind as a temporary file, which
+/// [`segment_ids`] removes.
+pub fn prepare_segment(dir: &Path, id: u64) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
-    let mut buf = Vec::with_capacity(HEADER_BYTES as usize + FRAME_HEADER as usize + first.len());
-    buf.extend_from_slice(MAGIC);
-    buf.extend_from_slice(&id.to_le_bytes());
+        .open(temporary_path(dir, id))?;
+    let mut header = Vec::with_capacity(HEADER_BYTES as usize);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&id.to_le_bytes());
+    file.write_all_at(&header, 0)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// The second half of [`create_segment`]: writes `first` into the prepared
+/// segment `id`, syncs it, renames it into place and syncs the directory.
+/// Returns the segment's length.
+pub fn finish_segment(dir: &Path, id: u64, file: &File, first: &[u8]) -> std::io::Result<u64> {
+    let mut buf = Vec::with_capacity(FRAME_HEADER as usize + first.len());
     if !first.is_empty() {
         frame(&mut buf, first);
+        file.write_all_at(&buf, HEADER_BYTES)?;
+        file.sync_data()?;
     }
-    file.write_all(&buf)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(&name))?;
+    std::fs::rename(temporary_path(dir, id), dir.join(segment_name(id)))?;
     sync_dir(dir)?;
-    Ok((file, buf.len() as u64))
+    Ok(HEADER_BYTES + buf.len() as u64)
+}
+
+fn temporary_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{}.tmp", segment_name(id)))
 }
 
 /// Appends the frame of `body` to `buf`.

@@ -25,7 +25,9 @@
 //! so when the segments hold more than twice the live messages plus two
 //! segments, the oldest segment's live messages are copied forward (with
 //! their current receive count) and the segment is deleted: the log stays
-//! within about twice what it holds.
+//! within about twice what it holds. The unlinking, and the creation of the
+//! next segment's file ahead of its roll, happen on a cleaner thread, so a
+//! roll holds up the next frame for one sync and one rename only.
 //!
 //! Leases live in memory only: receiving a message commits nothing, except
 //! that the topic's receive mark is moved [`MARK_BLOCK`] sequence numbers
@@ -390,6 +392,7 @@ impl Store {
     }
 }
 
+mod cleaner;
 mod inspect;
 mod open;
 mod receive;

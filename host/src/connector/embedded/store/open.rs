@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::Instant;
 
+use super::cleaner::Cleaner;
 use super::writer::Writer;
 
 use super::super::legacy;
@@ -69,7 +70,9 @@ impl Store {
             next_attempt: Instant::now(),
             backoff: REOPEN_BACKOFF.0,
             last_logged: None,
+            cleaner: Cleaner::start(path.to_path_buf()).map_err(storage)?,
         };
+        writer.cleaner.prepare(id + 1);
         writer.delete_dead_segments();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()

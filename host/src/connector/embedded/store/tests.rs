@@ -404,7 +404,66 @@ async fn segments_roll_and_go_once_their_messages_are_acknowledged() {
         store.ack(&lease).await.unwrap();
     }
     assert!(store.segments() <= 2, "{}", store.segments());
-    assert_eq!(segment_files(&path).len(), store.segments());
+    // The cleaner thread unlinks the files soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while segment_files(&path).len() != store.segments() {
+        assert!(Instant::now() < deadline, "{:?}", segment_files(&path));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `path` exists.
+async fn appears(path: &Path) -> std::fs::Metadata {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(meta) = std::fs::metadata(path) {
+            return meta;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_roll_takes_the_segment_the_cleaner_prepared_and_a_leftover_is_harmless() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let tmp = |id: u64| path.join(format!("{}.tmp", log::segment_name(id)));
+    let mut published = Vec::new();
+    {
+        let store = small(&path);
+        // Segment 1 is the active one; 2 is prepared before it is needed.
+        let prepared = appears(&tmp(2)).await.ino();
+        let body = "x".repeat(300);
+        while store.segments() < 2 {
+            published.extend(store.publish("t", vec![msg(&body)]).await.unwrap());
+        }
+        // The roll renamed the prepared file into place (the same inode)
+        // and the cleaner prepares the one after.
+        let rolled = std::fs::metadata(path.join(log::segment_name(2))).unwrap();
+        assert_eq!(rolled.ino(), prepared);
+        appears(&tmp(3)).await;
+    }
+    // The prepared file left behind by the drop is not a segment.
+    let store = small(&path);
+    let names: Vec<_> = segment_files(&path)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [1, 2, 3].map(log::segment_name));
+    let got: Vec<_> = store
+        .receive("t", 1000, LEASE, WAIT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(m, _)| m.id)
+        .collect();
+    assert_eq!(got, published);
 }
 
 #[tokio::test]
@@ -430,9 +489,10 @@ async fn a_message_left_alone_is_copied_forward_and_the_log_stays_bounded() {
             store.ack(&lease).await.unwrap();
             assert!(store.segments() <= 8, "{} segments", store.segments());
         }
-        // The parked messages were moved: the first segment is gone.
-        assert!(!path.join(log::segment_name(1)).exists());
+        // The parked messages were moved: the first segment is gone (a
+        // close waits for the cleaner).
         store.close().await.unwrap();
+        assert!(!path.join(log::segment_name(1)).exists());
     }
     let store = small(&path);
     let got = store.peek("parked", 10).unwrap();

@@ -8,6 +8,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::super::log::{self, Live, Loc, Record};
+use super::cleaner::Cleaner;
 use super::*;
 use crate::message::unix_ms;
 
@@ -27,6 +28,8 @@ pub(super) struct Writer {
     pub(super) next_attempt: Instant,
     pub(super) backoff: Duration,
     pub(super) last_logged: Option<Instant>,
+    /// Deletes segments and prepares the next one off the writer's path.
+    pub(super) cleaner: Cleaner,
 }
 
 impl Writer {
@@ -78,6 +81,7 @@ impl Writer {
             // the deletions or a compaction.
             if result.is_ok() && asked() {
                 self.roll_and_clean();
+                self.cleaner.flush();
             }
             let full = result.is_ok() && self.active_len >= self.segment_bytes;
             for job in jobs {
@@ -263,8 +267,14 @@ impl Writer {
             }
         }
         let id = self.active_id + 1;
-        match log::create_segment(&self.shared.dir, id, &first) {
+        let dir = &self.shared.dir;
+        let made = match self.cleaner.take_prepared(id) {
+            Some(file) => log::finish_segment(dir, id, &file, &first).map(|len| (file, len)),
+            None => log::create_segment(dir, id, &first),
+        };
+        match made {
             Ok((file, len)) => {
+                self.cleaner.prepare(id + 1);
                 let file = Arc::new(file);
                 self.shared
                     .files
@@ -282,19 +292,14 @@ impl Writer {
         }
     }
 
-    /// Deletes segments, oldest first, while every message written to them
+    /// Gives up segments, oldest first, while every message written to them
     /// is acknowledged (never the active one, never one after a live one:
     /// a retry's count written there may be the last word on an older
-    /// message).
+    /// message); the cleaner deletes their files.
     pub(super) fn delete_dead_segments(&mut self) {
-        let mut removed = false;
+        let mut dead = Vec::new();
         while let Some(&oldest) = self.seg_len.keys().next() {
             if oldest == self.active_id || self.live.count(oldest) > 0 {
-                break;
-            }
-            let path = self.shared.dir.join(log::segment_name(oldest));
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(file = %path.display(), error = %e, "Cannot delete a segment of the embedded broker's log; it is tried again at the next roll.");
                 break;
             }
             self.shared
@@ -304,11 +309,9 @@ impl Writer {
                 .remove(&oldest);
             self.seg_len.remove(&oldest);
             self.live.forget(oldest);
-            removed = true;
+            dead.push(oldest);
         }
-        if removed && let Err(e) = log::sync_dir(&self.shared.dir) {
-            tracing::warn!(dir = %self.shared.dir.display(), error = %e, "Cannot sync the embedded broker's log directory.");
-        }
+        self.cleaner.delete(dead);
     }
 
     /// Copies the messages still live in segment `seg` to the active one,

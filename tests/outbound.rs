@@ -1,0 +1,346 @@
+//! Algorithms' outgoing HTTP (`wasi:http`): only to granted origins, never
+//! to a private address a grant does not name, never to the admin API, and
+//! within the invocation's limits. Real binary, embedded broker, the
+//! `test/fetch` algorithm, and small HTTP servers of the test on 127.0.0.1.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Router, wait_for};
+
+/// A tiny HTTP/1.1 server: `/hello` answers `hello`, `/big` 64 KiB,
+/// `/slow` after 5 s, `/redirect?to=URL` a 302 to URL, `/echo` the request
+/// head it received. It records every request line and head.
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || serve(stream, &log));
+            }
+        });
+        Self { port, seen }
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    log.lock().unwrap().push(head.clone());
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (status, extra, body) = match path.split_once('?').map_or(path.as_str(), |p| p.0) {
+        "/hello" => ("200 OK", String::new(), "hello".to_string()),
+        "/big" => ("200 OK", String::new(), "x".repeat(64 << 10)),
+        "/slow" => {
+            std::thread::sleep(Duration::from_secs(5));
+            ("200 OK", String::new(), "late".to_string())
+        }
+        "/redirect" => {
+            let to = path.split_once("?to=").map(|p| p.1).unwrap_or("/");
+            ("302 Found", format!("location: {to}\r\n"), String::new())
+        }
+        "/echo" => ("200 OK", String::new(), head.clone()),
+        "/upload" => {
+            // Late, so the client has tried to send the whole body first.
+            std::thread::sleep(Duration::from_millis(500));
+            ("200 OK", String::new(), "uploaded".to_string())
+        }
+        _ => ("404 Not Found", String::new(), String::new()),
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// A flow of `test/fetch` from `in` to `out`, the grant, and the flow's
+/// limits.
+fn config(origins: &[String], limits: &str) -> String {
+    let origins: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
+    format!(
+        r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "in"
+consumers = ["test/fetch"]
+
+[[topics]]
+name = "out"
+publishers = ["test/fetch"]
+
+[[flows]]
+name = "fetch"
+topic = "in"
+algorithm = "test/fetch"
+output_topic = "out"
+max_receives = 1
+
+[flows.limits]
+{limits}
+
+[[outbound]]
+algorithm = "test/fetch"
+origins = [{}]
+"#,
+        origins.join(", ")
+    )
+}
+
+/// Runs `test/fetch` on `input` and returns its results.
+fn fetch(router: &Router, input: Value) -> Vec<Value> {
+    let before = router.peek("local", "out").len();
+    router.publish("in", &[input.to_string()]);
+    let out = wait_for("the fetch output", Duration::from_secs(60), || {
+        let out = router.peek("local", "out");
+        (out.len() > before).then(|| out[before].clone())
+    });
+    let doc: Value = serde_json::from_str(out["payload"].as_str().unwrap()).unwrap();
+    doc["results"].as_array().unwrap().clone()
+}
+
+fn one(router: &Router, url: &str) -> Value {
+    fetch(router, json!({ "url": url })).remove(0)
+}
+
+fn assert_denied(result: &Value, what: &str) {
+    assert_eq!(result["error"], "HttpRequestDenied", "{what}: {result}");
+}
+
+#[test]
+fn only_granted_origins_at_public_or_named_addresses_are_reachable() {
+    let granted = Server::start();
+    let by_name = Server::start();
+    let router = Router::start(&config(
+        &[
+            granted.url("127.0.0.1", ""),
+            format!("http://localhost:{}", by_name.port),
+        ],
+        "",
+    ));
+
+    // Allowed: the origin names the address itself.
+    let ok = one(&router, &granted.url("127.0.0.1", "/hello"));
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(ok["body"], "hello");
+
+    // The trace continues into the called service.
+    let echo = one(&router, &granted.url("127.0.0.1", "/echo"));
+    let head = echo["body"].as_str().unwrap().to_ascii_lowercase();
+    assert!(head.contains("traceparent: 00-"), "{head}");
+
+    // Not granted: another port, another scheme, another name for the
+    // same address.
+    assert_denied(
+        &one(&router, &by_name.url("127.0.0.1", "/hello")),
+        "an ungranted port",
+    );
+    assert_denied(
+        &one(
+            &router,
+            &format!("https://127.0.0.1:{}/hello", granted.port),
+        ),
+        "https",
+    );
+    assert_denied(
+        &one(&router, &granted.url("localhost", "/hello")),
+        "an ungranted name",
+    );
+    assert_denied(&one(&router, "http://example.com/"), "an ungranted host");
+
+    // Granted by name, but the name resolves to loopback, which no grant
+    // names: denied before connecting.
+    assert_denied(
+        &one(&router, &by_name.url("localhost", "/hello")),
+        "localhost",
+    );
+    // The cloud metadata address, in any spelling.
+    assert_denied(
+        &one(&router, "http://169.254.169.254/latest/meta-data"),
+        "metadata",
+    );
+    assert_denied(
+        &one(&router, "http://[::ffff:a9fe:a9fe]/latest/meta-data"),
+        "metadata, IPv6",
+    );
+    // An IPv6 spelling of loopback at the port granted only by name.
+    assert_denied(
+        &one(
+            &router,
+            &format!("http://[::ffff:127.0.0.1]:{}/hello", by_name.port),
+        ),
+        "IPv4-mapped loopback",
+    );
+    assert!(by_name.requests().is_empty(), "{:?}", by_name.requests());
+
+    // A redirect comes back to the algorithm; following it is a new request,
+    // checked again.
+    let to = by_name.url("localhost", "/hello");
+    let hop = one(
+        &router,
+        &granted.url("127.0.0.1", &format!("/redirect?to={to}")),
+    );
+    assert_eq!(hop["status"], 302, "{hop}");
+    let followed = fetch(
+        &router,
+        json!({ "url": granted.url("127.0.0.1", &format!("/redirect?to={to}")), "follow": true }),
+    );
+    assert_denied(&followed[0], "a redirect to a denied origin");
+    let meta = "http://169.254.169.254/latest/meta-data";
+    let followed = fetch(
+        &router,
+        json!({ "url": granted.url("127.0.0.1", &format!("/redirect?to={meta}")), "follow": true }),
+    );
+    assert_denied(&followed[0], "a redirect to the metadata address");
+    assert!(by_name.requests().is_empty(), "{:?}", by_name.requests());
+
+    let metrics = router.metrics();
+    assert!(
+        metrics.contains(r#"eventflow_outbound_requests_total{algorithm="test/fetch",host="127.0.0.1",status="2xx"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"eventflow_outbound_denied_total{algorithm="test/fetch",reason="not_public"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("eventflow_outbound_request_duration_seconds"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_admin_api_is_never_reachable_even_when_granted_by_address() {
+    let granted = Server::start();
+    let router = Router::start(&config(&[granted.url("127.0.0.1", "")], ""));
+    let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
+    let admin = format!("http://{}", addr.trim());
+    let out = router.cli_ok(&["outbound", "allow", "test/fetch", &admin]);
+    assert!(out.contains("allowed"), "{out}");
+    let listed = router.cli_ok(&["outbound", "list", "test/fetch"]);
+    assert!(listed.contains(&admin), "{listed}");
+    assert_denied(&one(&router, &format!("{admin}/v1/flows")), "the admin API");
+    assert_denied(
+        &one(&router, &format!("{admin}/metrics")),
+        "the admin metrics",
+    );
+
+    // Denying an origin again takes effect at once.
+    router.cli_ok(&[
+        "outbound",
+        "deny",
+        "test/fetch",
+        &granted.url("127.0.0.1", ""),
+    ]);
+    assert_denied(
+        &one(&router, &granted.url("127.0.0.1", "/hello")),
+        "a denied origin",
+    );
+    let (status, body) = router.http("GET", "/v1/outbound", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["grants"][0]["origins"], json!([admin]), "{body}");
+    let (status, body) = router.http(
+        "POST",
+        "/v1/algorithms/test/fetch/outbound",
+        Some(json!({ "origin": "ftp://example.com" })),
+    );
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn request_count_size_and_time_are_limited() {
+    let server = Server::start();
+    let router = Router::start(&config(
+        &[server.url("127.0.0.1", "")],
+        "max_http_requests = 3\nmax_http_response_bytes = 10000\nmax_http_request_bytes = 1000\nhttp_timeout_secs = 1",
+    ));
+    let hello = server.url("127.0.0.1", "/hello");
+    let results = fetch(&router, json!({ "url": hello, "repeat": 4 }));
+    assert!(
+        results[..3].iter().all(|r| r["status"] == 200),
+        "{results:?}"
+    );
+    assert_eq!(results[3]["error"], "ConnectionLimitReached", "{results:?}");
+    // The count is per invocation.
+    assert_eq!(one(&router, &hello)["status"], 200);
+
+    // The stream error the algorithm reads carries the host's message.
+    let big = one(&router, &server.url("127.0.0.1", "/big"));
+    let error = big["error"].as_str().unwrap_or("");
+    assert!(error.contains("body size exceeds limit: 10000"), "{big}");
+    let sent = fetch(
+        &router,
+        json!({ "url": server.url("127.0.0.1", "/upload"), "method": "POST", "body": "y".repeat(5000) }),
+    );
+    assert!(sent[0]["error"].is_string(), "{sent:?}");
+    let small = fetch(
+        &router,
+        json!({ "url": server.url("127.0.0.1", "/upload"), "method": "POST", "body": "y".repeat(500) }),
+    );
+    assert_eq!(small[0]["body"], "uploaded", "{small:?}");
+
+    let started = std::time::Instant::now();
+    let slow = one(&router, &server.url("127.0.0.1", "/slow"));
+    assert_eq!(slow["error"], "ConnectionTimeout", "{slow}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn without_a_grant_every_request_is_denied() {
+    let server = Server::start();
+    let body = config(&[], "").replace(
+        "[[outbound]]\nalgorithm = \"test/fetch\"\norigins = []\n",
+        "",
+    );
+    let router = Router::start(&body);
+    assert_denied(
+        &one(&router, &server.url("127.0.0.1", "/hello")),
+        "no grant",
+    );
+    assert!(server.requests().is_empty());
+}
