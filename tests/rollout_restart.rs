@@ -111,6 +111,29 @@ fn a_version_the_rollout_rolled_back_gets_no_message_after_a_kill_9() {
     assert!(why.contains("skip_versions"), "{report}");
     let status = router.cli_ok(&["status", "drop"]);
     assert!(status.contains("rolled_back"), "{status}");
+
+    // An operator who fixed what broke removes the version from
+    // `skip_versions` (PATCH): the flow rolls it out again as a canary.
+    let (code, patched) = router.http(
+        "PATCH",
+        "/v1/flows/drop",
+        Some(json!({"skip_versions": []})),
+    );
+    assert_eq!(code, 200, "{patched}");
+    assert!(patched.get("skip_versions").is_none(), "{patched}");
+    let mut probes = 0;
+    let report = wait_for(
+        "the version rolled out again",
+        Duration::from_secs(60),
+        || {
+            router.publish("drop-in", &payloads(&format!("again{probes}-"), 5));
+            probes += 1;
+            std::thread::sleep(Duration::from_millis(200));
+            let r = router.flow("drop")["rollout"].clone();
+            (r["state"] == "canary" && r["canary_version"] == "0.2.0").then_some(r)
+        },
+    );
+    assert_eq!(report["percent"], 50.0, "{report}");
 }
 
 /// The shadow report of a flow's status, `Null` without one.

@@ -82,6 +82,18 @@ impl Broker {
     /// it: SQS queues have a 3 s visibility timeout, Service Bus queues a
     /// 2 s lock.
     pub fn start(kind: Kind, topics: &[&str]) -> Self {
+        Self::start_with_lease(kind, topics, Duration::from_secs(3), Duration::from_secs(2))
+    }
+
+    /// [`Broker::start`] with an SQS visibility timeout of `visibility` and
+    /// a Service Bus lock of `lock`, for a test that must not see a lease
+    /// run out on a loaded machine (whole seconds).
+    pub fn start_with_lease(
+        kind: Kind,
+        topics: &[&str],
+        visibility: Duration,
+        lock: Duration,
+    ) -> Self {
         let mut addresses = HashMap::new();
         let server = match kind {
             Kind::Embedded => {
@@ -102,7 +114,13 @@ impl Broker {
             Kind::Sqs => {
                 let moto = Moto::start();
                 for t in topics {
-                    let url = moto.queue(t, &[(QueueAttributeName::VisibilityTimeout, "3".into())]);
+                    let url = moto.queue(
+                        t,
+                        &[(
+                            QueueAttributeName::VisibilityTimeout,
+                            visibility.as_secs().to_string(),
+                        )],
+                    );
                     addresses.insert(t.to_string(), url);
                 }
                 Server::Sqs { moto }
@@ -112,7 +130,7 @@ impl Broker {
                     .iter()
                     .map(|t| QueueSpec {
                         name: t.to_string(),
-                        lock_duration: Duration::from_secs(2),
+                        lock_duration: lock,
                         max_delivery_count: 10,
                     })
                     .collect();

@@ -367,6 +367,14 @@ pub trait Settle: Send + Sync {
         None
     }
 
+    /// When the lease was taken or last renewed, if the broker knows: the
+    /// first heartbeat then comes one interval after it, not one interval
+    /// after the work started (a message that waited for the flow has less
+    /// of its lease left). `None`: count from now.
+    fn leased_since(&self) -> Option<std::time::Instant> {
+        None
+    }
+
     /// The store this delivery can settle in together with publishes to
     /// it; `None` when it cannot (then [`Settle::ack_with`] is not called).
     fn local_store(&self) -> Option<LocalStore> {

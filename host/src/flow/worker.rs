@@ -517,12 +517,20 @@ async fn with_heartbeat<F: std::future::Future>(
     let Some(every) = settle.heartbeat() else {
         return work.await;
     };
-    let first_tick = tokio::time::Instant::now() + every;
+    // One interval after the lease began, which may be before the work did
+    // (the message waited for the flow): then the first tick is due at once.
+    let first_tick = settle
+        .leased_since()
+        .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std)
+        + every;
     tokio::pin!(work);
     if let std::task::Poll::Ready(out) = futures::poll!(work.as_mut()) {
         return out;
     }
     let mut ticks = tokio::time::interval_at(first_tick, every);
+    // A late renewal (an overdue first one, a busy machine) is followed by
+    // the next one interval later, not by a burst of the missed ones.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -545,8 +553,27 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Counts lease extensions; heartbeat every 10 ms.
-    struct Leased(Arc<AtomicUsize>);
+    /// Counts lease extensions, renewed every `every`; `since`: when the
+    /// lease began, if the broker says.
+    struct Leased {
+        extends: Arc<AtomicUsize>,
+        every: Duration,
+        since: Option<std::time::Instant>,
+    }
+
+    impl Leased {
+        fn boxed(
+            extends: &Arc<AtomicUsize>,
+            every: Duration,
+            since: Option<std::time::Instant>,
+        ) -> Box<dyn Settle> {
+            Box::new(Leased {
+                extends: extends.clone(),
+                every,
+                since,
+            })
+        }
+    }
 
     #[async_trait::async_trait]
     impl Settle for Leased {
@@ -557,11 +584,15 @@ mod tests {
             Ok(())
         }
         async fn extend(&mut self, _lease: Duration) -> anyhow::Result<()> {
-            self.0.fetch_add(1, Ordering::Relaxed);
+            self.extends.fetch_add(1, Ordering::Relaxed);
+            self.since = self.since.map(|_| std::time::Instant::now());
             Ok(())
         }
         fn heartbeat(&self) -> Option<Duration> {
-            Some(Duration::from_millis(10))
+            Some(self.every)
+        }
+        fn leased_since(&self) -> Option<std::time::Instant> {
+            self.since
         }
     }
 
@@ -572,7 +603,7 @@ mod tests {
     #[tokio::test]
     async fn work_that_waits_keeps_its_lease_and_work_that_does_not_never_extends() {
         let extends = Arc::new(AtomicUsize::new(0));
-        let mut settle: Box<dyn Settle> = Box::new(Leased(extends.clone()));
+        let mut settle = Leased::boxed(&extends, Duration::from_millis(10), None);
         let lease = Duration::from_secs(1);
         // Armed only once the work is found waiting, the heartbeat still
         // ticks every 10 ms of a 100 ms wait (a loaded machine may merge a
@@ -589,5 +620,21 @@ mod tests {
         let ready = with_heartbeat(&mut settle, lease, &throttle(), async { 8 }).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!((ready, extends.load(Ordering::Relaxed)), (8, 0));
+    }
+
+    #[tokio::test]
+    async fn the_first_heartbeat_counts_from_when_the_lease_began_not_from_the_work() {
+        let extends = Arc::new(AtomicUsize::new(0));
+        let leased = std::time::Instant::now() - Duration::from_secs(20);
+        let mut settle = Leased::boxed(&extends, Duration::from_secs(10), Some(leased));
+        // The message waited 20 s for the flow and its lease is renewed
+        // every 10 s: the renewal is overdue, so it comes as soon as the
+        // work is found waiting, once (the next is 10 s after it). Counted
+        // from the start of the work, none would come in this 50 ms wait.
+        with_heartbeat(&mut settle, Duration::from_secs(30), &throttle(), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        assert_eq!(extends.load(Ordering::Relaxed), 1);
     }
 }

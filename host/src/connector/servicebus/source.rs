@@ -63,6 +63,8 @@ impl From<Headers> for AllHeaders {
 struct Locked {
     response: Arc<PeekLockResponse>,
     lock: Duration,
+    /// When the lock was taken.
+    at: std::time::Instant,
 }
 
 /// Turns a peek-lock answer into a locked message, or `None` for "nothing".
@@ -76,6 +78,7 @@ fn locked(response: PeekLockResponse) -> Option<Locked> {
     Some(Locked {
         response: Arc::new(response),
         lock,
+        at: std::time::Instant::now(),
     })
 }
 
@@ -251,6 +254,7 @@ impl Source for ServiceBusSource {
                 settle: Box::new(ServiceBusSettle {
                     response: m.response,
                     lock: m.lock,
+                    locked_at: m.at,
                 }),
             })
             .collect())
@@ -269,6 +273,8 @@ impl Source for ServiceBusSource {
 struct ServiceBusSettle {
     response: Arc<PeekLockResponse>,
     lock: Duration,
+    /// When the lock was taken or last renewed.
+    locked_at: std::time::Instant,
 }
 
 #[async_trait]
@@ -314,14 +320,21 @@ impl Settle for ServiceBusSettle {
     }
 
     async fn extend(&mut self, _lease: Duration) -> anyhow::Result<()> {
+        let asked = std::time::Instant::now();
         self.response
             .renew_message_lock()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot renew the lock: {}", describe(&e)))
+            .map_err(|e| anyhow::anyhow!("cannot renew the lock: {}", describe(&e)))?;
+        self.locked_at = asked;
+        Ok(())
     }
 
     fn heartbeat(&self) -> Option<Duration> {
         Some((self.lock / 3).max(Duration::from_millis(300)))
+    }
+
+    fn leased_since(&self) -> Option<std::time::Instant> {
+        Some(self.locked_at)
     }
 }
 

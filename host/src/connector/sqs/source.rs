@@ -16,7 +16,10 @@
 //! visibility timeout of at least twice the algorithm's run time so that an
 //! ordinary backlog never meets this. Deletes are batched
 //! (`DeleteMessageBatch`), a retry is a visibility change, and a heartbeat
-//! extends the visibility of a message while its invocation runs.
+//! extends the visibility of a message while its invocation runs, every
+//! third of the visibility timeout counted from the receive: a message that
+//! waited in the channel is renewed sooner, not a full interval after its
+//! invocation began.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -180,6 +183,7 @@ impl SqsSource {
                 queue: self.queue.clone(),
                 receipt: m.receipt_handle().unwrap_or_default().to_string(),
                 visibility: self.visibility,
+                leased_at: received.at,
                 acks: self.acks.clone(),
             }),
         }
@@ -424,6 +428,9 @@ struct SqsSettle {
     queue: String,
     receipt: String,
     visibility: Duration,
+    /// When the visibility timeout last started: at the receive, then at
+    /// each extension.
+    leased_at: Instant,
     acks: mpsc::UnboundedSender<AckRequest>,
 }
 
@@ -461,11 +468,18 @@ impl Settle for SqsSettle {
     }
 
     async fn extend(&mut self, _lease: Duration) -> anyhow::Result<()> {
-        self.set_visibility(self.visibility).await
+        let asked = Instant::now();
+        self.set_visibility(self.visibility).await?;
+        self.leased_at = asked;
+        Ok(())
     }
 
     fn heartbeat(&self) -> Option<Duration> {
         Some((self.visibility / 3).max(Duration::from_millis(500)))
+    }
+
+    fn leased_since(&self) -> Option<Instant> {
+        Some(self.leased_at)
     }
 }
 
