@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Router, wait_for};
+use support::{Plugins, Router, one_flow, wait_for};
 
 /// A tiny HTTP/1.1 server: `/hello` answers `hello`, `/big` 64 KiB,
 /// `/slow` after 5 s, `/redirect?to=URL` a 302 to URL, `/echo` the request
-/// head it received. It records every request line and head.
+/// head it received, `/customers/c42` a JSON record (other customers 404).
+/// It records every request line and head.
 struct Server {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
@@ -75,6 +76,11 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) {
             ("302 Found", format!("location: {to}\r\n"), String::new())
         }
         "/echo" => ("200 OK", String::new(), head.clone()),
+        "/customers/c42" => (
+            "200 OK",
+            "content-type: application/json\r\n".to_string(),
+            r#"{"name": "Ada", "tier": "gold"}"#.to_string(),
+        ),
         "/upload" => {
             // Late, so the client has tried to send the whole body first.
             std::thread::sleep(Duration::from_millis(500));
@@ -343,4 +349,87 @@ fn without_a_grant_every_request_is_denied() {
         "no grant",
     );
     assert!(server.requests().is_empty());
+}
+
+/// The Python example `ezra/enrich_py` (plugins/enrich_py, built with
+/// componentize-py for the world that imports `wasi:http`) calls a REST
+/// service through `eventflow.http.fetch`: granted, it enriches the event;
+/// a 404 dead-letters it; once the origin is denied, the router refuses the
+/// request and the algorithm rejects the message with the router's reason.
+#[test]
+fn the_python_enrich_example_calls_a_granted_service_and_is_refused_once_denied() {
+    let service = Server::start();
+    let origin = service.url("127.0.0.1", "");
+    let router = Router::start_with(
+        &format!(
+            "{}\n[[outbound]]\nalgorithm = \"ezra/enrich_py\"\norigins = [\"{origin}\"]\n",
+            one_flow("enrich", "ezra/enrich_py", "max_receives = 1")
+        ),
+        Plugins::Guest(&[("ezra", "enrich_py")]),
+    );
+    let (status, body) = router.http(
+        "PUT",
+        "/v1/algorithms/ezra/enrich_py/secrets/ENRICH_URL",
+        Some(json!({"value": service.url("127.0.0.1", "/customers")})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let letter = |needle: &str| {
+        wait_for(needle, Duration::from_secs(120), || {
+            router
+                .dead_letters("enrich")
+                .into_iter()
+                .find(|l| l["payload"].as_str().unwrap_or("").contains(needle))
+        })
+    };
+
+    router.publish("in", &[json!({"customer": "c42", "order": 7}).to_string()]);
+    let out = wait_for("the enriched event", Duration::from_secs(120), || {
+        router.peek("local", "out").into_iter().next()
+    });
+    let event: Value = serde_json::from_str(out["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        event,
+        json!({"customer": "c42", "order": 7, "customer_record": {"name": "Ada", "tier": "gold"}})
+    );
+    let asked = service.requests();
+    assert!(
+        asked[0].starts_with("GET /customers/c42 HTTP/1.1")
+            && asked[0]
+                .to_ascii_lowercase()
+                .contains("accept: application/json"),
+        "{asked:?}"
+    );
+
+    router.publish("in", &[json!({"customer": "nobody"}).to_string()]);
+    let unknown = letter("nobody");
+    assert_eq!(
+        unknown["last_failure"]["reason"], "guest_reject",
+        "{unknown}"
+    );
+    assert_eq!(
+        unknown["last_failure"]["detail"], "unknown customer 'nobody'",
+        "{unknown}"
+    );
+
+    let denied = router.cli_ok(&["outbound", "deny", "ezra/enrich_py", &origin]);
+    assert!(denied.contains("denied"), "{denied}");
+    let before = service.requests().len();
+    router.publish(
+        "in",
+        &[json!({"customer": "c42", "after": "deny"}).to_string()],
+    );
+    let refused = letter("deny");
+    let detail = refused["last_failure"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        detail.starts_with("the router refused the request")
+            && detail.ends_with("HTTP-request-denied"),
+        "{refused}"
+    );
+    assert_eq!(
+        service.requests().len(),
+        before,
+        "the denied request reached the service"
+    );
 }

@@ -29,6 +29,10 @@ struct Manifest {
     /// Installed only for the tests.
     #[serde(default)]
     test_only: bool,
+    /// Calls out over HTTP: built for the world that imports `wasi:http`
+    /// (Python: plugins/python/wit-http).
+    #[serde(default)]
+    outbound_http: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -56,6 +60,7 @@ impl Lang {
         match self {
             Lang::Python => {
                 files.push(root.join("plugins/python/build-requirements.txt"));
+                files.push(root.join("plugins/python/wit-http/world.wit"));
                 files.extend(files_in(&root.join("plugins/python/eventflow")));
             }
             Lang::Js => {
@@ -151,15 +156,30 @@ fn install(wasm: &Path, out: &Path, m: &Manifest) -> anyhow::Result<()> {
 fn compile(g: &Guest, dest: &Path) -> anyhow::Result<()> {
     let root = root();
     match g.lang {
-        Lang::Python => run(Command::new(venv().join("bin/componentize-py"))
-            .arg("-d")
-            .arg(root.join("wit"))
-            .args(["-w", "algorithm", "componentize", "eventflow.main", "-p"])
-            .arg(root.join("plugins/python"))
-            .arg("-p")
-            .arg(&g.dir)
-            .arg("-o")
-            .arg(dest)),
+        Lang::Python => {
+            let mut command = Command::new(venv().join("bin/componentize-py"));
+            command.arg("-d").arg(root.join("wit"));
+            if g.manifest.outbound_http {
+                command
+                    .arg("-d")
+                    .arg(root.join("plugins/python/wit-http"))
+                    .args(["-w", "eventflow:algorithm-http/algorithm-http@0.1.0"]);
+            } else {
+                command.args(["-w", "algorithm"]);
+            }
+            run(command
+                .args(["componentize", "eventflow.main", "-p"])
+                .arg(root.join("plugins/python"))
+                .arg("-p")
+                .arg(&g.dir)
+                .arg("-o")
+                .arg(dest))
+        }
+        Lang::Js if g.manifest.outbound_http => anyhow::bail!(
+            "{}/{}: outbound_http is not supported for JavaScript algorithms yet",
+            g.manifest.owner,
+            g.manifest.name
+        ),
         Lang::Js => run(Command::new("node")
             .arg(root.join("plugins/js/build.mjs"))
             .arg(&g.dir)

@@ -18,6 +18,11 @@ Raise :class:`Retry` to have the message redelivered after a delay and
 exception that escapes ``apply`` rejects the message with the traceback as the
 reason. Secrets arrive in ``os.environ``; nothing else does.
 
+An algorithm granted outgoing HTTP calls services with
+:func:`eventflow.http.fetch`; it is built for the world that imports
+``wasi:http`` (``outbound_http = true`` in its ``algorithm.toml``), so that
+module is imported on its own, not from here.
+
 Build with ``componentize-py -d wit -w algorithm componentize eventflow.main
 -p plugins/python -p DIR -o app.wasm`` where DIR holds ``app.py`` (``cargo
 xtask plugins`` does this for the examples).

@@ -8,7 +8,12 @@ import json
 import traceback
 
 from componentize_py_types import Err
-from wit_world.imports import types
+try:
+    from wit_world.imports import types
+except ImportError:
+    # The algorithm-http world also imports wasi:http's `types`, so
+    # componentize-py names the algorithm's after its package.
+    from wit_world.imports import eventflow_algorithm_types as types
 
 from ._core import Message, Reject, Retry, to_bytes
 
