@@ -212,25 +212,26 @@ fn publish_headers_are_limited_and_router_headers_reserved() {
     );
 }
 
-/// Polls `path` every 50 ms for `how_long`; returns the slowest answer
-/// after the first (the warm-up), and how many were polled.
-fn slowest_answer(router: &Router, path: &str, how_long: Duration) -> (Duration, u32) {
+/// Polls `path` every 50 ms for `how_long`; returns the answers' times
+/// after the first (the warm-up), sorted.
+fn answer_times(router: &Router, path: &str, how_long: Duration) -> Vec<Duration> {
     let addr = std::fs::read_to_string(router.state_dir().join("admin.addr")).unwrap();
     let url = format!("http://{}{path}", addr.trim());
     let until = Instant::now() + how_long;
-    let (mut slowest, mut n) = (Duration::ZERO, 0);
+    let mut times = Vec::new();
+    let mut first = true;
     while Instant::now() < until {
         let started = Instant::now();
         let (status, _) = support::http_raw("GET", &url, None, None);
         let took = started.elapsed();
         assert_eq!(status, 200, "{path}");
-        if n > 0 {
-            slowest = slowest.max(took);
+        if !std::mem::take(&mut first) {
+            times.push(took);
         }
-        n += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    (slowest, n)
+    times.sort();
+    times
 }
 
 #[test]
@@ -248,12 +249,22 @@ fn admin_api_answers_while_algorithms_loop_on_huge_random_requests() {
             || !router.dead_letters("hostile").is_empty())
         .then_some(())
     });
+    // The admin listener has its own runtime thread: while the guests keep
+    // both cores busy it answers at once, but for the scheduler. Typical
+    // answers (the median) stay fast, and none waits for a guest (seconds,
+    // up to the 20 s timeout, if the listener shared their runtime); a
+    // single late time slice on a loaded machine is not a failure.
     for path in ["/healthz", "/metrics"] {
-        let (slowest, n) = slowest_answer(&router, path, Duration::from_secs(4));
-        assert!(n > 10, "{path}: only {n} answers in 4 s");
+        let times = answer_times(&router, path, Duration::from_secs(4));
         assert!(
-            slowest < Duration::from_millis(100),
-            "{path} took {slowest:?} while algorithms misbehaved"
+            times.len() > 10,
+            "{path}: only {} answers in 4 s",
+            times.len()
+        );
+        let (median, slowest) = (times[times.len() / 2], times[times.len() - 1]);
+        assert!(
+            median < Duration::from_millis(50) && slowest < Duration::from_secs(1),
+            "{path}: median {median:?}, slowest {slowest:?} while algorithms misbehaved"
         );
     }
     // A request over the cap traps instead of tying up a worker.
