@@ -28,6 +28,9 @@
 //!   where tansu does not limit them and at librdkafka's defaults.
 //! - B8 data collections: a durable `data::put` of 1 KiB on S3 (moto)
 //!   against the local backend.
+//! - B9 the cost of a shadow: B2's pipeline at concurrency 8 and 64 with
+//!   and without a shadow version of the identity, and how many messages
+//!   the shadow ran and skipped.
 
 mod brokers;
 mod data;
@@ -37,6 +40,7 @@ mod languages;
 mod latency;
 mod pipeline;
 mod report;
+mod rollout;
 mod sandbox;
 
 use std::path::PathBuf;
@@ -179,6 +183,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("B7") {
         eprintln!("bench: B7 brokers");
         report.b7 = Some(brokers::b7(&options).await);
+    }
+    if options.wants("B9") {
+        eprintln!("bench: B9 the cost of a shadow");
+        report.b9 = Some(rollout::b9(&options).await?);
     }
     if options.wants("B8") {
         eprintln!("bench: B8 data collections");

@@ -108,11 +108,18 @@ impl Bed {
         let rate = n as f64 / started.elapsed().as_secs_f64();
         let cpu_us = cpu_per_message(cpu, n);
         let store_syncs = crate::disk::store_syncs() - syncs;
+        let shadow = self
+            .router
+            .flow_reports()
+            .into_iter()
+            .find(|r| r.name == "p")
+            .and_then(|r| r.shadow);
         self.router.shutdown().await;
         Ok(Drained {
             rate,
             cpu_us,
             batch: StoreBatch::of(n, store_syncs),
+            shadow,
         })
     }
 
@@ -185,6 +192,8 @@ pub struct Drained {
     pub cpu_us: f64,
     /// The embedded store's commits while it drained.
     pub batch: StoreBatch,
+    /// The shadow of flow `p` when the last message settled, if it has one.
+    pub shadow: Option<eventflow::api::ShadowReport>,
 }
 
 /// The process's CPU time since `since` (a [`crate::disk::process_cpu`]
@@ -388,6 +397,7 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<Drained> {
         rate,
         cpu_us,
         batch: StoreBatch::of(n, store_syncs),
+        shadow: None,
     })
 }
 

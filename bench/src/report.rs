@@ -129,6 +129,8 @@ pub struct Report {
     pub b7: Option<Brokers>,
     /// B8.
     pub b8: Option<crate::data::DataPuts>,
+    /// B9.
+    pub b9: Option<crate::rollout::ShadowCost>,
 }
 
 impl Report {
@@ -152,6 +154,7 @@ impl Report {
             b6_pool: None,
             b7: None,
             b8: None,
+            b9: None,
         }
     }
 
@@ -562,6 +565,9 @@ impl Report {
         }
         if let Some(b8) = &self.b8 {
             s.push_str(&crate::data::markdown(b8));
+        }
+        if let Some(b9) = &self.b9 {
+            s.push_str(&crate::rollout::markdown(b9));
         }
         s
     }
