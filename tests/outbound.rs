@@ -15,7 +15,8 @@ use support::{Plugins, Router, one_flow, wait_for};
 
 /// A tiny HTTP/1.1 server: `/hello` answers `hello`, `/big` 64 KiB,
 /// `/slow` after 5 s, `/redirect?to=URL` a 302 to URL, `/echo` the request
-/// head it received, `/customers/c42` a JSON record (other customers 404).
+/// head it received, `/count` the length of the body it received,
+/// `/customers/c42` a JSON record (other customers 404).
 /// It records every request line and head.
 struct Server {
     port: u16,
@@ -76,6 +77,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) {
             ("302 Found", format!("location: {to}\r\n"), String::new())
         }
         "/echo" => ("200 OK", String::new(), head.clone()),
+        "/count" => ("200 OK", String::new(), body.len().to_string()),
         "/customers/c42" => (
             "200 OK",
             "content-type: application/json\r\n".to_string(),
@@ -432,4 +434,52 @@ fn the_python_enrich_example_calls_a_granted_service_and_is_refused_once_denied(
         before,
         "the denied request reached the service"
     );
+}
+
+/// Regression: the Python SDK wrote a request body in 64 KiB calls, over
+/// the 4096 bytes wasi:io's blocking-write-and-flush takes: any body longer
+/// than that trapped the algorithm. Bodies go in 4 KiB writes, with a
+/// content-length; a reply over the flow's limit is an `HttpError` with
+/// the router's reason.
+#[test]
+fn a_python_request_body_larger_than_one_stream_write_arrives_whole() {
+    let service = Server::start();
+    let origin = service.url("127.0.0.1", "");
+    let router = Router::start_with(
+        &format!(
+            "{}\n[[outbound]]\nalgorithm = \"test/py_behaviours\"\norigins = [\"{origin}\"]\n",
+            one_flow(
+                "py",
+                "test/py_behaviours",
+                "max_receives = 1\n[flows.limits]\nmax_http_response_bytes = 1000"
+            )
+        ),
+        Plugins::Guest(&[("test", "py_behaviours")]),
+    );
+    router.publish(
+        "in",
+        &[
+            json!({"do": "fetch", "url": service.url("127.0.0.1", "/count"), "method": "POST", "body_bytes": 100_000}).to_string(),
+            json!({"do": "fetch", "url": service.url("127.0.0.1", "/big")}).to_string(),
+        ],
+    );
+    let out = wait_for("the fetches' outputs", Duration::from_secs(120), || {
+        let out = router.peek("local", "out");
+        (out.len() == 2).then_some(out)
+    });
+    let mut replies: Vec<Value> = out
+        .iter()
+        .map(|m| serde_json::from_str(m["payload"].as_str().unwrap()).unwrap())
+        .collect();
+    replies.sort_by_key(|r| r.to_string());
+    assert_eq!(replies[0], json!({"status": 200, "body": "100000"}));
+    // The stream error names no HTTP error code; it carries the host's
+    // message.
+    assert_eq!(replies[1]["error"], "internal-error", "{replies:?}");
+    let detail = replies[1]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("body size exceeds limit: 1000"),
+        "{replies:?}"
+    );
+    assert!(router.dead_letters("py").is_empty());
 }

@@ -14,6 +14,7 @@ down, slow or answering 5xx is retried later; a request the router refuses
 """
 
 import os
+from urllib.parse import quote
 
 from eventflow import Reject, Retry, log
 from eventflow.http import HttpError, fetch
@@ -26,7 +27,8 @@ def apply(input):
     customer = input.get("customer")
     if not isinstance(customer, str) or not customer:
         raise Reject('payload needs a string field "customer"')
-    url = f"{base.rstrip('/')}/{customer}"
+    # The id is one path segment: "../x", "?" or "#" stay inside it.
+    url = f"{base.rstrip('/')}/{quote(customer, safe='')}"
     try:
         reply = fetch(url, headers=[("accept", "application/json")])
     except HttpError as e:

@@ -7,11 +7,15 @@ router) covers every behaviour the Python SDK's tests check:
 - "keyerror": reads a key the input lacks (an uncaught KeyError).
 - "env": returns os.environ as a dict.
 - "write": writes "written" to input["uri"] and returns it read back.
+- "fetch": sends input["method"] (GET) to input["url"] with input["body_bytes"]
+  bytes of body (none) through eventflow.http.fetch and returns {"status",
+  "body"} or {"error": code, "detail": ...}.
 """
 
 import os
 
 from eventflow import Reject, Retry, data
+from eventflow.http import HttpError, fetch
 
 
 def apply(input, message):
@@ -29,6 +33,13 @@ def apply(input, message):
     if action == "write":
         data.put(input["uri"], "written")
         return {"read": data.get_text(input["uri"])}
+    if action == "fetch":
+        body = b"x" * input.get("body_bytes", 0) or None
+        try:
+            reply = fetch(input["url"], input.get("method", "GET"), body)
+        except HttpError as e:
+            return {"error": e.code, "detail": e.detail}
+        return {"status": reply.status, "body": reply.text()}
     raise Reject(f"unknown action {action!r}")
 
 

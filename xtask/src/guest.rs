@@ -61,6 +61,9 @@ impl Lang {
             Lang::Python => {
                 files.push(root.join("plugins/python/build-requirements.txt"));
                 files.push(root.join("plugins/python/wit-http/world.wit"));
+                for deps in subdirs(&root.join("plugins/python/wit-http/deps")) {
+                    files.extend(files_in(&deps));
+                }
                 files.extend(files_in(&root.join("plugins/python/eventflow")));
             }
             Lang::Js => {
