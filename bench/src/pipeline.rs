@@ -576,7 +576,7 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 /// Writes `bytes` to `<dir>/<version>.wasm` through a temporary name.
-fn deploy(dir: &Path, version: &str, bytes: &[u8]) -> anyhow::Result<Instant> {
+pub(crate) fn deploy(dir: &Path, version: &str, bytes: &[u8]) -> anyhow::Result<Instant> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{version}.tmp"));
     std::fs::write(&tmp, bytes)?;

@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::pipeline::{Drained, bed, messages, pipeline_config, variant};
+use crate::pipeline::{Drained, bed, deploy, messages, pipeline_config, variant};
 
 /// One concurrency, with and without the shadow.
 #[derive(Debug, Serialize)]
@@ -52,9 +52,8 @@ const SHADOW: &str = "shadow = { version = \"0.2.0\", concurrency = 2 }";
 async fn run(echo: &[u8], concurrency: u32, n: usize, shadow: bool) -> anyhow::Result<Drained> {
     let plugins = tempfile::tempdir()?;
     let dir = plugins.path().join("examples/echo");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("0.1.0.wasm"), echo)?;
-    std::fs::write(dir.join("0.2.0.wasm"), variant(echo, "shadow"))?;
+    deploy(&dir, "0.1.0", echo)?;
+    deploy(&dir, "0.2.0", &variant(echo, "shadow"))?;
     let extra = if shadow { SHADOW } else { "" };
     let config = pipeline_config("examples/echo/0.1.0", concurrency, extra);
     let drained = bed(Some(plugins.path()), &config)
