@@ -127,6 +127,107 @@ fn a_new_javascript_algorithm_builds_and_runs() {
     new_build_invoke("js", "hello_js");
 }
 
+/// A Python app that fetches `input["url"]` and returns status and body;
+/// a refused request is rejected with its code.
+const FETCH_PY: &str = r#"from eventflow import Reject
+from eventflow.http import HttpError, fetch
+
+
+def apply(input):
+    try:
+        reply = fetch(input["url"])
+    except HttpError as e:
+        raise Reject(f"refused: {e.code}")
+    return {"status": reply.status, "body": reply.text()}
+"#;
+
+/// The same in JavaScript, an `async function` awaiting `fetch`.
+const FETCH_JS: &str = r#"import { Reject } from "eventflow";
+
+export async function apply(input) {
+  let reply;
+  try {
+    reply = await fetch(input.url);
+  } catch (e) {
+    throw new Reject(`refused: ${e}`);
+  }
+  return { status: reply.status, body: await reply.text() };
+}
+"#;
+
+/// A project with `outbound_http = true` builds for the world with
+/// `wasi:http`, and `invoke` lets it call an origin only when `--allow`
+/// names it (a loopback address, named exactly).
+fn an_outbound_project_calls_what_invoke_allows(
+    lang: &str,
+    app: &str,
+    source: &str,
+    refused: &str,
+) {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    ok(dir, &["new", "acme/caller", "--lang", lang, "project"]);
+    std::fs::write(dir.join("project").join(app), source).unwrap();
+    let manifest = dir.join("project/algorithm.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\noutbound_http = true\n")).unwrap();
+    ok(dir, &["build", "project"]);
+    let wasm = "project/dist/acme/caller/0.1.0.wasm";
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    let input = format!(r#"{{"url": "{origin}/greeting"}}"#);
+
+    let report: Value = serde_json::from_str(&ok(
+        dir,
+        &[
+            "invoke", wasm, "--data", &input, "--allow", &origin, "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(report["verdict"], "ok", "{report:#}");
+    let output: Value = serde_json::from_str(report["output"]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(output, serde_json::json!({"status": 200, "body": "hello"}));
+
+    let out = eventflow(dir, &["invoke", wasm, "--data", &input]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("refused: {refused}")), "{stderr}");
+}
+
+#[test]
+fn a_python_project_that_calls_out_builds_and_reaches_only_allowed_origins() {
+    an_outbound_project_calls_what_invoke_allows(
+        "python",
+        "app.py",
+        FETCH_PY,
+        "HTTP-request-denied",
+    );
+}
+
+#[test]
+fn a_javascript_project_that_calls_out_builds_and_reaches_only_allowed_origins() {
+    an_outbound_project_calls_what_invoke_allows(
+        "js",
+        "app.js",
+        FETCH_JS,
+        "TypeError: NetworkError",
+    );
+}
+
 #[test]
 fn new_refuses_a_directory_that_is_not_empty_and_a_bad_name() {
     let work = tempfile::tempdir().unwrap();

@@ -98,39 +98,25 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) {
     );
 }
 
+/// [`one_flow`] of `algorithm` with `flow_extra`, and a grant of
+/// `origins` to it.
+fn granted_flow(flow: &str, algorithm: &str, origins: &[String], flow_extra: &str) -> String {
+    let origins: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
+    format!(
+        "{}\n[[outbound]]\nalgorithm = \"{algorithm}\"\norigins = [{}]\n",
+        one_flow(flow, algorithm, flow_extra),
+        origins.join(", ")
+    )
+}
+
 /// A flow of `test/fetch` from `in` to `out`, the grant, and the flow's
 /// limits.
 fn config(origins: &[String], limits: &str) -> String {
-    let origins: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
-    format!(
-        r#"
-[[brokers]]
-name = "local"
-kind = "embedded"
-
-[[topics]]
-name = "in"
-consumers = ["test/fetch"]
-
-[[topics]]
-name = "out"
-publishers = ["test/fetch"]
-
-[[flows]]
-name = "fetch"
-topic = "in"
-algorithm = "test/fetch"
-output_topic = "out"
-max_receives = 1
-
-[flows.limits]
-{limits}
-
-[[outbound]]
-algorithm = "test/fetch"
-origins = [{}]
-"#,
-        origins.join(", ")
+    granted_flow(
+        "fetch",
+        "test/fetch",
+        origins,
+        &format!("max_receives = 1\n\n[flows.limits]\n{limits}"),
     )
 }
 
@@ -360,18 +346,69 @@ fn without_a_grant_every_request_is_denied() {
 /// request and the algorithm rejects the message with the router's reason.
 #[test]
 fn the_python_enrich_example_calls_a_granted_service_and_is_refused_once_denied() {
+    let refused = enrich_example("enrich_py");
+    assert_eq!(
+        refused["last_failure"]["reason"], "guest_reject",
+        "{refused}"
+    );
+    let detail = refused["last_failure"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        detail.starts_with("the router refused the request")
+            && detail.ends_with("HTTP-request-denied"),
+        "{refused}"
+    );
+}
+
+/// The JavaScript example `ezra/enrich_js` (plugins/enrich_js), built with
+/// componentize-js's defaults (`fetch` over wasi:http, which the router
+/// accepts) and an `async function apply` awaiting `fetch`: the same
+/// walk as the Python one. StarlingMonkey's `fetch` rejects a refused
+/// request with the same TypeError as an unreachable service, so the
+/// example retries it, and with one receive allowed it is dead-lettered
+/// with that reason.
+#[test]
+fn the_javascript_enrich_example_fetches_from_a_granted_service_and_is_refused_once_denied() {
+    let refused = enrich_example("enrich_js");
+    assert_eq!(
+        refused["last_failure"]["reason"], "guest_retry",
+        "{refused}"
+    );
+    let detail = refused["last_failure"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        detail.contains("unreachable or refused by the router") && detail.contains("NetworkError"),
+        "{refused}"
+    );
+}
+
+/// Runs example `ezra/<name>` against a customer service granted by
+/// address: an event is enriched (the request carries the accept header),
+/// an unknown customer is rejected, and after `eventflow outbound deny` no
+/// request reaches the service and the router counts the refusal. Returns
+/// the refused message's dead letter.
+fn enrich_example(name: &'static str) -> Value {
+    let plugin: &'static [(&str, &str)] = match name {
+        "enrich_py" => &[("ezra", "enrich_py")],
+        _ => &[("ezra", "enrich_js")],
+    };
+    let algorithm = format!("ezra/{name}");
     let service = Server::start();
     let origin = service.url("127.0.0.1", "");
     let router = Router::start_with(
-        &format!(
-            "{}\n[[outbound]]\nalgorithm = \"ezra/enrich_py\"\norigins = [\"{origin}\"]\n",
-            one_flow("enrich", "ezra/enrich_py", "max_receives = 1")
+        &granted_flow(
+            "enrich",
+            &algorithm,
+            std::slice::from_ref(&origin),
+            "max_receives = 1",
         ),
-        Plugins::Guest(&[("ezra", "enrich_py")]),
+        Plugins::Guest(plugin),
     );
     let (status, body) = router.http(
         "PUT",
-        "/v1/algorithms/ezra/enrich_py/secrets/ENRICH_URL",
+        &format!("/v1/algorithms/{algorithm}/secrets/ENRICH_URL"),
         Some(json!({"value": service.url("127.0.0.1", "/customers")})),
     );
     assert_eq!(status, 200, "{body}");
@@ -413,7 +450,7 @@ fn the_python_enrich_example_calls_a_granted_service_and_is_refused_once_denied(
         "{unknown}"
     );
 
-    let denied = router.cli_ok(&["outbound", "deny", "ezra/enrich_py", &origin]);
+    let denied = router.cli_ok(&["outbound", "deny", &algorithm, &origin]);
     assert!(denied.contains("denied"), "{denied}");
     let before = service.requests().len();
     router.publish(
@@ -421,19 +458,17 @@ fn the_python_enrich_example_calls_a_granted_service_and_is_refused_once_denied(
         &[json!({"customer": "c42", "after": "deny"}).to_string()],
     );
     let refused = letter("deny");
-    let detail = refused["last_failure"]["detail"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        detail.starts_with("the router refused the request")
-            && detail.ends_with("HTTP-request-denied"),
-        "{refused}"
-    );
     assert_eq!(
         service.requests().len(),
         before,
         "the denied request reached the service"
     );
+    let metrics = router.metrics();
+    let counted = format!(
+        r#"eventflow_outbound_denied_total{{algorithm="{algorithm}",reason="not_granted"}}"#
+    );
+    assert!(metrics.contains(&counted), "{metrics}");
+    refused
 }
 
 /// Regression: the Python SDK wrote a request body in 64 KiB calls, over
@@ -446,13 +481,11 @@ fn a_python_request_body_larger_than_one_stream_write_arrives_whole() {
     let service = Server::start();
     let origin = service.url("127.0.0.1", "");
     let router = Router::start_with(
-        &format!(
-            "{}\n[[outbound]]\nalgorithm = \"test/py_behaviours\"\norigins = [\"{origin}\"]\n",
-            one_flow(
-                "py",
-                "test/py_behaviours",
-                "max_receives = 1\n[flows.limits]\nmax_http_response_bytes = 1000"
-            )
+        &granted_flow(
+            "py",
+            "test/py_behaviours",
+            &[origin],
+            "max_receives = 1\n[flows.limits]\nmax_http_response_bytes = 1000",
         ),
         Plugins::Guest(&[("test", "py_behaviours")]),
     );

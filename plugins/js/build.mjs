@@ -21,9 +21,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
-const [dir, out] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const http = args.includes("--http");
+const [dir, out] = args.filter((a) => a !== "--http");
 if (!dir || !out) {
-  console.error("usage: node build.mjs DIR OUT.wasm");
+  console.error("usage: node build.mjs DIR OUT.wasm [--http]");
   process.exit(2);
 }
 const tools = process.env.EVENTFLOW_NPM;
@@ -67,7 +69,8 @@ export function apply(msg) { return run(msg); }
     sourcePath: source,
     witPath: wit,
     worldName: "algorithm-js",
-    disableFeatures: ["http", "fetch-event"],
+    // With --http, componentize-js's defaults: `fetch` over wasi:http.
+    disableFeatures: http ? [] : ["http", "fetch-event"],
   });
   await writeFile(out, component);
 } finally {

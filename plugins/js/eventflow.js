@@ -161,17 +161,29 @@ function decode(payload, wantsMessage) {
 /** Wraps the author's `apply` as the component's export. */
 export function handle(apply) {
   const wantsMessage = apply.length >= 2;
+  const output = (out) => (out === undefined || out === null ? undefined : toBytes(out));
+  const failure = (e) => {
+    if (e instanceof Retry) {
+      return { tag: "retry", val: { delayMs: BigInt(e.delayMs), reason: e.reason } };
+    }
+    if (e instanceof Reject) return { tag: "reject", val: e.reason };
+    return { tag: "reject", val: uncaught(e) };
+  };
   return (msg) => {
+    let out;
     try {
       const input = decode(msg.payload, wantsMessage);
-      const out = wantsMessage ? apply(input, msg) : apply(input);
-      return out === undefined || out === null ? undefined : toBytes(out);
+      out = wantsMessage ? apply(input, msg) : apply(input);
     } catch (e) {
-      if (e instanceof Retry) {
-        throw { tag: "retry", val: { delayMs: BigInt(e.delayMs), reason: e.reason } };
-      }
-      if (e instanceof Reject) throw { tag: "reject", val: e.reason };
-      throw { tag: "reject", val: uncaught(e) };
+      throw failure(e);
     }
+    // An `async function apply` (one that awaits `fetch`, say): the
+    // component runs the event loop until the promise settles.
+    if (out && typeof out.then === "function") {
+      return Promise.resolve(out).then(output, (e) => {
+        throw failure(e);
+      });
+    }
+    return output(out);
   };
 }

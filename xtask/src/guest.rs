@@ -30,7 +30,8 @@ struct Manifest {
     #[serde(default)]
     test_only: bool,
     /// Calls out over HTTP: built for the world that imports `wasi:http`
-    /// (Python: plugins/python/wit-http).
+    /// (Python: plugins/python/wit-http; JavaScript: componentize-js's
+    /// defaults, with `fetch`).
     #[serde(default)]
     outbound_http: bool,
 }
@@ -178,16 +179,18 @@ fn compile(g: &Guest, dest: &Path) -> anyhow::Result<()> {
                 .arg("-o")
                 .arg(dest))
         }
-        Lang::Js if g.manifest.outbound_http => anyhow::bail!(
-            "{}/{}: outbound_http is not supported for JavaScript algorithms yet",
-            g.manifest.owner,
-            g.manifest.name
-        ),
-        Lang::Js => run(Command::new("node")
-            .arg(root.join("plugins/js/build.mjs"))
-            .arg(&g.dir)
-            .arg(dest)
-            .env("EVENTFLOW_NPM", npm_dir())),
+        Lang::Js => {
+            let mut command = Command::new("node");
+            command
+                .arg(root.join("plugins/js/build.mjs"))
+                .arg(&g.dir)
+                .arg(dest)
+                .env("EVENTFLOW_NPM", npm_dir());
+            if g.manifest.outbound_http {
+                command.arg("--http");
+            }
+            run(&mut command)
+        }
     }
 }
 

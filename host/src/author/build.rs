@@ -28,8 +28,14 @@ pub fn build(dir: &Path) -> anyhow::Result<(Project, PathBuf)> {
             std::fs::copy(&built, &tmp)
                 .with_context(|| format!("cannot copy {}", built.display()))?;
         }
-        Lang::Python => run(componentize_py(&project.dir, &tmp)?, "componentize-py")?,
-        Lang::Js => run(componentize_js(&project.dir, &tmp)?, "componentize-js")?,
+        Lang::Python => run(
+            componentize_py(&project.dir, &tmp, project.outbound_http)?,
+            "componentize-py",
+        )?,
+        Lang::Js => run(
+            componentize_js(&project.dir, &tmp, project.outbound_http)?,
+            "componentize-js",
+        )?,
     }
     std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
     Ok((project, dest))
@@ -117,7 +123,9 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn componentize_py(dir: &Path, out: &Path) -> anyhow::Result<Command> {
+/// componentize-py for the algorithm world, or with `outbound_http` for the
+/// world that adds `wasi:http` (plugins/python/wit-http).
+fn componentize_py(dir: &Path, out: &Path, outbound_http: bool) -> anyhow::Result<Command> {
     let sdk = dir.join(SDK_DIR);
     let tool = venv()
         .map(|v| v.join("bin/componentize-py"))
@@ -133,9 +141,15 @@ fn componentize_py(dir: &Path, out: &Path) -> anyhow::Result<Command> {
         );
     };
     let mut cmd = Command::new(tool);
-    cmd.arg("-d")
-        .arg(sdk.join("wit"))
-        .args(["-w", "algorithm", "componentize", "eventflow.main", "-p"])
+    cmd.arg("-d").arg(sdk.join("wit"));
+    if outbound_http {
+        cmd.arg("-d")
+            .arg(sdk.join("plugins/python/wit-http"))
+            .args(["-w", "eventflow:algorithm-http/algorithm-http@0.1.0"]);
+    } else {
+        cmd.args(["-w", "algorithm"]);
+    }
+    cmd.args(["componentize", "eventflow.main", "-p"])
         .arg(sdk.join("plugins/python"))
         .arg("-p")
         .arg(dir)
@@ -144,7 +158,8 @@ fn componentize_py(dir: &Path, out: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
-fn componentize_js(dir: &Path, out: &Path) -> anyhow::Result<Command> {
+/// build.mjs, with `--http` (componentize-js's `fetch`) for `outbound_http`.
+fn componentize_js(dir: &Path, out: &Path, outbound_http: bool) -> anyhow::Result<Command> {
     let sdk = dir.join(SDK_DIR).join("plugins/js");
     let npm = npm_dir().unwrap_or_else(|| "NPM_DIR".into());
     let how = format!(
@@ -171,5 +186,8 @@ fn componentize_js(dir: &Path, out: &Path) -> anyhow::Result<Command> {
         .arg(dir)
         .arg(out)
         .env("EVENTFLOW_NPM", &npm);
+    if outbound_http {
+        cmd.arg("--http");
+    }
     Ok(cmd)
 }

@@ -18,6 +18,7 @@ use super::report::{self, DataSnapshot, LogCapture, Report};
 use crate::config::{Config, FlowSpec, Limits};
 use crate::data::Collections;
 use crate::message::{Header, InboundMessage};
+use crate::sandbox::outbound::Origin;
 use crate::sandbox::{AlgorithmId, Invocation, PublishRefusal, Sandbox, TopicResolver};
 
 /// What to run and on what.
@@ -39,8 +40,10 @@ pub struct Request {
     /// directory removed afterwards.
     pub data_dir: Option<PathBuf>,
     /// The configuration whose sandbox settings, flow limits, plugin and
-    /// data directories apply.
+    /// data directories and outbound grants apply.
     pub config: Option<Config>,
+    /// Origins the algorithm may call besides the configuration's grants.
+    pub allow: Vec<Origin>,
 }
 
 /// Runs the request; the report says whether the algorithm succeeded.
@@ -72,6 +75,19 @@ pub async fn invoke(req: Request) -> anyhow::Result<Report> {
     settings.max_instances = 1;
     let cache = compiled_cache_dir();
     let sandbox = Sandbox::new(&settings, cache.clone(), data)?;
+    // The configuration's grants, and this run's for the algorithm itself.
+    let mut grants: std::collections::HashMap<String, Vec<Origin>> = Default::default();
+    for g in req.config.iter().flat_map(|c| &c.outbound) {
+        grants
+            .entry(g.algorithm.clone())
+            .or_default()
+            .extend(g.origins.iter().cloned());
+    }
+    grants
+        .entry(format!("{}/{}", id.owner, id.name))
+        .or_default()
+        .extend(req.allow.iter().cloned());
+    sandbox.outbound().replace(grants);
     let compiling = Instant::now();
     let algorithm = sandbox
         .load(id.clone(), &bytes)

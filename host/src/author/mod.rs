@@ -48,6 +48,11 @@ struct Manifest {
     #[serde(default)]
     #[allow(dead_code)]
     test_only: bool,
+    /// The algorithm calls out over HTTP: built for a world that imports
+    /// `wasi:http` (Python: `plugins/python/wit-http`; JavaScript:
+    /// componentize-js's `fetch`).
+    #[serde(default)]
+    outbound_http: bool,
 }
 
 /// A project found in a directory: its language and who it builds.
@@ -59,6 +64,9 @@ pub struct Project {
     pub lang: Lang,
     /// `owner/name/version` of the component it builds.
     pub id: AlgorithmId,
+    /// `outbound_http = true` in `algorithm.toml` (never for Rust, whose
+    /// crates import what they use).
+    pub outbound_http: bool,
 }
 
 impl Project {
@@ -66,8 +74,9 @@ impl Project {
     /// `[package.metadata.eventflow] owner`, or `algorithm.toml` beside
     /// `app.py` or `app.js`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        let (lang, owner, name, version) = if dir.join("Cargo.toml").exists() {
-            rust_manifest(&dir.join("Cargo.toml"))?
+        let (lang, owner, name, version, outbound_http) = if dir.join("Cargo.toml").exists() {
+            let (lang, owner, name, version) = rust_manifest(&dir.join("Cargo.toml"))?;
+            (lang, owner, name, version, false)
         } else {
             let lang = if dir.join("app.py").exists() {
                 Lang::Python
@@ -85,7 +94,7 @@ impl Project {
                 .with_context(|| format!("cannot read {}", path.display()))?;
             let m: Manifest = toml::from_str(&text)
                 .with_context(|| format!("cannot parse {}", path.display()))?;
-            (lang, m.owner, m.name, m.version)
+            (lang, m.owner, m.name, m.version, m.outbound_http)
         };
         let id = algorithm_id(&owner, &name, &version)
             .with_context(|| format!("the project in {}", dir.display()))?;
@@ -93,6 +102,7 @@ impl Project {
             dir: dir.to_path_buf(),
             lang,
             id,
+            outbound_http,
         })
     }
 
@@ -185,8 +195,45 @@ pub(crate) mod sdk {
             include_str!("../../../plugins/python/eventflow/main.py"),
         ),
         (
+            "plugins/python/eventflow/http.py",
+            include_str!("../../../plugins/python/eventflow/http.py"),
+        ),
+        (
             "plugins/python/build-requirements.txt",
             include_str!("../../../plugins/python/build-requirements.txt"),
+        ),
+        // The world of algorithms that call out (`outbound_http = true`).
+        (
+            "plugins/python/wit-http/world.wit",
+            include_str!("../../../plugins/python/wit-http/world.wit"),
+        ),
+        (
+            "plugins/python/wit-http/deps/cli/cli.wit",
+            include_str!("../../../plugins/python/wit-http/deps/cli/cli.wit"),
+        ),
+        (
+            "plugins/python/wit-http/deps/clocks/clocks.wit",
+            include_str!("../../../plugins/python/wit-http/deps/clocks/clocks.wit"),
+        ),
+        (
+            "plugins/python/wit-http/deps/filesystem/filesystem.wit",
+            include_str!("../../../plugins/python/wit-http/deps/filesystem/filesystem.wit"),
+        ),
+        (
+            "plugins/python/wit-http/deps/http/http.wit",
+            include_str!("../../../plugins/python/wit-http/deps/http/http.wit"),
+        ),
+        (
+            "plugins/python/wit-http/deps/io/io.wit",
+            include_str!("../../../plugins/python/wit-http/deps/io/io.wit"),
+        ),
+        (
+            "plugins/python/wit-http/deps/random/random.wit",
+            include_str!("../../../plugins/python/wit-http/deps/random/random.wit"),
+        ),
+        (
+            "plugins/python/wit-http/deps/sockets/sockets.wit",
+            include_str!("../../../plugins/python/wit-http/deps/sockets/sockets.wit"),
         ),
     ];
     /// The JavaScript SDK and its build script.

@@ -54,6 +54,12 @@ pub(super) struct InvokeArgs {
     /// The topic the message comes from.
     #[arg(long, default_value = "invoke")]
     topic: String,
+    /// An origin the algorithm may send HTTP requests to for this run
+    /// (`https://api.example.com`, `http://127.0.0.1:8080`; repeatable),
+    /// besides the configuration's `[[outbound]]` grants. The router's
+    /// checks apply as in a flow: a private address must be named.
+    #[arg(long = "allow")]
+    allow: Vec<crate::sandbox::outbound::Origin>,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +124,7 @@ pub(super) async fn invoke(g: &Global, args: InvokeArgs) -> Result<(), Failure> 
         secrets: args.secrets,
         data_dir: args.data_dir,
         config,
+        allow: args.allow,
     })
     .await?;
     if g.json {
