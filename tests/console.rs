@@ -136,6 +136,7 @@ fn the_platform_walkthrough_in_the_browser() {
     assert_eq!(declared["version"], "0.1.0", "{declared}");
     assert_eq!(declared["dead_letter_topic"], "incoming-dlq", "{declared}");
     page.screenshot("queues");
+    secrets_by_name_only(&page);
     wait_for("the flow to run", PATIENCE, || {
         (router.flow(flow)["state"] == "running").then_some(())
     });
@@ -146,8 +147,52 @@ fn the_platform_walkthrough_in_the_browser() {
     let row = page.wait_contains("#plugin-list", "ezra/store_file/0.1.0");
     assert!(row.contains(flow), "{row}");
     page.screenshot("plugins");
+
+    // The admin deletes the connection: the confirmation names the flow it
+    // disables, and only then is the connection gone.
+    page.click("#sign-out");
+    page.sign_in_as_admin();
+    page.click("#nav-brokers");
+    let listed = page.wait_contains("#broker-list", flow);
+    assert!(listed.contains("local"), "{listed}");
+    page.click("#broker-list button.danger");
+    page.wait_contains("#confirm-list", flow);
+    page.click("#confirm-no");
+    assert_eq!(router.http("GET", "/v1/brokers/local", None).0, 200);
+    page.click("#broker-list button.danger");
+    page.wait_contains("#confirm-list", flow);
+    page.click("#confirm-yes");
+    page.wait_contains("#notice", "Deleted connection local");
+    assert_eq!(router.http("GET", "/v1/brokers/local", None).0, 404);
     let errors = page.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
+/// The member sets a secret on the Queues page: it is listed by name, its
+/// value is never on the page, and it is deleted after a confirmation.
+fn secrets_by_name_only(page: &Console) {
+    const VALUE: &str = "s3cr3t-value-never-shown";
+    page.type_in("#secrets input[name=secret]", "API_KEY");
+    page.type_in("#secrets input[name=value]", VALUE);
+    page.click("#secrets button[type=submit]");
+    page.wait_contains("#secrets table", "API_KEY");
+    let (status, names) = page
+        .router
+        .http("GET", "/v1/algorithms/ezra/store_file/secrets", None);
+    assert_eq!((status, &names["secrets"]), (200, &json!(["API_KEY"])));
+    let shown = page.execute(
+        "return document.body.innerText + [...document.querySelectorAll('input')].map(i => i.value).join(' ');",
+        vec![],
+    );
+    assert!(!shown.to_string().contains(VALUE), "{shown}");
+    page.click("#secrets table button.danger");
+    page.wait_contains("#confirm-text", "Delete secret API_KEY");
+    page.click("#confirm-yes");
+    page.wait_contains("#secrets", "No secrets.");
+    let (_, names) = page
+        .router
+        .http("GET", "/v1/algorithms/ezra/store_file/secrets", None);
+    assert_eq!(names["secrets"], json!([]), "{names}");
 }
 
 /// The admin declares `incoming` and `incoming-dlq` and lets
@@ -219,9 +264,32 @@ fn live_rates_and_dead_letters(page: &Console, flow: &str) {
         "incoming",
         &[json!({"filename": "console.txt", "data": "from the console"}).to_string()],
     );
-    // One message a minute rounds to a rate of 0.00: the count shows it.
     page.wait_text(&format!("{card} .received"), "1 received", |t| t == "1");
     page.wait_text(&format!("{card} .succeeded"), "1 processed", |t| t == "1");
+    // One message over the last minute is a rate of about 0.02/s, and the
+    // chart, scaled to it, draws its lines: pixels of the in, ok or failed
+    // colour (#2b5797, #2e7d32, #c62828; the ok line covers the in line
+    // when every message succeeds).
+    page.wait_text(&format!("{card} .rate-in"), "a rate above 0", |t| {
+        t.parse::<f64>().is_ok_and(|r| r > 0.0)
+    });
+    wait_for("the chart to draw a rate line", PATIENCE, || {
+        let drawn = page.execute(
+            "const c = document.querySelector(arguments[0] + ' canvas.chart');
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             const colours = [[43, 87, 151], [46, 125, 50], [198, 40, 40]];
+             let n = 0;
+             for (let i = 0; i < d.length; i += 4) {
+               if (d[i + 3] > 100 && colours.some(([r, g, b]) =>
+                 Math.abs(d[i] - r) < 40 && Math.abs(d[i + 1] - g) < 40 && Math.abs(d[i + 2] - b) < 40)) n++;
+             }
+             return n;",
+            vec![json!(card)],
+        );
+        (drawn.as_i64().unwrap_or(0) > 0).then_some(())
+    });
+    let hash = page.text(&format!("{card} .hash"));
+    assert!(hash.starts_with("Component "), "{hash}");
     assert_eq!(
         router
             .data_file("ezra/TestingEventFlow/console.txt")
@@ -264,7 +332,10 @@ fn an_owner_token_sees_no_broker_manager_and_is_refused() {
         router.log()
     );
     let page = Console::open(&router);
-    page.sign_in(created["token"].as_str().unwrap());
+    // Signed in with the keyboard alone: the token typed, then Enter.
+    page.visit("");
+    let token = created["token"].as_str().unwrap();
+    page.type_in("#sign-in input[name=token]", &format!("{token}\u{E007}"));
     page.wait_contains("#who", "owner ezra");
     let nav = page.text("#nav");
     assert!(
@@ -355,11 +426,33 @@ fn values_render_as_text_under_the_csp() {
     let errors = page.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
 
-    // At a phone's width the page still works.
-    page.set_window_size(390, 844);
-    page.click("#nav-plugins");
-    page.wait_contains("#plugin-list", "test/always_reject");
-    page.screenshot("phone-plugins");
+    // At a phone's width the pages still work, with nothing wider than
+    // the window (no sideways scrolling); likewise at 1280 px.
+    for (width, height) in [(390, 844), (1280, 800)] {
+        page.set_window_size(width, height);
+        for (nav, content) in [
+            ("#nav-plugins", "#plugin-list"),
+            ("#nav-live", "#live"),
+            ("#nav-brokers", "#broker-list"),
+            ("#nav-topics", "main"),
+        ] {
+            page.click(nav);
+            page.find(content);
+            let overflow = page.execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            );
+            assert!(
+                overflow.as_i64().unwrap_or(1) <= 0,
+                "{nav} at {width} px is {overflow} px wider than the window"
+            );
+        }
+        if width == 390 {
+            page.click("#nav-plugins");
+            page.wait_contains("#plugin-list", "test/always_reject");
+            page.screenshot("phone-plugins");
+        }
+    }
 }
 
 /// `<img>` elements on the page (the console itself has none).
@@ -430,4 +523,47 @@ fn response_head(router: &Router, path: &str) -> String {
     let (head, _) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     head.to_string()
+}
+
+/// A flow's canary and shadow are on its live card: the canary's version,
+/// state, share and numbers, the shadow's runs and agreement.
+#[test]
+fn the_live_page_shows_a_flows_canary_and_shadow() {
+    let mut router = Router::configure(
+        &format!(
+            "{}{}",
+            support::EMBEDDED_BROKER,
+            support::named_flow(
+                "mirror",
+                "test/mirror/0.1.0",
+                "canary = { version = \"0.2.0\", percent = 50 }\nshadow = { version = \"0.3.0\" }"
+            )
+        ),
+        Plugins::Copy(&[]),
+    );
+    for version in ["0.1.0", "0.2.0", "0.3.0"] {
+        router.deploy("mirror", version, "examples", "echo");
+    }
+    router.launch();
+    let messages: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
+    router.publish("mirror-in", &messages);
+    wait_for("the messages to be handled", PATIENCE, || {
+        (router.flow("mirror")["succeeded"] == 20).then_some(())
+    });
+
+    let page = Console::open(&router);
+    page.sign_in_as_admin();
+    page.click("#nav-live");
+    let card = "article[data-flow='mirror']";
+    let canary = page.wait_contains(&format!("{card} .rollout"), "Canary 0.2.0");
+    assert!(canary.contains("canary, 50 % of the messages"), "{canary}");
+    let shadow = page.wait_contains(&format!("{card} .shadow"), "Shadow 0.3.0");
+    assert!(shadow.contains("running"), "{shadow}");
+    // The shadow is an identical echo: whatever it compared, it agreed.
+    page.wait_text(&format!("{card} .shadow"), "a shadow comparison", |t| {
+        t.contains("100.0 % agreement")
+    });
+    page.screenshot("live-rollout");
+    let errors = page.console_errors();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
 }

@@ -40,7 +40,7 @@ function flowCard(f, hashes, letters) {
   if (samples.length > KEEP) samples.shift();
   history.set(f.name, samples);
   const serving = hashes.get(f.name);
-  const rate = (x) => x.toFixed(2);
+  const rate = formatRate;
   return h("article", { class: "card live-flow", "data-flow": f.name },
     h("h2", {}, f.name, " ", h("span", { class: `state ${f.state}` }, f.state)),
     table(["In/s", "Ok/s", "Failed/s", "In flight", "Dead letters", "Received", "Processed"],
@@ -53,7 +53,37 @@ function flowCard(f, hashes, letters) {
     serving?.hash ? h("p", { class: "hash" }, `Component ${serving.hash.slice(0, 16)}…`) : null,
     f.waiting_for ? h("p", { class: "waiting" }, `Waiting: ${f.waiting_for}`) : null,
     f.last_error ? h("p", { class: "error" }, `Last error ${f.last_error[0]}: ${f.last_error[1]}`) : null,
+    f.rollout ? canaryLine(f.rollout) : null,
+    f.shadow ? shadowLine(f.shadow) : null,
+    f.parked_keys ? h("p", { class: "parked" },
+      `Parked keys: ${f.parked_keys} holding ${f.parked_messages} messages (eventflow keys list ${f.name})`) : null,
     h("button", { type: "button", onclick: () => showDeadLetters(letters, f.name) }, "Dead letters"));
+}
+
+const percent = (x) => `${(x * 100).toFixed(1)} %`;
+
+/** The flow's canary: its share, state and numbers against the serving version's. */
+function canaryLine(r) {
+  const side = (s) => `${s.messages} messages, ${percent(s.window_failure_rate)} failed, p99 ${(s.window_p99_secs * 1000).toFixed(1)} ms`;
+  return h("div", { class: "rollout" },
+    h("p", {}, `Canary ${r.canary_version}: `, h("span", { class: `state ${r.state}` }, r.state.replace("_", " ")),
+      `, ${r.percent} % of the messages`),
+    h("p", { class: "hint" }, `canary: ${side(r.canary)}; serving: ${side(r.serving)}`),
+    r.decided ? h("p", { class: "hint" }, `${r.decided[0]}: ${r.decided[1]}`) : null);
+}
+
+/** The flow's shadow: what it ran, skipped, failed, and how often it agreed. */
+function shadowLine(s) {
+  const agreement = s.agreement === undefined ? "no comparison yet" : `${percent(s.agreement)} agreement`;
+  return h("div", { class: "shadow" },
+    h("p", {}, `Shadow ${s.version}: `, h("span", { class: `state ${s.state}` }, s.state),
+      `, ${s.runs} runs, ${s.skipped} skipped, ${s.failures} failed, ${agreement}`),
+    s.stopped ? h("p", { class: "hint" }, `${s.stopped[0]}: ${s.stopped[1]}`) : null);
+}
+
+/** A rate per second: two decimals below 10, whole numbers above. */
+function formatRate(x) {
+  return x < 10 ? x.toFixed(2) : Math.round(x).toLocaleString("en");
 }
 
 /** A small line chart of the in, ok and failed rates. */
@@ -61,18 +91,27 @@ function chart(samples) {
   const canvas = h("canvas", { width: 320, height: 80, class: "chart", role: "img",
     "aria-label": "Rates over the last minutes: in (blue), ok (green), failed (red)" });
   const ctx = canvas.getContext("2d");
-  const top = Math.max(1, ...samples.flatMap((s) => [s.in, s.ok, s.failed]));
+  // Scaled to the highest rate shown, so a flow at 0.05/s draws as clearly
+  // as one at 5,000/s; the scale is written in the corner.
+  const peak = Math.max(0, ...samples.flatMap((s) => [s.in, s.ok, s.failed]));
+  const top = peak > 0 ? peak : 1;
   ctx.strokeStyle = "#ccc";
   ctx.strokeRect(0.5, 0.5, canvas.width - 1, canvas.height - 1);
+  ctx.fillStyle = "#555";
+  ctx.font = "10px sans-serif";
+  ctx.fillText(`${formatRate(peak)}/s`, 4, 11);
   const series = [["in", "#2b5797"], ["ok", "#2e7d32"], ["failed", "#c62828"]];
+  // At least the last minute spans the width (40 samples), up to five.
+  const step = canvas.width / Math.max(40, samples.length - 1);
   for (const [key, color] of series) {
     ctx.strokeStyle = color;
+    ctx.lineWidth = 1.5;
     ctx.beginPath();
     samples.forEach((s, i) => {
-      const x = canvas.width - (samples.length - 1 - i) * (canvas.width / KEEP) - 1;
-      const y = canvas.height - 2 - (s[key] / top) * (canvas.height - 4);
-      if (i === 0) ctx.moveTo(x, y);
-      else ctx.lineTo(x, y);
+      const x = canvas.width - (samples.length - 1 - i) * step - 1;
+      const y = canvas.height - 2 - (s[key] / top) * (canvas.height - 14);
+      if (i === 0) ctx.moveTo(x - (samples.length === 1 ? step : 0), y);
+      if (i > 0 || samples.length === 1) ctx.lineTo(x, y);
     });
     ctx.stroke();
   }

@@ -29,7 +29,7 @@ pub struct FlowStatus {
     dropped: AtomicU64,
     filtered: AtomicU64,
     in_flight: AtomicI64,
-    samples: Mutex<VecDeque<(Instant, [u64; 3])>>,
+    samples: Samples,
     /// The flow's canary, kept after a decision restarted the flow.
     rollout: Mutex<Option<Arc<Rollout>>>,
     /// The flow's automatic rollout (`rollout`), if it has one.
@@ -38,6 +38,24 @@ pub struct FlowStatus {
     shadow: Mutex<Option<Arc<ShadowStats>>>,
     /// The parked keys, as last read from the state store.
     parked: Mutex<Vec<crate::api::ParkedKey>>,
+}
+
+/// The counts taken every few seconds for the per-minute rates. The first
+/// is taken when the status is created (all zero), so the messages of a
+/// flow's first seconds count in its rates.
+struct Samples(Mutex<VecDeque<(Instant, [u64; 3])>>);
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self(Mutex::new(VecDeque::from([(Instant::now(), [0; 3])])))
+    }
+}
+
+impl std::ops::Deref for Samples {
+    type Target = Mutex<VecDeque<(Instant, [u64; 3])>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// A snapshot of a flow's status (part of the admin API's contract).
@@ -312,6 +330,21 @@ impl FlowStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message received before the router's first sample of a new flow
+    /// still counts in its rate (it showed 0.00/s for a minute).
+    #[test]
+    fn the_first_messages_of_a_new_flow_count_in_its_rates() {
+        let status = FlowStatus::default();
+        std::thread::sleep(Duration::from_millis(600));
+        status.started();
+        status.succeeded();
+        status.sample();
+        let spec = FlowSpec::new("f", "local", "in", "o/n".parse().unwrap());
+        let report = status.report(&spec);
+        assert!(report.received_per_sec > 0.0, "{report:?}");
+        assert!(report.succeeded_per_sec > 0.0, "{report:?}");
+    }
 
     #[test]
     fn last_errors_are_one_capped_line() {
