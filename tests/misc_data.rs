@@ -352,3 +352,107 @@ fn an_escaping_data_uri_is_refused_local() {
 fn an_escaping_data_uri_is_refused_s3() {
     an_escaping_data_uri_is_refused(Backend::S3);
 }
+
+/// Plugins from a bucket, for a fleet: three routers with the same `[plugins]`
+/// bucket (each with its own embedded broker). `eventflow deploy` through
+/// one of them uploads the component and all load it; a truncated upload
+/// of the same version is rejected by all while the content loaded before
+/// keeps serving; a deleted object takes the version away from all.
+#[test]
+fn plugins_from_a_bucket_go_live_on_every_router_and_a_bad_upload_is_refused() {
+    const KEY: &str = "fleet/plugins/examples/echo/0.1.0.wasm";
+    let moto = Moto::start();
+    moto.bucket(BUCKET);
+    let creds = tempfile::tempdir().unwrap();
+    let key = creds.path().join("s3-key");
+    std::fs::write(&key, "testing\n").unwrap();
+    let body = format!(
+        "[plugins]\nbackend = \"s3://{BUCKET}/fleet/plugins\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\naccess_key_id = {{ file = {k:?} }}\nsecret_access_key = {{ file = {k:?} }}\n\n{}",
+        moto.url,
+        support::one_flow("echo", "examples/echo", "max_receives = 1"),
+        k = key.display().to_string()
+    );
+    let start = || {
+        let mut router = Router::configure(&body, Plugins::Shared);
+        // The harness writes `[router]`; list the bucket every 0.5 s.
+        let text = std::fs::read_to_string(&router.config).unwrap();
+        let text = text.replacen("[router]\n", "[router]\nplugins_poll_secs = 0.5\n", 1);
+        std::fs::write(&router.config, text).unwrap();
+        router.launch();
+        router
+    };
+    let routers = [start(), start(), start()];
+    let echo = support::plugin_file("examples", "echo");
+    let bytes = std::fs::read(&echo).unwrap();
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+
+    // Deployed through the first router: uploaded, and loaded by all three.
+    let deployed = routers[0].cli_ok(&["deploy", echo.to_str().unwrap(), "examples/echo/0.1.0"]);
+    assert!(
+        deployed.contains("loaded examples/echo/0.1.0"),
+        "{deployed}"
+    );
+    let objects = moto.objects(BUCKET);
+    assert_eq!(
+        objects.len(),
+        1,
+        "{:?}",
+        objects.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    assert_eq!((objects[0].0.as_str(), &objects[0].1), (KEY, &bytes));
+    for (i, router) in routers.iter().enumerate() {
+        wait_for("the version to load", Duration::from_secs(60), || {
+            (router.plugin("examples/echo/0.1.0")["hash"] == hash.as_str()).then_some(())
+        });
+        router.publish("in", &[format!("to router {i}")]);
+        wait_for("the echo", Duration::from_secs(60), || {
+            router
+                .peek("local", "out")
+                .iter()
+                .any(|m| m["payload"] == format!("to router {i}").as_str())
+                .then_some(())
+        });
+    }
+
+    // A truncated upload of the same version: refused by all three, and the
+    // content loaded before keeps serving.
+    let half = creds.path().join("half.wasm");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    let out = routers[0].cli(&["deploy", half.to_str().unwrap(), "examples/echo/0.1.0"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("rejected examples/echo/0.1.0"),
+        "{said}"
+    );
+    for (i, router) in routers.iter().enumerate() {
+        wait_for("the rejection", Duration::from_secs(60), || {
+            let list = router.cli_ok(&["plugins", "list", "--json"]);
+            list.contains("rejected").then_some(())
+        });
+        router.publish("in", &[format!("after the bad upload {i}")]);
+        let out = wait_for("the echo", Duration::from_secs(60), || {
+            router
+                .peek("local", "out")
+                .into_iter()
+                .find(|m| m["payload"] == format!("after the bad upload {i}").as_str())
+        });
+        assert_eq!(
+            support::header(&out, "eventflow-component-hash"),
+            Some(hash.as_str()),
+            "{out}"
+        );
+    }
+
+    // Deleted from the bucket: gone from all three, and the flow waits.
+    moto.delete_object(BUCKET, KEY);
+    for router in &routers {
+        wait_for("the flow to pause", Duration::from_secs(60), || {
+            (router.flow("echo")["state"] == "waiting_for_plugin").then_some(())
+        });
+        assert!(router.log().contains("Plugin downloaded from the bucket."));
+    }
+}

@@ -54,6 +54,7 @@ pub mod data;
 pub mod flow;
 pub mod message;
 pub mod metrics;
+pub mod mirror;
 pub mod registry;
 pub mod router;
 pub mod run;

@@ -10,10 +10,33 @@ use crate::router::Router;
 
 /// Runs the router until SIGINT or SIGTERM, then stops gracefully: no new
 /// messages are received, in-flight ones finish and are settled.
-pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    config.mirror_plugins();
+    // Plugins from a bucket: mirrored once before the router scans its
+    // plugin directory, then every `plugins_poll_secs`.
+    let mirror = match crate::mirror::Mirror::of(&config)? {
+        Some(mut mirror) => {
+            match mirror.sync().await {
+                Ok(synced) => tracing::info!(
+                    bucket = %config.plugins.backend,
+                    downloaded = synced.downloaded.len(),
+                    removed = synced.removed.len(),
+                    "Plugin bucket mirrored."
+                ),
+                Err(e) => tracing::warn!(
+                    bucket = %config.plugins.backend,
+                    error = %format!("{e:#}"),
+                    "Cannot list the plugin bucket; starting with the plugins mirrored last."
+                ),
+            }
+            Some(mirror)
+        }
+        None => None,
+    };
     let listen = config.admin.listen.clone();
+    let router_poll_secs = config.router.plugins_poll_secs;
     let state_dir = config.router.state_dir.clone();
     tracing::info!(
         config = %config_path.display(),
@@ -30,6 +53,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // Every file of the state directory is private, the address file too.
     crate::state::secure_dir(&state_dir)?;
     let watcher = crate::watcher::spawn(router.clone());
+    let poll = std::time::Duration::from_secs_f64(router_poll_secs);
+    let mirror = mirror.map(|m| m.spawn(poll));
     let flows = router.flow_reports().len();
     tracing::info!(
         admin = %format!("http://{addr}"),
@@ -46,6 +71,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         "Stopping: finishing in-flight messages."
     );
     watcher.abort();
+    if let Some(mirror) = mirror {
+        mirror.abort();
+    }
     router.shutdown().await;
     let _ = std::fs::remove_file(state_dir.join(crate::admin::auth::ADDR_FILE));
     tracing::info!("Eventflow stopped.");

@@ -187,15 +187,7 @@ impl Moto {
     pub fn objects(&self, bucket: &str) -> Vec<(String, Vec<u8>)> {
         use futures::TryStreamExt;
         use object_store::{ObjectStore, ObjectStoreExt};
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(bucket)
-            .with_endpoint(&self.url)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("testing")
-            .with_secret_access_key("testing")
-            .build()
-            .unwrap();
+        let store = self.s3(bucket);
         self.block_on(async {
             let metas: Vec<_> = store.list(None).try_collect().await.unwrap();
             let mut objects = Vec::new();
@@ -206,6 +198,27 @@ impl Moto {
             objects.sort();
             objects
         })
+    }
+
+    /// Deletes an object of a bucket.
+    pub fn delete_object(&self, bucket: &str, key: &str) {
+        use object_store::ObjectStoreExt;
+        let store = self.s3(bucket);
+        self.block_on(store.delete(&object_store::path::Path::from(key)))
+            .unwrap();
+    }
+
+    /// A client of a bucket of this server.
+    fn s3(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(&self.url)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap()
     }
 
     /// A broker connection named `aws` for this server.

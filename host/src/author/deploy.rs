@@ -46,6 +46,21 @@ pub fn install(
     Ok((dest, hash))
 }
 
+/// Uploads `component` as `<owner>/<name>/<version>.wasm` to the plugin
+/// bucket; returns the object's URL and the content's SHA-256.
+pub async fn upload(
+    component: &Path,
+    id: &AlgorithmId,
+    bucket: &crate::mirror::Mirror,
+) -> anyhow::Result<(PathBuf, String)> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    let relative = format!("{}/{}/{}.wasm", id.owner, id.name, id.version);
+    let url = bucket.upload(&relative, bytes).await?;
+    Ok((PathBuf::from(url), hash))
+}
+
 /// What the router made of a deployed component.
 #[derive(Debug, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

@@ -68,7 +68,8 @@ pub(super) struct DeployArgs {
     component: PathBuf,
     /// `owner/name/version` to install it as.
     algorithm: String,
-    /// The plugin directory; the configuration's by default.
+    /// The plugin directory; by default the configuration's, or its plugin
+    /// bucket (`[plugins] backend`), to which the component is uploaded.
     #[arg(long)]
     plugins: Option<PathBuf>,
     /// How long to wait for the router to load or reject it.
@@ -147,11 +148,18 @@ pub(super) async fn invoke(g: &Global, args: InvokeArgs) -> Result<(), Failure> 
 
 pub(super) async fn deploy(g: &Global, args: DeployArgs) -> Result<(), Failure> {
     let id = author::parse_id(&args.algorithm)?;
-    let plugins = match args.plugins {
-        Some(p) => p,
-        None => g.load()?.router.plugins_dir,
+    let (dest, hash) = match args.plugins {
+        Some(plugins) => deploy::install(&args.component, &id, &plugins)?,
+        None => {
+            let config = g.load()?;
+            match crate::mirror::Mirror::of(&config)? {
+                // Plugins come from a bucket: upload there; every router
+                // of the fleet mirrors it.
+                Some(bucket) => deploy::upload(&args.component, &id, &bucket).await?,
+                None => deploy::install(&args.component, &id, &config.router.plugins_dir)?,
+            }
+        }
     };
-    let (dest, hash) = deploy::install(&args.component, &id, &plugins)?;
     if !g.json {
         println!("copied to {}; waiting for the router", dest.display());
     }

@@ -72,6 +72,12 @@ pub struct Config {
     /// Where data collections are kept: the data directory or a bucket.
     #[serde(default)]
     pub data: DataConfig,
+    /// Where plugins come from: `backend = "local"` (the default, `[router]
+    /// plugins_dir`) or a bucket (`s3://bucket/prefix`, ...), with the same
+    /// fields as `[data]`. A bucket is mirrored into
+    /// `<state_dir>/plugins-mirror`, which then is the plugin directory.
+    #[serde(default)]
+    pub plugins: DataConfig,
     /// Broker connections, by name.
     #[serde(default)]
     pub brokers: Vec<BrokerSpec>,
@@ -131,6 +137,7 @@ impl Config {
             admin: self.admin.clone(),
             sandbox: self.sandbox.clone(),
             data: self.data.clone(),
+            plugins: self.plugins.clone(),
             brokers: d.brokers,
             topics: d.topics,
             flows: d.flows,
@@ -168,7 +175,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if let Some(key) = &mut config.router.secret_key_file {
         *key = base.join(&*key);
     }
+    config.mirror_plugins();
     Ok(config)
+}
+
+/// The directory, under the state directory, a plugin bucket is mirrored to.
+pub const PLUGIN_MIRROR_DIR: &str = "plugins-mirror";
+
+impl Config {
+    /// When plugins come from a bucket, makes its local mirror the plugin
+    /// directory (call again after changing `state_dir`).
+    pub fn mirror_plugins(&mut self) {
+        if self.plugins.backend != "local" {
+            self.router.plugins_dir = self.router.state_dir.join(PLUGIN_MIRROR_DIR);
+        }
+    }
 }
 
 /// Parses and validates configuration text; `file` names it in errors.

@@ -21,6 +21,10 @@ pub struct RouterConfig {
     /// compiled-code cache, the admin token and address.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// How often a plugin bucket (`[plugins] backend = "s3://..."`) is
+    /// listed for new, changed and deleted plugins, in seconds.
+    #[serde(default = "default_plugins_poll_secs")]
+    pub plugins_poll_secs: f64,
     /// How long a graceful stop waits for in-flight invocations before it
     /// releases them back to their brokers.
     #[serde(default = "default_shutdown_grace_secs")]
@@ -50,6 +54,9 @@ fn default_state_dir() -> PathBuf {
 const fn default_shutdown_grace_secs() -> f64 {
     30.0
 }
+const fn default_plugins_poll_secs() -> f64 {
+    5.0
+}
 
 impl Default for RouterConfig {
     fn default() -> Self {
@@ -58,6 +65,7 @@ impl Default for RouterConfig {
             data_dir: default_data_dir(),
             state_dir: default_state_dir(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            plugins_poll_secs: default_plugins_poll_secs(),
             secret_key_file: None,
             move_damaged_aside: false,
         }

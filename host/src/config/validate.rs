@@ -17,7 +17,33 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     if config.sandbox.max_instances == 0 {
         return Err(("sandbox.max_instances".into(), "must be at least 1".into()));
     }
-    check_data(config)?;
+    check_bucket("data", &config.data)?;
+    check_bucket("plugins", &config.plugins)?;
+    if config.plugins.backend != "local" {
+        let p = &config.plugins;
+        let credentials = [
+            ("access_key_id", &p.access_key_id),
+            ("secret_access_key", &p.secret_access_key),
+            ("session_token", &p.session_token),
+            ("access_key", &p.access_key),
+        ];
+        if let Some((field, _)) = credentials
+            .iter()
+            .find(|(_, r)| matches!(r, Some(crate::secret::SecretRef::Secret(_))))
+        {
+            return Err((
+                format!("plugins.{field}"),
+                "the plugin bucket's credentials are read before the router's secrets are open: use { env = \"VAR\" } or { file = \"PATH\" }, or the default chain".into(),
+            ));
+        }
+        let poll = config.router.plugins_poll_secs;
+        if !(poll.is_finite() && poll >= 0.1) {
+            return Err((
+                "router.plugins_poll_secs".into(),
+                "must be at least 0.1 seconds".into(),
+            ));
+        }
+    }
     let brokers = check_brokers(config)?;
     check_topics(config, &brokers)?;
     check_flow_names(config, &brokers)?;
@@ -26,22 +52,21 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     check_algorithm_limits(config)
 }
 
-/// Checks `[data]`: the backend URL, which fields apply to it, and that
-/// credentials are references.
-fn check_data(config: &Config) -> Result<(), FieldError> {
-    config
-        .data
+/// Checks `[data]` or `[plugins]` (`section`): the backend URL, which
+/// fields apply to it, and that credentials are references.
+fn check_bucket(section: &str, bucket: &crate::data::DataConfig) -> Result<(), FieldError> {
+    bucket
         .validate()
-        .map_err(|(f, m)| (format!("data.{f}"), m))?;
-    let spec = serde_json::to_value(&config.data).unwrap_or_default();
+        .map_err(|(f, m)| (format!("{section}.{f}"), m))?;
+    let spec = serde_json::to_value(bucket).unwrap_or_default();
     if let Some(path) = inline_secret(&spec, "") {
         return Err((
-            format!("data{path}"),
+            format!("{section}{path}"),
             "credentials may not be written inline: use { env = \"VAR\" }, { file = \"PATH\" } or { secret = \"NAME\" }".into(),
         ));
     }
     if let Some((path, m)) = bad_secret_name(&spec, "") {
-        return Err((format!("data{path}.secret"), m));
+        return Err((format!("{section}{path}.secret"), m));
     }
     Ok(())
 }

@@ -185,17 +185,32 @@ impl DataConfig {
     /// backend, else a client of the bucket. Resolves credentials (router
     /// secrets need `state`); sends nothing to the bucket yet.
     pub fn open(&self, data_dir: &Path, state: Option<&StateStore>) -> anyhow::Result<Collections> {
+        let Some((store, prefix)) = self.bucket("data", state)? else {
+            return Collections::open(data_dir)
+                .with_context(|| format!("cannot open the data directory {}", data_dir.display()));
+        };
+        let store = ObjectCollections::new(store, &prefix, &self.backend);
+        Ok(Collections::new(store, self.backend.clone()))
+    }
+
+    /// A client of the bucket and the prefix, or `None` for `"local"`.
+    /// `section` (`data`, `plugins`) names this table in errors. Resolves
+    /// credentials (router secrets need `state`); sends nothing yet.
+    pub fn bucket(
+        &self,
+        section: &str,
+        state: Option<&StateStore>,
+    ) -> anyhow::Result<Option<(Box<dyn object_store::ObjectStore>, String)>> {
         let parsed = self
             .parsed()
-            .map_err(|(f, m)| anyhow::anyhow!("data.{f}: {m}"))?;
+            .map_err(|(f, m)| anyhow::anyhow!("{section}.{f}: {m}"))?;
         let Backend::Object {
             scheme,
             bucket,
             prefix,
         } = parsed
         else {
-            return Collections::open(data_dir)
-                .with_context(|| format!("cannot open the data directory {}", data_dir.display()));
+            return Ok(None);
         };
         let options = object_store::ClientOptions::new()
             .with_timeout(Duration::from_secs(self.request_timeout_secs))
@@ -211,13 +226,13 @@ impl DataConfig {
         };
         let store: Box<dyn object_store::ObjectStore> = match scheme.as_str() {
             "s3" => Box::new(
-                self.s3(&bucket, state)?
+                self.s3(section, &bucket, state)?
                     .with_client_options(options)
                     .with_retry(retry)
                     .build()?,
             ),
             "az" => Box::new(
-                self.azure(&bucket, state)?
+                self.azure(section, &bucket, state)?
                     .with_client_options(options)
                     .with_retry(retry)
                     .build()?,
@@ -230,11 +245,16 @@ impl DataConfig {
                     .build()?,
             ),
         };
-        let store = ObjectCollections::new(store, &prefix, &self.backend);
-        Ok(Collections::new(store, self.backend.clone()))
+        Ok(Some((store, prefix)))
     }
 
-    fn s3(&self, bucket: &str, state: Option<&StateStore>) -> anyhow::Result<AmazonS3Builder> {
+    fn s3(
+        &self,
+        section: &str,
+        bucket: &str,
+        state: Option<&StateStore>,
+    ) -> anyhow::Result<AmazonS3Builder> {
+        let resolve = |field, r| resolve(section, field, r, state);
         let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
         if let Some(region) = &self.region {
             b = b.with_region(region);
@@ -243,12 +263,12 @@ impl DataConfig {
             b = b.with_endpoint(endpoint);
         }
         if let (Some(id), Some(key)) = (
-            resolve("access_key_id", &self.access_key_id, state)?,
-            resolve("secret_access_key", &self.secret_access_key, state)?,
+            resolve("access_key_id", &self.access_key_id)?,
+            resolve("secret_access_key", &self.secret_access_key)?,
         ) {
             b = b.with_access_key_id(id).with_secret_access_key(key);
         }
-        if let Some(token) = resolve("session_token", &self.session_token, state)? {
+        if let Some(token) = resolve("session_token", &self.session_token)? {
             b = b.with_token(token);
         }
         Ok(b)
@@ -256,6 +276,7 @@ impl DataConfig {
 
     fn azure(
         &self,
+        section: &str,
         container: &str,
         state: Option<&StateStore>,
     ) -> anyhow::Result<MicrosoftAzureBuilder> {
@@ -266,15 +287,16 @@ impl DataConfig {
         if let Some(endpoint) = &self.endpoint_url {
             b = b.with_endpoint(endpoint.clone());
         }
-        if let Some(key) = resolve("access_key", &self.access_key, state)? {
+        if let Some(key) = resolve(section, "access_key", &self.access_key, state)? {
             b = b.with_access_key(key);
         }
         Ok(b)
     }
 }
 
-/// Reads the credential `[data] field` refers to, if it is set.
+/// Reads the credential `[section] field` refers to, if it is set.
 fn resolve(
+    section: &str,
     field: &str,
     r: &Option<SecretRef>,
     state: Option<&StateStore>,
@@ -282,9 +304,9 @@ fn resolve(
     let Some(r) = r else { return Ok(None) };
     let secret = r.resolve(state).with_context(|| {
         if state.is_none() && matches!(r, SecretRef::Secret(_)) {
-            format!("data.{field}: a {{ secret = .. }} is read by the router only; `eventflow data` needs {{ env = .. }} or {{ file = .. }} credentials")
+            format!("{section}.{field}: a {{ secret = .. }} is read by the router only; outside it use {{ env = .. }} or {{ file = .. }} credentials")
         } else {
-            format!("data.{field}")
+            format!("{section}.{field}")
         }
     })?;
     Ok(Some(secret.expose().to_string()))
@@ -370,6 +392,46 @@ mod tests {
                 "{data}: {e}"
             );
             assert!(e.contains(says), "{data}: {e}");
+        }
+    }
+
+    /// `[plugins]` takes the fields of `[data]`, checked the same way, but
+    /// no router secret: the bucket is read before the state store opens.
+    #[test]
+    fn a_plugin_bucket_is_checked_like_data_and_takes_no_router_secret() {
+        let parse = |text: &str| crate::config::parse("eventflow.toml", text);
+        let good = parse(
+            "[plugins]\nbackend = \"s3://b/plugins\"\nregion = \"eu-west-1\"\naccess_key_id = { env = \"ID\" }\nsecret_access_key = { file = \"/k\" }\n",
+        );
+        assert_eq!(good.unwrap().plugins.backend, "s3://b/plugins");
+        for (text, field, says) in [
+            (
+                "[plugins]\nbackend = \"ftp://b\"",
+                "plugins.backend",
+                "unsupported scheme",
+            ),
+            (
+                "[plugins]\nbackend = \"local\"\nregion = \"x\"",
+                "plugins.region",
+                "s3:// backends only",
+            ),
+            (
+                "[plugins]\nbackend = \"s3://b\"\naccess_key_id = { secret = \"id\" }\nsecret_access_key = { secret = \"k\" }",
+                "plugins.access_key_id",
+                "before the router's secrets are open",
+            ),
+            (
+                "[router]\nplugins_poll_secs = 0\n[plugins]\nbackend = \"s3://b\"",
+                "router.plugins_poll_secs",
+                "at least 0.1",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("eventflow.toml: {field}")),
+                "{text}: {e}"
+            );
+            assert!(e.contains(says), "{text}: {e}");
         }
     }
 
