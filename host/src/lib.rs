@@ -19,7 +19,8 @@
 //!   and the compiled-code cache (`load`), a fresh instance per message
 //!   (`invoke`), limits and failure reasons (`failure`).
 //! - [`registry`] and [`watcher`]: the algorithm versions in the plugin
-//!   directory, reloaded as files change.
+//!   directory, reloaded as files change; [`mirror`] keeps that directory
+//!   in step with a plugin bucket (`[plugins]`).
 //! - [`data`]: `data://owner/collection/path` storage, confined to its
 //!   collection: the URI checks (`data::uri`), then a directory
 //!   ([`data::local`]) or a bucket ([`data::object`]), as `[data]`

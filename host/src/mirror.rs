@@ -77,11 +77,17 @@ impl Mirror {
         let Some((store, prefix)) = config.plugins.bucket("plugins", None)? else {
             return Ok(None);
         };
+        // Always the state directory's mirror, whatever `plugins_dir` says:
+        // the mirror deletes what the bucket does not have.
+        let dir = config
+            .router
+            .state_dir
+            .join(crate::config::PLUGIN_MIRROR_DIR);
         Ok(Some(Self::new(
             store,
             &prefix,
             &config.plugins.backend,
-            config.router.plugins_dir.clone(),
+            dir,
         )?))
     }
 
@@ -112,14 +118,27 @@ impl Mirror {
     pub async fn sync(&mut self) -> anyhow::Result<Synced> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create the plugin mirror {}", self.dir.display()))?;
-        let prefix =
-            (!self.prefix.is_empty()).then(|| object_store::path::Path::from(self.prefix.as_str()));
+        // Parsed, not encoded: the keys listed come back as they are.
+        let prefix = match self.prefix.as_str() {
+            "" => None,
+            p => Some(
+                object_store::path::Path::parse(p)
+                    .with_context(|| format!("{}: the prefix {p:?}", self.url))?,
+            ),
+        };
         let listed: Vec<ObjectMeta> = self
             .store
             .list(prefix.as_ref())
             .try_collect()
             .await
-            .with_context(|| format!("cannot list {}", self.url))?;
+            // One key object_store cannot take (`//`, a `.` or `..`
+            // segment) fails the whole listing: say so.
+            .with_context(|| {
+                format!(
+                    "cannot list {} (an object key with an empty, `.` or `..` segment under the prefix stops the listing)",
+                    self.url
+                )
+            })?;
         let mut wanted = BTreeMap::new();
         for meta in listed {
             let key = meta.location.as_ref();
@@ -199,13 +218,15 @@ impl Mirror {
     /// Downloads one object to a temporary name beside `path`, then renames
     /// it into place (so the watcher sees it whole at once).
     async fn download(&self, meta: &ObjectMeta, path: &Path) -> anyhow::Result<()> {
-        let bytes = self
-            .store
-            .get(&meta.location)
-            .await?
-            .bytes()
-            .await
-            .context("cannot read the object")?;
+        let got = self.store.get(&meta.location).await?;
+        // The object may have been replaced since it was listed.
+        if got.meta.size > MAX_PLUGIN_BYTES {
+            anyhow::bail!(
+                "it is {} bytes, over the {MAX_PLUGIN_BYTES} a plugin may have",
+                got.meta.size
+            );
+        }
+        let bytes = got.bytes().await.context("cannot read the object")?;
         let dir = path.parent().context("a plugin path has a directory")?;
         let name = path
             .file_name()
@@ -241,13 +262,14 @@ impl Mirror {
     }
 
     /// Syncs every `every` until the task is aborted. A listing that fails
-    /// is logged once, and its recovery once.
-    pub fn spawn(mut self, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// is logged once, and its recovery once; `failing`: the last listing
+    /// failed (and was logged).
+    pub fn spawn(mut self, every: Duration, failing: bool) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.reset();
-            let mut failing = false;
+            let mut failing = failing;
             loop {
                 ticks.tick().await;
                 match self.sync().await {

@@ -18,20 +18,26 @@ pub async fn run(mut config: Config, config_path: &Path) -> anyhow::Result<()> {
     // plugin directory, then every `plugins_poll_secs`.
     let mirror = match crate::mirror::Mirror::of(&config)? {
         Some(mut mirror) => {
-            match mirror.sync().await {
-                Ok(synced) => tracing::info!(
-                    bucket = %config.plugins.backend,
-                    downloaded = synced.downloaded.len(),
-                    removed = synced.removed.len(),
-                    "Plugin bucket mirrored."
-                ),
-                Err(e) => tracing::warn!(
-                    bucket = %config.plugins.backend,
-                    error = %format!("{e:#}"),
-                    "Cannot list the plugin bucket; starting with the plugins mirrored last."
-                ),
-            }
-            Some(mirror)
+            let failing = match mirror.sync().await {
+                Ok(synced) => {
+                    tracing::info!(
+                        bucket = %config.plugins.backend,
+                        downloaded = synced.downloaded.len(),
+                        removed = synced.removed.len(),
+                        "Plugin bucket mirrored."
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        bucket = %config.plugins.backend,
+                        error = %format!("{e:#}"),
+                        "Cannot list the plugin bucket; starting with the plugins mirrored last."
+                    );
+                    true
+                }
+            };
+            Some((mirror, failing))
         }
         None => None,
     };
@@ -53,8 +59,12 @@ pub async fn run(mut config: Config, config_path: &Path) -> anyhow::Result<()> {
     // Every file of the state directory is private, the address file too.
     crate::state::secure_dir(&state_dir)?;
     let watcher = crate::watcher::spawn(router.clone());
-    let poll = std::time::Duration::from_secs_f64(router_poll_secs);
-    let mirror = mirror.map(|m| m.spawn(poll));
+    let mirror = mirror.map(|(m, failing)| {
+        m.spawn(
+            std::time::Duration::from_secs_f64(router_poll_secs),
+            failing,
+        )
+    });
     let flows = router.flow_reports().len();
     tracing::info!(
         admin = %format!("http://{addr}"),

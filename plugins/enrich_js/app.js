@@ -36,6 +36,7 @@ export async function apply(input) {
   if (reply.status === 404) throw new Reject(`unknown customer '${customer}'`);
   if (reply.status !== 200) throw new Retry(5_000, `enrichment service answered ${reply.status}`);
   const body = await reply.text();
-  log(`enriched from ${url}`);
+  // The URL holds the ENRICH_URL secret: log the customer only.
+  log(`enriched customer ${customer}`);
   return { ...input, customer_record: JSON.parse(body) };
 }

@@ -174,16 +174,19 @@ export function handle(apply) {
     try {
       const input = decode(msg.payload, wantsMessage);
       out = wantsMessage ? apply(input, msg) : apply(input);
+      // An `async function apply` (one that awaits `fetch`, say): the
+      // component runs the event loop until the promise settles. An output
+      // that cannot be encoded fails like a throw, either way.
+      if (out && typeof out.then === "function") {
+        return Promise.resolve(out)
+          .then(output)
+          .catch((e) => {
+            throw failure(e);
+          });
+      }
+      return output(out);
     } catch (e) {
       throw failure(e);
     }
-    // An `async function apply` (one that awaits `fetch`, say): the
-    // component runs the event loop until the promise settles.
-    if (out && typeof out.then === "function") {
-      return Promise.resolve(out).then(output, (e) => {
-        throw failure(e);
-      });
-    }
-    return output(out);
   };
 }

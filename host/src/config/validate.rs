@@ -36,13 +36,13 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
                 "the plugin bucket's credentials are read before the router's secrets are open: use { env = \"VAR\" } or { file = \"PATH\" }, or the default chain".into(),
             ));
         }
-        let poll = config.router.plugins_poll_secs;
-        if !(poll.is_finite() && poll >= 0.1) {
-            return Err((
-                "router.plugins_poll_secs".into(),
-                "must be at least 0.1 seconds".into(),
-            ));
-        }
+    }
+    let poll = config.router.plugins_poll_secs;
+    if !(poll.is_finite() && (0.1..=86_400.0).contains(&poll)) {
+        return Err((
+            "router.plugins_poll_secs".into(),
+            "must be between 0.1 and 86400 seconds".into(),
+        ));
     }
     let brokers = check_brokers(config)?;
     check_topics(config, &brokers)?;

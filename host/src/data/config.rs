@@ -421,9 +421,9 @@ mod tests {
                 "before the router's secrets are open",
             ),
             (
-                "[router]\nplugins_poll_secs = 0\n[plugins]\nbackend = \"s3://b\"",
+                "[router]\nplugins_poll_secs = -1",
                 "router.plugins_poll_secs",
-                "at least 0.1",
+                "between 0.1 and 86400",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();
