@@ -227,3 +227,46 @@ fn park_without_key_order_is_a_config_error() {
         "{err}"
     );
 }
+
+/// `on_key_failure` is set through the CLI and the API as through the
+/// configuration: `flows edit --on-key-failure park` parks the next
+/// poisoned key of the running flow, the API shows and changes the choice,
+/// and `park` without key order is refused with the reason.
+#[test]
+fn on_key_failure_is_set_through_the_cli_and_the_api() {
+    let router = Router::start(&config("continue"));
+    let edited = router.cli_ok(&["flows", "edit", "keyed", "--on-key-failure", "park"]);
+    assert!(edited.contains("keyed"), "{edited}");
+    let (status, flow) = router.http("GET", "/v1/flows/keyed", None);
+    assert_eq!(status, 200, "{flow}");
+    assert_eq!(flow["on_key_failure"], "park", "{flow}");
+
+    // The restarted flow parks: a poisoned message holds its key's next.
+    send(&router, &[("a", "a1", poison()), ("a", "a2", ok())]);
+    wait_for("key a to park", Duration::from_secs(60), || {
+        (parked(&router).get("a") == Some(&1)).then_some(())
+    });
+    assert!(
+        !outputs(&router).contains_key(&'a'),
+        "{:?}",
+        outputs(&router)
+    );
+
+    // Key order cannot be dropped while parking needs it.
+    let (status, body) = router.http(
+        "PATCH",
+        "/v1/flows/keyed",
+        Some(json!({ "ordering": "none" })),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("on_key_failure"), "{body}");
+
+    let (status, body) = router.http(
+        "PATCH",
+        "/v1/flows/keyed",
+        Some(json!({ "on_key_failure": "continue" })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, flow) = router.http("GET", "/v1/flows/keyed", None);
+    assert_eq!(flow["on_key_failure"], "continue", "{flow}");
+}

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::status::FlowReport;
-pub use crate::config::{CanarySpec, FilterSpec, FlowOrdering, RolloutPolicy, ShadowSpec};
+pub use crate::config::{
+    CanarySpec, FilterSpec, FlowOrdering, KeyFailure, RolloutPolicy, ShadowSpec,
+};
 
 /// A request to enable a topic for an algorithm version (`POST /v1/flows`):
 /// creates the flow, or updates and enables the existing one of that name.
@@ -51,6 +53,11 @@ pub struct EnableFlow {
     /// `key` or `none`; absent: an existing flow keeps its ordering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<FlowOrdering>,
+    /// With `ordering = "key"`: what a key's failed message does to the
+    /// key's later messages, `continue` or `park`; absent: an existing flow
+    /// keeps its choice (a new one: `continue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_key_failure: Option<KeyFailure>,
     /// Which messages invoke the algorithm (see the README's Filters);
     /// absent: an existing flow keeps its filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +106,9 @@ pub struct EditFlow {
     /// `key` or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<FlowOrdering>,
+    /// `continue` or `park` (needs `ordering = "key"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_key_failure: Option<KeyFailure>,
     /// A new filter, or null to remove it (every message invokes the
     /// algorithm).
     #[serde(
@@ -183,6 +193,11 @@ pub struct Flow {
     /// `key`: one message of a key at a time, in order; `none`.
     #[serde(default)]
     pub ordering: FlowOrdering,
+    /// With `ordering = "key"`: `continue` (a key's failed message is
+    /// dead-lettered and the key's next one proceeds) or `park` (the key's
+    /// later messages are held until an operator releases or drops them).
+    #[serde(default)]
+    pub on_key_failure: KeyFailure,
     /// Which messages invoke the algorithm; absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,

@@ -204,12 +204,23 @@ pub(super) struct Settings {
     /// parallel (the embedded broker); `none`: no order.
     #[arg(long, value_parser = parse_ordering)]
     ordering: Option<api::flows::FlowOrdering>,
+    /// With `--ordering key`: `continue` (a key's failed message goes to the
+    /// dead-letter topic and the key's next one proceeds) or `park` (the
+    /// key's later messages are held until `eventflow keys release|drop`).
+    #[arg(long, value_parser = parse_key_failure)]
+    on_key_failure: Option<api::flows::KeyFailure>,
 }
 
 /// An `--ordering`: `none` or `key`.
 fn parse_ordering(text: &str) -> Result<api::flows::FlowOrdering, String> {
     serde_json::from_value(serde_json::Value::String(text.into()))
         .map_err(|_| format!("{text:?}: expected none or key"))
+}
+
+/// An `--on-key-failure`: `continue` or `park`.
+fn parse_key_failure(text: &str) -> Result<api::flows::KeyFailure, String> {
+    serde_json::from_value(serde_json::Value::String(text.into()))
+        .map_err(|_| format!("{text:?}: expected continue or park"))
 }
 
 /// A `--filter`: JSON in the shape of the configuration's `filter` table.
@@ -286,6 +297,7 @@ async fn enable(g: &Global, c: &Client, args: EnableArgs) -> Result<(), Failure>
         max_receives: args.settings.max_receives,
         concurrency: args.settings.concurrency,
         ordering: args.settings.ordering,
+        on_key_failure: args.settings.on_key_failure,
         filter: args.settings.filter,
     };
     let changed = c.enable_flow(&req).await?;
@@ -321,6 +333,7 @@ async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
         max_receives: args.settings.max_receives,
         concurrency: args.settings.concurrency,
         ordering: args.settings.ordering,
+        on_key_failure: args.settings.on_key_failure,
         filter: if args.no_filter {
             Some(None)
         } else {

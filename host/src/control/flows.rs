@@ -3,7 +3,7 @@
 use super::{Action, ControlError, ControlPlane, Role};
 use crate::api::{self, EditFlow, EnableFlow};
 use crate::config::{
-    self, AlgorithmRef, CanarySpec, FilterSpec, FlowOrdering, FlowSpec, ShadowSpec,
+    self, AlgorithmRef, CanarySpec, FilterSpec, FlowOrdering, FlowSpec, KeyFailure, ShadowSpec,
 };
 
 /// A flow after it was enabled or edited, and what its caller should know.
@@ -365,6 +365,7 @@ pub fn flow_view(f: &FlowSpec) -> api::Flow {
         max_receives: f.max_receives,
         concurrency: f.concurrency,
         ordering: f.ordering,
+        on_key_failure: f.on_key_failure,
         filter: f.filter.clone(),
         canary: f.canary.clone(),
         shadow: f.shadow.clone(),
@@ -401,6 +402,7 @@ struct Settings {
     max_receives: Option<u32>,
     concurrency: Option<u32>,
     ordering: Option<FlowOrdering>,
+    on_key_failure: Option<KeyFailure>,
     /// `Some(None)` removes the filter.
     filter: Option<Option<FilterSpec>>,
     /// `Some(None)` removes the canary.
@@ -424,6 +426,7 @@ impl Settings {
             max_receives: req.max_receives,
             concurrency: req.concurrency,
             ordering: req.ordering,
+            on_key_failure: req.on_key_failure,
             filter: req.filter.clone().map(Some),
             canary: None,
             shadow: None,
@@ -442,6 +445,7 @@ impl Settings {
             max_receives: edit.max_receives,
             concurrency: edit.concurrency,
             ordering: edit.ordering,
+            on_key_failure: edit.on_key_failure,
             filter: edit.filter,
             canary: edit.canary,
             shadow: edit.shadow,
@@ -459,6 +463,7 @@ impl Settings {
         set(&mut flow.max_receives, self.max_receives);
         set(&mut flow.concurrency, self.concurrency);
         set(&mut flow.ordering, self.ordering);
+        set(&mut flow.on_key_failure, self.on_key_failure);
         set(&mut flow.filter, self.filter);
         set(&mut flow.canary, self.canary);
         set(&mut flow.shadow, self.shadow);
@@ -544,6 +549,7 @@ mod tests {
             max_receives: Some(3),
             concurrency: Some(4),
             ordering: Some(FlowOrdering::Key),
+            on_key_failure: Some(KeyFailure::Park),
             filter: Some(filter.clone()),
             ..EnableFlow::default()
         })
@@ -557,6 +563,7 @@ mod tests {
             max_receives: Some(3),
             concurrency: Some(4),
             ordering: Some(FlowOrdering::Key),
+            on_key_failure: Some(KeyFailure::Park),
             filter: Some(Some(filter.clone())),
             canary: None,
             shadow: None,
@@ -574,6 +581,7 @@ mod tests {
         assert_eq!((flow.max_receives, flow.concurrency), (3, 4));
         assert_eq!(flow.filter.as_ref(), Some(&filter));
         assert_eq!(flow.ordering, FlowOrdering::Key);
+        assert_eq!(flow.on_key_failure, KeyFailure::Park);
         assert!(flow.enabled);
         // An edit's `null` removes a topic; enabling never does.
         let mut cleared = flow.clone();
