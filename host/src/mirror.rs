@@ -63,6 +63,9 @@ pub struct Mirror {
     store: Box<dyn ObjectStore>,
     /// The prefix, without leading or trailing `/` (may be empty).
     prefix: String,
+    /// The same, as the listing takes it: parsed, not encoded, so the keys
+    /// listed come back as they are.
+    list_prefix: Option<object_store::path::Path>,
     /// The backend URL, for messages.
     url: String,
     dir: PathBuf,
@@ -102,9 +105,18 @@ impl Mirror {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let prefix = prefix.trim_matches('/').to_string();
+        let list_prefix = match prefix.as_str() {
+            "" => None,
+            p => Some(
+                object_store::path::Path::parse(p)
+                    .with_context(|| format!("{url}: the prefix {p:?}"))?,
+            ),
+        };
         Ok(Self {
             store,
-            prefix: prefix.trim_matches('/').to_string(),
+            prefix,
+            list_prefix,
             url: url.to_string(),
             dir,
             seen,
@@ -118,17 +130,9 @@ impl Mirror {
     pub async fn sync(&mut self) -> anyhow::Result<Synced> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create the plugin mirror {}", self.dir.display()))?;
-        // Parsed, not encoded: the keys listed come back as they are.
-        let prefix = match self.prefix.as_str() {
-            "" => None,
-            p => Some(
-                object_store::path::Path::parse(p)
-                    .with_context(|| format!("{}: the prefix {p:?}", self.url))?,
-            ),
-        };
         let listed: Vec<ObjectMeta> = self
             .store
-            .list(prefix.as_ref())
+            .list(self.list_prefix.as_ref())
             .try_collect()
             .await
             // One key object_store cannot take (`//`, a `.` or `..`

@@ -54,16 +54,19 @@ impl Lang {
     }
 
     /// The files besides the algorithm's own that its component is built
-    /// from: the SDK, the pins, the contract.
-    fn inputs(self) -> Vec<PathBuf> {
+    /// from: the SDK, the pins, the contract, and for a Python algorithm
+    /// that calls out (`outbound_http`) the world it is built for.
+    fn inputs(self, outbound_http: bool) -> Vec<PathBuf> {
         let root = root();
         let mut files = vec![root.join("wit/algorithm.wit")];
         match self {
             Lang::Python => {
                 files.push(root.join("plugins/python/build-requirements.txt"));
-                files.push(root.join("plugins/python/wit-http/world.wit"));
-                for deps in subdirs(&root.join("plugins/python/wit-http/deps")) {
-                    files.extend(files_in(&deps));
+                if outbound_http {
+                    files.push(root.join("plugins/python/wit-http/world.wit"));
+                    for deps in subdirs(&root.join("plugins/python/wit-http/deps")) {
+                        files.extend(files_in(&deps));
+                    }
                 }
                 files.extend(files_in(&root.join("plugins/python/eventflow")));
             }
@@ -310,7 +313,7 @@ fn ensure_componentize_js() -> anyhow::Result<()> {
 /// A hash of everything the component is built from: the language's inputs
 /// and the algorithm's own files.
 fn cache_key(g: &Guest) -> anyhow::Result<u64> {
-    let mut files = g.lang.inputs();
+    let mut files = g.lang.inputs(g.manifest.outbound_http);
     files.extend(files_in(&g.dir));
     let mut hash = Fnv::default();
     hash.write(format!("{:?}", g.lang).as_bytes());

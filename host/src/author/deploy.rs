@@ -20,9 +20,7 @@ pub fn install(
     plugins: &Path,
 ) -> anyhow::Result<(PathBuf, String)> {
     use std::io::Write;
-    let bytes =
-        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
-    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    let (bytes, hash) = read(component)?;
     let dir = plugins.join(&id.owner).join(&id.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dest = dir.join(format!("{}.wasm", id.version));
@@ -53,12 +51,19 @@ pub async fn upload(
     id: &AlgorithmId,
     bucket: &crate::mirror::Mirror,
 ) -> anyhow::Result<(PathBuf, String)> {
-    let bytes =
-        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
-    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    let (bytes, hash) = read(component)?;
     let relative = format!("{}/{}/{}.wasm", id.owner, id.name, id.version);
     let url = bucket.upload(&relative, bytes).await?;
     Ok((PathBuf::from(url), hash))
+}
+
+/// The component's bytes and their SHA-256, which the router's listing
+/// reports once it has the content.
+fn read(component: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    Ok((bytes, hash))
 }
 
 /// What the router made of a deployed component.

@@ -29,7 +29,7 @@ pub(super) async fn run(g: &Global, args: RunArgs, log: LogFormat) -> Result<(),
     let mut cfg = g.load()?;
     cfg.router.move_damaged_aside = args.move_damaged_aside;
     if let Some(p) = args.plugins {
-        if cfg.plugins.backend != "local" {
+        if !cfg.plugins.is_local() {
             return Err(anyhow::anyhow!(
                 "--plugins {} names a plugin directory, but [plugins] backend is {}: plugins come from the bucket",
                 p.display(),

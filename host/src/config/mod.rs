@@ -186,7 +186,7 @@ impl Config {
     /// When plugins come from a bucket, makes its local mirror the plugin
     /// directory (call again after changing `state_dir`).
     pub fn mirror_plugins(&mut self) {
-        if self.plugins.backend != "local" {
+        if !self.plugins.is_local() {
             self.router.plugins_dir = self.router.state_dir.join(PLUGIN_MIRROR_DIR);
         }
     }

@@ -19,7 +19,7 @@ pub fn validate(config: &mut Config) -> Result<(), FieldError> {
     }
     check_bucket("data", &config.data)?;
     check_bucket("plugins", &config.plugins)?;
-    if config.plugins.backend != "local" {
+    if !config.plugins.is_local() {
         let p = &config.plugins;
         let credentials = [
             ("access_key_id", &p.access_key_id),

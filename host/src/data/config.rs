@@ -99,10 +99,15 @@ pub enum Backend {
 }
 
 impl DataConfig {
+    /// `backend = "local"`: the directory of `[router]`, no bucket.
+    pub fn is_local(&self) -> bool {
+        self.backend == "local"
+    }
+
     /// The backend `backend` names, or the field and what is wrong.
     pub fn parsed(&self) -> Result<Backend, (String, String)> {
         let bad = |m: String| Err(("backend".to_string(), m));
-        if self.backend == "local" {
+        if self.is_local() {
             return Ok(Backend::Local);
         }
         let Some((scheme, rest)) = self.backend.split_once("://") else {
