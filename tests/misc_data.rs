@@ -382,6 +382,13 @@ fn plugins_from_a_bucket_go_live_on_every_router_and_a_bad_upload_is_refused() {
         router
     };
     let routers = [start(), start(), start()];
+    // A plugin directory on the command line cannot stand in for the bucket.
+    let refused = routers[0].cli(&["run", "--plugins", "elsewhere"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("plugins come from the bucket"),
+        "{said}"
+    );
     let echo = support::plugin_file("examples", "echo");
     let bytes = std::fs::read(&echo).unwrap();
     let hash = {

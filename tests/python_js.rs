@@ -322,6 +322,7 @@ jitter = false
             json!({"do": "retry", "delay_ms": 2000}),
             json!({"do": "env"}),
             json!({"do": "typeerror"}),
+            json!({"do": "bigint"}),
         ]
         .map(|v| v.to_string()),
     );
@@ -342,12 +343,28 @@ jitter = false
             .find(|o| o.get("API_KEY").is_some())
     });
     assert_eq!(env, json!({"API_KEY": "k-77"}));
-    let letter = wait_for(
-        "the TypeError's dead letter",
-        Duration::from_secs(60),
-        || router.dead_letters("behave").into_iter().next(),
+    let letter = |what: &str| {
+        wait_for(what, Duration::from_secs(60), || {
+            router
+                .dead_letters("behave")
+                .into_iter()
+                .find(|l| l["payload"].as_str().unwrap_or("").contains(what))
+        })
+    };
+    let typeerror = letter("typeerror");
+    assert_eq!(
+        typeerror["last_failure"]["reason"], "guest_reject",
+        "{typeerror}"
     );
-    assert_eq!(letter["last_failure"]["reason"], "guest_reject", "{letter}");
-    let detail = letter["last_failure"]["detail"].as_str().unwrap();
+    let detail = typeerror["last_failure"]["detail"].as_str().unwrap();
     assert!(detail.starts_with("uncaught TypeError"), "{detail}");
+    // Regression: an output the SDK cannot encode is a failure with the
+    // error, like a throw, not an exception escaping the export.
+    let bigint = letter("bigint");
+    assert_eq!(bigint["last_failure"]["reason"], "guest_reject", "{bigint}");
+    let detail = bigint["last_failure"]["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("uncaught TypeError") && detail.contains("BigInt"),
+        "{detail}"
+    );
 }

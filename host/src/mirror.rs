@@ -391,4 +391,23 @@ mod tests {
         let mut again = mirror(dir.path(), &shared);
         assert_eq!(again.sync().await.unwrap(), Synced::default());
     }
+
+    /// Regression: a prefix with a character object_store encodes (`~`)
+    /// was encoded for the listing, matched none of the bucket's keys (which
+    /// come back as they are) and would have emptied the mirror.
+    #[tokio::test]
+    async fn a_prefix_is_listed_as_written_not_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(InMemory::new());
+        let key = object_store::path::Path::parse("team~a/plugins/ezra/echo/0.1.0.wasm").unwrap();
+        store.put(&key, b"one".to_vec().into()).await.unwrap();
+        let mut m = Mirror::new(
+            Box::new(store.clone()),
+            "team~a/plugins",
+            "mem://b/team~a/plugins",
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        assert_eq!(m.sync().await.unwrap().downloaded, ["ezra/echo/0.1.0.wasm"]);
+    }
 }

@@ -5,6 +5,7 @@
 //   {"attempt": N}.
 // - "env": returns env(), the algorithm's secrets.
 // - "typeerror": calls what is not a function (an uncaught TypeError).
+// - "bigint": returns an output JSON cannot encode (a BigInt).
 
 import { Reject, Retry, env } from "eventflow";
 
@@ -17,6 +18,8 @@ export function apply(input, message) {
       return env();
     case "typeerror":
       return input.missing();
+    case "bigint":
+      return { n: 1n };
     default:
       throw new Reject(`unknown action ${input.do}`);
   }
