@@ -32,6 +32,10 @@
 //!   and without a shadow version of the identity, and how many messages
 //!   the shadow ran and skipped.
 
+/// The allocator the `eventflow` binary uses (host/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod brokers;
 mod data;
 mod disk;
@@ -61,6 +65,10 @@ pub struct Options {
     pub out: PathBuf,
     /// Only these stages (`B1`, `B2`, ...).
     pub only: Option<Vec<String>>,
+    /// B2's messages per run, instead of 20,000 (2,000 with `--quick`).
+    pub messages: Option<usize>,
+    /// B2's concurrencies, instead of 1, 2, 8 and 64.
+    pub concurrency: Option<Vec<u32>>,
 }
 
 impl Options {
@@ -84,6 +92,8 @@ fn parse_args() -> anyhow::Result<Options> {
         guest_plugins: None,
         out: PathBuf::from("bench-results"),
         only: None,
+        messages: None,
+        concurrency: None,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -102,8 +112,18 @@ fn parse_args() -> anyhow::Result<Options> {
                         .collect(),
                 )
             }
+            "--messages" => options.messages = Some(args.next().context("--messages N")?.parse()?),
+            "--concurrency" => {
+                options.concurrency = Some(
+                    args.next()
+                        .context("--concurrency 1,2,...")?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             other => anyhow::bail!(
-                "unknown argument {other:?}; usage: eventflow-bench --plugins DIR [--guest-plugins DIR] [--out DIR] [--quick] [--only B1,B2,...]"
+                "unknown argument {other:?}; usage: eventflow-bench --plugins DIR [--guest-plugins DIR] [--out DIR] [--quick] [--only B1,B2,...] [--messages N] [--concurrency 1,2,...]"
             ),
         }
     }

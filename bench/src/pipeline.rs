@@ -405,9 +405,10 @@ async fn broker_alone_rate(n: usize) -> anyhow::Result<Drained> {
 /// broker keeps 4 × concurrency messages in flight, at least 64: the last
 /// row shows the broker with 256 in flight).
 pub async fn b2(o: &crate::Options) -> anyhow::Result<Throughput> {
-    let n = o.pick(2_000usize, 20_000);
+    let n = o.messages.unwrap_or(o.pick(2_000usize, 20_000));
+    let concurrencies = o.concurrency.clone().unwrap_or_else(|| vec![1, 2, 8, 64]);
     let mut rows = Vec::new();
-    for concurrency in [1u32, 2, 8, 64] {
+    for concurrency in concurrencies {
         let wasm = pipeline_rate(o, concurrency, n, false).await?;
         let native = pipeline_rate(o, concurrency, n, true).await?;
         let broker_alone = broker_alone_rate(n).await?;

@@ -487,10 +487,13 @@ impl ReceiveLoop<'_> {
                 let key = delivery.message.header(self.worker.key_header)?;
                 Some(keys.lock().unwrap_or_else(|p| p.into_inner()).turn(key))
             });
-            self.tasks.spawn(async move {
+            // Boxed: the state machine of one message is several KiB, and
+            // a task holds its future inline, so unboxed it would be copied
+            // on spawn, on every stage change and when its output is taken.
+            self.tasks.spawn(Box::pin(async move {
                 worker.process_in_turn(delivery, algorithm, turn).await;
                 drop(slot);
-            });
+            }));
         }
     }
 }
