@@ -638,6 +638,11 @@ pub struct HotSwap {
     /// The worst drop of throughput in the second after a swap, against the
     /// median second.
     pub max_dip: f64,
+    /// Each swap's drop, in the order of the swaps.
+    pub dips: Vec<f64>,
+    /// The same measure over the seconds away from any swap (more than a
+    /// second before one and two after): the noise the dips stand out from.
+    pub max_dip_without_swap: f64,
     /// Messages published and not processed (must be 0).
     pub lost: i64,
 }
@@ -734,7 +739,14 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
         .filter(|(t, _)| *t > 1.0 && *t < seconds as f64 - 1.0)
         .collect();
     let median = percentile(per_second.iter().map(|(_, r)| *r).collect(), 0.5);
-    let max_dip = swap_times
+    let dip = |r: f64| {
+        if median > 0.0 {
+            (1.0 - r / median).max(0.0)
+        } else {
+            0.0
+        }
+    };
+    let dips: Vec<f64> = swap_times
         .iter()
         .filter_map(|ts| {
             per_second
@@ -743,13 +755,13 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
                 .map(|(_, r)| *r)
                 .reduce(f64::min)
         })
-        .map(|r| {
-            if median > 0.0 {
-                (1.0 - r / median).max(0.0)
-            } else {
-                0.0
-            }
-        })
+        .map(dip)
+        .collect();
+    let max_dip = dips.iter().copied().fold(0.0, f64::max);
+    let max_dip_without_swap = per_second
+        .iter()
+        .filter(|(t, _)| swap_times.iter().all(|ts| *t < ts - 1.0 || *t >= ts + 2.0))
+        .map(|(_, r)| dip(*r))
         .fold(0.0, f64::max);
     let result = HotSwap {
         rate,
@@ -762,6 +774,8 @@ pub async fn b5(o: &crate::Options, best: f64) -> anyhow::Result<HotSwap> {
         big_component_bytes,
         big_p99_ms: percentile(big_ms, 0.99),
         max_dip,
+        dips,
+        max_dip_without_swap,
         lost: sent as i64 - settled,
     };
     eprintln!("  {result:?}");

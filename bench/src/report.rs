@@ -479,7 +479,7 @@ impl Report {
         if let Some(b5) = &self.b5 {
             let _ = writeln!(
                 s,
-                "\n## B5 hot swap under load\n\n{:.0} msgs/s for {:.0} s, {} swaps of a {} KiB component: swap latency (rename to serving) p50 {:.0} ms, p99 {:.0} ms. Outside the load: a {} KiB component (2 MiB of code) {:.0} ms, compile included; from the compiled cache {:.1} ms. Worst throughput dip in the second after a swap {:.1} %; lost {}.",
+                "\n## B5 hot swap under load\n\n{:.0} msgs/s for {:.0} s, {} swaps of a {} KiB component: swap latency (rename to serving) p50 {:.0} ms, p99 {:.0} ms. Outside the load: a {} KiB component (2 MiB of code) {:.0} ms, compile included; from the compiled cache {:.1} ms. Worst throughput dip in the second after a swap {:.1} % (each swap: {}; the worst second away from any swap, the noise: {:.1} %); lost {}.",
                 b5.rate,
                 b5.seconds,
                 b5.swaps,
@@ -490,6 +490,12 @@ impl Report {
                 b5.big_p99_ms,
                 b5.cached_p99_ms,
                 b5.max_dip * 100.0,
+                b5.dips
+                    .iter()
+                    .map(|d| format!("{:.1} %", d * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                b5.max_dip_without_swap * 100.0,
                 b5.lost
             );
         }

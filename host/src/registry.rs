@@ -391,7 +391,9 @@ pub async fn load_file(
     let _slot = registry.compile_slots.acquire().await.ok();
     let sb = sandbox.clone();
     let (p, i) = (path.clone(), id.clone());
-    let loaded = tokio::task::spawn_blocking(move || {
+    // Below the router's priority: a compile never takes the CPU from
+    // the messages being served.
+    let loaded = crate::sandbox::background::run(move || {
         let bytes = std::fs::read(&p).map_err(|e| {
             (
                 String::new(),
@@ -403,14 +405,14 @@ pub async fn load_file(
     })
     .await;
     match loaded {
-        Ok(Ok(algorithm)) => {
+        Some(Ok(algorithm)) => {
             registry.insert(path, algorithm);
             Ok(registry
                 .slot(&id)
                 .and_then(|s| s.serving)
                 .expect("just inserted"))
         }
-        Ok(Err((hash, error))) => {
+        Some(Err((hash, error))) => {
             let rejection = Rejection {
                 reason: format!("{error:#}"),
                 hash,
@@ -419,9 +421,9 @@ pub async fn load_file(
             registry.reject(path, &id, rejection.clone());
             Err(rejection)
         }
-        Err(join) => {
+        None => {
             let rejection = Rejection {
-                reason: format!("loader failed: {join}"),
+                reason: "loader failed: its thread could not start or panicked".into(),
                 hash: String::new(),
                 at: SystemTime::now(),
             };

@@ -85,6 +85,7 @@ impl Sandbox {
         data: Arc<Collections>,
         tuning: EngineTuning,
     ) -> anyhow::Result<Self> {
+        super::background::init_compile_pool();
         let config = engine_config(settings, tuning);
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)

@@ -11,6 +11,7 @@
 //! and data bytes; outgoing HTTP only to granted origins ([`outbound`]). Breaking one is a [`Failure`] with a [`Reason`], never a
 //! crash of the router.
 
+pub(crate) mod background;
 mod bindings;
 mod engine;
 mod failure;
