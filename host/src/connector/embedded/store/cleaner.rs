@@ -1,7 +1,8 @@
 //! The cleaner thread: the file-system work of a roll that the next frame
 //! need not wait for. It deletes the segments the writer has given up
 //! (unlinks, then one directory sync) and prepares the next segment (its
-//! file and header, synced) while the current one fills, so a roll costs
+//! file, header and space written with zeros, synced) once the current one
+//! is a quarter full, so a roll costs
 //! the writer one `fdatasync`, one rename and one directory sync. Under
 //! disk load a roll with every step on the writer took 70–95 ms, a stall
 //! of every publisher (B4's latency tail).
@@ -17,8 +18,9 @@ use super::super::log;
 enum Task {
     /// Delete these segments, oldest first, after any still pending.
     Delete(Vec<u64>),
-    /// Prepare segment `id` (see [`log::prepare_segment`]).
-    Prepare(u64),
+    /// Prepare segment `id`, filled with zeros to this many bytes (see
+    /// [`log::prepare_segment`]).
+    Prepare(u64, u64),
     /// Answer once every task before this one is done.
     Flush(mpsc::Sender<()>),
 }
@@ -55,8 +57,8 @@ impl Cleaner {
         }
     }
 
-    pub(super) fn prepare(&self, id: u64) {
-        self.send(Task::Prepare(id));
+    pub(super) fn prepare(&self, id: u64, fill: u64) {
+        self.send(Task::Prepare(id, fill));
     }
 
     /// Segment `id`'s prepared file, if the cleaner has it ready (an older
@@ -101,7 +103,7 @@ fn work(dir: &std::path::Path, tasks: &mpsc::Receiver<Task>, prepared: &mpsc::Se
                 pending.extend(ids);
                 delete(dir, &mut pending);
             }
-            Task::Prepare(id) => match log::prepare_segment(dir, id) {
+            Task::Prepare(id, fill) => match log::prepare_segment(dir, id, fill) {
                 Ok(file) => {
                     let _ = prepared.send((id, file));
                 }

@@ -71,8 +71,8 @@ impl Store {
             backoff: REOPEN_BACKOFF.0,
             last_logged: None,
             cleaner: Cleaner::start(path.to_path_buf()).map_err(storage)?,
+            asked_to_prepare: id,
         };
-        writer.cleaner.prepare(id + 1);
         writer.delete_dead_segments();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -150,6 +150,13 @@ fn open_dir(dir: &Path) -> Result<(File, Loaded), Opened> {
                 bytes = replayed.torn,
                 "The embedded broker's log ends in a write a crash cut short (never acknowledged); cutting it off."
             );
+            file.set_len(replayed.good_len)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io(format!("cannot cut {}: {e}", path.display())))?;
+        }
+        if replayed.zeros > 0 {
+            // The space a segment was prepared with and never used: no
+            // longer needed, as every open starts a new segment.
             file.set_len(replayed.good_len)
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io(format!("cannot cut {}: {e}", path.display())))?;

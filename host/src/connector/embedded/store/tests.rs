@@ -435,22 +435,37 @@ async fn a_roll_takes_the_segment_the_cleaner_prepared_and_a_leftover_is_harmles
     let path = dir.path().join("log");
     let tmp = |id: u64| path.join(format!("{}.tmp", log::segment_name(id)));
     let mut published = Vec::new();
+    let body = "x".repeat(300);
     {
         let store = small(&path);
-        // Segment 1 is the active one; 2 is prepared before it is needed.
+        // Segment 1 is the active one; 2 is prepared once 1 is a quarter
+        // full (4 messages of 300 bytes), its space written with zeros.
+        for _ in 0..4 {
+            published.extend(store.publish("t", vec![msg(&body)]).await.unwrap());
+        }
         let prepared = appears(&tmp(2)).await.ino();
-        let body = "x".repeat(300);
+        // Filled and synced before it is handed over.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(std::fs::metadata(tmp(2)).unwrap().len(), 4096);
         while store.segments() < 2 {
             published.extend(store.publish("t", vec![msg(&body)]).await.unwrap());
         }
-        // The roll renamed the prepared file into place (the same inode)
-        // and the cleaner prepares the one after.
+        // The roll renamed the prepared file into place (the same inode);
+        // its frames overwrite the zeros, the file does not grow.
         let rolled = std::fs::metadata(path.join(log::segment_name(2))).unwrap();
         assert_eq!(rolled.ino(), prepared);
+        assert_eq!(rolled.len(), 4096);
+        // The cleaner prepares the one after once 2 is a quarter full.
+        for _ in 0..4 {
+            published.extend(store.publish("t", vec![msg(&body)]).await.unwrap());
+        }
         appears(&tmp(3)).await;
     }
-    // The prepared file left behind by the drop is not a segment.
+    // The prepared file left behind by the drop is not a segment, and the
+    // zeros after segment 2's last frame are not a message: cut off.
     let store = small(&path);
+    let second = std::fs::metadata(path.join(log::segment_name(2))).unwrap();
+    assert!(second.len() < 4096, "{} bytes", second.len());
     let names: Vec<_> = segment_files(&path)
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -527,6 +542,8 @@ async fn a_torn_last_frame_is_cut_off_but_damage_elsewhere_stops_the_open() {
             .open(&newest)
             .unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
+        // In a segment prepared ahead, zeros follow it.
+        f.write_all(&[0; 4000]).unwrap();
     }
     {
         let store = small(&path);

@@ -30,6 +30,8 @@ pub(super) struct Writer {
     pub(super) last_logged: Option<Instant>,
     /// Deletes segments and prepares the next one off the writer's path.
     pub(super) cleaner: Cleaner,
+    /// The newest segment the cleaner was asked to prepare.
+    pub(super) asked_to_prepare: u64,
 }
 
 impl Writer {
@@ -87,6 +89,7 @@ impl Writer {
             for job in jobs {
                 let _ = job.reply.send(result.clone());
             }
+            self.prepare_next();
             if full {
                 let started = Instant::now();
                 self.roll_and_clean();
@@ -230,6 +233,18 @@ impl Writer {
         }
     }
 
+    /// Once the active segment is a quarter full, asks the cleaner for the
+    /// next one, its space written (see [`log::prepare_segment`]). Not
+    /// sooner: a store that never fills a segment (most, in tests) never
+    /// writes 64 MiB of zeros.
+    fn prepare_next(&mut self) {
+        let next = self.active_id + 1;
+        if self.asked_to_prepare < next && self.active_len >= self.segment_bytes / 4 {
+            self.cleaner.prepare(next, self.segment_bytes);
+            self.asked_to_prepare = next;
+        }
+    }
+
     /// Starts a new segment, then deletes the segments nothing needs and, if
     /// the log holds much more than its live messages, compacts the oldest.
     fn roll_and_clean(&mut self) {
@@ -274,7 +289,6 @@ impl Writer {
         };
         match made {
             Ok((file, len)) => {
-                self.cleaner.prepare(id + 1);
                 let file = Arc::new(file);
                 self.shared
                     .files
