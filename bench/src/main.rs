@@ -30,7 +30,8 @@
 //!   against the local backend.
 //! - B9 the cost of a shadow: B2's pipeline at concurrency 8 and 64 with
 //!   and without a shadow version of the identity, and how many messages
-//!   the shadow ran and skipped.
+//!   the shadow ran and skipped; and a canary failing every message under
+//!   load: how long from its gate's rollback to its traffic reaching 0.
 
 /// The allocator the `eventflow` binary uses (host/src/main.rs).
 #[global_allocator]
@@ -207,6 +208,8 @@ async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("B9") {
         eprintln!("bench: B9 the cost of a shadow");
         report.b9 = Some(rollout::b9(&options).await?);
+        eprintln!("bench: B9 a failing canary rolled back");
+        report.b9_rollback = Some(rollout::b9_rollback(&options, best).await?);
     }
     if options.wants("B8") {
         eprintln!("bench: B8 data collections");

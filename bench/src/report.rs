@@ -131,6 +131,8 @@ pub struct Report {
     pub b8: Option<crate::data::DataPuts>,
     /// B9.
     pub b9: Option<crate::rollout::ShadowCost>,
+    /// B9's rollback of a failing canary.
+    pub b9_rollback: Option<crate::rollout::Rollback>,
 }
 
 impl Report {
@@ -155,6 +157,7 @@ impl Report {
             b7: None,
             b8: None,
             b9: None,
+            b9_rollback: None,
         }
     }
 
@@ -574,6 +577,9 @@ impl Report {
         }
         if let Some(b9) = &self.b9 {
             s.push_str(&crate::rollout::markdown(b9));
+        }
+        if let Some(r) = &self.b9_rollback {
+            s.push_str(&crate::rollout::rollback_markdown(r));
         }
         s
     }

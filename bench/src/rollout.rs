@@ -10,7 +10,9 @@
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::pipeline::{Drained, bed, deploy, messages, pipeline_config, variant};
+use std::time::{Duration, Instant};
+
+use crate::pipeline::{Drained, bed, deploy, messages, open_loop, pipeline_config, variant};
 
 /// One concurrency, with and without the shadow.
 #[derive(Debug, Serialize)]
@@ -100,6 +102,137 @@ pub async fn b9(o: &crate::Options) -> anyhow::Result<ShadowCost> {
         shadow_concurrency: SHADOW_CONCURRENCY,
         rows,
     })
+}
+
+/// B9's second part: a canary that fails every message, rolled back by
+/// its gate under open-loop load.
+#[derive(Debug, Serialize)]
+pub struct Rollback {
+    /// Offered messages per second.
+    pub rate: f64,
+    /// The flow's concurrency.
+    pub concurrency: u32,
+    /// The canary's share, in percent.
+    pub percent: f64,
+    /// Its gate's window, in messages.
+    pub window: u64,
+    /// Canary attempts ended when the decision was seen (the gate is
+    /// judged at every canary attempt from `window` on).
+    pub canary_at_decision: u64,
+    /// Canary attempts that ended after it: those in flight when it was
+    /// taken (the share is 0 from the decision on, so no new one starts).
+    pub canary_after: u64,
+    /// From the decision to the last canary attempt ending, in ms: when the
+    /// canary's traffic reached 0. 0 when none was in flight.
+    pub to_zero_ms: f64,
+    /// How often the flow's status was read: the precision of both times.
+    pub poll_ms: f64,
+}
+
+/// The canary's share and window in [`b9_rollback`].
+const ROLLBACK_PERCENT: f64 = 10.0;
+const ROLLBACK_WINDOW: u64 = 100;
+const POLL: Duration = Duration::from_millis(1);
+
+/// Serving `examples/echo` 0.1.0 and, as its 10 % canary 0.2.0, `test/chaos`,
+/// which rejects every message of this load (`REJECT-<i>`) that echo
+/// passes: its gate (`max_failure_rate` 0.2 over 100 messages) fails at
+/// its 100th message. The flow's status is read every millisecond: when the
+/// decision shows, and when the canary's count of attempts stops growing.
+pub async fn b9_rollback(o: &crate::Options, best: f64) -> anyhow::Result<Rollback> {
+    let concurrency = 8;
+    // Half of B2's best; the canary needs 100 messages, at a 10 % share
+    // 1,000 of the load.
+    let rate = (best * 0.5).max(2_000.0);
+    let seconds = o.pick(3u64, 6);
+    let echo = std::fs::read(o.plugins.join("examples/echo/0.1.0.wasm"))?;
+    let chaos = std::fs::read(o.plugins.join("test/chaos/0.1.0.wasm"))?;
+    let plugins = tempfile::tempdir()?;
+    let dir = plugins.path().join("examples/echo");
+    deploy(&dir, "0.1.0", &echo)?;
+    deploy(&dir, "0.2.0", &chaos)?;
+    let extra = format!(
+        "canary = {{ version = \"0.2.0\", percent = {ROLLBACK_PERCENT}, max_failure_rate = 0.2, window_messages = {ROLLBACK_WINDOW} }}"
+    );
+    let bed = bed(
+        Some(plugins.path()),
+        &pipeline_config("examples/echo/0.1.0", concurrency, &extra),
+    )
+    .await?;
+    bed.enable().await?;
+    let load = {
+        let router = bed.router.clone();
+        tokio::spawn(async move {
+            open_loop(&router, rate, Duration::from_secs(seconds), |i| {
+                format!("REJECT-{i}").into_bytes()
+            })
+            .await
+        })
+    };
+    let canary = |router: &eventflow::router::Router| {
+        router
+            .flow_reports()
+            .into_iter()
+            .find(|r| r.name == "p")
+            .and_then(|r| r.rollout)
+    };
+    let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+    let (decided_at, at_decision) = loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the canary was never rolled back"
+        );
+        if let Some(r) = canary(&bed.router)
+            && r.state != eventflow::api::RolloutState::Canary
+        {
+            anyhow::ensure!(
+                r.state == eventflow::api::RolloutState::RolledBack,
+                "the failing canary was {:?}",
+                r.state
+            );
+            break (Instant::now(), r.canary.messages);
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    // Attempts in flight end within their time out; watch for 2 s.
+    let (mut last, mut last_at) = (at_decision, decided_at);
+    while decided_at.elapsed() < Duration::from_secs(2) {
+        if let Some(r) = canary(&bed.router)
+            && r.canary.messages != last
+        {
+            (last, last_at) = (r.canary.messages, Instant::now());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    load.await??;
+    bed.router.shutdown().await;
+    let result = Rollback {
+        rate,
+        concurrency,
+        percent: ROLLBACK_PERCENT,
+        window: ROLLBACK_WINDOW,
+        canary_at_decision: at_decision,
+        canary_after: last - at_decision,
+        to_zero_ms: (last_at - decided_at).as_secs_f64() * 1e3,
+        poll_ms: POLL.as_secs_f64() * 1e3,
+    };
+    eprintln!("  {result:?}");
+    Ok(result)
+}
+
+/// B9's rollback paragraph.
+pub fn rollback_markdown(r: &Rollback) -> String {
+    format!(
+        "\nA canary that fails every message (`test/chaos` as a {:.0} % canary of the identity, gate `max_failure_rate` 0.2 over {} messages), at {:.0} msgs/s, concurrency {}: rolled back after {} canary attempts; {} more that were in flight ended after the decision, the last {:.1} ms after it (the canary's traffic at 0; the status read every {:.0} ms).\n",
+        r.percent,
+        r.window,
+        r.rate,
+        r.concurrency,
+        r.canary_at_decision,
+        r.canary_after,
+        r.to_zero_ms,
+        r.poll_ms
+    )
 }
 
 /// B9's section of the report.
