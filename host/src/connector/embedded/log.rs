@@ -377,8 +377,13 @@ pub fn replay(
                 pos = start + body.len();
             }
             None => {
-                let later = (pos + 1..data.len())
-                    .any(|p| frame_at(&data, p).is_some_and(|b| !b.is_empty()));
+                // Zeros a segment was prepared with may follow what a crash
+                // cut short: they are neither a frame nor torn bytes.
+                let end = data
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(pos, |last| (last + 1).max(pos));
+                let later = (pos + 1..end).any(|p| plausible_frame_at(&data, p));
                 if later {
                     return Err(damaged(format!(
                         "the frame at byte {pos} fails its checksum and whole frames follow it"
@@ -391,8 +396,8 @@ pub fn replay(
                 }
                 return Ok(Replayed {
                     good_len: pos as u64,
-                    torn: (data.len() - pos) as u64,
-                    zeros: 0,
+                    torn: (end - pos) as u64,
+                    zeros: (data.len() - end) as u64,
                 });
             }
         }
@@ -402,6 +407,24 @@ pub fn replay(
         torn: 0,
         zeros: 0,
     })
+}
+
+/// Whether a whole frame is at `pos` of `data`, checked cheaply first: not
+/// empty, and its body starts with a record. Behind a torn frame the zeros
+/// of a prepared segment let almost any length fit in `data`, and a
+/// checksum over each would make a scan of a large torn frame take
+/// minutes; few bytes parse as a record.
+fn plausible_frame_at(data: &[u8], pos: usize) -> bool {
+    let Some(header) = data.get(pos..pos + FRAME_HEADER as usize) else {
+        return false;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let start = pos + FRAME_HEADER as usize;
+    let body = match start.checked_add(len).and_then(|end| data.get(start..end)) {
+        Some(body) if len > 0 && len as u64 <= MAX_FRAME => body,
+        _ => return false,
+    };
+    read_record(body).is_ok() && frame_at(data, pos).is_some()
 }
 
 /// The body of a whole frame at `pos` of `data`, if one is there.
@@ -429,13 +452,21 @@ pub fn open_segment(dir: &Path, id: u64) -> std::io::Result<File> {
 /// possibly empty), durably: written to a temporary name, synced, renamed,
 /// and the directory synced. Returns the file and its length.
 pub fn create_segment(dir: &Path, id: u64, first: &[u8]) -> std::io::Result<(File, u64)> {
-    let file = prepare_segment(dir, id, 0)?;
-    let len = finish_segment(dir, id, &file, first)?;
+    let tmp = temporary_path(dir, id);
+    let file = prepare_segment(&tmp, id, 0)?;
+    let len = finish_segment(dir, id, &file, &tmp, first)?;
     Ok((file, len))
 }
 
+/// The temporary name of segment `id` prepared ahead by the cleaner:
+/// never the name [`create_segment`] uses, so a roll that could not wait
+/// for the cleaner never shares a file the cleaner is still filling.
+pub fn ahead_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.ahead.seg.tmp"))
+}
+
 /// The first half of [`create_segment`], which can run ahead of the roll
-/// that needs it: segment `id` under its temporary name with only its
+/// that needs it: segment `id` under the temporary name `path` with only its
 /// header and, up to `fill` bytes, zeros, synced. A crash leaves it behind
 /// as a temporary file, which [`segment_ids`] removes.
 ///
@@ -447,18 +478,17 @@ pub fn create_segment(dir: &Path, id: u64, first: &[u8]) -> std::io::Result<(Fil
 /// MiB at a time, each synced, so the filling never queues 64 MiB in front
 /// of the writer's next `fdatasync`. Replay stops at the zeros (see
 /// [`replay`]).
-pub fn prepare_segment(dir: &Path, id: u64, fill: u64) -> std::io::Result<File> {
-    let path = temporary_path(dir, id);
+pub fn prepare_segment(path: &Path, id: u64, fill: u64) -> std::io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)?;
+        .open(path)?;
     write_header_and_zeros(&file, id, fill).inspect_err(|_| {
         // A full disk must not keep the part written.
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path);
     })?;
     Ok(file)
 }
@@ -482,17 +512,23 @@ fn write_header_and_zeros(file: &File, id: u64, fill: u64) -> std::io::Result<()
 /// Bytes of zeros [`prepare_segment`] writes and syncs at a time.
 const ZERO_CHUNK: usize = 1 << 20;
 
-/// The second half of [`create_segment`]: writes `first` into the prepared
-/// segment `id`, syncs it, renames it into place and syncs the directory.
-/// Returns the segment's length.
-pub fn finish_segment(dir: &Path, id: u64, file: &File, first: &[u8]) -> std::io::Result<u64> {
+/// The second half of [`create_segment`]: writes `first` into segment `id`
+/// prepared at `tmp`, syncs it, renames it into place and syncs the
+/// directory. Returns the segment's length.
+pub fn finish_segment(
+    dir: &Path,
+    id: u64,
+    file: &File,
+    tmp: &Path,
+    first: &[u8],
+) -> std::io::Result<u64> {
     let mut buf = Vec::with_capacity(FRAME_HEADER as usize + first.len());
     if !first.is_empty() {
         frame(&mut buf, first);
         file.write_all_at(&buf, HEADER_BYTES)?;
         file.sync_data()?;
     }
-    std::fs::rename(temporary_path(dir, id), dir.join(segment_name(id)))?;
+    std::fs::rename(tmp, dir.join(segment_name(id)))?;
     sync_dir(dir)?;
     Ok(HEADER_BYTES + buf.len() as u64)
 }

@@ -29,7 +29,7 @@ enum Task {
 /// finish its queue and waits for it.
 pub(super) struct Cleaner {
     tasks: Option<mpsc::Sender<Task>>,
-    prepared: mpsc::Receiver<(u64, File)>,
+    prepared: mpsc::Receiver<(u64, File, PathBuf)>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -61,13 +61,16 @@ impl Cleaner {
         self.send(Task::Prepare(id, fill));
     }
 
-    /// Segment `id`'s prepared file, if the cleaner has it ready (an older
-    /// one, from before an outage, is dropped).
-    pub(super) fn take_prepared(&self, id: u64) -> Option<File> {
-        while let Ok((ready, file)) = self.prepared.try_recv() {
+    /// Segment `id`'s prepared file and its temporary name, if the cleaner
+    /// has it ready. An older one (the roll could not wait for it, or it is
+    /// from before an outage) is deleted.
+    pub(super) fn take_prepared(&self, id: u64) -> Option<(File, PathBuf)> {
+        while let Ok((ready, file, path)) = self.prepared.try_recv() {
             if ready == id {
-                return Some(file);
+                return Some((file, path));
             }
+            drop(file);
+            let _ = std::fs::remove_file(&path);
         }
         None
     }
@@ -95,7 +98,11 @@ impl Drop for Cleaner {
     }
 }
 
-fn work(dir: &std::path::Path, tasks: &mpsc::Receiver<Task>, prepared: &mpsc::Sender<(u64, File)>) {
+fn work(
+    dir: &std::path::Path,
+    tasks: &mpsc::Receiver<Task>,
+    prepared: &mpsc::Sender<(u64, File, PathBuf)>,
+) {
     let mut pending = VecDeque::new();
     for task in tasks {
         match task {
@@ -103,16 +110,18 @@ fn work(dir: &std::path::Path, tasks: &mpsc::Receiver<Task>, prepared: &mpsc::Se
                 pending.extend(ids);
                 delete(dir, &mut pending);
             }
-            Task::Prepare(id, fill) => match log::prepare_segment(dir, id, fill) {
-                Ok(file) => {
-                    let _ = prepared.send((id, file));
+            Task::Prepare(id, fill) => {
+                match log::prepare_segment(&log::ahead_path(dir, id), id, fill) {
+                    Ok(file) => {
+                        let _ = prepared.send((id, file, log::ahead_path(dir, id)));
+                    }
+                    Err(e) => {
+                        // The roll creates the segment itself, as it would
+                        // without a cleaner, and reports what fails there.
+                        tracing::debug!(dir = %dir.display(), error = %e, "Cannot prepare the embedded broker's next segment.");
+                    }
                 }
-                Err(e) => {
-                    // The roll creates the segment itself, as it would
-                    // without a cleaner, and reports what fails there.
-                    tracing::debug!(dir = %dir.display(), error = %e, "Cannot prepare the embedded broker's next segment.");
-                }
-            },
+            }
             Task::Flush(reply) => {
                 let _ = reply.send(());
             }

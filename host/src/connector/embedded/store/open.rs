@@ -131,6 +131,7 @@ fn open_dir(dir: &Path) -> Result<(File, Loaded), Opened> {
     let mut files = HashMap::new();
     let mut seg_len = BTreeMap::new();
     let mut last = None;
+    let mut unused = Vec::new();
     for (i, &id) in ids.iter().enumerate() {
         let newest = i + 1 == ids.len();
         let replayed = log::replay(dir, id, newest, |record, loc| replay.apply(record, loc));
@@ -154,18 +155,24 @@ fn open_dir(dir: &Path) -> Result<(File, Loaded), Opened> {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io(format!("cannot cut {}: {e}", path.display())))?;
         }
-        if replayed.zeros > 0 {
-            // The space a segment was prepared with and never used: no
-            // longer needed, as every open starts a new segment.
-            file.set_len(replayed.good_len)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| io(format!("cannot cut {}: {e}", path.display())))?;
+        if replayed.zeros > 0 && replayed.torn == 0 {
+            unused.push((id, replayed.good_len));
         }
         seg_len.insert(id, replayed.good_len);
         files.insert(id, Arc::new(file));
         last = Some((id, replayed.good_len));
     }
     check_seals(dir, &replay.seals, &seg_len)?;
+    // The space segments were prepared with and never used: no longer
+    // needed, as every open starts a new segment. Only once the log is
+    // known whole, so a store refused as damaged is left as it was.
+    for (id, len) in unused {
+        let path = dir.join(log::segment_name(id));
+        files[&id]
+            .set_len(len)
+            .and_then(|()| files[&id].sync_all())
+            .map_err(|e| io(format!("cannot cut {}: {e}", path.display())))?;
+    }
     let Replay {
         mut topics, marks, ..
     } = replay;

@@ -284,7 +284,9 @@ impl Writer {
         let id = self.active_id + 1;
         let dir = &self.shared.dir;
         let made = match self.cleaner.take_prepared(id) {
-            Some(file) => log::finish_segment(dir, id, &file, &first).map(|len| (file, len)),
+            Some((file, tmp)) => {
+                log::finish_segment(dir, id, &file, &tmp, &first).map(|len| (file, len))
+            }
             None => log::create_segment(dir, id, &first),
         };
         match made {
