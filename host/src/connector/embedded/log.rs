@@ -415,20 +415,20 @@ pub fn replay(
 /// checksum over each would make a scan of a large torn frame take
 /// minutes; few bytes parse as a record.
 fn plausible_frame_at(data: &[u8], pos: usize) -> bool {
-    let Some(header) = data.get(pos..pos + FRAME_HEADER as usize) else {
-        return false;
-    };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let start = pos + FRAME_HEADER as usize;
-    let body = match start.checked_add(len).and_then(|end| data.get(start..end)) {
-        Some(body) if len > 0 && len as u64 <= MAX_FRAME => body,
-        _ => return false,
-    };
-    read_record(body).is_ok() && frame_at(data, pos).is_some()
+    framed_at(data, pos).is_some_and(|(body, crc)| {
+        !body.is_empty() && read_record(body).is_ok() && crc32fast::hash(body) == crc
+    })
 }
 
 /// The body of a whole frame at `pos` of `data`, if one is there.
 fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
+    let (body, crc) = framed_at(data, pos)?;
+    (crc32fast::hash(body) == crc).then_some(body)
+}
+
+/// The body a frame header at `pos` of `data` describes, if it fits, and
+/// the checksum it gives; not yet checked.
+fn framed_at(data: &[u8], pos: usize) -> Option<(&[u8], u32)> {
     let header = data.get(pos..pos + FRAME_HEADER as usize)?;
     let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
@@ -437,7 +437,7 @@ fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
     }
     let start = pos + FRAME_HEADER as usize;
     let body = data.get(start..start.checked_add(len)?)?;
-    (crc32fast::hash(body) == crc).then_some(body)
+    Some((body, crc))
 }
 
 /// Opens segment `id` of `dir` for reading and appending.

@@ -111,9 +111,10 @@ fn work(
                 delete(dir, &mut pending);
             }
             Task::Prepare(id, fill) => {
-                match log::prepare_segment(&log::ahead_path(dir, id), id, fill) {
+                let path = log::ahead_path(dir, id);
+                match log::prepare_segment(&path, id, fill) {
                     Ok(file) => {
-                        let _ = prepared.send((id, file, log::ahead_path(dir, id)));
+                        let _ = prepared.send((id, file, path));
                     }
                     Err(e) => {
                         // The roll creates the segment itself, as it would
