@@ -242,3 +242,78 @@ fn a_flow_waits_rather_than_run_a_skipped_version_when_no_other_is_loaded() {
             .all(|m| header(m, "eventflow-algorithm") == Some("test/skip@0.1.0"))
     );
 }
+
+/// Regression: the version a `rollout` served lived in the router's memory
+/// only, so after a `kill -9` the newest loaded version, a canary not yet
+/// decided on, served every message. It is saved; the restarted flow
+/// serves the old version again and the new one gets its share only.
+#[test]
+fn an_undecided_canary_keeps_its_share_after_a_kill_9() {
+    let config = format!(
+        "{EMBEDDED_BROKER}{}",
+        named_flow(
+            "undecided",
+            "test/undecided",
+            "rollout = \"canary 10% then promote after 100000\""
+        )
+    );
+    let mut router = Router::configure(&config, Plugins::Copy(&[]));
+    router.deploy("undecided", "0.1.0", "examples", "echo");
+    router.launch();
+    router.publish("undecided-in", &["first".to_string()]);
+    wait_settled(&router, "undecided", 1);
+    wait_for("the serving version saved", Duration::from_secs(60), || {
+        router
+            .log()
+            .contains("Rollout's serving version saved")
+            .then_some(())
+    });
+    // A healthy new version (the same code): a canary at 10 %, far from
+    // its promotion.
+    router.deploy("undecided", "0.2.0", "examples", "echo");
+    let mut total = 1;
+    wait_for("the new version's canary", Duration::from_secs(60), || {
+        router.publish("undecided-in", &payloads(&format!("probe{total}-"), 10));
+        total += 10;
+        std::thread::sleep(Duration::from_millis(200));
+        (router.flow("undecided")["rollout"]["canary_version"] == "0.2.0").then_some(())
+    });
+    let (before, _) = wait_settled(&router, "undecided", total);
+
+    router.kill9();
+    router.launch();
+    // Both versions loaded before any message: the flow then chooses
+    // between them as it would in the steady state.
+    wait_for("both versions loaded", Duration::from_secs(120), || {
+        let (_, body) = router.http("GET", "/v1/plugins", None);
+        let ok = |v: &str| {
+            body["plugins"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["algorithm"] == format!("test/undecided/{v}") && p["status"] == "ok")
+        };
+        (ok("0.1.0") && ok("0.2.0")).then_some(())
+    });
+    router.publish("undecided-in", &payloads("after", 500));
+    let (after, dead) = wait_settled(&router, "undecided", before + 500);
+    assert_eq!((after, dead), (before + 500, 0));
+    let by = |version: &str| {
+        router.peek("local", "undecided-out")[before..]
+            .iter()
+            .filter(|m| header(m, "eventflow-algorithm") == Some(version))
+            .count()
+    };
+    let (old, new) = (by("test/undecided@0.1.0"), by("test/undecided@0.2.0"));
+    assert_eq!(old + new, 500);
+    assert!(
+        (1..=100).contains(&new),
+        "the undecided canary got {new} of 500 messages after the restart (its share is 10 %)"
+    );
+    let report = router.flow("undecided")["rollout"].clone();
+    assert_eq!(
+        (&report["canary_version"], &report["state"]),
+        (&json!("0.2.0"), &json!("canary")),
+        "{report}"
+    );
+}

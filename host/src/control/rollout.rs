@@ -7,7 +7,8 @@
 //! restarted router (and every router sharing the state) keeps it: a
 //! canary's rollback removes the canary, its promotion also pins the flow
 //! to the canary version; a `rollout`'s rollback adds the version to the
-//! flow's `skip_versions`; a shadow stopped by its gate is removed.
+//! flow's `skip_versions`; a shadow stopped by its gate is removed; the
+//! version a `rollout` serves is kept in the router's state store.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use super::{Action, ControlError, ControlPlane, Role};
 use crate::api::{RolloutChanged, RolloutState};
 use crate::config::{Declarations, FlowSpec};
 use crate::flow::rollout::{Decision, DecisionKind};
+use crate::state::RolloutServing;
 
 impl ControlPlane {
     /// Promotes a flow's canary: the flow runs the canary version for every
@@ -130,6 +132,9 @@ impl ControlPlane {
                 DecisionKind::ShadowStopped => self.save_shadow_stop(flow, version).await.map(
                     |()| "Shadow stop saved: the flow's declaration no longer has the shadow.",
                 ),
+                DecisionKind::Serving => self.save_serving(flow, version).await.map(
+                    |()| "Rollout's serving version saved: a restarted router serves it again.",
+                ),
             };
             match saved {
                 Ok(what) => tracing::info!(flow = %flow, version = %version, "{what}"),
@@ -162,6 +167,23 @@ impl ControlPlane {
         })
         .await
         .map(drop)
+    }
+
+    /// Saves `version` as what the `rollout` of flow `name` serves, in the
+    /// router's own state (it is not part of the declaration).
+    async fn save_serving(
+        &self,
+        name: &str,
+        version: &semver::Version,
+    ) -> Result<(), ControlError> {
+        let flow = self.flow_named(name)?;
+        let serving = RolloutServing {
+            algorithm: format!("{}/{}", flow.algorithm.owner, flow.algorithm.name),
+            version: version.clone(),
+        };
+        let name = name.to_string();
+        self.with_state(move |s| s.set_rollout_serving(&name, &serving))
+            .await
     }
 
     /// Removes the shadow `version` of flow `name`, which its gate stopped;

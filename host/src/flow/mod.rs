@@ -179,9 +179,12 @@ pub async fn run(
         rollout: services.rollouts.start(&spec, &services.metrics, &status),
         parking: (spec.on_key_failure == KeyFailure::Park).then(Default::default),
         key_header: source.key_header(),
-        auto_rollout: services
-            .rollouts
-            .start_auto(&spec, &services.metrics, &status),
+        auto_rollout: services.rollouts.start_auto(
+            &spec,
+            &services.metrics,
+            &status,
+            &services.state,
+        ),
         shadow: None,
     };
     worker.shadow = rollout::start_shadow(&worker);

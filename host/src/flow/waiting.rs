@@ -29,13 +29,13 @@ impl ReceiveLoop<'_> {
     pub(super) fn usable_algorithm(&self) -> Result<Arc<Algorithm>, Unusable> {
         let worker = self.worker;
         let (registry, spec) = (&worker.services.registry, &worker.spec);
-        // A latest-following flow never runs a version its `skip_versions`
-        // lists: while only such versions are loaded (a restart loads them
-        // in any order) it waits, as for a missing one.
-        let algorithm = if spec.skip_versions.is_empty() || spec.algorithm.version.is_some() {
-            registry.resolve(&spec.algorithm)
-        } else {
-            registry.resolve_latest_where(&spec.algorithm, |v| !spec.skip_versions.contains(v))
+        // A flow with a rollout never runs a version it skips, nor hands
+        // every message to a new version while the one it serves is still
+        // loading (a restart loads them in any order): it waits, as for a
+        // missing version.
+        let algorithm = match &worker.auto_rollout {
+            Some(rollout) => rollout.usable(registry),
+            None => registry.resolve(&spec.algorithm),
         }
         .ok_or(Unusable::Missing)?;
         match worker

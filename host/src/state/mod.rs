@@ -7,6 +7,9 @@
 //! - owner-scoped API tokens (their SHA-256, never the token);
 //! - parked keys and the messages held for them (`on_key_failure =
 //!   "park"`), durably: those messages were acknowledged on their broker;
+//! - the version each latest-following flow's `rollout` serves (the one a
+//!   new version is a canary beside), so a restart does not hand every
+//!   message to an undecided canary;
 //! - the failure journal: the first and last failure of every message that
 //!   has failed and is not yet settled for good, so the dead-letter envelope
 //!   can report both even when attempts span restarts. Journal writes are
@@ -24,6 +27,7 @@
 //! ([`secure_dir`]).
 //!
 //! One file a concern: `journal` (failures), `parked` (parked keys),
+//! `rollout` (the versions rollouts serve),
 //! `secrets` (sealing, conversion, key rotation), `desired` (declarations),
 //! [`token`] (API tokens), `file` (opening, rewriting and securing redb
 //! files).
@@ -39,6 +43,7 @@ mod file;
 mod journal;
 pub mod key;
 mod parked;
+mod rollout;
 mod secrets;
 pub mod token;
 
@@ -46,6 +51,7 @@ pub(crate) use file::aside_name;
 pub use file::{StoreFileError, open_redb, secure_dir, tighten};
 pub use journal::{FailureHistory, FailureRecord};
 pub use parked::{HeldMessage, ParkedKey};
+pub use rollout::RolloutServing;
 pub use secrets::{Rotation, rotate_key};
 pub use token::TokenInfo;
 
@@ -68,6 +74,8 @@ const PARKED_KEYS: TableDefinition<(&str, &str), &str> = TableDefinition::new("p
 /// messages held for parked keys.
 const PARKED: TableDefinition<(&str, &str, u64), (&str, &[u8])> =
     TableDefinition::new("parked_messages");
+/// flow → JSON of the version its `rollout` serves (see [`rollout`]).
+const ROLLOUT_SERVING: TableDefinition<&str, &str> = TableDefinition::new("rollout_serving");
 /// SHA-256 of a token → JSON of [`TokenInfo`].
 const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 
@@ -119,6 +127,7 @@ impl StateStore {
         tx.open_table(TOKENS)?;
         tx.open_table(PARKED_KEYS)?;
         tx.open_table(PARKED)?;
+        tx.open_table(ROLLOUT_SERVING)?;
         tx.commit()?;
         let store = Self {
             db: Arc::new(db),

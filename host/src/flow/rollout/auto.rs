@@ -13,8 +13,22 @@
 //! A rollback is made durable by the control plane: the version joins the
 //! flow's `skip_versions`, and the flow serves the newest loaded version
 //! not listed there, on every router sharing the state and after a restart
-//! or a `kill -9`. A promotion needs nothing stored: the promoted version
-//! is the newest loaded one, which a restarted router serves.
+//! or a `kill -9`.
+//!
+//! The serving version is durable too, in the router's state store
+//! ([`crate::state::RolloutServing`]), saved whenever it changes (the
+//! flow's first version, a promotion). After a restart the version that
+//! served before serves again and a newer one is a canary again, its
+//! window starting afresh; until the serving version has loaded (a restart
+//! compiles in the background) the flow waits rather than hand every
+//! message to an undecided canary. On a flow's very first start it waits
+//! until no version of its algorithm is compiling, so the version that
+//! serves is the newest in the plugin directory, whatever the order the
+//! versions compile in.
+//!
+//! The versions the flow skips (its declared `skip_versions` and the
+//! rollbacks not saved there yet) are kept here only: [`AutoRollout::usable`]
+//! is what the flow resolves its algorithm with.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -113,6 +127,7 @@ impl AutoRollout {
         policy: RolloutPolicy,
         metrics: Arc<Metrics>,
         decisions: UnboundedSender<Decision>,
+        serving: Option<semver::Version>,
     ) -> Self {
         Self {
             flow: flow.to_string(),
@@ -123,8 +138,42 @@ impl AutoRollout {
             policy,
             metrics,
             decisions,
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                serving,
+                ..Inner::default()
+            }),
         }
+    }
+
+    /// The version the flow hands its messages to ([`Self::choose`] then
+    /// splits off a canary's share): the newest loaded version it does not
+    /// skip. `None` while it must wait: only skipped versions are loaded,
+    /// or the version it serves is still compiling (after a restart), when
+    /// the newest loaded one may be an undecided canary. A flow with no
+    /// serving version yet (its first start) waits until no version of its
+    /// algorithm is compiling; the newest then serves from now on.
+    pub(in crate::flow) fn usable(&self, registry: &Registry) -> Option<Arc<Algorithm>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let serving = inner.serving.clone();
+        match serving.filter(|v| !inner.rolled_back.contains(v)) {
+            Some(v) => {
+                let serving = AlgorithmRef {
+                    version: Some(v),
+                    ..self.algorithm.clone()
+                };
+                if registry.resolve(&serving).is_none() && registry.compiling_matches(&serving) {
+                    return None;
+                }
+            }
+            None => {
+                if registry.compiling_matches(&self.algorithm) {
+                    return None;
+                }
+                // `serving` starts the flow on the newest version.
+                return self.serving(&mut inner, registry);
+            }
+        }
+        registry.resolve_latest_where(&self.algorithm, |v| !inner.rolled_back.contains(v))
     }
 
     /// The flow (re)starts with `declared` as its `skip_versions`: those
@@ -151,6 +200,16 @@ impl AutoRollout {
         {
             inner.last = Some(Decided::declared(newest));
         }
+    }
+
+    /// The version that serves outside a canary's share, once known.
+    #[cfg(test)]
+    pub(super) fn serving_version(&self) -> Option<semver::Version> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serving
+            .clone()
     }
 
     /// Whether it was made for `policy`.
@@ -203,7 +262,7 @@ impl AutoRollout {
     /// The version that serves outside a canary's share: the one that
     /// served (or was promoted) while it is loaded and not skipped, else the
     /// newest loaded version not skipped, with no canary (as after a
-    /// restart, or when the serving version went away).
+    /// first start, or when the serving version went away).
     fn serving(&self, inner: &mut Inner, registry: &Registry) -> Option<Arc<Algorithm>> {
         if let Some(v) = inner.serving.clone()
             && !inner.rolled_back.contains(&v)
@@ -216,9 +275,25 @@ impl AutoRollout {
         }
         let newest =
             registry.resolve_latest_where(&self.algorithm, |v| !inner.rolled_back.contains(v))?;
-        inner.serving = Some(newest.id.version.clone());
+        self.serve(inner, newest.id.version.clone());
         inner.candidate = None;
         Some(newest)
+    }
+
+    /// `version` serves from now on; saved, so a restart serves it again.
+    fn serve(&self, inner: &mut Inner, version: semver::Version) {
+        if inner.serving.as_ref() == Some(&version) {
+            return;
+        }
+        inner.serving = Some(version.clone());
+        // The receiver lives as long as the admin API; without it the
+        // serving version is found again after a restart as on a first
+        // start.
+        let _ = self.decisions.send(Decision {
+            flow: self.flow.clone(),
+            version,
+            kind: DecisionKind::Serving,
+        });
     }
 
     fn start_candidate(
@@ -296,7 +371,7 @@ impl AutoRollout {
         let version = c.spec.version.clone();
         let decision = if state == RolloutState::Promoted {
             tracing::info!(flow = %self.flow, canary = %version, reason = %why, "Rollout promoted the new version: it runs every message.");
-            inner.serving = Some(version.clone());
+            self.serve(inner, version.clone());
             "promoted"
         } else {
             tracing::warn!(flow = %self.flow, canary = %version, reason = %why, "Rollout rolled the new version back: it gets no more messages and the previous version keeps serving.");
@@ -371,8 +446,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_rolled_back_canary_counts_the_attempts_that_were_in_flight_at_the_decision() {
+    fn rollout(
+        serving: Option<&str>,
+    ) -> (AutoRollout, tokio::sync::mpsc::UnboundedReceiver<Decision>) {
         let algorithm = AlgorithmRef {
             owner: "o".into(),
             name: "a".into(),
@@ -382,9 +458,98 @@ mod tests {
             percent: 10.0,
             promote_after: 1_000,
         };
-        let (decisions, mut saved) = tokio::sync::mpsc::unbounded_channel();
-        let rollout =
-            AutoRollout::new("f", &algorithm, policy, Arc::new(Metrics::new()), decisions);
+        let (decisions, saved) = tokio::sync::mpsc::unbounded_channel();
+        let rollout = AutoRollout::new(
+            "f",
+            &algorithm,
+            policy,
+            Arc::new(Metrics::new()),
+            decisions,
+            serving.map(|v| v.parse().unwrap()),
+        );
+        (rollout, saved)
+    }
+
+    fn load(registry: &Registry, version: &str) {
+        let native: crate::sandbox::NativeFn = Arc::new(|_| Ok(None));
+        registry.insert(
+            format!("/p/o/a/{version}.wasm").into(),
+            Algorithm::native(id(version), native),
+        );
+    }
+
+    fn message(i: usize) -> InboundMessage {
+        InboundMessage {
+            id: format!("m-{i}"),
+            topic: "t".into(),
+            payload: Vec::new(),
+            headers: Vec::new(),
+            attempt: 1,
+            enqueued_at: None,
+            undecodable: None,
+        }
+    }
+
+    /// After a restart the version that served before may load after the
+    /// new one: until it does the flow waits, then the new one is a canary
+    /// at its share again, not the version for every message.
+    #[test]
+    fn a_restarted_flow_waits_for_the_version_it_served_and_the_canary_keeps_its_share() {
+        let registry = Arc::new(Registry::new());
+        let (rollout, mut saved) = rollout(Some("0.1.0"));
+        let compiling = registry.compiling(&id("0.1.0"));
+        load(&registry, "0.2.0");
+        assert!(
+            rollout.usable(&registry).is_none(),
+            "the canary would serve every message"
+        );
+        load(&registry, "0.1.0");
+        drop(compiling);
+        let latest = rollout.usable(&registry).unwrap();
+        assert_eq!(latest.id.version.to_string(), "0.2.0");
+        let canary = (0..2_000)
+            .filter(|&i| {
+                let chosen = rollout.choose(&message(i), latest.clone(), &registry);
+                chosen.id.version == latest.id.version
+            })
+            .count();
+        assert!((100..=300).contains(&canary), "{canary} of 2000");
+        assert_eq!(rollout.serving_version().unwrap().to_string(), "0.1.0");
+        assert!(saved.try_recv().is_err(), "nothing changed to save");
+    }
+
+    /// A flow's first start waits until no version of its algorithm is
+    /// compiling, so the newest serves whatever order they load in; that
+    /// version is sent to be saved.
+    #[test]
+    fn a_first_start_serves_the_newest_version_once_none_is_compiling() {
+        let registry = Arc::new(Registry::new());
+        let (rollout, mut saved) = rollout(None);
+        let compiling = registry.compiling(&id("0.2.0"));
+        load(&registry, "0.1.0");
+        assert!(rollout.usable(&registry).is_none());
+        load(&registry, "0.2.0");
+        drop(compiling);
+        let serving = rollout.usable(&registry).unwrap();
+        assert_eq!(serving.id.version.to_string(), "0.2.0");
+        assert_eq!(rollout.serving_version().unwrap().to_string(), "0.2.0");
+        let decision = saved.try_recv().unwrap();
+        assert_eq!(
+            (decision.version.to_string(), decision.kind),
+            ("0.2.0".to_string(), DecisionKind::Serving)
+        );
+        assert!((0..100).all(|i| {
+            rollout
+                .choose(&message(i), serving.clone(), &registry)
+                .id
+                .version
+                == serving.id.version
+        }));
+    }
+
+    #[test]
+    fn a_rolled_back_canary_counts_the_attempts_that_were_in_flight_at_the_decision() {
+        let (rollout, mut saved) = rollout(None);
         {
             let mut inner = rollout.inner.lock().unwrap();
             inner.serving = Some("0.1.0".parse().unwrap());

@@ -33,6 +33,7 @@ use crate::message::{InboundMessage, KEY_HEADER};
 use crate::metrics::{Metrics, RolloutLabels};
 use crate::registry::Registry;
 use crate::sandbox::{Algorithm, AlgorithmId};
+use crate::state::StateStore;
 
 use super::FlowStatus;
 use gate::{Side, Verdict, judge};
@@ -66,6 +67,10 @@ pub enum DecisionKind {
     /// The flow's shadow was stopped by its gate: the shadow leaves the
     /// declaration.
     ShadowStopped,
+    /// The version the flow's `rollout` serves changed (its first version,
+    /// a promotion): saved in the router's state store, not in the
+    /// declaration (see [`auto`]).
+    Serving,
 }
 
 /// The running flows' canaries, and the decisions waiting to be made
@@ -116,14 +121,20 @@ impl Rollouts {
 
     /// A flow starts: its automatic rollout (if it declares one) goes on
     /// where it was when the flow stopped, unless its policy changed, and
-    /// skips the versions its declaration lists.
+    /// skips the versions its declaration lists. A rollout new to this
+    /// process (after a restart) serves the version `state` saved for it.
     pub(super) fn start_auto(
         &self,
         spec: &FlowSpec,
         metrics: &Arc<Metrics>,
         status: &FlowStatus,
+        state: &StateStore,
     ) -> Option<Arc<AutoRollout>> {
         let mut auto = self.auto.lock().unwrap_or_else(|p| p.into_inner());
+        let saved = state.rollout_serving(&spec.name).unwrap_or_else(|e| {
+            tracing::warn!(flow = %spec.name, error = %format!("{e:#}"), "Cannot read the version the flow's rollout serves; it starts as a new rollout.");
+            None
+        });
         let Some(policy) = spec
             .rollout
             .as_ref()
@@ -131,17 +142,30 @@ impl Rollouts {
         else {
             auto.remove(&spec.name);
             status.set_auto_rollout(None);
+            // A rollout declared later starts from the latest, not from
+            // what served before this one was removed.
+            if saved.is_some()
+                && let Err(e) = state.clear_rollout_serving(&spec.name)
+            {
+                tracing::warn!(flow = %spec.name, error = %format!("{e:#}"), "Cannot forget the version the flow's old rollout served.");
+            }
             return None;
         };
         let rollout = match auto.get(&spec.name) {
             Some(r) if r.follows(policy, &spec.algorithm) => r.clone(),
-            _ => Arc::new(AutoRollout::new(
-                &spec.name,
-                &spec.algorithm,
-                policy.clone(),
-                metrics.clone(),
-                self.decisions.clone(),
-            )),
+            _ => {
+                let algorithm = format!("{}/{}", spec.algorithm.owner, spec.algorithm.name);
+                Arc::new(AutoRollout::new(
+                    &spec.name,
+                    &spec.algorithm,
+                    policy.clone(),
+                    metrics.clone(),
+                    self.decisions.clone(),
+                    saved
+                        .filter(|s| s.algorithm == algorithm)
+                        .map(|s| s.version),
+                ))
+            }
         };
         rollout.skip(&spec.skip_versions);
         auto.insert(spec.name.clone(), rollout.clone());
@@ -415,5 +439,52 @@ mod tests {
         assert_eq!(bucket(&a), bucket(&b), "the key decides, not the id");
         assert_eq!(bucket(&message("m-1", None)), bucket(&message("m-1", None)));
         assert_eq!((share_of(0.0), share_of(100.0)), (0, BUCKETS));
+    }
+
+    /// A rollout new to the process starts from the version saved for its
+    /// flow and algorithm; a flow started without a rollout forgets it.
+    #[test]
+    fn a_restarted_rollout_serves_the_saved_version_until_the_rollout_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateStore::open(dir.path(), &Default::default()).unwrap();
+        let algorithm = AlgorithmRef {
+            owner: "o".into(),
+            name: "a".into(),
+            version: None,
+        };
+        let mut spec = FlowSpec::new("f", "local", "in", algorithm);
+        spec.rollout = Some(crate::config::RolloutPolicy {
+            percent: 10.0,
+            promote_after: 1_000,
+        });
+        let saved = |algorithm: &str| crate::state::RolloutServing {
+            algorithm: algorithm.into(),
+            version: "0.1.0".parse().unwrap(),
+        };
+        let serving = |state: &StateStore| {
+            let rollout = Rollouts::default()
+                .start_auto(
+                    &spec,
+                    &Arc::new(Metrics::new()),
+                    &FlowStatus::default(),
+                    state,
+                )
+                .unwrap();
+            rollout.serving_version()
+        };
+        state.set_rollout_serving("f", &saved("o/other")).unwrap();
+        assert_eq!(serving(&state), None, "saved for another algorithm");
+        state.set_rollout_serving("f", &saved("o/a")).unwrap();
+        assert_eq!(serving(&state), Some("0.1.0".parse().unwrap()));
+
+        spec.rollout = None;
+        let none = Rollouts::default().start_auto(
+            &spec,
+            &Arc::new(Metrics::new()),
+            &FlowStatus::default(),
+            &state,
+        );
+        assert!(none.is_none());
+        assert_eq!(state.rollout_serving("f").unwrap(), None);
     }
 }
