@@ -148,6 +148,20 @@ impl Config {
 }
 
 impl Declarations {
+    /// The flows with a latest-following `rollout`, each with its
+    /// algorithm (`owner/name`): those whose serving version the state
+    /// store keeps.
+    pub fn rollouts(&self) -> Vec<(String, String)> {
+        self.flows
+            .iter()
+            .filter(|f| f.rollout.is_some() && f.algorithm.version.is_none())
+            .map(|f| {
+                let algorithm = format!("{}/{}", f.algorithm.owner, f.algorithm.name);
+                (f.name.clone(), algorithm)
+            })
+            .collect()
+    }
+
     /// A stable digest, to tell whether a file changed since it was applied.
     pub fn digest(&self) -> String {
         use sha2::Digest;

@@ -101,7 +101,7 @@ impl ControlPlane {
             .map_err(|e| ControlError::Unavailable(format!("{e:#}")))?;
         let declarations = config.declarations();
         let stored = declarations.clone();
-        self.with_state(move |s| s.set_desired(&stored, None))
+        self.with_state(move |s| s.set_desired(&stored, None, &stored.rollouts()))
             .await
             .map_err(|e| ControlError::Unavailable(format!("applied but not saved: {e}")))?;
         Ok(declarations)

@@ -132,9 +132,7 @@ impl ControlPlane {
                 DecisionKind::ShadowStopped => self.save_shadow_stop(flow, version).await.map(
                     |()| "Shadow stop saved: the flow's declaration no longer has the shadow.",
                 ),
-                DecisionKind::Serving => self.save_serving(flow, version).await.map(
-                    |()| "Rollout's serving version saved: a restarted router serves it again.",
-                ),
+                DecisionKind::Serving => self.save_serving(flow, version).await,
             };
             match saved {
                 Ok(what) => tracing::info!(flow = %flow, version = %version, "{what}"),
@@ -170,20 +168,36 @@ impl ControlPlane {
     }
 
     /// Saves `version` as what the `rollout` of flow `name` serves, in the
-    /// router's own state (it is not part of the declaration).
+    /// router's own state (it is not part of the declaration), unless the
+    /// flow changed since: it no longer has that rollout, or serves another
+    /// version by now (whose own decision follows).
     async fn save_serving(
         &self,
         name: &str,
         version: &semver::Version,
-    ) -> Result<(), ControlError> {
+    ) -> Result<&'static str, ControlError> {
+        // Serial with changes, so a change that removes the flow or its
+        // rollout (and forgets its saved version) is either seen here or
+        // comes after this write.
+        let _serial = self.lock.lock().await;
         let flow = self.flow_named(name)?;
+        let current = flow.rollout.is_some()
+            && flow.algorithm.version.is_none()
+            && self.router.services().rollouts.auto(name).is_some_and(|r| {
+                r.follows_algorithm(&flow.algorithm)
+                    && r.serving_version().as_ref() == Some(version)
+            });
+        if !current {
+            return Ok("Rollout's serving version not saved: the flow changed since.");
+        }
         let serving = RolloutServing {
             algorithm: format!("{}/{}", flow.algorithm.owner, flow.algorithm.name),
             version: version.clone(),
         };
         let name = name.to_string();
         self.with_state(move |s| s.set_rollout_serving(&name, &serving))
-            .await
+            .await?;
+        Ok("Rollout's serving version saved: a restarted router serves it again.")
     }
 
     /// Removes the shadow `version` of flow `name`, which its gate stopped;

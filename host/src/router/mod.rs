@@ -165,8 +165,10 @@ impl Router {
         };
         let state = self.services.state.clone();
         let declarations = chosen.declarations();
-        tokio::task::spawn_blocking(move || state.set_desired(&declarations, Some(&digest)))
-            .await??;
+        tokio::task::spawn_blocking(move || {
+            state.set_desired(&declarations, Some(&digest), &declarations.rollouts())
+        })
+        .await??;
         Ok(chosen)
     }
 

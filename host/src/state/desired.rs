@@ -27,11 +27,16 @@ impl StateStore {
     }
 
     /// Stores the declarations; `seed` records the digest of the file they
-    /// came from (`None` keeps the recorded one).
+    /// came from (`None` keeps the recorded one). `rollouts` are the flows
+    /// with a latest-following `rollout`, with their algorithms
+    /// (`owner/name`): in the same transaction, the serving version saved
+    /// for any other flow (deleted, its rollout removed, or declared again
+    /// for another algorithm) is forgotten.
     pub fn set_desired<D: Serialize>(
         &self,
         declarations: &D,
         seed: Option<&str>,
+        rollouts: &[(String, String)],
     ) -> anyhow::Result<()> {
         let json = serde_json::to_string(declarations)?;
         let tx = self.db.begin_write()?;
@@ -41,6 +46,7 @@ impl StateStore {
             if let Some(seed) = seed {
                 meta.insert("seed", seed)?;
             }
+            self.keep_rollout_serving(&tx, rollouts)?;
         }
         tx.commit()?;
         Ok(())

@@ -10,7 +10,7 @@ use std::sync::Once;
 use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Damaged, FAILURES, META, PARKED, PARKED_KEYS, SECRETS, TOKENS};
+use super::{Damaged, FAILURES, META, PARKED, PARKED_KEYS, ROLLOUT_SERVING, SECRETS, TOKENS};
 
 /// Copies every table of `db` into a new file and puts it in place of
 /// `path`: nothing the old file freed survives.
@@ -28,6 +28,7 @@ pub(super) fn rewrite(db: Database, path: &Path) -> anyhow::Result<()> {
         copy_table(&from, &to, TOKENS)?;
         copy_table(&from, &to, PARKED_KEYS)?;
         copy_table(&from, &to, PARKED)?;
+        copy_table(&from, &to, ROLLOUT_SERVING)?;
         {
             let src = from.open_table(SECRETS)?;
             let mut dst = to.open_table(SECRETS)?;

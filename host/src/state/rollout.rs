@@ -8,7 +8,7 @@
 //! durably; a canary's counts are not kept, so its window starts again
 //! after a restart.
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{ROLLOUT_SERVING, StateStore};
@@ -45,14 +45,28 @@ impl StateStore {
         Ok(())
     }
 
-    /// Forgets the rollout of `flow` (it no longer has one).
-    pub fn clear_rollout_serving(&self, flow: &str) -> anyhow::Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut table = tx.open_table(ROLLOUT_SERVING)?;
-            table.remove(flow)?;
+    /// Forgets, in `tx`, the serving versions of flows not in `rollouts`
+    /// (flow, `owner/name`): see [`StateStore::set_desired`].
+    pub(super) fn keep_rollout_serving(
+        &self,
+        tx: &redb::WriteTransaction,
+        rollouts: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let mut table = tx.open_table(ROLLOUT_SERVING)?;
+        let mut stale = Vec::new();
+        for entry in table.iter()? {
+            let (flow, serving) = entry?;
+            let algorithm = serde_json::from_str::<RolloutServing>(serving.value())
+                .map(|s| s.algorithm)
+                .unwrap_or_default();
+            let flow = flow.value().to_string();
+            if !rollouts.iter().any(|(f, a)| *f == flow && *a == algorithm) {
+                stale.push(flow);
+            }
         }
-        tx.commit()?;
+        for flow in stale {
+            table.remove(flow.as_str())?;
+        }
         Ok(())
     }
 }

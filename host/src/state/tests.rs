@@ -1,6 +1,6 @@
 use std::os::unix::fs::PermissionsExt;
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, TableHandle};
 
 use super::*;
 
@@ -149,8 +149,23 @@ fn rotating_the_key_reencrypts_every_secret() {
         s.set_secret("ezra/a", "TOKEN", VALUE).unwrap();
     }
     let old_key = std::fs::read(dir.path().join("secret.key")).unwrap();
+    let tables = || {
+        let db = Database::open(dir.path().join(STATE_FILE)).unwrap();
+        let tx = db.begin_read().unwrap();
+        let mut names: Vec<String> = tx
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = tables();
     // In place.
     let r = rotate_key(dir.path(), &options, None).unwrap();
+    // The rewrite copies every table (one it forgot lost the rollouts'
+    // serving versions).
+    assert_eq!(tables(), before);
     assert_eq!(r.secrets, 1);
     assert_eq!(r.key_file, dir.path().join("secret.key"));
     assert_ne!(
@@ -276,4 +291,31 @@ fn a_damaged_file_moves_aside_only_when_asked() {
         0
     );
     assert!(std::fs::metadata(&path).unwrap().len() > 0);
+}
+
+/// The serving versions of rollouts are kept for the flows that still
+/// declare one, on the same algorithm, and forgotten with the declaration
+/// that removes them (a deleted flow, a removed rollout, another algorithm).
+#[test]
+fn a_declaration_change_forgets_the_serving_versions_of_rollouts_it_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StateStore::open(dir.path(), &StateOptions::default()).unwrap();
+    let serving = |algorithm: &str| RolloutServing {
+        algorithm: algorithm.into(),
+        version: "0.1.0".parse().unwrap(),
+    };
+    for flow in ["kept", "deleted", "moved"] {
+        s.set_rollout_serving(flow, &serving("o/a")).unwrap();
+    }
+    let rollouts = [
+        ("kept".to_string(), "o/a".to_string()),
+        ("moved".to_string(), "o/b".to_string()),
+    ];
+    s.set_desired(&serde_json::json!({}), None, &rollouts)
+        .unwrap();
+    assert_eq!(s.rollout_serving("kept").unwrap(), Some(serving("o/a")));
+    assert_eq!(s.rollout_serving("deleted").unwrap(), None);
+    assert_eq!(s.rollout_serving("moved").unwrap(), None);
+    s.set_desired(&serde_json::json!({}), None, &[]).unwrap();
+    assert_eq!(s.rollout_serving("kept").unwrap(), None);
 }

@@ -203,8 +203,7 @@ impl AutoRollout {
     }
 
     /// The version that serves outside a canary's share, once known.
-    #[cfg(test)]
-    pub(super) fn serving_version(&self) -> Option<semver::Version> {
+    pub fn serving_version(&self) -> Option<semver::Version> {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -212,11 +211,14 @@ impl AutoRollout {
             .clone()
     }
 
-    /// Whether it was made for `policy`.
+    /// Whether it was made for `policy` of `algorithm`.
     pub(super) fn follows(&self, policy: &RolloutPolicy, algorithm: &AlgorithmRef) -> bool {
-        self.policy == *policy
-            && self.algorithm.owner == algorithm.owner
-            && self.algorithm.name == algorithm.name
+        self.policy == *policy && self.follows_algorithm(algorithm)
+    }
+
+    /// Whether it rolls out versions of `algorithm` (`owner/name`).
+    pub fn follows_algorithm(&self, algorithm: &AlgorithmRef) -> bool {
+        self.algorithm.owner == algorithm.owner && self.algorithm.name == algorithm.name
     }
 
     /// The version that handles `message`, given the `latest` version the

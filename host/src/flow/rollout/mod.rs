@@ -110,6 +110,16 @@ impl Rollouts {
             .take()
     }
 
+    /// The automatic rollout of flow `flow`, if it has had one since the
+    /// router started.
+    pub fn auto(&self, flow: &str) -> Option<Arc<AutoRollout>> {
+        self.auto
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(flow)
+            .cloned()
+    }
+
     /// The canary of the running flow `flow`, if it has one.
     pub fn get(&self, flow: &str) -> Option<Arc<Rollout>> {
         self.live
@@ -120,9 +130,10 @@ impl Rollouts {
     }
 
     /// A flow starts: its automatic rollout (if it declares one) goes on
-    /// where it was when the flow stopped, unless its policy changed, and
-    /// skips the versions its declaration lists. A rollout new to this
-    /// process (after a restart) serves the version `state` saved for it.
+    /// where it was when the flow stopped, unless its policy changed (then
+    /// a new one serves the version the old one served), and skips the
+    /// versions its declaration lists. A rollout new to this process
+    /// (after a restart) serves the version `state` saved for it.
     pub(super) fn start_auto(
         &self,
         spec: &FlowSpec,
@@ -130,43 +141,51 @@ impl Rollouts {
         status: &FlowStatus,
         state: &StateStore,
     ) -> Option<Arc<AutoRollout>> {
-        let mut auto = self.auto.lock().unwrap_or_else(|p| p.into_inner());
-        let saved = state.rollout_serving(&spec.name).unwrap_or_else(|e| {
-            tracing::warn!(flow = %spec.name, error = %format!("{e:#}"), "Cannot read the version the flow's rollout serves; it starts as a new rollout.");
-            None
-        });
         let Some(policy) = spec
             .rollout
             .as_ref()
             .filter(|_| spec.algorithm.version.is_none())
         else {
-            auto.remove(&spec.name);
+            // The saved version is forgotten with the declaration's change
+            // (`StateStore::set_desired`).
+            self.auto
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&spec.name);
             status.set_auto_rollout(None);
-            // A rollout declared later starts from the latest, not from
-            // what served before this one was removed.
-            if saved.is_some()
-                && let Err(e) = state.clear_rollout_serving(&spec.name)
-            {
-                tracing::warn!(flow = %spec.name, error = %format!("{e:#}"), "Cannot forget the version the flow's old rollout served.");
-            }
             return None;
         };
-        let rollout = match auto.get(&spec.name) {
-            Some(r) if r.follows(policy, &spec.algorithm) => r.clone(),
-            _ => {
-                let algorithm = format!("{}/{}", spec.algorithm.owner, spec.algorithm.name);
+        let same_algorithm = |r: &AutoRollout| r.follows_algorithm(&spec.algorithm);
+        let known = self.auto(&spec.name).filter(|r| same_algorithm(r));
+        let rollout = match known {
+            Some(r) if r.follows(policy, &spec.algorithm) => r,
+            known => {
+                // One small read of the local state, at a flow's start.
+                let serving = match known {
+                    Some(r) => r.serving_version(),
+                    None => {
+                        let algorithm = format!("{}/{}", spec.algorithm.owner, spec.algorithm.name);
+                        state
+                            .rollout_serving(&spec.name)
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(flow = %spec.name, error = %format!("{e:#}"), "Cannot read the version the flow's rollout serves; it starts as a new rollout.");
+                                None
+                            })
+                            .filter(|s| s.algorithm == algorithm)
+                            .map(|s| s.version)
+                    }
+                };
                 Arc::new(AutoRollout::new(
                     &spec.name,
                     &spec.algorithm,
                     policy.clone(),
                     metrics.clone(),
                     self.decisions.clone(),
-                    saved
-                        .filter(|s| s.algorithm == algorithm)
-                        .map(|s| s.version),
+                    serving,
                 ))
             }
         };
+        let mut auto = self.auto.lock().unwrap_or_else(|p| p.into_inner());
         rollout.skip(&spec.skip_versions);
         auto.insert(spec.name.clone(), rollout.clone());
         status.set_auto_rollout(Some(rollout.clone()));
@@ -442,9 +461,10 @@ mod tests {
     }
 
     /// A rollout new to the process starts from the version saved for its
-    /// flow and algorithm; a flow started without a rollout forgets it.
+    /// flow and algorithm; one whose policy changed keeps the version the
+    /// old one served.
     #[test]
-    fn a_restarted_rollout_serves_the_saved_version_until_the_rollout_is_removed() {
+    fn a_restarted_rollout_serves_the_saved_version_and_a_new_policy_the_one_served() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateStore::open(dir.path(), &Default::default()).unwrap();
         let algorithm = AlgorithmRef {
@@ -457,34 +477,45 @@ mod tests {
             percent: 10.0,
             promote_after: 1_000,
         });
-        let saved = |algorithm: &str| crate::state::RolloutServing {
+        let saved = |algorithm: &str, version: &str| crate::state::RolloutServing {
             algorithm: algorithm.into(),
-            version: "0.1.0".parse().unwrap(),
+            version: version.parse().unwrap(),
         };
-        let serving = |state: &StateStore| {
-            let rollout = Rollouts::default()
+        let start = |rollouts: &Rollouts, spec: &FlowSpec| {
+            rollouts
                 .start_auto(
-                    &spec,
+                    spec,
                     &Arc::new(Metrics::new()),
                     &FlowStatus::default(),
-                    state,
+                    &state,
                 )
-                .unwrap();
-            rollout.serving_version()
+                .unwrap()
+                .serving_version()
+                .map(|v| v.to_string())
         };
-        state.set_rollout_serving("f", &saved("o/other")).unwrap();
-        assert_eq!(serving(&state), None, "saved for another algorithm");
-        state.set_rollout_serving("f", &saved("o/a")).unwrap();
-        assert_eq!(serving(&state), Some("0.1.0".parse().unwrap()));
-
-        spec.rollout = None;
-        let none = Rollouts::default().start_auto(
-            &spec,
-            &Arc::new(Metrics::new()),
-            &FlowStatus::default(),
-            &state,
+        state
+            .set_rollout_serving("f", &saved("o/other", "0.1.0"))
+            .unwrap();
+        assert_eq!(
+            start(&Rollouts::default(), &spec),
+            None,
+            "another algorithm"
         );
-        assert!(none.is_none());
-        assert_eq!(state.rollout_serving("f").unwrap(), None);
+        state
+            .set_rollout_serving("f", &saved("o/a", "0.1.0"))
+            .unwrap();
+        let rollouts = Rollouts::default();
+        assert_eq!(start(&rollouts, &spec).as_deref(), Some("0.1.0"));
+
+        // Promoted in memory (its save still queued): a new policy goes on
+        // from there, not from the store.
+        state
+            .set_rollout_serving("f", &saved("o/a", "0.0.9"))
+            .unwrap();
+        spec.rollout = Some(crate::config::RolloutPolicy {
+            percent: 50.0,
+            promote_after: 10,
+        });
+        assert_eq!(start(&rollouts, &spec).as_deref(), Some("0.1.0"));
     }
 }
