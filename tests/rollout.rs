@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{EMBEDDED_BROKER, Plugins, Router, header, named_flow, variant, wait_for};
 
 /// Starts a router on `flows` (on the embedded broker) with a private
@@ -573,6 +573,19 @@ fn a_shadow_disagreeing_on_thirty_percent_shows_seventy_percent_agreement_and_it
     });
 }
 
+/// Waits until `topic` has at least `n` outputs (a redelivery may add a
+/// copy); returns how many it has.
+fn outputs_at_least(router: &Router, topic: &str, n: usize) -> usize {
+    wait_for(
+        &format!("{n} outputs on {topic}"),
+        Duration::from_secs(120),
+        || {
+            let len = router.peek("local", topic).len();
+            (len >= n).then_some(len)
+        },
+    )
+}
+
 /// Publishes probes to `<flow>-in` until the flow's rollout makes a canary
 /// of the newly dropped-in `version`; returns how many were published.
 fn wait_for_rollout_canary(router: &Router, flow: &str, version: &str) -> usize {
@@ -664,7 +677,7 @@ fn a_broken_version_dropped_into_a_rolled_out_flow_never_gets_more_than_its_shar
     // A healthy version: promoted after 100 of its messages, then it serves
     // every message.
     router.deploy("good", "0.2.0", "examples", "echo");
-    wait_for_rollout_canary(&router, "good", "0.2.0");
+    let probes = wait_for_rollout_canary(&router, "good", "0.2.0");
     router.publish(
         "good-in",
         &(0..400).map(|i| format!("g{i}")).collect::<Vec<_>>(),
@@ -677,25 +690,82 @@ fn a_broken_version_dropped_into_a_rolled_out_flow_never_gets_more_than_its_shar
         report["canary"]["messages"].as_u64().unwrap() >= 100,
         "{report}"
     );
-    wait_for(
-        "every good message settled",
-        Duration::from_secs(120),
-        || {
-            let status = router.flow("good");
-            (status["in_flight"] == 0 && status["received"] == status["succeeded"]).then_some(())
-        },
-    );
-    let before = router.peek("local", "good-out").len();
+    // Every earlier message's output first (a status with nothing in
+    // flight can come between two receives, with messages still queued).
+    let before = outputs_at_least(&router, "good-out", probes + 400);
     router.publish(
         "good-in",
         &(0..50).map(|i| format!("late{i}")).collect::<Vec<_>>(),
     );
-    let late = wait_for("the late outputs", Duration::from_secs(60), || {
-        let out = router.peek("local", "good-out");
-        (out.len() == before + 50).then(|| out[before..].to_vec())
-    });
+    outputs_at_least(&router, "good-out", before + 50);
+    let late = router.peek("local", "good-out")[before..].to_vec();
     assert!(
         late.iter()
             .all(|m| header(m, "eventflow-algorithm") == Some("test/good@0.2.0"))
     );
+}
+
+/// `eventflow flows promote|rollback FLOW` decide a `rollout`'s canary too:
+/// a promoted version serves every message (the flow still follows the
+/// latest), a rolled-back one joins the flow's `skip_versions`.
+#[test]
+fn an_operator_promotes_or_rolls_back_the_canary_of_a_rollout() {
+    let config = flow("hand", "rollout = \"canary 50% then promote after 100000\"")
+        .replace("test/hand/0.1.0", "test/hand");
+    let router = start(&config, &[("hand", "0.1.0", "examples", "echo")]);
+    router.publish("hand-in", &["first".to_string()]);
+    wait_for("the first output", Duration::from_secs(60), || {
+        (router.peek("local", "hand-out").len() == 1).then_some(())
+    });
+    let out = router.cli(&["flows", "promote", "hand"]);
+    assert!(!out.status.success(), "no canary yet");
+
+    router.deploy("hand", "0.2.0", "examples", "echo");
+    let sent = 1 + wait_for_rollout_canary(&router, "hand", "0.2.0");
+    let promoted = router.cli_ok(&["flows", "promote", "hand"]);
+    assert!(promoted.contains("promoted"), "{promoted}");
+    let report = rollout(&router, "hand");
+    assert_eq!(
+        (&report["canary_version"], &report["state"]),
+        (&json!("0.2.0"), &json!("promoted")),
+        "{report}"
+    );
+    let (after, sent) = fifty_more(&router, "hand", sent, "p");
+    assert!(
+        after
+            .iter()
+            .all(|m| header(m, "eventflow-algorithm") == Some("test/hand@0.2.0")),
+        "the promoted version serves every message"
+    );
+
+    router.deploy("hand", "0.3.0", "examples", "echo");
+    let sent = sent + wait_for_rollout_canary(&router, "hand", "0.3.0");
+    let (status, body) = router.http("POST", "/v1/flows/hand/rollback", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "rolled_back", "{body}");
+    wait_for("the rollback saved", Duration::from_secs(60), || {
+        let (_, detail) = router.http("GET", "/v1/flows/hand", None);
+        (detail["skip_versions"] == json!(["0.3.0"])).then_some(())
+    });
+    let (after, _) = fifty_more(&router, "hand", sent, "r");
+    assert!(
+        after
+            .iter()
+            .all(|m| header(m, "eventflow-algorithm") == Some("test/hand@0.2.0")),
+        "the version promoted before serves every message"
+    );
+}
+
+/// Once the `sent` messages published to `<flow>-in` have their outputs,
+/// publishes 50 more (`<prefix><i>`) and returns their outputs and the new
+/// count.
+fn fifty_more(router: &Router, flow: &str, sent: usize, prefix: &str) -> (Vec<Value>, usize) {
+    let topic = format!("{flow}-out");
+    let before = outputs_at_least(router, &topic, sent);
+    router.publish(
+        &format!("{flow}-in"),
+        &(0..50).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>(),
+    );
+    outputs_at_least(router, &topic, before + 50);
+    (router.peek("local", &topic)[before..].to_vec(), before + 50)
 }

@@ -172,6 +172,10 @@ pub(super) struct ShadowArgs {
     /// than this (0 to 1).
     #[arg(long)]
     max_failure_rate: Option<f64>,
+    /// Stop it when its p99 invocation time is more than this many times
+    /// the serving version's.
+    #[arg(long)]
+    max_p99_ratio: Option<f64>,
     /// Messages of the shadow before its gate is judged.
     #[arg(long, default_value_t = 100)]
     window_messages: u64,
@@ -364,6 +368,7 @@ async fn shadow(g: &Global, c: &Client, args: ShadowArgs) -> Result<(), Failure>
                 .map_err(|e| anyhow::anyhow!("version {v:?} is not a semver version: {e}"))?,
             min_output_agreement: args.min_output_agreement,
             max_failure_rate: args.max_failure_rate,
+            max_p99_ratio: args.max_p99_ratio,
             window_messages: args.window_messages,
             concurrency: args.concurrency,
         }),

@@ -38,10 +38,41 @@ pub struct CanarySpec {
     #[schema(minimum = 1, maximum = 1000000)]
     pub window_messages: u64,
     /// Promote the canary (the flow pins its version) once it has handled
-    /// this many messages with its gate passing. Absent: only `eventflow
-    /// flows promote` does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// this many messages with its gate passing: `5000` or `"5000
+    /// messages"`. Absent: only `eventflow flows promote` does.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "message_count"
+    )]
     pub promote_after: Option<u64>,
+}
+
+/// A number of messages: `5000`, or `"5000 messages"` as the README
+/// writes it.
+fn message_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        Number(u64),
+        Text(String),
+    }
+    let text = match Option::<Count>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Count::Number(n)) => return Ok(Some(n)),
+        Some(Count::Text(text)) => text,
+    };
+    let trimmed = text.trim();
+    let number = ["messages", "message"]
+        .iter()
+        .find_map(|unit| trimmed.strip_suffix(unit))
+        .unwrap_or(trimmed)
+        .trim();
+    number.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a number of messages (write 5000 or \"5000 messages\")"
+        ))
+    })
 }
 
 const fn default_window_messages() -> u64 {
@@ -71,8 +102,14 @@ pub struct ShadowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 1)]
     pub max_failure_rate: Option<f64>,
+    /// The gate on time: the shadow's 99th-percentile invocation time may
+    /// be at most this many times the serving version's (on the same
+    /// messages). Absent: time does not stop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub max_p99_ratio: Option<f64>,
     /// How many messages the shadow runs before its gate is judged; rates
-    /// are taken over the last this many.
+    /// and percentiles are taken over the last this many.
     #[serde(default = "default_window_messages")]
     #[schema(minimum = 1, maximum = 1000000)]
     pub window_messages: u64,
@@ -110,6 +147,11 @@ pub fn check_shadow(shadow: &ShadowSpec, algorithm: &AlgorithmRef) -> Result<(),
         {
             return err(field, format!("{rate} is not a rate from 0 to 1"));
         }
+    }
+    if let Some(ratio) = shadow.max_p99_ratio
+        && !(ratio.is_finite() && ratio > 0.0)
+    {
+        return err("max_p99_ratio", format!("{ratio} is not a positive ratio"));
     }
     if !(1..=1_000_000).contains(&shadow.window_messages) {
         return err(
@@ -276,6 +318,37 @@ mod tests {
         }
         assert!(
             toml::from_str::<CanarySpec>("version = \"0.2.0\"\npercent = 5\nshare = 1").is_err()
+        );
+    }
+
+    #[test]
+    fn promote_after_is_a_number_or_a_number_of_messages() {
+        for text in [
+            "5000",
+            "\"5000 messages\"",
+            "\" 5000 message \"",
+            "\"5000\"",
+        ] {
+            let c = canary(&format!(
+                "version = \"0.2.0\"\npercent = 5\npromote_after = {text}"
+            ));
+            assert_eq!(c.promote_after, Some(5000), "{text}");
+        }
+        let json: CanarySpec = serde_json::from_str(
+            r#"{"version": "0.2.0", "percent": 5, "promote_after": "300 messages"}"#,
+        )
+        .unwrap();
+        assert_eq!(json.promote_after, Some(300));
+        assert_eq!(serde_json::to_value(&json).unwrap()["promote_after"], 300);
+        let e = toml::from_str::<CanarySpec>(
+            "version = \"0.2.0\"\npercent = 5\npromote_after = \"soon\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"soon\" is not a number of messages"), "{e}");
+        assert_eq!(
+            canary("version = \"0.2.0\"\npercent = 5").promote_after,
+            None
         );
     }
 

@@ -23,7 +23,9 @@ use crate::state::RolloutServing;
 
 impl ControlPlane {
     /// Promotes a flow's canary: the flow runs the canary version for every
-    /// message and its declaration pins it. 409 when it has no canary.
+    /// message and its declaration pins it (a `rollout`'s canary: it serves
+    /// from now on, and the flow still follows the latest). 409 when it has
+    /// no canary.
     pub async fn promote_flow(
         &self,
         role: &Role,
@@ -33,7 +35,8 @@ impl ControlPlane {
     }
 
     /// Rolls a flow's canary back: it gets no more messages and leaves the
-    /// flow's declaration. 409 when it has no canary.
+    /// flow's declaration (a `rollout`'s canary joins `skip_versions`). 409
+    /// when it has no canary.
     pub async fn rollback_flow(
         &self,
         role: &Role,
@@ -50,7 +53,24 @@ impl ControlPlane {
     ) -> Result<RolloutChanged, ControlError> {
         let flow = self.flow_named(name)?;
         role.authorize(Action::EditFlow(&flow.algorithm.owner))?;
+        let why = match state {
+            RolloutState::Promoted => "promoted by an operator",
+            _ => "rolled back by an operator",
+        };
         let Some(canary) = flow.canary else {
+            // A `rollout`'s canary: decided in the running flow, which
+            // saves it as it saves its own decisions (a rollback joins
+            // `skip_versions`, a promotion becomes the serving version).
+            if flow.rollout.is_some()
+                && let Some(auto) = self.router.services().rollouts.auto(name)
+                && auto.decide(state, why.into()).is_some()
+            {
+                return Ok(RolloutChanged {
+                    flow: name.to_string(),
+                    algorithm: flow.algorithm.to_string(),
+                    state,
+                });
+            }
             return Err(ControlError::Conflict(format!(
                 "flow {name:?} has no canary"
             )));
@@ -58,10 +78,6 @@ impl ControlPlane {
         if let Some(running) = self.router.services().rollouts.get(name)
             && *running.version() == canary.version
         {
-            let why = match state {
-                RolloutState::Promoted => "promoted by an operator",
-                _ => "rolled back by an operator",
-            };
             running.decide(state, why.into());
         }
         self.save_decision(name, &canary.version, state).await

@@ -366,6 +366,17 @@ impl AutoRollout {
         self.decided(&mut inner, state, why);
     }
 
+    /// An operator's decision on the version being rolled out (`eventflow
+    /// flows promote|rollback FLOW`): taken and saved as the router's own
+    /// are. Returns that version; `None` when no canary is being rolled
+    /// out.
+    pub fn decide(&self, state: RolloutState, why: String) -> Option<semver::Version> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let version = inner.candidate.as_ref()?.spec.version.clone();
+        self.decided(&mut inner, state, why);
+        Some(version)
+    }
+
     fn decided(&self, inner: &mut Inner, state: RolloutState, why: String) {
         let Some(c) = inner.candidate.take() else {
             return;

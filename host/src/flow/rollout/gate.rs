@@ -141,9 +141,10 @@ impl Agreement {
     }
 }
 
-/// Judges a shadow: its failure rate against the serving version's on the
-/// same messages (the canary's rule), then its agreement with the serving
-/// outputs, each once its window is full. `Some(why)` stops it.
+/// Judges a shadow: its failure rate and p99 time against the serving
+/// version's on the same messages (the canary's rules), then its agreement
+/// with the serving outputs, each once its window is full. `Some(why)`
+/// stops it.
 pub(super) fn judge_shadow(
     spec: &ShadowSpec,
     shadow: &Side,
@@ -154,7 +155,7 @@ pub(super) fn judge_shadow(
         version: spec.version.clone(),
         percent: 0.0,
         max_failure_rate: spec.max_failure_rate,
-        max_p99_ratio: None,
+        max_p99_ratio: spec.max_p99_ratio,
         window_messages: spec.window_messages,
         promote_after: None,
     };
@@ -250,6 +251,21 @@ mod tests {
         }
         assert_eq!(agreement.ratio(), Some(1.0));
         assert_eq!(judge_shadow(&spec, &ok, &ok, &agreement), None);
+    }
+
+    #[test]
+    fn a_slow_shadow_stops_at_its_p99_ratio() {
+        let spec: ShadowSpec =
+            toml::from_str("version = \"0.2.0\"\nmax_p99_ratio = 2\nwindow_messages = 100")
+                .unwrap();
+        let serving = side(100, 0, 0.002, 100);
+        let agreement = Agreement::default();
+        let why = judge_shadow(&spec, &side(100, 0, 0.010, 100), &serving, &agreement).unwrap();
+        assert!(why.contains("5.0 times"), "{why}");
+        assert_eq!(
+            judge_shadow(&spec, &side(100, 0, 0.003, 100), &serving, &agreement),
+            None
+        );
     }
 
     #[test]
