@@ -179,7 +179,11 @@ fn a_broker_restart_is_survived() {
     // The restarted tansu is empty (memory storage): "after" lands at
     // offset 0 again, while a consumer that kept its assignment through the
     // outage fetches from its position, offset 1. A second message is at
-    // offset 1, so either way something is there to process.
+    // offset 1, so either way something is there to process. The topics
+    // created again have new topic ids, which a consumer that kept its
+    // assignment learns at its next metadata refresh (every 30 s in the
+    // router; with librdkafka's own 5 minutes this test failed whenever no
+    // rebalance came first).
     tansu::produce_text(&kafka.bootstrap, &input, &["after".into(), "after".into()]);
     let outputs = tansu::read_all(&kafka.bootstrap, &out, 1, Duration::from_secs(180));
     assert!(

@@ -82,6 +82,14 @@ impl ConsumerContext for FlowContext {
 
 pub(super) type FlowConsumer = StreamConsumer<FlowContext>;
 
+/// How often the consumer refreshes the topic's metadata, unless the
+/// broker's `properties` say otherwise: 30 s instead of librdkafka's 5 min.
+/// A topic deleted and created again (or a broker that came back empty)
+/// has a new topic id, and librdkafka 2.x fetches by id: it drops the
+/// replies to its old id without an error until a metadata refresh tells
+/// it the new one, so the flow would stall silently that long.
+const METADATA_REFRESH_MS: u32 = 30_000;
+
 /// Creates the flow's consumer in its group (offsets stored only when
 /// settled, committed every second) and subscribes it to the topic.
 pub(super) fn subscribe(
@@ -100,6 +108,15 @@ pub(super) fn subscribe(
         .set("enable.partition.eof", "false");
     if !properties.iter().any(|(k, _)| k == "auto.offset.reset") {
         config.set("auto.offset.reset", "earliest");
+    }
+    if !properties
+        .iter()
+        .any(|(k, _)| k == "topic.metadata.refresh.interval.ms")
+    {
+        config.set(
+            "topic.metadata.refresh.interval.ms",
+            METADATA_REFRESH_MS.to_string(),
+        );
     }
     let consumer: FlowConsumer = config
         .create_with_context(FlowContext {
