@@ -769,3 +769,46 @@ fn fifty_more(router: &Router, flow: &str, sent: usize, prefix: &str) -> (Vec<Va
     outputs_at_least(router, &topic, before + 50);
     (router.peek("local", &topic)[before..].to_vec(), before + 50)
 }
+
+/// A rollout is set and removed through the API and the CLI like any
+/// field of a flow.
+#[test]
+fn a_rollout_is_set_by_patch_and_removed_by_the_cli() {
+    let config = flow("later", "").replace("test/later/0.1.0", "test/later");
+    let router = start(&config, &[("later", "0.1.0", "examples", "echo")]);
+    let (status, body) = router.http(
+        "PATCH",
+        "/v1/flows/later",
+        Some(json!({"rollout": "canary 20 percent"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("rollout"), "{body}");
+    let (status, body) = router.http(
+        "PATCH",
+        "/v1/flows/later",
+        Some(json!({"rollout": "canary 50% then promote after 100000"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, detail) = router.http("GET", "/v1/flows/later", None);
+    assert_eq!(
+        detail["rollout"], "canary 50% then promote after 100000",
+        "{detail}"
+    );
+    router.publish("later-in", &["first".to_string()]);
+    let sent = 1 + {
+        outputs_at_least(&router, "later-out", 1);
+        router.deploy("later", "0.2.0", "examples", "echo");
+        wait_for_rollout_canary(&router, "later", "0.2.0")
+    };
+
+    router.cli_ok(&["flows", "edit", "later", "--no-rollout"]);
+    let (_, detail) = router.http("GET", "/v1/flows/later", None);
+    assert!(detail.get("rollout").is_none(), "{detail}");
+    let (after, _) = fifty_more(&router, "later", sent, "n");
+    assert!(
+        after
+            .iter()
+            .all(|m| header(m, "eventflow-algorithm") == Some("test/later@0.2.0")),
+        "without its rollout the flow runs the latest for every message"
+    );
+}

@@ -137,6 +137,16 @@ pub struct EditFlow {
     )]
     #[schema(value_type = Option<ShadowSpec>)]
     pub shadow: Option<Option<ShadowSpec>>,
+    /// For a flow that follows the latest version: how a newly loaded
+    /// version takes over (`"canary 10% then promote after 1000"`), or null
+    /// to remove it (a new version then takes every message at once).
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "canary 10% then promote after 1000")]
+    pub rollout: Option<Option<RolloutPolicy>>,
     /// For a flow with a `rollout`: the versions it never runs, replacing
     /// the list (`[]` empties it; a version taken off is rolled out again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,7 +218,7 @@ pub struct Flow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowSpec>,
     /// How a newly loaded version takes over a latest-following flow
-    /// (`canary N% then promote after M`); set in the configuration file.
+    /// (`canary N% then promote after M`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "canary 10% then promote after 1000")]
     pub rollout: Option<RolloutPolicy>,

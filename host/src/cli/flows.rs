@@ -122,6 +122,13 @@ pub(super) struct EditArgs {
     /// Remove the filter: every message invokes the algorithm.
     #[arg(long, conflicts_with = "filter")]
     no_filter: bool,
+    /// For a flow that follows the latest version: roll a newly loaded
+    /// version out gradually, e.g. "canary 10% then promote after 1000".
+    #[arg(long, conflicts_with = "no_rollout")]
+    rollout: Option<String>,
+    /// Remove the rollout: a new version takes every message at once.
+    #[arg(long)]
+    no_rollout: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -345,6 +352,14 @@ async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
         },
         canary: None,
         shadow: None,
+        rollout: match (args.rollout, args.no_rollout) {
+            (_, true) => Some(None),
+            (Some(text), false) => Some(Some(
+                crate::config::RolloutPolicy::try_from(text)
+                    .map_err(|e| anyhow::anyhow!("--rollout: {e}"))?,
+            )),
+            (None, false) => None,
+        },
         skip_versions: None,
     };
     let changed = c.edit_flow(&args.name, &edit).await?;

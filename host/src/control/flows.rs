@@ -3,7 +3,8 @@
 use super::{Action, ControlError, ControlPlane, Role};
 use crate::api::{self, EditFlow, EnableFlow};
 use crate::config::{
-    self, AlgorithmRef, CanarySpec, FilterSpec, FlowOrdering, FlowSpec, KeyFailure, ShadowSpec,
+    self, AlgorithmRef, CanarySpec, FilterSpec, FlowOrdering, FlowSpec, KeyFailure, RolloutPolicy,
+    ShadowSpec,
 };
 
 /// A flow after it was enabled or edited, and what its caller should know.
@@ -409,6 +410,8 @@ struct Settings {
     canary: Option<Option<CanarySpec>>,
     /// `Some(None)` removes the shadow.
     shadow: Option<Option<ShadowSpec>>,
+    /// `Some(None)` removes the rollout.
+    rollout: Option<Option<RolloutPolicy>>,
     /// The new `skip_versions`.
     skip_versions: Option<Vec<semver::Version>>,
 }
@@ -430,6 +433,7 @@ impl Settings {
             filter: req.filter.clone().map(Some),
             canary: None,
             shadow: None,
+            rollout: None,
             skip_versions: None,
         })
     }
@@ -449,6 +453,7 @@ impl Settings {
             filter: edit.filter,
             canary: edit.canary,
             shadow: edit.shadow,
+            rollout: edit.rollout,
             skip_versions: edit.skip_versions,
         })
     }
@@ -467,6 +472,7 @@ impl Settings {
         set(&mut flow.filter, self.filter);
         set(&mut flow.canary, self.canary);
         set(&mut flow.shadow, self.shadow);
+        set(&mut flow.rollout, self.rollout);
         set(&mut flow.skip_versions, self.skip_versions);
     }
 }
@@ -567,6 +573,7 @@ mod tests {
             filter: Some(Some(filter.clone())),
             canary: None,
             shadow: None,
+            rollout: None,
             skip_versions: None,
         })
         .unwrap();
