@@ -754,6 +754,15 @@ fn an_operator_promotes_or_rolls_back_the_canary_of_a_rollout() {
             .all(|m| header(m, "eventflow-algorithm") == Some("test/hand@0.2.0")),
         "the version promoted before serves every message"
     );
+
+    // Removing the rollout also clears what it skipped (the list needs a
+    // rollout).
+    router.cli_ok(&["flows", "edit", "hand", "--no-rollout"]);
+    let (_, detail) = router.http("GET", "/v1/flows/hand", None);
+    assert!(
+        detail.get("rollout").is_none() && detail.get("skip_versions").is_none(),
+        "{detail}"
+    );
 }
 
 /// Once the `sent` messages published to `<flow>-in` have their outputs,

@@ -99,7 +99,7 @@ pub(super) async fn delete_flow(
 }
 
 #[utoipa::path(post, path = "/v1/flows/{flow}/promote", tag = "flows",
-    summary = "Promote a flow's canary: the flow runs (and pins) the canary version",
+    summary = "Promote a flow's canary: the flow runs the canary version (a declared canary's is pinned)",
     params(FlowPath),
     responses((status = 200, body = api::RolloutChanged), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn promote_flow(

@@ -42,8 +42,9 @@ pub(super) enum FlowsCommand {
     /// version, its effects discarded, and the two compared (see the
     /// README's Canary rollouts); --off takes it away.
     Shadow(ShadowArgs),
-    /// Promotes a flow's canary: the flow runs (and pins) the canary
-    /// version for every message.
+    /// Promotes a flow's canary: the flow runs the canary version for
+    /// every message (a declared canary's version is pinned; a rollout's
+    /// becomes the version it serves).
     Promote {
         /// The flow.
         name: String,

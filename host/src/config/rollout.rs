@@ -56,11 +56,17 @@ fn message_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
     enum Count {
         Number(u64),
         Text(String),
+        Other(serde::de::IgnoredAny),
     }
     let text = match Option::<Count>::deserialize(d)? {
         None => return Ok(None),
         Some(Count::Number(n)) => return Ok(Some(n)),
         Some(Count::Text(text)) => text,
+        Some(Count::Other(_)) => {
+            return Err(serde::de::Error::custom(
+                "not a number of messages (write 5000 or \"5000 messages\")",
+            ));
+        }
     };
     let trimmed = text.trim();
     let number = ["messages", "message"]
@@ -346,6 +352,11 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("\"soon\" is not a number of messages"), "{e}");
+        let e =
+            toml::from_str::<CanarySpec>("version = \"0.2.0\"\npercent = 5\npromote_after = 2.5")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("not a number of messages"), "{e}");
         assert_eq!(
             canary("version = \"0.2.0\"\npercent = 5").promote_after,
             None

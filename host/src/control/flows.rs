@@ -460,6 +460,11 @@ impl Settings {
 
     /// Sets the given fields of `flow`.
     fn apply(self, flow: &mut FlowSpec) {
+        // Removing the rollout clears what it skipped (the list needs a
+        // rollout), unless the edit gives the list too.
+        if matches!(self.rollout, Some(None)) && self.skip_versions.is_none() {
+            flow.skip_versions.clear();
+        }
         set(&mut flow.algorithm.version, self.version);
         set(&mut flow.enabled, self.enabled);
         set(&mut flow.dead_letter_topic, self.dead_letter_topic);

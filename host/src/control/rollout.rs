@@ -63,11 +63,14 @@ impl ControlPlane {
             // `skip_versions`, a promotion becomes the serving version).
             if flow.rollout.is_some()
                 && let Some(auto) = self.router.services().rollouts.auto(name)
-                && auto.decide(state, why.into()).is_some()
+                && let Some(version) = auto.decide(state, why.into())
             {
                 return Ok(RolloutChanged {
                     flow: name.to_string(),
-                    algorithm: flow.algorithm.to_string(),
+                    algorithm: format!(
+                        "{}/{}/{version}",
+                        flow.algorithm.owner, flow.algorithm.name
+                    ),
                     state,
                 });
             }

@@ -298,7 +298,7 @@ impl Worker {
         let events = self.events(algorithm, message);
         events.invoked(&outcome);
         if let Some(shadow) = &self.shadow {
-            shadow.offer(message, &outcome.result);
+            shadow.offer(message, &outcome);
         }
         let output = match outcome.result {
             Ok(output) => output,

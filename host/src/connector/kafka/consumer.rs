@@ -85,9 +85,12 @@ pub(super) type FlowConsumer = StreamConsumer<FlowContext>;
 /// How often the consumer refreshes the topic's metadata, unless the
 /// broker's `properties` say otherwise: 30 s instead of librdkafka's 5 min.
 /// A topic deleted and created again (or a broker that came back empty)
-/// has a new topic id, and librdkafka 2.x fetches by id: it drops the
-/// replies to its old id without an error until a metadata refresh tells
-/// it the new one, so the flow would stall silently that long.
+/// has a new topic id, and librdkafka 2.12 fetches by id: by its code
+/// (`rdkafka_fetcher.c`, "UNKTOPIC ... ignoring") it drops the replies to
+/// its old id without an error until a metadata refresh tells it the new
+/// one, so the flow would stall silently that long. Read in the code, not
+/// seen in a trace: the stall of `tests/kafka.rs` that this explains did
+/// not reproduce outside CI.
 const METADATA_REFRESH_MS: u32 = 30_000;
 
 /// Creates the flow's consumer in its group (offsets stored only when

@@ -161,7 +161,11 @@ impl AutoRollout {
                     version: Some(v),
                     ..self.algorithm.clone()
                 };
-                if registry.resolve(&serving).is_none() && registry.compiling_matches(&serving) {
+                // Not loaded: wait while it (or, if its plugin is gone, any
+                // version, as on a first start) is compiling.
+                if registry.resolve(&serving).is_none()
+                    && registry.compiling_matches(&self.algorithm)
+                {
                     return None;
                 }
             }

@@ -185,6 +185,16 @@ impl Rollouts {
                 ))
             }
         };
+        if let Some(version) = rollout.serving_version() {
+            // Saved again (the save is idempotent): a row forgotten while
+            // this process kept the rollout in memory (the flow deleted or
+            // its rollout removed, then declared again) is written back.
+            let _ = self.decisions.send(Decision {
+                flow: spec.name.clone(),
+                version,
+                kind: DecisionKind::Serving,
+            });
+        }
         let mut auto = self.auto.lock().unwrap_or_else(|p| p.into_inner());
         rollout.skip(&spec.skip_versions);
         auto.insert(spec.name.clone(), rollout.clone());
@@ -505,7 +515,15 @@ mod tests {
             .set_rollout_serving("f", &saved("o/a", "0.1.0"))
             .unwrap();
         let rollouts = Rollouts::default();
+        let mut decisions = rollouts.take_decisions().unwrap();
         assert_eq!(start(&rollouts, &spec).as_deref(), Some("0.1.0"));
+        // Saved again at every start: a row forgotten while the rollout
+        // stayed in memory comes back.
+        let again = decisions.try_recv().unwrap();
+        assert_eq!(
+            (again.version.to_string(), again.kind),
+            ("0.1.0".to_string(), DecisionKind::Serving)
+        );
 
         // Promoted in memory (its save still queued): a new policy goes on
         // from there, not from the store.

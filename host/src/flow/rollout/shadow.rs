@@ -29,7 +29,7 @@ use crate::api::{ShadowReport, ShadowState};
 use crate::config::{AlgorithmRef, ShadowSpec};
 use crate::message::InboundMessage;
 use crate::metrics::{Metrics, ShadowLabels, ShadowRunLabels};
-use crate::sandbox::{Failure, Outcome};
+use crate::sandbox::Outcome;
 
 use super::super::worker::Worker;
 use super::gate::{Agreement, Side, judge_shadow};
@@ -43,6 +43,8 @@ type Serving = Result<Option<Vec<u8>>, ()>;
 struct Job {
     message: InboundMessage,
     serving: Serving,
+    /// How long the serving attempt took, for the p99 gate.
+    serving_secs: f64,
 }
 
 /// A running flow's shadow, held by its worker.
@@ -101,18 +103,15 @@ pub(in crate::flow) fn start(worker: &Worker) -> Option<Arc<Shadow>> {
 impl Shadow {
     /// Offers a message the serving version just ran (with what it gave)
     /// to the shadow. Never waits: a full queue skips the message.
-    pub(in crate::flow) fn offer(
-        &self,
-        message: &InboundMessage,
-        serving: &Result<Option<Vec<u8>>, Failure>,
-    ) {
+    pub(in crate::flow) fn offer(&self, message: &InboundMessage, serving: &Outcome) {
         if self.stats.stopped.load(Ordering::Relaxed) {
             return;
         }
         match self.queue.try_reserve() {
             Ok(permit) => permit.send(Job {
                 message: message.clone(),
-                serving: serving.as_ref().cloned().map_err(|_| ()),
+                serving: serving.result.as_ref().cloned().map_err(|_| ()),
+                serving_secs: serving.duration.as_secs_f64(),
             }),
             Err(_) => self.stats.skipped(),
         }
@@ -134,7 +133,7 @@ async fn drain(
         let (ctx, stats) = (ctx.clone(), stats.clone());
         tokio::spawn(async move {
             if let Some(outcome) = run(&ctx, &stats, job.message).await {
-                stats.record(&outcome, &job.serving);
+                stats.record(&outcome, &job.serving, job.serving_secs);
             }
             drop(permit);
         });
@@ -217,7 +216,7 @@ impl ShadowStats {
 
     /// Counts one shadow run against the serving attempt, then judges the
     /// gate.
-    fn record(&self, outcome: &Outcome, serving: &Serving) {
+    fn record(&self, outcome: &Outcome, serving: &Serving, serving_secs: f64) {
         let secs = outcome.duration.as_secs_f64();
         let verdict = match &outcome.result {
             Ok(_) => "ok".to_string(),
@@ -257,7 +256,7 @@ impl ShadowStats {
             *t.reasons.entry(verdict).or_default() += 1;
         }
         t.shadow.record(failed, secs, window);
-        t.serving.record(serving.is_err(), 0.0, window);
+        t.serving.record(serving.is_err(), serving_secs, window);
         if let Some(agreed) = agreed {
             t.compared += 1;
             t.agreed += u64::from(agreed);
@@ -338,5 +337,63 @@ impl ShadowStats {
             max_peak_memory_bytes: t.max_peak_memory,
             stopped: t.stopped.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn stats(spec: &str) -> ShadowStats {
+        let (decisions, _) = tokio::sync::mpsc::unbounded_channel();
+        let spec: ShadowSpec = toml::from_str(spec).unwrap();
+        ShadowStats {
+            flow: "f".into(),
+            version: "o/a/0.2.0".parse().unwrap(),
+            labels: ShadowLabels {
+                flow: "f".into(),
+                version: spec.version.to_string(),
+            },
+            metrics: Arc::new(Metrics::new()),
+            decisions,
+            stopped: AtomicBool::new(false),
+            missing_logged: AtomicBool::new(false),
+            left_declaration: AtomicBool::new(false),
+            tally: Mutex::default(),
+            spec,
+        }
+    }
+
+    fn outcome(millis: u64) -> Outcome {
+        Outcome {
+            result: Ok(Some(b"x".to_vec())),
+            published: Vec::new(),
+            duration: Duration::from_millis(millis),
+            slot_wait: Duration::ZERO,
+            peak_memory_bytes: 0,
+            fuel_used: None,
+        }
+    }
+
+    /// The serving attempt's time reaches the gate (it was counted as 0,
+    /// so `max_p99_ratio` could never stop a shadow).
+    #[test]
+    fn a_shadow_five_times_slower_than_the_serving_version_stops_at_max_p99_ratio() {
+        let spec = "version = \"0.2.0\"\nmax_p99_ratio = 2\nwindow_messages = 50";
+        let serving: Serving = Ok(Some(b"x".to_vec()));
+        let slow = stats(spec);
+        for _ in 0..50 {
+            slow.record(&outcome(10), &serving, 0.002);
+        }
+        assert!(slow.is_stopped());
+        let why = slow.report().stopped.unwrap().1;
+        assert!(why.contains("5.0 times"), "{why}");
+        let close = stats(spec);
+        for _ in 0..50 {
+            close.record(&outcome(3), &serving, 0.002);
+        }
+        assert!(!close.is_stopped());
     }
 }
