@@ -231,6 +231,19 @@ fn a_flow_waits_rather_than_run_a_skipped_version_when_no_other_is_loaded() {
         router.peek("local", "skip-dlq").is_empty(),
         "the skipped version ran"
     );
+    // The flow says why it waits (a version is loaded, but only a skipped
+    // one).
+    let flow = router.flow("skip");
+    assert_eq!(flow["state"], "waiting_for_plugin", "{flow}");
+    let why = flow["waiting_for"].as_str().unwrap_or_default();
+    assert!(why.contains("skip_versions"), "{flow}");
+    assert!(
+        router
+            .log()
+            .contains("The flow's rollout has no version to run yet"),
+        "{}",
+        router.log()
+    );
 
     router.deploy("skip", "0.1.0", "examples", "echo");
     let (outputs, dead) = wait_settled(&router, "skip", 50);

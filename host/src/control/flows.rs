@@ -154,6 +154,14 @@ impl ControlPlane {
         if !f.enabled {
             return None;
         }
+        let services = self.router.services();
+        if f.rollout.is_some()
+            && f.algorithm.version.is_none()
+            && let Some(rollout) = services.rollouts.auto(&f.name)
+            && let Some(why) = rollout.waiting_for(&services.registry)
+        {
+            return Some(why);
+        }
         match self.router.services().registry.resolve(&f.algorithm) {
             Some(a) => self.router.topology().memory_shortfall(f, &a),
             None => self.missing_version(&f.algorithm),

@@ -19,6 +19,10 @@ const LIMIT_RECHECK: Duration = Duration::from_secs(1);
 pub(super) enum Unusable {
     /// No loaded version matches.
     Missing,
+    /// The flow's rollout has no version to run yet; the sentence says why
+    /// (the version it serves is compiling, or only skipped ones are
+    /// loaded).
+    Rollout(String),
     /// The matching version's initial memory is over the flow's limit; the
     /// sentence says by how much.
     MemoryShortfall(String),
@@ -34,10 +38,9 @@ impl ReceiveLoop<'_> {
         // loading (a restart loads them in any order): it waits, as for a
         // missing version.
         let algorithm = match &worker.auto_rollout {
-            Some(rollout) => rollout.usable(registry),
-            None => registry.resolve(&spec.algorithm),
-        }
-        .ok_or(Unusable::Missing)?;
+            Some(rollout) => rollout.usable(registry).map_err(Unusable::Rollout)?,
+            None => registry.resolve(&spec.algorithm).ok_or(Unusable::Missing)?,
+        };
         match worker
             .topology
             .current()
@@ -79,6 +82,18 @@ impl ReceiveLoop<'_> {
                 }
                 *waiting = Some(String::new());
                 // Only a registry change can end this wait.
+                Duration::from_secs(3600)
+            }
+            Unusable::Rollout(text) => {
+                if waiting.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(
+                        flow = %flow,
+                        algorithm = %spec.algorithm,
+                        reason = %text,
+                        "The flow's rollout has no version to run yet; the flow waits and its messages stay in the broker."
+                    );
+                }
+                *waiting = Some(text.clone());
                 Duration::from_secs(3600)
             }
             Unusable::MemoryShortfall(text) => {

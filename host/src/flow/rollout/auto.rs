@@ -147,37 +147,72 @@ impl AutoRollout {
 
     /// The version the flow hands its messages to ([`Self::choose`] then
     /// splits off a canary's share): the newest loaded version it does not
-    /// skip. `None` while it must wait: only skipped versions are loaded,
+    /// skip. `Err(why)` while it must wait: only skipped versions are loaded,
     /// or the version it serves is still compiling (after a restart), when
     /// the newest loaded one may be an undecided canary. A flow with no
     /// serving version yet (its first start) waits until no version of its
     /// algorithm is compiling; the newest then serves from now on.
-    pub(in crate::flow) fn usable(&self, registry: &Registry) -> Option<Arc<Algorithm>> {
+    pub(in crate::flow) fn usable(&self, registry: &Registry) -> Result<Arc<Algorithm>, String> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let serving = inner.serving.clone();
-        match serving.filter(|v| !inner.rolled_back.contains(v)) {
-            Some(v) => {
-                let serving = AlgorithmRef {
-                    version: Some(v),
-                    ..self.algorithm.clone()
-                };
-                // Not loaded: wait while it (or, if its plugin is gone, any
-                // version, as on a first start) is compiling.
-                if registry.resolve(&serving).is_none()
-                    && registry.compiling_matches(&self.algorithm)
-                {
-                    return None;
-                }
-            }
-            None => {
-                if registry.compiling_matches(&self.algorithm) {
-                    return None;
-                }
-                // `serving` starts the flow on the newest version.
-                return self.serving(&mut inner, registry);
-            }
+        if let Some(why) = self.pending(&inner, registry) {
+            return Err(why);
         }
-        registry.resolve_latest_where(&self.algorithm, |v| !inner.rolled_back.contains(v))
+        let newest = if inner.serving.is_none() {
+            // `serving` starts the flow on the newest version.
+            self.serving(&mut inner, registry)
+        } else {
+            registry.resolve_latest_where(&self.algorithm, |v| !inner.rolled_back.contains(v))
+        };
+        newest.ok_or_else(|| self.nothing_to_run(&inner))
+    }
+
+    /// Why the flow waits, as its status says it: [`Self::usable`]'s
+    /// reasons, without its effects; `None` when it does not.
+    pub fn waiting_for(&self, registry: &Registry) -> Option<String> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.pending(&inner, registry).or_else(|| {
+            registry
+                .resolve_latest_where(&self.algorithm, |v| !inner.rolled_back.contains(v))
+                .is_none()
+                .then(|| self.nothing_to_run(&inner))
+        })
+    }
+
+    /// Why the flow must wait for a compile, if it must.
+    fn pending(&self, inner: &Inner, registry: &Registry) -> Option<String> {
+        let algorithm = self.algorithm.unversioned();
+        if !registry.compiling_matches(&self.algorithm) {
+            return None;
+        }
+        match inner.serving.as_ref().filter(|v| !inner.rolled_back.contains(v)) {
+            // Not loaded: wait while it (or, if its plugin is gone, any
+            // version, as on a first start) is compiling.
+            Some(v) => registry
+                .resolve(&AlgorithmRef {
+                    version: Some(v.clone()),
+                    ..self.algorithm.clone()
+                })
+                .is_none()
+                .then(|| {
+                    format!(
+                        "version {v} of {algorithm}, which the flow's rollout serves, is not loaded yet and a version is compiling (a newer one must not take every message meanwhile)"
+                    )
+                }),
+            None => Some(format!(
+                "a version of {algorithm} is compiling (a rollout's first start serves the newest version once none is)"
+            )),
+        }
+    }
+
+    fn nothing_to_run(&self, inner: &Inner) -> String {
+        let algorithm = self.algorithm.unversioned();
+        if inner.rolled_back.is_empty() {
+            format!("no version of {algorithm} is loaded")
+        } else {
+            format!(
+                "no version of {algorithm} is loaded that the flow's skip_versions (or an unsaved rollback) does not list"
+            )
+        }
     }
 
     /// The flow (re)starts with `declared` as its `skip_versions`: those
@@ -516,10 +551,9 @@ mod tests {
         let (rollout, mut saved) = rollout(Some("0.1.0"));
         let compiling = registry.compiling(&id("0.1.0"));
         load(&registry, "0.2.0");
-        assert!(
-            rollout.usable(&registry).is_none(),
-            "the canary would serve every message"
-        );
+        let why = rollout.usable(&registry).err().unwrap();
+        assert!(why.contains("version 0.1.0"), "{why}");
+        assert_eq!(rollout.waiting_for(&registry), Some(why));
         load(&registry, "0.1.0");
         drop(compiling);
         let latest = rollout.usable(&registry).unwrap();
@@ -544,7 +578,13 @@ mod tests {
         let (rollout, mut saved) = rollout(None);
         let compiling = registry.compiling(&id("0.2.0"));
         load(&registry, "0.1.0");
-        assert!(rollout.usable(&registry).is_none());
+        assert!(
+            rollout
+                .usable(&registry)
+                .err()
+                .unwrap()
+                .contains("compiling")
+        );
         load(&registry, "0.2.0");
         drop(compiling);
         let serving = rollout.usable(&registry).unwrap();
