@@ -155,10 +155,7 @@ impl Declarations {
         self.flows
             .iter()
             .filter(|f| f.rollout.is_some() && f.algorithm.version.is_none())
-            .map(|f| {
-                let algorithm = format!("{}/{}", f.algorithm.owner, f.algorithm.name);
-                (f.name.clone(), algorithm)
-            })
+            .map(|f| (f.name.clone(), f.algorithm.unversioned()))
             .collect()
     }
 

@@ -162,7 +162,7 @@ impl ControlPlane {
         {
             return Some(why);
         }
-        match self.router.services().registry.resolve(&f.algorithm) {
+        match services.registry.resolve(&f.algorithm) {
             Some(a) => self.router.topology().memory_shortfall(f, &a),
             None => self.missing_version(&f.algorithm),
         }

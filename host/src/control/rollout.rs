@@ -67,10 +67,7 @@ impl ControlPlane {
             {
                 return Ok(RolloutChanged {
                     flow: name.to_string(),
-                    algorithm: format!(
-                        "{}/{}/{version}",
-                        flow.algorithm.owner, flow.algorithm.name
-                    ),
+                    algorithm: format!("{}/{version}", flow.algorithm.unversioned()),
                     state,
                 });
             }
@@ -210,7 +207,7 @@ impl ControlPlane {
             return Ok("Rollout's serving version not saved: the flow changed since.");
         }
         let serving = RolloutServing {
-            algorithm: format!("{}/{}", flow.algorithm.owner, flow.algorithm.name),
+            algorithm: flow.algorithm.unversioned(),
             version: version.clone(),
         };
         let name = name.to_string();

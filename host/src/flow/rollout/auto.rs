@@ -180,10 +180,10 @@ impl AutoRollout {
 
     /// Why the flow must wait for a compile, if it must.
     fn pending(&self, inner: &Inner, registry: &Registry) -> Option<String> {
-        let algorithm = self.algorithm.unversioned();
         if !registry.compiling_matches(&self.algorithm) {
             return None;
         }
+        let algorithm = self.algorithm.unversioned();
         match inner.serving.as_ref().filter(|v| !inner.rolled_back.contains(v)) {
             // Not loaded: wait while it (or, if its plugin is gone, any
             // version, as on a first start) is compiling.

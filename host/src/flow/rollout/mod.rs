@@ -164,7 +164,7 @@ impl Rollouts {
                 let serving = match known {
                     Some(r) => r.serving_version(),
                     None => {
-                        let algorithm = format!("{}/{}", spec.algorithm.owner, spec.algorithm.name);
+                        let algorithm = spec.algorithm.unversioned();
                         state
                             .rollout_serving(&spec.name)
                             .unwrap_or_else(|e| {
