@@ -331,9 +331,12 @@ fn start_router(bin: &Path, config: &Path, addr_file: &Path) -> anyhow::Result<R
     Ok(router)
 }
 
-/// Waits until `uri` can be read, then prints it.
+/// Waits until `uri` can be read, then prints it. The Python and
+/// JavaScript flows wait for their components, which a debug build on a
+/// fresh clone compiles in the background (more than 30 s for Python on
+/// two cores), so the wait allows as long as the router's start does.
 fn wait_for_data(bin: &Path, config: &Path, uri: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let got = Command::new(bin)
             .args(["data", "get", uri, "--config"])
@@ -346,7 +349,7 @@ fn wait_for_data(bin: &Path, config: &Path, uri: &str) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{uri} did not appear within 30 s; see the router's log above");
+            bail!("{uri} did not appear within 600 s; see the router's log above");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
