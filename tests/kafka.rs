@@ -115,6 +115,34 @@ fn overlapping_invocations_keep_the_partition_order_of_outputs() {
     );
 }
 
+/// `ordering = "key"` on Kafka: within one partition, one record key's
+/// outputs come out in input order while a slow key does not hold back the
+/// others (with the partition's order, nothing could pass its first
+/// message).
+#[test]
+fn one_record_key_is_in_order_and_a_slow_key_holds_back_only_itself() {
+    let bootstrap = tansu::shared();
+    let (input, out) = (unique("key-in"), unique("key-out"));
+    tansu::create_topics(&bootstrap, &[&input, &out], 1);
+    let _router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"keyed\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\noutput_topic = \"out\"\nordering = \"key\"\nconcurrency = 8\ntimeout_secs = 20\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"test/slow\"", ""),
+        topic("out", &out, "", "\"test/slow\""),
+    ));
+    let messages = support::slow_key_first();
+    tansu::produce_keyed(&bootstrap, &input, &messages);
+    let outputs = tansu::read_all(&bootstrap, &out, messages.len(), JOIN);
+    let ids: Vec<String> = outputs
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(&r.payload).unwrap();
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    support::assert_slow_key_held_back_only_itself(&ids);
+}
+
 #[test]
 fn two_routers_in_one_group_split_the_partitions() {
     let bootstrap = tansu::shared();

@@ -1,7 +1,8 @@
 //! Amazon SQS end to end, against moto's server on loopback: native
 //! dead-lettering (a redrive policy), the visibility heartbeat, saturation,
 //! clear one-line errors for a queue that is not there, and a router that
-//! needs no more than the queue-owner role. What every broker does (the demo
+//! needs no more than the queue-owner role, and order by a FIFO queue's
+//! message group. What every broker does (the demo
 //! flow, router-side dead-lettering, `kill -9`, ...) is in
 //! tests/conformance.rs.
 
@@ -111,6 +112,52 @@ fn the_heartbeat_keeps_a_long_invocation_from_being_redelivered() {
         processed, 1,
         "invoked more than once under a 3 s visibility timeout"
     );
+}
+
+/// `ordering = "key"` on a FIFO queue: a message group's outputs come out
+/// in input order (one receive returns several messages of a group, so the
+/// router must run them one after another), and a slow group does not hold
+/// back the others. The outputs go to a FIFO queue too, which takes only
+/// messages with a group: the router gives its outputs one.
+#[test]
+fn a_fifo_group_is_in_order_and_a_slow_group_holds_back_only_itself() {
+    let moto = Moto::start();
+    let fifo = [(QueueAttributeName::FifoQueue, "true".to_string())];
+    let incoming = moto.queue(
+        "keyed-in.fifo",
+        &[
+            fifo[0].clone(),
+            (QueueAttributeName::VisibilityTimeout, "30".into()),
+        ],
+    );
+    let out = moto.queue("keyed-out.fifo", &fifo);
+    let messages = support::slow_key_first();
+    moto.send_grouped(&incoming, &messages);
+    let _router = start(
+        &moto,
+        &format!(
+            "{}{}[[flows]]\nname = \"keyed\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\noutput_topic = \"out\"\nordering = \"key\"\nconcurrency = 8\ntimeout_secs = 20\n",
+            topic("in", &incoming, "\"test/slow\"", ""),
+            topic("out", &out, "", "\"test/slow\""),
+        ),
+    );
+    let outputs = moto.drain(&out, messages.len(), Duration::from_secs(90));
+    let ids: Vec<String> = outputs
+        .iter()
+        .map(|m| {
+            assert!(
+                m.attributes()
+                    .and_then(
+                        |a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+                    )
+                    .is_some(),
+                "an output without a group: {m:?}"
+            );
+            let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    support::assert_slow_key_held_back_only_itself(&ids);
 }
 
 #[test]

@@ -32,6 +32,9 @@
 //!   and without a shadow version of the identity, and how many messages
 //!   the shadow ran and skipped; and a canary failing every message under
 //!   load: how long from its gate's rollback to its traffic reaching 0.
+//! - B10 order by key: B2's native pipeline at concurrency 8 with
+//!   `ordering = "none"` and with `ordering = "key"` over 1, 10 and 1,000
+//!   distinct keys.
 
 /// The allocator the `eventflow` binary uses (host/src/main.rs).
 #[global_allocator]
@@ -43,6 +46,7 @@ mod disk;
 mod instantiation;
 mod languages;
 mod latency;
+mod ordering;
 mod pipeline;
 mod report;
 mod rollout;
@@ -210,6 +214,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
         report.b9 = Some(rollout::b9(&options).await?);
         eprintln!("bench: B9 a failing canary rolled back");
         report.b9_rollback = Some(rollout::b9_rollback(&options, best).await?);
+    }
+    if options.wants("B10") {
+        eprintln!("bench: B10 order by key");
+        report.b10 = Some(ordering::b10(&options).await?);
     }
     if options.wants("B8") {
         eprintln!("bench: B8 data collections");

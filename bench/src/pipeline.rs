@@ -174,6 +174,7 @@ impl Bed {
                     group_id: "bench".into(),
                     saturation_delay: Duration::from_secs(1),
                     in_flight_per_partition: 1,
+                    by_key: false,
                     metrics: None,
                 },
             )
@@ -348,18 +349,24 @@ async fn pipeline_rate(
     )
     .await?;
     if native {
-        let identity: NativeFn = Arc::new(|m| Ok(Some(m.payload.clone())));
-        let id = AlgorithmId {
-            owner: "bench".into(),
-            name: "native".into(),
-            version: semver::Version::new(1, 0, 0),
-        };
-        bed.router
-            .services()
-            .registry
-            .insert(PathBuf::new(), Algorithm::native(id, identity));
+        install_native_identity(&bed);
     }
     bed.drain(messages(n)).await
+}
+
+/// Installs `bench/native/1.0.0`, a native identity function, in the bed's
+/// registry.
+pub fn install_native_identity(bed: &Bed) {
+    let identity: NativeFn = Arc::new(|m| Ok(Some(m.payload.clone())));
+    let id = AlgorithmId {
+        owner: "bench".into(),
+        name: "native".into(),
+        version: semver::Version::new(1, 0, 0),
+    };
+    bed.router
+        .services()
+        .registry
+        .insert(PathBuf::new(), Algorithm::native(id, identity));
 }
 
 async fn broker_alone_rate(n: usize) -> anyhow::Result<Drained> {

@@ -133,6 +133,8 @@ pub struct Report {
     pub b9: Option<crate::rollout::ShadowCost>,
     /// B9's rollback of a failing canary.
     pub b9_rollback: Option<crate::rollout::Rollback>,
+    /// B10.
+    pub b10: Option<crate::ordering::KeyedThroughput>,
 }
 
 impl Report {
@@ -158,6 +160,7 @@ impl Report {
             b8: None,
             b9: None,
             b9_rollback: None,
+            b10: None,
         }
     }
 
@@ -580,6 +583,9 @@ impl Report {
         }
         if let Some(r) = &self.b9_rollback {
             s.push_str(&crate::rollout::rollback_markdown(r));
+        }
+        if let Some(b10) = &self.b10 {
+            s.push_str(&crate::ordering::markdown(b10));
         }
         s
     }

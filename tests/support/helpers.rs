@@ -155,3 +155,47 @@ pub fn install_in(dir: &Path, version: &str, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(tmp, dir.join(format!("{version}.wasm"))).unwrap();
 }
+
+/// Messages `(key, body)` for the `test/slow` algorithm that show order by
+/// key: a slow key "a" first, whose earlier messages sleep longer still (so
+/// without the per-key wait a later one finishes first), then quick
+/// messages of keys "b" and "c", interleaved, earlier ones slower too.
+pub fn slow_key_first() -> Vec<(String, String)> {
+    let mut messages = Vec::new();
+    for round in 0..3 {
+        let body = format!(
+            r#"{{"id": "a{round}", "sleep_ms": {}}}"#,
+            (3 - round) * 1000
+        );
+        messages.push(("a".to_string(), body));
+    }
+    for round in 0..4 {
+        for key in ["b", "c"] {
+            let body = format!(
+                r#"{{"id": "{key}{round}", "sleep_ms": {}}}"#,
+                (4 - round) * 50
+            );
+            messages.push((key.to_string(), body));
+        }
+    }
+    messages
+}
+
+/// Asserts, of the output ids of [`slow_key_first`] in output order, that
+/// every key's come out in input order and that the quick keys did not
+/// wait for the slow key's first message (in one queue's or partition's
+/// order, nothing could pass it).
+pub fn assert_slow_key_held_back_only_itself(ids: &[String]) {
+    assert_eq!(ids.len(), 11, "{ids:?}");
+    for (key, rounds) in [("a", 3), ("b", 4), ("c", 4)] {
+        let of_key: Vec<&String> = ids.iter().filter(|i| i.starts_with(key)).collect();
+        let expected: Vec<String> = (0..rounds).map(|r| format!("{key}{r}")).collect();
+        assert_eq!(
+            of_key,
+            expected.iter().collect::<Vec<_>>(),
+            "key {key}: {ids:?}"
+        );
+    }
+    let a0 = ids.iter().position(|i| i == "a0").unwrap();
+    assert!(a0 >= 8, "the slow key held back the others: {ids:?}");
+}

@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 mod helpers;
 // Each test file uses some of these; the rest would warn in it.
 #[allow(unused_imports)]
-pub use helpers::{EMBEDDED_BROKER, header, install_in, named_flow, one_flow};
+pub use helpers::{
+    EMBEDDED_BROKER, assert_slow_key_held_back_only_itself, header, install_in, named_flow,
+    one_flow, slow_key_first,
+};
 
 /// The installed test algorithms (`<owner>/<name>/<version>.wasm`).
 pub fn test_plugins() -> PathBuf {

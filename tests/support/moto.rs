@@ -132,6 +132,24 @@ impl Moto {
         })
     }
 
+    /// Sends text messages `(group, body)` to a FIFO queue, each with its
+    /// message group and a deduplication id of its own.
+    pub fn send_grouped(&self, url: &str, messages: &[(String, String)]) {
+        self.block_on(async {
+            for (i, (group, body)) in messages.iter().enumerate() {
+                self.client
+                    .send_message()
+                    .queue_url(url)
+                    .message_body(body)
+                    .message_group_id(group)
+                    .message_deduplication_id(format!("m{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+    }
+
     /// Receives and deletes every message of a queue, waiting up to
     /// `timeout` for at least `at_least`.
     pub fn drain(

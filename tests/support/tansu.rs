@@ -146,13 +146,18 @@ pub fn create_topics(bootstrap: &str, names: &[&str], partitions: i32) {
 /// A message to produce: payload and headers.
 pub type Produced = (Vec<u8>, Vec<(String, Vec<u8>)>);
 
-/// Produces messages to a topic.
-pub fn produce(bootstrap: &str, topic: &str, messages: &[Produced]) {
-    let producer: FutureProducer = ClientConfig::new()
+/// A producer for the tests' messages.
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("message.timeout.ms", "30000")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Produces messages to a topic.
+pub fn produce(bootstrap: &str, topic: &str, messages: &[Produced]) {
+    let producer = producer(bootstrap);
     runtime().block_on(async {
         for (i, (payload, headers)) in messages.iter().enumerate() {
             let mut h = OwnedHeaders::new();
@@ -249,4 +254,21 @@ pub fn read_all(bootstrap: &str, topic: &str, at_least: usize, timeout: Duration
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Produces text messages with the given record keys, one at a time.
+pub fn produce_keyed(bootstrap: &str, topic: &str, messages: &[(String, String)]) {
+    let producer = producer(bootstrap);
+    runtime().block_on(async {
+        for (key, body) in messages {
+            producer
+                .send(
+                    FutureRecord::to(topic).payload(body).key(key),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
+        }
+    });
 }

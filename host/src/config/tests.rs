@@ -185,7 +185,7 @@ fn a_bad_filter_names_the_file_the_flow_and_the_pattern() {
 }
 
 #[test]
-fn ordering_by_key_is_refused_on_service_bus_and_park_needs_it() {
+fn ordering_by_key_is_refused_on_service_bus_and_sqs_standard_queues_and_park_needs_it() {
     let keyed = format!("{GOOD}ordering = \"key\"\n");
     assert_eq!(
         parse("k.toml", &keyed).unwrap().flows[0].ordering,
@@ -201,6 +201,28 @@ fn ordering_by_key_is_refused_on_service_bus_and_park_needs_it() {
         assert!(
             e.contains("flows[0].ordering") && e.contains("servicebus"),
             "{e}"
+        );
+    }
+    #[cfg(feature = "sqs")]
+    {
+        // SQS keys by a FIFO queue's message group: a standard queue has none.
+        let sqs = keyed.replace(
+            "kind = \"embedded\"",
+            "kind = \"sqs\"\nregion = \"us-east-1\"",
+        );
+        let standard = sqs.replace(
+            "name = \"incoming\"\n",
+            "name = \"incoming\"\naddress = \"https://sqs.us-east-1.amazonaws.com/1/incoming\"\n",
+        );
+        let e = parse("k.toml", &standard).unwrap_err().to_string();
+        assert!(
+            e.contains("k.toml") && e.contains("flows[0].ordering") && e.contains("standard queue"),
+            "{e}"
+        );
+        let fifo = standard.replace("/1/incoming", "/1/incoming.fifo");
+        assert_eq!(
+            parse("k.toml", &fifo).unwrap().flows[0].ordering,
+            FlowOrdering::Key
         );
     }
     let park = format!("{GOOD}on_key_failure = \"park\"\n");

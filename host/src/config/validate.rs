@@ -292,7 +292,8 @@ fn check_skip_versions(f: &FlowSpec) -> Result<(), String> {
 }
 
 /// Order by key needs a key and a receive loop that keeps it: the embedded
-/// broker's, so far. `park` needs an order to hold.
+/// broker's message key, Kafka's (and Event Hubs') record key, an SQS FIFO
+/// queue's message group. `park` needs an order to hold.
 fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
     if f.ordering != super::FlowOrdering::Key {
         if f.on_key_failure == super::KeyFailure::Park {
@@ -304,16 +305,33 @@ fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
     }
     match config.brokers.iter().find(|b| b.name() == f.broker) {
         Some(b) if !KEYED_BROKERS.contains(&b.kind()) => Err(format!(
-            "ordering = \"key\" is supported on the embedded broker only so far; broker \"{}\" is {}",
+            "ordering = \"key\" is supported on the embedded, kafka, eventhubs and sqs (FIFO queues) brokers so far; broker \"{}\" is {}",
             f.broker,
             b.kind()
         )),
+        Some(b) if b.kind() == "sqs" => {
+            let address = config
+                .topics
+                .iter()
+                .find(|t| t.name == f.topic && t.broker == f.broker)
+                .map(|t| t.address())
+                .unwrap_or(&f.topic);
+            // SQS requires the names of FIFO queues to end in `.fifo`.
+            if address.ends_with(".fifo") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ordering = \"key\" on SQS orders by a FIFO queue's message group; queue {address} of topic \"{}\" is a standard queue (FIFO queue names end in .fifo)",
+                    f.topic
+                ))
+            }
+        }
         _ => Ok(()),
     }
 }
 
 /// The broker kinds whose messages have a key `ordering = "key"` can use.
-const KEYED_BROKERS: [&str; 1] = ["embedded"];
+const KEYED_BROKERS: [&str; 4] = ["embedded", "kafka", "eventhubs", "sqs"];
 
 /// Compiles a flow's filter the way the flow will when it starts; the error
 /// names the flow and the pattern.

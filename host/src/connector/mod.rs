@@ -148,8 +148,12 @@ pub struct SourceOptions {
     pub group_id: String,
     /// SQS: how long messages received while saturated wait before redelivery.
     pub saturation_delay: Duration,
-    /// Kafka: messages of one partition in flight at once.
+    /// Kafka: messages of one partition in flight at once (with `by_key`,
+    /// not settled yet).
     pub in_flight_per_partition: usize,
+    /// The flow orders by key (`ordering = "key"`): a source that keeps an
+    /// order of its own (a Kafka partition's) leaves it to the flow.
+    pub by_key: bool,
     /// Where connectors report what only they know (Kafka's consumer lag).
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
@@ -295,8 +299,8 @@ pub trait Source: Send {
     }
 
     /// The header that carries a message's key, which `ordering = "key"`
-    /// orders by ([`crate::message::KEY_HEADER`] on the embedded broker, the
-    /// only one `ordering = "key"` accepts so far).
+    /// orders by ([`crate::message::KEY_HEADER`] on the embedded broker,
+    /// the record key's header on Kafka).
     fn key_header(&self) -> &'static str {
         crate::message::KEY_HEADER
     }

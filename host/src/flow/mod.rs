@@ -266,6 +266,7 @@ impl Setup {
         } else {
             concurrency
         };
+        let by_key = spec.ordering == FlowOrdering::Key;
         let options = SourceOptions {
             flow: spec.name.clone(),
             lease,
@@ -278,7 +279,13 @@ impl Setup {
             saturation_delay: Duration::from_secs(
                 spec.consumer.saturation_delay_secs.unwrap_or(300),
             ),
-            in_flight_per_partition: spec.consumer.in_flight_per_partition.unwrap_or(8) as usize,
+            // In key order a partition's messages run as far as the flow
+            // has room: the keys, not the partition, hold them back.
+            in_flight_per_partition: spec
+                .consumer
+                .in_flight_per_partition
+                .map_or(if by_key { window } else { 8 }, |n| n as usize),
+            by_key,
             metrics: Some(services.metrics.clone()),
         };
         Some(Self {

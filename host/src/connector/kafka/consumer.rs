@@ -3,7 +3,6 @@
 //! it into the partition buffers, pausing at the high-water mark and
 //! reporting lag.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,14 +64,9 @@ impl ConsumerContext for FlowContext {
             state.unassigned_since = None;
             let generation = state.generation;
             for elem in tpl.elements() {
-                state.partitions.insert(
-                    elem.partition(),
-                    Partition {
-                        buffer: VecDeque::new(),
-                        in_flight: VecDeque::new(),
-                        generation,
-                    },
-                );
+                state
+                    .partitions
+                    .insert(elem.partition(), Partition::new(generation));
             }
             tracing::info!(flow = %self.flow, partitions = tpl.count(), "Kafka partitions assigned.");
         }

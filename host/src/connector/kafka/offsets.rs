@@ -23,6 +23,12 @@ pub const MAX_IN_ROUTER_DELAY: Duration = Duration::from_secs(30);
 const HIGH_WATER_MESSAGES: usize = 10_000;
 /// Buffered payload bytes at which the partitions are paused.
 const HIGH_WATER_BYTES: usize = 64 << 20;
+/// With `ordering = "key"`: the most messages of a partition taken and not
+/// yet past the stored offset (settled ones behind an unsettled one
+/// included), so a message that holds its key for long (retried in place)
+/// lets the other keys of its partition go on this far before the
+/// partition waits for it.
+pub(super) const MAX_UNCOMMITTED: usize = 10_000;
 
 pub(super) struct Pending {
     pub(super) message: OwnedMessage,
@@ -52,12 +58,56 @@ pub(super) struct Partition {
     pub(super) buffer: VecDeque<Pending>,
     /// In offset order.
     pub(super) in_flight: VecDeque<InFlight>,
+    /// Entries of `in_flight` not settled yet.
+    pub(super) open: usize,
     pub(super) generation: u64,
 }
 
 impl Partition {
+    pub(super) fn new(generation: u64) -> Self {
+        Self {
+            buffer: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            open: 0,
+            generation,
+        }
+    }
+
     pub(super) fn entry(&mut self, offset: i64) -> Option<&mut InFlight> {
-        self.in_flight.iter_mut().find(|e| e.offset == offset)
+        // In offset order: a search, not a scan (a keyed partition holds
+        // up to `MAX_UNCOMMITTED`).
+        let i = self
+            .in_flight
+            .binary_search_by_key(&offset, |e| e.offset)
+            .ok()?;
+        self.in_flight.get_mut(i)
+    }
+
+    /// Whether the partition has as many messages taken as it may:
+    /// `depth` in flight, or with `by_key` `depth` not settled (and at
+    /// most `MAX_UNCOMMITTED` not past the stored offset).
+    fn full(&self, depth: usize, by_key: bool) -> bool {
+        if by_key {
+            self.open >= depth || self.in_flight.len() >= MAX_UNCOMMITTED
+        } else {
+            self.in_flight.len() >= depth
+        }
+    }
+
+    /// Marks the message at `offset` settled; pops and returns the last
+    /// offset of the settled run at the front, if any.
+    fn settle(&mut self, offset: i64) -> Option<i64> {
+        if let Some(e) = self.entry(offset) {
+            e.passed = true;
+            if !std::mem::replace(&mut e.settled, true) {
+                self.open -= 1;
+            }
+        }
+        let mut done = None;
+        while self.in_flight.front().is_some_and(|e| e.settled) {
+            done = self.in_flight.pop_front().map(|e| e.offset);
+        }
+        done
     }
 
     /// Whether every message before `offset` has passed its turn.
@@ -100,7 +150,12 @@ impl State {
     /// Takes up to `max` buffered messages, round robin from the partition
     /// after the last one served, one per partition per pass, while a
     /// partition has fewer than `depth` in flight; places them in flight.
-    pub(super) fn take(&mut self, max: usize, depth: usize) -> Vec<(i32, u64, Pending)> {
+    pub(super) fn take(
+        &mut self,
+        max: usize,
+        depth: usize,
+        by_key: bool,
+    ) -> Vec<(i32, u64, Pending)> {
         let mut picked = Vec::new();
         let keys: Vec<i32> = self.partitions.keys().copied().collect();
         let start = keys.iter().position(|k| *k > self.cursor).unwrap_or(0);
@@ -118,7 +173,7 @@ impl State {
                     continue;
                 };
                 // A local redelivery already has its place.
-                if !front.placed && p.in_flight.len() >= depth {
+                if !front.placed && p.full(depth, by_key) {
                     continue;
                 }
                 let pending = p.buffer.pop_front().expect("checked above");
@@ -132,6 +187,7 @@ impl State {
                         passed: false,
                         settled: false,
                     });
+                    p.open += 1;
                 }
                 picked.push((key, p.generation, pending));
                 progress = true;
@@ -157,8 +213,13 @@ impl State {
 pub(super) struct Shared {
     pub(super) state: Mutex<State>,
     pub(super) notify: Notify,
-    /// Messages of one partition in flight at once.
+    /// Messages of one partition in flight at once (with `by_key`: not
+    /// settled).
     pub(super) depth: usize,
+    /// `ordering = "key"`: the flow orders a partition's messages by key,
+    /// so a message waits for no turn of its partition (the flow's key
+    /// order holds a key's next message until this one is settled).
+    pub(super) by_key: bool,
 }
 
 impl Shared {
@@ -271,14 +332,7 @@ pub(super) fn settle_offset(
         let mut state = shared.lock();
         match state.owned(partition, generation) {
             Some(p) => {
-                if let Some(e) = p.entry(offset) {
-                    e.passed = true;
-                    e.settled = true;
-                }
-                let mut done = None;
-                while p.in_flight.front().is_some_and(|e| e.settled) {
-                    done = p.in_flight.pop_front().map(|e| e.offset);
-                }
+                let done = p.settle(offset);
                 // librdkafka stores offset + 1: the next one to read.
                 if let Some(done) = done
                     && let Err(e) = consumer.store_offset(topic, partition, done)
@@ -297,6 +351,9 @@ pub(super) fn settle_offset(
 #[async_trait]
 impl Settle for KafkaSettle {
     async fn wait_turn(&mut self) {
+        if self.shared.by_key {
+            return;
+        }
         loop {
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);

@@ -11,6 +11,16 @@
 //! every message before it is settled. With `in_flight_per_partition = 1`
 //! the invocations themselves run one after another.
 //!
+//! With `ordering = "key"` the partition keeps no turn: the flow orders by
+//! the record key (its `kafka-key` header), so a key's next message starts
+//! only once the one before it is settled, and different keys of one
+//! partition run side by side up to `in_flight_per_partition` unsettled
+//! messages (by default the flow's room for messages in flight). A slow
+//! or retried key holds only its own messages: the others go on, up to
+//! `MAX_UNCOMMITTED` messages past it, until the partition waits for it.
+//! Offsets are still stored only below the partition's first unsettled
+//! message, so after a crash the messages settled behind it come again.
+//!
 //! When the buffers hold more than a high-water mark (messages or bytes)
 //! the assigned partitions are paused, and resumed once the flow has drained
 //! half of it; the marks are high because librdkafka drops what it fetched
@@ -70,6 +80,7 @@ impl KafkaSource {
             }),
             notify: Notify::new(),
             depth: options.in_flight_per_partition.max(1),
+            by_key: options.by_key,
         });
         let consumer = consumer::subscribe(connection, properties, &shared, topic, options)?;
         let consumer = Arc::new(consumer);
@@ -169,7 +180,7 @@ impl Source for KafkaSource {
             notified.as_mut().enable();
             let (picked, resume) = {
                 let mut state = self.shared.lock();
-                let picked = state.take(max, self.shared.depth);
+                let picked = state.take(max, self.shared.depth, self.shared.by_key);
                 let resume = state.paused && state.below_low_water();
                 if resume {
                     state.paused = false;
@@ -195,6 +206,10 @@ impl Source for KafkaSource {
 
     fn assignment(&self) -> Option<Arc<dyn Assignment>> {
         Some(self.shared.clone())
+    }
+
+    fn key_header(&self) -> &'static str {
+        super::KEY_HEADER
     }
 
     async fn close(&mut self) {

@@ -6,6 +6,12 @@
 //! `max_receives` and SQS dead-letters by itself (the router still sends its
 //! envelope first when the flow has a dead-letter topic).
 //!
+//! FIFO queues (names ending in `.fifo`): a received message carries its
+//! `MessageGroupId` in the header [`GROUP_HEADER`], the key a flow with
+//! `ordering = "key"` orders by; a published message takes its group from
+//! that header (or [`DEFAULT_GROUP`]) and a fresh deduplication id, so two
+//! equal outputs are two messages.
+//!
 //! Permissions: a consumed queue needs only `ReceiveMessage`,
 //! `DeleteMessage`, `ChangeMessageVisibility` and `GetQueueAttributes` on
 //! that queue (the queue-owner role of a cross-account setup), a published
@@ -37,6 +43,22 @@ use crate::message::InboundMessage;
 
 /// The largest body SQS takes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The header of a FIFO queue's `MessageGroupId`: set on every message
+/// received from a FIFO queue (it is the key of `ordering = "key"`), and
+/// read when publishing to one (the message's group; without it, the
+/// group `eventflow`). It never becomes a message attribute.
+pub const GROUP_HEADER: &str = "sqs-message-group-id";
+
+/// The group of a message published to a FIFO queue without a
+/// [`GROUP_HEADER`].
+pub const DEFAULT_GROUP: &str = "eventflow";
+
+/// Whether a queue is a FIFO queue: SQS requires their names to end in
+/// `.fifo`.
+pub fn is_fifo(queue: &str) -> bool {
+    queue.ends_with(".fifo")
+}
 
 /// A connection to SQS.
 pub struct SqsConnection {

@@ -14,7 +14,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use base64::Engine as _;
 
-use super::{MAX_BODY_BYTES, sdk_error};
+use super::{DEFAULT_GROUP, GROUP_HEADER, MAX_BODY_BYTES, is_fifo, sdk_error};
 use crate::connector::PublishError;
 use crate::connector::TopicSpec;
 use crate::message::{Header, OutboundMessage};
@@ -47,8 +47,14 @@ fn string_attribute(value: &str) -> MessageAttributeValue {
         .expect("data_type is set")
 }
 
-/// The body and attributes of an outbound message.
+/// The body and attributes of an outbound message. Its group header (see
+/// [`GROUP_HEADER`]) is not an attribute: `publish` makes it the group.
 pub fn encode(message: &OutboundMessage) -> (String, HashMap<String, MessageAttributeValue>) {
+    let headers: Vec<&Header> = message
+        .headers
+        .iter()
+        .filter(|(k, _)| k != GROUP_HEADER)
+        .collect();
     let mut attributes = HashMap::new();
     let body = match std::str::from_utf8(&message.payload) {
         Ok(text) if !text.is_empty() => text.to_string(),
@@ -58,24 +64,22 @@ pub fn encode(message: &OutboundMessage) -> (String, HashMap<String, MessageAttr
         }
     };
     let room = MAX_ATTRIBUTES - attributes.len();
-    let fits = message.headers.len() <= room
-        && message
-            .headers
+    let fits = headers.len() <= room
+        && headers
             .iter()
             .all(|(k, v)| valid_attribute_name(k) && !v.is_empty())
-        && message
-            .headers
+        && headers
             .iter()
             .map(|(k, _)| k)
             .collect::<std::collections::HashSet<_>>()
             .len()
-            == message.headers.len();
+            == headers.len();
     if fits {
-        for (k, v) in &message.headers {
+        for (k, v) in headers {
             attributes.insert(k.clone(), string_attribute(v));
         }
     } else {
-        let json = serde_json::to_string(&message.headers).unwrap_or_default();
+        let json = serde_json::to_string(&headers).unwrap_or_default();
         attributes.insert(HEADERS_ATTRIBUTE.to_string(), string_attribute(&json));
     }
     (body, attributes)
@@ -161,11 +165,20 @@ pub async fn publish(
             batch_bytes = 0;
         }
         batch_bytes += size;
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(format!("m{i}"))
+            .message_body(body)
+            .set_message_attributes(Some(attributes));
+        if is_fifo(topic.address()) {
+            let group = crate::message::header(&message.headers, GROUP_HEADER)
+                .filter(|g| !g.is_empty())
+                .unwrap_or(DEFAULT_GROUP);
+            entry = entry
+                .message_group_id(group)
+                .message_deduplication_id(uuid::Uuid::new_v4().simple().to_string());
+        }
         batch.push(
-            SendMessageBatchRequestEntry::builder()
-                .id(format!("m{i}"))
-                .message_body(body)
-                .set_message_attributes(Some(attributes))
+            entry
                 .build()
                 .map_err(|e| PublishError::Broker(anyhow::anyhow!(e)))?,
         );

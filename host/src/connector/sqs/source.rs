@@ -20,6 +20,14 @@
 //! third of the visibility timeout counted from the receive: a message that
 //! waited in the channel is renewed sooner, not a full interval after its
 //! invocation began.
+//!
+//! On a FIFO queue SQS hands out no message of a group while an earlier one
+//! of it is received and not deleted, but one receive may return several
+//! messages of a group, in order. A flow with `ordering = "key"` keys by the
+//! group (the `GROUP_HEADER` header), so those run one after another, and
+//! retries a keyed message in place: a group's messages never pass each
+//! other. Messages of one receive share their receive time, so a give-back
+//! of stale messages returns a group's messages together.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -36,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::SqsConfig;
 use super::sink::decode;
-use super::{ConsumedQueue, sdk_error};
+use super::{ConsumedQueue, GROUP_HEADER, sdk_error};
 use crate::connector::TopicSpec;
 use crate::connector::{Delivery, MAX_RETRY_DELAY, Settle, Source, SourceOptions};
 use crate::message::{InboundMessage, from_unix_ms};
@@ -166,8 +174,11 @@ impl SqsSource {
         let enqueued_at = attribute(MessageSystemAttributeName::SentTimestamp)
             .and_then(|v| v.parse::<u64>().ok())
             .map(from_unix_ms);
-        let (payload, headers, undecodable) =
+        let (payload, mut headers, undecodable) =
             decode(m.body().unwrap_or_default(), m.message_attributes());
+        if let Some(group) = attribute(MessageSystemAttributeName::MessageGroupId) {
+            headers.push((GROUP_HEADER.to_string(), group.clone()));
+        }
         Delivery {
             message: InboundMessage {
                 id: m.message_id().unwrap_or_default().to_string(),
@@ -235,6 +246,10 @@ impl Source for SqsSource {
 
     fn native_max_receives(&self) -> Option<u32> {
         self.max_receive_count
+    }
+
+    fn key_header(&self) -> &'static str {
+        GROUP_HEADER
     }
 
     async fn close(&mut self) {
