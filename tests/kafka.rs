@@ -143,6 +143,43 @@ fn one_record_key_is_in_order_and_a_slow_key_holds_back_only_itself() {
     support::assert_slow_key_held_back_only_itself(&ids);
 }
 
+/// `ordering = "none"` on Kafka: a partition's outputs are published as
+/// their invocations finish, so quick messages pass a slow one ahead of
+/// them (with the default `partition`, nothing passes it: the test above).
+/// The offsets still wait for the slow one.
+#[test]
+fn ordering_none_lets_a_partitions_quick_messages_pass_a_slow_one() {
+    let bootstrap = tansu::shared();
+    let (input, out) = (unique("none-in"), unique("none-out"));
+    tansu::create_topics(&bootstrap, &[&input, &out], 1);
+    let _router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"unordered\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\noutput_topic = \"out\"\nordering = \"none\"\nconcurrency = 8\ntimeout_secs = 20\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"test/slow\"", ""),
+        topic("out", &out, "", "\"test/slow\""),
+    ));
+    let bodies: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                r#"{{"id": "n{i}", "sleep_ms": {}}}"#,
+                if i == 0 { 3000 } else { 10 }
+            )
+        })
+        .collect();
+    tansu::produce_text(&bootstrap, &input, &bodies);
+    let outputs = tansu::read_all(&bootstrap, &out, bodies.len(), JOIN);
+    let got: Vec<String> = outputs
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(got.len(), bodies.len(), "{got:?}");
+    assert_eq!(
+        got.last(),
+        Some(&bodies[0]),
+        "the slow message held back the others: {got:?}"
+    );
+}
+
 #[test]
 fn two_routers_in_one_group_split_the_partitions() {
     let bootstrap = tansu::shared();

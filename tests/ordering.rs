@@ -135,4 +135,15 @@ fn the_cli_sends_a_key_and_the_api_sets_the_ordering() {
         Some(json!({ "ordering": "none" })),
     );
     assert_eq!((status, &body["ordering"]), (200, &json!("none")), "{body}");
+    // The embedded broker has no partitions to keep the order of.
+    let (status, body) = router.http(
+        "PATCH",
+        "/v1/flows/keyed",
+        Some(json!({ "ordering": "partition" })),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("needs a broker with partitions"),
+        "{body}"
+    );
 }

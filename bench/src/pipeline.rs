@@ -174,7 +174,7 @@ impl Bed {
                     group_id: "bench".into(),
                     saturation_delay: Duration::from_secs(1),
                     in_flight_per_partition: 1,
-                    by_key: false,
+                    partition_turns: true,
                     metrics: None,
                 },
             )

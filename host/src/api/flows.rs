@@ -50,7 +50,9 @@ pub struct EnableFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub concurrency: Option<u32>,
-    /// `key` or `none`; absent: an existing flow keeps its ordering.
+    /// `key`, `partition` (Kafka and Event Hubs) or `none`; absent: an
+    /// existing flow keeps its ordering (a new one: `partition` on Kafka
+    /// and Event Hubs, `none` elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<FlowOrdering>,
     /// With `ordering = "key"`: what a key's failed message does to the
@@ -103,7 +105,7 @@ pub struct EditFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub concurrency: Option<u32>,
-    /// `key` or `none`.
+    /// `key`, `partition` (Kafka and Event Hubs) or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<FlowOrdering>,
     /// `continue` or `park` (needs `ordering = "key"`).
@@ -200,7 +202,10 @@ pub struct Flow {
     pub max_receives: u32,
     /// Invocations at once.
     pub concurrency: u32,
-    /// `key`: one message of a key at a time, in order; `none`.
+    /// `key`: one message of a key at a time, in order; `partition`: a
+    /// partition's outputs in offset order; `none`. The flow's own, or its
+    /// broker's default when it sets none (`partition` on Kafka and Event
+    /// Hubs).
     #[serde(default)]
     pub ordering: FlowOrdering,
     /// With `ordering = "key"`: `continue` (a key's failed message is

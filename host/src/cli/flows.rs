@@ -213,7 +213,8 @@ pub(super) struct Settings {
     #[arg(long, value_parser = parse_filter)]
     filter: Option<api::flows::FilterSpec>,
     /// `key`: messages with the same key one at a time, in order, keys in
-    /// parallel (the embedded broker); `none`: no order.
+    /// parallel (embedded, Kafka, SQS FIFO); `partition`: a partition's
+    /// outputs in offset order (Kafka, Event Hubs); `none`: no order.
     #[arg(long, value_parser = parse_ordering)]
     ordering: Option<api::flows::FlowOrdering>,
     /// With `--ordering key`: `continue` (a key's failed message goes to the
@@ -223,10 +224,10 @@ pub(super) struct Settings {
     on_key_failure: Option<api::flows::KeyFailure>,
 }
 
-/// An `--ordering`: `none` or `key`.
+/// An `--ordering`: `none`, `partition` or `key`.
 fn parse_ordering(text: &str) -> Result<api::flows::FlowOrdering, String> {
     serde_json::from_value(serde_json::Value::String(text.into()))
-        .map_err(|_| format!("{text:?}: expected none or key"))
+        .map_err(|_| format!("{text:?}: expected none, partition or key"))
 }
 
 /// An `--on-key-failure`: `continue` or `park`.

@@ -65,12 +65,15 @@ pub struct FlowSpec {
     /// Options of the flow's consumer that only some brokers use.
     #[serde(default)]
     pub consumer: ConsumerOptions,
-    /// `key`: messages with the same key (the `message-key` header) are
-    /// handled one at a time in the order received, different keys in
-    /// parallel up to `concurrency` (the embedded broker only, so far).
-    /// `none`: no order.
-    #[serde(default)]
-    pub ordering: FlowOrdering,
+    /// `key`: messages with the same key (the embedded broker's
+    /// `message-key` header, a Kafka record's key, an SQS FIFO message
+    /// group) are handled one at a time in the order received, different
+    /// keys in parallel up to `concurrency`. `partition` (Kafka and Event
+    /// Hubs): a partition's outputs are published in offset order. `none`:
+    /// no order. Absent: `partition` on Kafka and Event Hubs, `none`
+    /// elsewhere (see [`FlowSpec::ordering_on`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<FlowOrdering>,
     /// With `ordering = "key"`, what a message that fails for good (after
     /// its retries, which keep its key's order) does to the later messages
     /// of its key. `continue`: it goes to the dead-letter topic and the
@@ -119,6 +122,22 @@ const fn default_max_receives() -> u32 {
 }
 
 impl FlowSpec {
+    /// Whether the flow orders by key (`ordering = "key"`).
+    pub fn by_key(&self) -> bool {
+        self.ordering == Some(FlowOrdering::Key)
+    }
+
+    /// The flow's ordering on a broker of `kind`: the declared one, or
+    /// `partition` on Kafka and Event Hubs and `none` elsewhere.
+    pub fn ordering_on(&self, kind: &str) -> FlowOrdering {
+        self.ordering
+            .unwrap_or(if PARTITIONED_BROKERS.contains(&kind) {
+                FlowOrdering::Partition
+            } else {
+                FlowOrdering::None
+            })
+    }
+
     /// A flow of `algorithm` on `topic` of `broker` whose other fields have
     /// the defaults a configuration file gives them (the control plane's
     /// new flows).
@@ -137,7 +156,7 @@ impl FlowSpec {
             retry: RetryPolicy::default(),
             limits: Limits::default(),
             consumer: ConsumerOptions::default(),
-            ordering: FlowOrdering::default(),
+            ordering: None,
             on_key_failure: KeyFailure::default(),
             filter: None,
             canary: None,
@@ -155,10 +174,17 @@ pub enum FlowOrdering {
     /// Up to `concurrency` messages at once, whatever their keys.
     #[default]
     None,
+    /// Kafka and Event Hubs: up to `in_flight_per_partition` messages of a
+    /// partition at once, their outputs published in offset order.
+    Partition,
     /// One message of a key at a time, in the order received; keys in
     /// parallel.
     Key,
 }
+
+/// The broker kinds whose topics have partitions: `ordering = "partition"`
+/// is their default and accepted on them only.
+pub const PARTITIONED_BROKERS: [&str; 2] = ["kafka", "eventhubs"];
 
 /// What a key's failed message does to the key's later messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]

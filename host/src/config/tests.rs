@@ -189,7 +189,7 @@ fn ordering_by_key_is_refused_on_service_bus_and_sqs_standard_queues_and_park_ne
     let keyed = format!("{GOOD}ordering = \"key\"\n");
     assert_eq!(
         parse("k.toml", &keyed).unwrap().flows[0].ordering,
-        FlowOrdering::Key
+        Some(FlowOrdering::Key)
     );
     #[cfg(feature = "servicebus")]
     {
@@ -222,7 +222,7 @@ fn ordering_by_key_is_refused_on_service_bus_and_sqs_standard_queues_and_park_ne
         let fifo = standard.replace("/1/incoming", "/1/incoming.fifo");
         assert_eq!(
             parse("k.toml", &fifo).unwrap().flows[0].ordering,
-            FlowOrdering::Key
+            Some(FlowOrdering::Key)
         );
     }
     let park = format!("{GOOD}on_key_failure = \"park\"\n");
@@ -230,6 +230,41 @@ fn ordering_by_key_is_refused_on_service_bus_and_sqs_standard_queues_and_park_ne
     assert!(e.contains("needs ordering = \"key\""), "{e}");
     let parked = parse("k.toml", &format!("{keyed}on_key_failure = \"park\"\n")).unwrap();
     assert_eq!(parked.flows[0].on_key_failure, KeyFailure::Park);
+}
+
+#[test]
+fn ordering_by_partition_is_kafkas_default_and_refused_without_partitions() {
+    let unset = parse("o.toml", GOOD).unwrap();
+    assert_eq!(unset.flows[0].ordering, None);
+    assert_eq!(unset.flows[0].ordering_on("embedded"), FlowOrdering::None);
+    assert_eq!(unset.flows[0].ordering_on("kafka"), FlowOrdering::Partition);
+    assert_eq!(
+        unset.flows[0].ordering_on("eventhubs"),
+        FlowOrdering::Partition
+    );
+    let partition = format!("{GOOD}ordering = \"partition\"\n");
+    let e = parse("o.toml", &partition).unwrap_err().to_string();
+    assert!(
+        e.contains("o.toml")
+            && e.contains("flows[0].ordering")
+            && e.contains("needs a broker with partitions")
+            && e.contains("embedded"),
+        "{e}"
+    );
+    let none = parse("o.toml", &format!("{GOOD}ordering = \"none\"\n")).unwrap();
+    assert_eq!(none.flows[0].ordering_on("kafka"), FlowOrdering::None);
+    #[cfg(feature = "kafka")]
+    {
+        let kafka = partition.replace(
+            "kind = \"embedded\"",
+            "kind = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"",
+        );
+        let c = parse("o.toml", &kafka).unwrap();
+        assert_eq!(c.flows[0].ordering, Some(FlowOrdering::Partition));
+    }
+    // An unset ordering is not written out: it stays the broker's default.
+    let json = serde_json::to_value(&unset.flows[0]).unwrap();
+    assert!(json.get("ordering").is_none(), "{json}");
 }
 
 #[test]

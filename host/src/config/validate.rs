@@ -293,23 +293,32 @@ fn check_skip_versions(f: &FlowSpec) -> Result<(), String> {
 
 /// Order by key needs a key and a receive loop that keeps it: the embedded
 /// broker's message key, Kafka's (and Event Hubs') record key, an SQS FIFO
-/// queue's message group. `park` needs an order to hold.
+/// queue's message group. Order by partition needs partitions. `park`
+/// needs an order to hold.
 fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
-    if f.ordering != super::FlowOrdering::Key {
-        if f.on_key_failure == super::KeyFailure::Park {
-            return Err(
-                "on_key_failure = \"park\" needs ordering = \"key\": without an order there is nothing to hold".into(),
-            );
-        }
-        return Ok(());
+    use super::FlowOrdering;
+    if !f.by_key() && f.on_key_failure == super::KeyFailure::Park {
+        return Err(
+            "on_key_failure = \"park\" needs ordering = \"key\": without an order there is nothing to hold".into(),
+        );
     }
-    match config.brokers.iter().find(|b| b.name() == f.broker) {
-        Some(b) if !KEYED_BROKERS.contains(&b.kind()) => Err(format!(
+    let Some(b) = config.brokers.iter().find(|b| b.name() == f.broker) else {
+        return Ok(());
+    };
+    match f.ordering {
+        Some(FlowOrdering::Partition) if !super::PARTITIONED_BROKERS.contains(&b.kind()) => {
+            Err(format!(
+                "ordering = \"partition\" needs a broker with partitions (kafka, eventhubs); broker \"{}\" is {}: use \"key\" or \"none\"",
+                f.broker,
+                b.kind()
+            ))
+        }
+        Some(FlowOrdering::Key) if !KEYED_BROKERS.contains(&b.kind()) => Err(format!(
             "ordering = \"key\" is supported on the embedded, kafka, eventhubs and sqs (FIFO queues) brokers so far; broker \"{}\" is {}",
             f.broker,
             b.kind()
         )),
-        Some(b) if b.kind() == "sqs" => {
+        Some(FlowOrdering::Key) if b.kind() == "sqs" => {
             let address = config
                 .topics
                 .iter()

@@ -148,12 +148,13 @@ pub struct SourceOptions {
     pub group_id: String,
     /// SQS: how long messages received while saturated wait before redelivery.
     pub saturation_delay: Duration,
-    /// Kafka: messages of one partition in flight at once (with `by_key`,
-    /// not settled yet).
+    /// Kafka: messages of one partition in flight at once (without
+    /// `partition_turns`, not settled yet).
     pub in_flight_per_partition: usize,
-    /// The flow orders by key (`ordering = "key"`): a source that keeps an
-    /// order of its own (a Kafka partition's) leaves it to the flow.
-    pub by_key: bool,
+    /// Kafka: a partition's messages publish their outputs in offset order
+    /// (`ordering = "partition"`, the default there); `false` with
+    /// `ordering = "key"` (the flow keeps each key's order) or `"none"`.
+    pub partition_turns: bool,
     /// Where connectors report what only they know (Kafka's consumer lag).
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
@@ -300,7 +301,7 @@ pub trait Source: Send {
 
     /// The header that carries a message's key, which `ordering = "key"`
     /// orders by ([`crate::message::KEY_HEADER`] on the embedded broker,
-    /// the record key's header on Kafka).
+    /// the record key's header on Kafka, the message group's on SQS).
     fn key_header(&self) -> &'static str {
         crate::message::KEY_HEADER
     }

@@ -141,9 +141,16 @@ impl ControlPlane {
     /// A flow as shown in listings, with `waiting_for` when it is enabled
     /// and no loaded version of its algorithm matches.
     pub fn flow_view(&self, f: &FlowSpec) -> api::Flow {
+        // Its broker's kind decides an unset ordering.
+        let kind = self
+            .router
+            .topology()
+            .brokers
+            .get(&f.broker)
+            .map_or("", |b| b.spec.kind());
         api::Flow {
             waiting_for: self.waiting_for(f),
-            ..flow_view(f)
+            ..flow_view(f, kind)
         }
     }
 
@@ -355,7 +362,8 @@ impl ControlPlane {
 }
 
 /// A flow as shown in listings.
-pub fn flow_view(f: &FlowSpec) -> api::Flow {
+/// `kind` is its broker's kind, which decides an unset `ordering`.
+pub fn flow_view(f: &FlowSpec, kind: &str) -> api::Flow {
     api::Flow {
         name: f.name.clone(),
         broker: f.broker.clone(),
@@ -373,7 +381,7 @@ pub fn flow_view(f: &FlowSpec) -> api::Flow {
         timeout_secs: f.timeout_secs,
         max_receives: f.max_receives,
         concurrency: f.concurrency,
-        ordering: f.ordering,
+        ordering: f.ordering_on(kind),
         on_key_failure: f.on_key_failure,
         filter: f.filter.clone(),
         canary: f.canary.clone(),
@@ -480,7 +488,7 @@ impl Settings {
         set(&mut flow.timeout_secs, self.timeout_secs);
         set(&mut flow.max_receives, self.max_receives);
         set(&mut flow.concurrency, self.concurrency);
-        set(&mut flow.ordering, self.ordering);
+        set(&mut flow.ordering, self.ordering.map(Some));
         set(&mut flow.on_key_failure, self.on_key_failure);
         set(&mut flow.filter, self.filter);
         set(&mut flow.canary, self.canary);
@@ -600,7 +608,7 @@ mod tests {
         assert_eq!(flow.dead_letter_topic.as_deref(), Some("dlq"));
         assert_eq!((flow.max_receives, flow.concurrency), (3, 4));
         assert_eq!(flow.filter.as_ref(), Some(&filter));
-        assert_eq!(flow.ordering, FlowOrdering::Key);
+        assert_eq!(flow.ordering, Some(FlowOrdering::Key));
         assert_eq!(flow.on_key_failure, KeyFailure::Park);
         assert!(flow.enabled);
         // An edit's `null` removes a topic; enabling never does.

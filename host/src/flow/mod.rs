@@ -204,7 +204,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(setup.window)),
         max_batch: setup.options.max_batch,
         tasks: JoinSet::new(),
-        keys: (spec.ordering == FlowOrdering::Key).then_some(chain),
+        keys: spec.by_key().then_some(chain),
         backoff,
         shutdown: &shutdown,
     }
@@ -266,7 +266,8 @@ impl Setup {
         } else {
             concurrency
         };
-        let by_key = spec.ordering == FlowOrdering::Key;
+        // Unset: a partitioned source keeps its partitions' order.
+        let partition_turns = matches!(spec.ordering, None | Some(FlowOrdering::Partition));
         let options = SourceOptions {
             flow: spec.name.clone(),
             lease,
@@ -279,13 +280,13 @@ impl Setup {
             saturation_delay: Duration::from_secs(
                 spec.consumer.saturation_delay_secs.unwrap_or(300),
             ),
-            // In key order a partition's messages run as far as the flow
-            // has room: the keys, not the partition, hold them back.
+            // In key order, or none, a partition's messages run as far as
+            // the flow has room: the keys, or nothing, hold them back.
             in_flight_per_partition: spec
                 .consumer
                 .in_flight_per_partition
-                .map_or(if by_key { window } else { 8 }, |n| n as usize),
-            by_key,
+                .map_or(if partition_turns { 8 } else { window }, |n| n as usize),
+            partition_turns,
             metrics: Some(services.metrics.clone()),
         };
         Some(Self {

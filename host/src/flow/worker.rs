@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tracing::Level;
 
-use crate::config::{FlowOrdering, FlowSpec, Limits};
+use crate::config::{FlowSpec, Limits};
 use crate::connector::{Delivery, MAX_RETRY_DELAY, Settle};
 use crate::message::InboundMessage;
 use crate::metrics::FlowMetrics;
@@ -411,7 +411,7 @@ impl Worker {
     /// "key"`, a retry given back to the broker would come back behind the
     /// key's later messages.
     fn retry_in_place(&self, message: &InboundMessage) -> bool {
-        self.spec.ordering == FlowOrdering::Key && message.header(self.key_header).is_some()
+        self.spec.by_key() && message.header(self.key_header).is_some()
     }
 
     /// Gives up on a message delivered more often than allowed without a

@@ -17,8 +17,13 @@ impl StateStore {
         let Some(desired) = meta.get("desired")? else {
             return Ok(None);
         };
-        let declarations = serde_json::from_str(desired.value())
+        let mut value: serde_json::Value = serde_json::from_str(desired.value())
             .context("the stored desired state is unreadable")?;
+        if meta.get("desired_format")?.is_none() {
+            upgrade_from_first_format(&mut value);
+        }
+        let declarations =
+            serde_json::from_value(value).context("the stored desired state is unreadable")?;
         let seed = meta
             .get("seed")?
             .map(|v| v.value().to_string())
@@ -43,6 +48,7 @@ impl StateStore {
         {
             let mut meta = tx.open_table(META)?;
             meta.insert("desired", json.as_str())?;
+            meta.insert("desired_format", DESIRED_FORMAT)?;
             if let Some(seed) = seed {
                 meta.insert("seed", seed)?;
             }
@@ -50,5 +56,26 @@ impl StateStore {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// The format of the stored declarations, kept beside them as
+/// `desired_format`. The first format (no `desired_format`) wrote every
+/// flow's `ordering`, `"none"` when it set none, and a Kafka flow kept its
+/// partitions' order whatever it said; the second writes `ordering` only
+/// when set, and `"none"` on Kafka means no order.
+const DESIRED_FORMAT: &str = "2";
+
+/// Reads declarations of the first format as the second: a flow's
+/// `"ordering": "none"` is the default it was then (a Kafka flow keeps its
+/// partition order, as it did).
+fn upgrade_from_first_format(declarations: &mut serde_json::Value) {
+    let Some(flows) = declarations.get_mut("flows").and_then(|f| f.as_array_mut()) else {
+        return;
+    };
+    for flow in flows.iter_mut().filter_map(|f| f.as_object_mut()) {
+        if flow.get("ordering").and_then(|o| o.as_str()) == Some("none") {
+            flow.remove("ordering");
+        }
     }
 }

@@ -319,3 +319,31 @@ fn a_declaration_change_forgets_the_serving_versions_of_rollouts_it_removes() {
     s.set_desired(&serde_json::json!({}), None, &[]).unwrap();
     assert_eq!(s.rollout_serving("kept").unwrap(), None);
 }
+
+#[test]
+fn declarations_of_the_first_format_keep_a_kafka_flows_partition_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = serde_json::json!({ "flows": [
+        { "name": "k", "ordering": "none" },
+        { "name": "e", "ordering": "key" },
+    ] });
+    {
+        // What the first format stored: every flow's ordering, no format.
+        let s = StateStore::open(dir.path(), &StateOptions::default()).unwrap();
+        let tx = s.db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("desired", flows.to_string().as_str())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let s = StateStore::open(dir.path(), &StateOptions::default()).unwrap();
+    let (read, _) = s.desired::<serde_json::Value>().unwrap().unwrap();
+    assert_eq!(
+        read,
+        serde_json::json!({ "flows": [{ "name": "k" }, { "name": "e", "ordering": "key" }] })
+    );
+    // Written again, an explicit "none" is kept: it means no order now.
+    s.set_desired(&flows, None, &[]).unwrap();
+    assert_eq!(s.desired::<serde_json::Value>().unwrap().unwrap().0, flows);
+}

@@ -23,7 +23,7 @@ pub const MAX_IN_ROUTER_DELAY: Duration = Duration::from_secs(30);
 const HIGH_WATER_MESSAGES: usize = 10_000;
 /// Buffered payload bytes at which the partitions are paused.
 const HIGH_WATER_BYTES: usize = 64 << 20;
-/// With `ordering = "key"`: the most messages of a partition taken and not
+/// Without partition turns (`ordering = "key"` or `"none"`): the most messages of a partition taken and not
 /// yet past the stored offset (settled ones behind an unsettled one
 /// included), so a message that holds its key for long (retried in place)
 /// lets the other keys of its partition go on this far before the
@@ -84,13 +84,13 @@ impl Partition {
     }
 
     /// Whether the partition has as many messages taken as it may:
-    /// `depth` in flight, or with `by_key` `depth` not settled (and at
+    /// `depth` in flight, or without `turns` `depth` not settled (and at
     /// most `MAX_UNCOMMITTED` not past the stored offset).
-    fn full(&self, depth: usize, by_key: bool) -> bool {
-        if by_key {
-            self.open >= depth || self.in_flight.len() >= MAX_UNCOMMITTED
-        } else {
+    fn full(&self, depth: usize, turns: bool) -> bool {
+        if turns {
             self.in_flight.len() >= depth
+        } else {
+            self.open >= depth || self.in_flight.len() >= MAX_UNCOMMITTED
         }
     }
 
@@ -154,7 +154,7 @@ impl State {
         &mut self,
         max: usize,
         depth: usize,
-        by_key: bool,
+        turns: bool,
     ) -> Vec<(i32, u64, Pending)> {
         let mut picked = Vec::new();
         let keys: Vec<i32> = self.partitions.keys().copied().collect();
@@ -173,7 +173,7 @@ impl State {
                     continue;
                 };
                 // A local redelivery already has its place.
-                if !front.placed && p.full(depth, by_key) {
+                if !front.placed && p.full(depth, turns) {
                     continue;
                 }
                 let pending = p.buffer.pop_front().expect("checked above");
@@ -213,13 +213,14 @@ impl State {
 pub(super) struct Shared {
     pub(super) state: Mutex<State>,
     pub(super) notify: Notify,
-    /// Messages of one partition in flight at once (with `by_key`: not
+    /// Messages of one partition in flight at once (without `turns`: not
     /// settled).
     pub(super) depth: usize,
-    /// `ordering = "key"`: the flow orders a partition's messages by key,
-    /// so a message waits for no turn of its partition (the flow's key
-    /// order holds a key's next message until this one is settled).
-    pub(super) by_key: bool,
+    /// `ordering = "partition"`: a message publishes its outputs only once
+    /// every message before it in its partition has passed its turn.
+    /// Without (`key`, where the flow's key order holds a key's next
+    /// message until this one is settled, or `none`) nothing waits.
+    pub(super) turns: bool,
 }
 
 impl Shared {
@@ -351,7 +352,7 @@ pub(super) fn settle_offset(
 #[async_trait]
 impl Settle for KafkaSettle {
     async fn wait_turn(&mut self) {
-        if self.shared.by_key {
+        if !self.shared.turns {
             return;
         }
         loop {

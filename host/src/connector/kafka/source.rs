@@ -18,8 +18,10 @@
 //! messages (by default the flow's room for messages in flight). A slow
 //! or retried key holds only its own messages: the others go on, up to
 //! `MAX_UNCOMMITTED` messages past it, until the partition waits for it.
-//! Offsets are still stored only below the partition's first unsettled
-//! message, so after a crash the messages settled behind it come again.
+//! `ordering = "none"` is the same without the keys: nothing waits for a
+//! turn. Offsets are still stored only below the partition's first
+//! unsettled message, so after a crash the messages settled behind it come
+//! again.
 //!
 //! When the buffers hold more than a high-water mark (messages or bytes)
 //! the assigned partitions are paused, and resumed once the flow has drained
@@ -80,7 +82,7 @@ impl KafkaSource {
             }),
             notify: Notify::new(),
             depth: options.in_flight_per_partition.max(1),
-            by_key: options.by_key,
+            turns: options.partition_turns,
         });
         let consumer = consumer::subscribe(connection, properties, &shared, topic, options)?;
         let consumer = Arc::new(consumer);
@@ -180,7 +182,7 @@ impl Source for KafkaSource {
             notified.as_mut().enable();
             let (picked, resume) = {
                 let mut state = self.shared.lock();
-                let picked = state.take(max, self.shared.depth, self.shared.by_key);
+                let picked = state.take(max, self.shared.depth, self.shared.turns);
                 let resume = state.paused && state.below_low_water();
                 if resume {
                     state.paused = false;
