@@ -131,12 +131,19 @@ fn a_fifo_group_is_in_order_and_a_slow_group_holds_back_only_itself() {
         ],
     );
     let out = moto.queue("keyed-out.fifo", &fifo);
-    let messages = support::slow_key_first();
+    // moto answers one request at a time while a long poll waits, so each
+    // delete and send takes up to a poll (a second here): the quick groups'
+    // four rounds take seconds, and the slow group sleeps 9, 6 and 3 s.
+    let messages = support::slow_key_first(3000);
     moto.send_grouped(&incoming, &messages);
+    // One receiver (the line continues the broker's table): moto's
+    // ReceiveMessage takes no lock, so two receives at once may split one
+    // group's messages between them, which SQS never does (a group's next
+    // message is handed out only once those received are deleted).
     let _router = start(
         &moto,
         &format!(
-            "{}{}[[flows]]\nname = \"keyed\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\noutput_topic = \"out\"\nordering = \"key\"\nconcurrency = 8\ntimeout_secs = 20\n",
+            "receivers = 1\n{}{}[[flows]]\nname = \"keyed\"\ntopic = \"in\"\nalgorithm = \"test/slow\"\noutput_topic = \"out\"\nordering = \"key\"\nconcurrency = 8\ntimeout_secs = 20\n",
             topic("in", &incoming, "\"test/slow\"", ""),
             topic("out", &out, "", "\"test/slow\""),
         ),

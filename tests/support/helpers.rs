@@ -157,15 +157,16 @@ pub fn install_in(dir: &Path, version: &str, bytes: &[u8]) {
 }
 
 /// Messages `(key, body)` for the `test/slow` algorithm that show order by
-/// key: a slow key "a" first, whose earlier messages sleep longer still (so
-/// without the per-key wait a later one finishes first), then quick
-/// messages of keys "b" and "c", interleaved, earlier ones slower too.
-pub fn slow_key_first() -> Vec<(String, String)> {
+/// key: a slow key "a" first, whose earlier messages sleep longer still
+/// (3, 2 and 1 × `slow_ms`, so without the per-key wait a later one
+/// finishes first), then quick messages of keys "b" and "c", interleaved,
+/// earlier ones slower too (200 to 50 ms).
+pub fn slow_key_first(slow_ms: u64) -> Vec<(String, String)> {
     let mut messages = Vec::new();
-    for round in 0..3 {
+    for round in 0..3u64 {
         let body = format!(
             r#"{{"id": "a{round}", "sleep_ms": {}}}"#,
-            (3 - round) * 1000
+            (3 - round) * slow_ms
         );
         messages.push(("a".to_string(), body));
     }
