@@ -318,6 +318,7 @@ fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
             f.broker,
             b.kind()
         )),
+        #[cfg(feature = "sqs")]
         Some(FlowOrdering::Key) if b.kind() == "sqs" => {
             let address = config
                 .topics
@@ -325,8 +326,7 @@ fn check_ordering(f: &FlowSpec, config: &Config) -> Result<(), String> {
                 .find(|t| t.name == f.topic && t.broker == f.broker)
                 .map(|t| t.address())
                 .unwrap_or(&f.topic);
-            // SQS requires the names of FIFO queues to end in `.fifo`.
-            if address.ends_with(".fifo") {
+            if crate::connector::sqs::is_fifo(address) {
                 Ok(())
             } else {
                 Err(format!(

@@ -266,8 +266,7 @@ impl Setup {
         } else {
             concurrency
         };
-        // Unset: a partitioned source keeps its partitions' order.
-        let partition_turns = matches!(spec.ordering, None | Some(FlowOrdering::Partition));
+        let partition_turns = spec.ordering_on(broker.spec.kind()) == FlowOrdering::Partition;
         let options = SourceOptions {
             flow: spec.name.clone(),
             lease,

@@ -23,11 +23,11 @@ pub const MAX_IN_ROUTER_DELAY: Duration = Duration::from_secs(30);
 const HIGH_WATER_MESSAGES: usize = 10_000;
 /// Buffered payload bytes at which the partitions are paused.
 const HIGH_WATER_BYTES: usize = 64 << 20;
-/// Without partition turns (`ordering = "key"` or `"none"`): the most messages of a partition taken and not
-/// yet past the stored offset (settled ones behind an unsettled one
-/// included), so a message that holds its key for long (retried in place)
-/// lets the other keys of its partition go on this far before the
-/// partition waits for it.
+/// Without partition turns (`ordering = "key"` or `"none"`): the most
+/// messages of a partition taken and not yet past the stored offset
+/// (settled ones behind an unsettled one included), so a message that
+/// holds its key for long (retried in place) lets the other keys of its
+/// partition go on this far before the partition waits for it.
 pub(super) const MAX_UNCOMMITTED: usize = 10_000;
 
 pub(super) struct Pending {
