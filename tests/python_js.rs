@@ -368,3 +368,148 @@ jitter = false
         "{detail}"
     );
 }
+
+/// Batches through the SDKs: Python's `apply_batch` and JavaScript's
+/// `applyBatch` see the whole batch and fail one message by returning its
+/// exception; an app without them gets each message of the batch passed to
+/// its `apply` (the Python quickstart example, unchanged).
+#[test]
+fn python_and_javascript_take_batches_with_and_without_apply_batch() {
+    let batch = "batch = { max_messages = 16, max_wait_ms = 2000 }\nmax_receives = 1";
+    let router = Router::start_with(
+        &format!(
+            r#"
+[[brokers]]
+name = "local"
+kind = "embedded"
+
+[[topics]]
+name = "in-py"
+consumers = ["test/py_behaviours"]
+
+[[topics]]
+name = "in-js"
+consumers = ["test/js_behaviours"]
+
+[[topics]]
+name = "in-store"
+consumers = ["ezra/store_file_py"]
+
+[[topics]]
+name = "out"
+publishers = ["test/py_behaviours", "test/js_behaviours"]
+
+[[topics]]
+name = "dlq"
+
+[[flows]]
+name = "py"
+topic = "in-py"
+algorithm = "test/py_behaviours/0.1.0"
+output_topic = "out"
+dead_letter_topic = "dlq"
+{batch}
+
+[[flows]]
+name = "js"
+topic = "in-js"
+algorithm = "test/js_behaviours/0.1.0"
+output_topic = "out"
+dead_letter_topic = "dlq"
+{batch}
+
+[[flows]]
+name = "store"
+topic = "in-store"
+algorithm = "ezra/store_file_py/0.1.0"
+dead_letter_topic = "dlq"
+{batch}
+"#
+        ),
+        Plugins::Guest(&[
+            ("test", "py_behaviours"),
+            ("test", "js_behaviours"),
+            ("ezra", "store_file_py"),
+        ]),
+    );
+    for (topic, flow) in [("in-py", "py"), ("in-js", "js")] {
+        let inputs: Vec<String> = (0..10)
+            .map(|n| {
+                let what = if n % 4 == 1 { "batch-reject" } else { "batch" };
+                json!({"do": what, "n": n, "flow": flow}).to_string()
+            })
+            .collect();
+        router.publish(topic, &inputs);
+    }
+    let files: Vec<String> = (0..5)
+        .map(|i| {
+            json!({"filename": format!("batched-{i}.txt"), "data": format!("file {i}")}).to_string()
+        })
+        .collect();
+    router.publish("in-store", &files);
+
+    for flow in ["py", "js"] {
+        let report = wait_for(flow, Duration::from_secs(120), || {
+            let f = router.flow(flow);
+            (f["succeeded"] == 7 && f["dead_lettered"] == 3 && f["in_flight"] == 0).then_some(f)
+        });
+        // One call for the ten messages: the three rejected were failed
+        // alone.
+        assert_eq!(
+            (&report["batches"], &report["batched_messages"]),
+            (&json!(1), &json!(10)),
+            "{report}"
+        );
+        let mut letters: Vec<String> = router
+            .dead_letters(flow)
+            .iter()
+            .map(|l| {
+                assert_eq!(l["last_failure"]["reason"], "guest_reject", "{l}");
+                l["last_failure"]["detail"].as_str().unwrap().to_string()
+            })
+            .collect();
+        letters.sort();
+        assert_eq!(
+            letters,
+            (0..10)
+                .filter(|n| n % 4 == 1)
+                .map(|n| format!("asked to reject {n} in a batch"))
+                .collect::<Vec<_>>(),
+            "{flow}"
+        );
+    }
+    let mut seen: Vec<(String, u64, u64)> = outputs(&router)
+        .iter()
+        .map(|o| {
+            (
+                o["flow"].as_str().unwrap_or("?").to_string(),
+                o["n"].as_u64().unwrap(),
+                o["batch"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, u64, u64)> = ["js", "py"]
+        .iter()
+        .flat_map(|f| {
+            (0..10)
+                .filter(|n| n % 4 != 1)
+                .map(move |n| (f.to_string(), n, 10))
+        })
+        .collect();
+    assert_eq!(seen, expected);
+
+    // Without apply_batch: each message of the one call went to `apply`.
+    for i in 0..5 {
+        let stored = wait_for("a stored file", Duration::from_secs(60), || {
+            router.data_file(&format!("ezra/TestingEventFlow/batched-{i}.txt"))
+        });
+        assert_eq!(stored, format!("file {i}").as_bytes());
+    }
+    let store = router.flow("store");
+    assert_eq!(
+        (&store["batches"], &store["batched_messages"]),
+        (&json!(1), &json!(5)),
+        "{store}"
+    );
+}

@@ -35,11 +35,15 @@
 //! - B10 order by key: B2's native pipeline at concurrency 8 with
 //!   `ordering = "none"` and with `ordering = "key"` over 1, 10 and 1,000
 //!   distinct keys.
+//! - B11 batches: the per-message cost of the identity and redact
+//!   algorithms (0.2.0 components) without `batch` and with batches of 1,
+//!   16 and 64, in the sandbox alone and in B2's pipeline.
 
 /// The allocator the `eventflow` binary uses (host/src/main.rs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod batches;
 mod brokers;
 mod data;
 mod disk;
@@ -218,6 +222,10 @@ async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("B10") {
         eprintln!("bench: B10 order by key");
         report.b10 = Some(ordering::b10(&options).await?);
+    }
+    if options.wants("B11") {
+        eprintln!("bench: B11 batches");
+        report.b11 = Some(batches::b11(&options).await?);
     }
     if options.wants("B8") {
         eprintln!("bench: B8 data collections");

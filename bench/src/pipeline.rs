@@ -255,15 +255,15 @@ kind = "embedded"
 
 [[topics]]
 name = "in"
-consumers = ["examples/echo", "bench/native", "bench/swap", "test/chaos"]
+consumers = ["examples/echo", "examples/batch_echo", "examples/redact", "bench/native", "bench/swap", "test/chaos"]
 
 [[topics]]
 name = "out"
-publishers = ["examples/echo", "bench/native", "bench/swap", "test/chaos"]
+publishers = ["examples/echo", "examples/batch_echo", "examples/redact", "bench/native", "bench/swap", "test/chaos"]
 
 [[topics]]
 name = "dlq"
-publishers = ["examples/echo", "bench/native", "bench/swap", "test/chaos"]
+publishers = ["examples/echo", "examples/batch_echo", "examples/redact", "bench/native", "bench/swap", "test/chaos"]
 
 [[flows]]
 name = "p"

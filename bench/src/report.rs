@@ -135,6 +135,8 @@ pub struct Report {
     pub b9_rollback: Option<crate::rollout::Rollback>,
     /// B10.
     pub b10: Option<crate::ordering::KeyedThroughput>,
+    /// B11 batches.
+    pub b11: Option<crate::batches::Batches>,
 }
 
 impl Report {
@@ -161,6 +163,7 @@ impl Report {
             b9: None,
             b9_rollback: None,
             b10: None,
+            b11: None,
         }
     }
 
@@ -586,6 +589,9 @@ impl Report {
         }
         if let Some(b10) = &self.b10 {
             s.push_str(&crate::ordering::markdown(b10));
+        }
+        if let Some(b11) = &self.b11 {
+            s.push_str(&crate::batches::markdown(b11));
         }
         s
     }

@@ -248,6 +248,10 @@ pub struct Metrics {
     /// Messages acknowledged without invocation: the flow's filter left
     /// them out.
     pub filtered: Family<FlowOnly, Counter>,
+    /// Calls of `apply-batch` (flows with `batch`).
+    pub batches: Family<FlowOnly, Counter>,
+    /// Messages in those calls.
+    pub batched_messages: Family<FlowOnly, Counter>,
     /// Acks, retries and extensions the broker refused.
     pub settle_errors: Family<FlowOnly, Counter>,
     /// Canaries rolled back (their gate failed, or an operator said so) or
@@ -306,6 +310,8 @@ impl Metrics {
             dead_lettered: Family::default(),
             dropped: Family::default(),
             filtered: Family::default(),
+            batches: Family::default(),
+            batched_messages: Family::default(),
             settle_errors: Family::default(),
             rollout_decisions: Family::default(),
             shadow: ShadowMetrics::new(),
@@ -362,6 +368,16 @@ impl Metrics {
             "messages_filtered",
             "Messages acknowledged without invoking the algorithm: the flow's filter left them out",
             self.filtered.clone(),
+        );
+        registry.register(
+            "batches",
+            "Calls of apply-batch, on flows with batches",
+            self.batches.clone(),
+        );
+        registry.register(
+            "batched_messages",
+            "Messages in calls of apply-batch: divided by eventflow_batches, the mean batch size",
+            self.batched_messages.clone(),
         );
         registry.register(
             "rollout_decisions",

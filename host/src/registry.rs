@@ -63,6 +63,8 @@ pub struct PluginInfo {
     pub loaded_at: Option<SystemTime>,
     /// The serving component's largest initial linear memory, in bytes.
     pub initial_memory_bytes: Option<u64>,
+    /// The serving component's world (see [`Algorithm::world`]).
+    pub world: Option<&'static str>,
     /// The latest rejection, if the latest file content was rejected.
     pub rejected: Option<Rejection>,
     /// Flows that currently resolve to this version.
@@ -344,6 +346,7 @@ impl Registry {
                     size: serving.map(|a| a.size),
                     loaded_at: serving.map(|a| a.loaded_at),
                     initial_memory_bytes: serving.and_then(|a| a.initial_memory_bytes),
+                    world: serving.map(|a| a.world()),
                     rejected,
                     flows: resolved
                         .iter()

@@ -4,7 +4,7 @@
 //
 // DIR holds `app.js`. It is bundled with this SDK (imported as "eventflow")
 // into one module, which componentize-js turns into a component of the
-// `algorithm` world of wit/algorithm.wit (plus the WASI environment, for
+// `batch-algorithm` world of wit/algorithm.wit, 0.2.0 (plus the WASI environment, for
 // secrets: see wit/algorithm-js.wit). The build tools are found through
 // EVENTFLOW_NPM (the directory they are installed in; `cargo xtask plugins`
 // installs the versions package.json pins under ~/.cache/eventflow-npm; it
@@ -43,17 +43,23 @@ const work = await mkdtemp(join(tmpdir(), "eventflow-js-"));
 try {
   const wit = join(work, "wit");
   await mkdir(join(wit, "deps/algorithm"), { recursive: true });
+  await mkdir(join(wit, "deps/algorithm-0.1.0"), { recursive: true });
   await mkdir(join(wit, "deps/cli"), { recursive: true });
   await copyFile(join(here, "wit/algorithm-js.wit"), join(wit, "algorithm-js.wit"));
   await copyFile(resolve(here, "../../wit/algorithm.wit"), join(wit, "deps/algorithm/algorithm.wit"));
+  await copyFile(
+    resolve(here, "../../wit/deps/algorithm-0.1.0/algorithm.wit"),
+    join(wit, "deps/algorithm-0.1.0/algorithm.wit"),
+  );
   await copyFile(join(here, "wit/wasi-cli-environment.wit"), join(wit, "deps/cli/environment.wit"));
   const entry = join(work, "entry.js");
   await writeFile(
     entry,
-    `import { apply as authorApply } from ${JSON.stringify(resolve(dir, "app.js"))};
-import { handle } from "eventflow";
-const run = handle(authorApply);
-export function apply(msg) { return run(msg); }
+    `import * as app from ${JSON.stringify(resolve(dir, "app.js"))};
+import { handleBoth } from "eventflow";
+const run = handleBoth(app.apply, app.applyBatch);
+export function apply(msg) { return run.apply(msg); }
+export function applyBatch(msgs) { return run.applyBatch(msgs); }
 `,
   );
   const bundle = await rolldown({

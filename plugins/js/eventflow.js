@@ -17,7 +17,16 @@
 // Throw `new Retry(delayMs, reason)` to have the message redelivered after a
 // delay, `new Reject(reason)` to send it to the dead-letter topic at once. Any
 // other exception that escapes `apply` rejects the message with its stack as
-// the reason. `env()` returns the algorithm's secrets. `build.mjs` bundles the module with this SDK and builds the
+// the reason. `env()` returns the algorithm's secrets.
+//
+// A flow with `batch` hands an algorithm many messages in one call, on one
+// instance. By default each goes to `apply`. Export `applyBatch(inputs)` (or
+// `applyBatch(inputs, messages)`) to see them at once: it returns an array
+// with one result per input, in order, each what `apply` would return, or an
+// Error (`Retry`, `Reject`, any other) that fails that message alone (or a
+// promise of such an array). An exception it throws fails every message of
+// the batch. An app that exports only `applyBatch` gets it for `apply` too,
+// as a batch of one. `build.mjs` bundles the module with this SDK and builds the
 // component (`cargo xtask plugins` does this for the examples).
 
 import * as wdata from "eventflow:algorithm/data@0.1.0";
@@ -158,17 +167,104 @@ function decode(payload, wantsMessage) {
   }
 }
 
+const output = (out) => (out === undefined || out === null ? undefined : toBytes(out));
+
+/** The WIT failure for an error thrown (or returned) for a message. */
+const failure = (e) => {
+  if (e instanceof Retry) {
+    return { tag: "retry", val: { delayMs: BigInt(e.delayMs), reason: e.reason } };
+  }
+  if (e instanceof Reject) return { tag: "reject", val: e.reason };
+  return { tag: "reject", val: uncaught(e) };
+};
+
+const isPromise = (v) => v && typeof v.then === "function";
+
+/**
+ * Wraps the author's `apply` and `applyBatch` (either may be undefined, not
+ * both) as the component's exports `apply` and `applyBatch`.
+ */
+export function handleBoth(apply, applyBatch) {
+  const batch = applyBatch ? handleBatch(applyBatch) : null;
+  const one = apply
+    ? handle(apply)
+    : (msg) => {
+        const settle = ([o]) => {
+          if (o.tag === "failed") throw o.val;
+          return o.val;
+        };
+        const outcomes = batch([msg]);
+        return isPromise(outcomes) ? outcomes.then(settle) : settle(outcomes);
+      };
+  const each = (msgs) => {
+    const outcomes = msgs.map((msg) => {
+      try {
+        const out = one(msg);
+        if (isPromise(out)) {
+          return out.then(
+            (val) => ({ tag: "output", val }),
+            (val) => ({ tag: "failed", val }),
+          );
+        }
+        return { tag: "output", val: out };
+      } catch (val) {
+        return { tag: "failed", val };
+      }
+    });
+    return outcomes.some(isPromise) ? Promise.all(outcomes) : outcomes;
+  };
+  return { apply: one, applyBatch: batch || each };
+}
+
+/** Wraps the author's `applyBatch` as the component's `apply-batch`. */
+function handleBatch(applyBatch) {
+  const wantsMessages = applyBatch.length >= 2;
+  return (msgs) => {
+    const outcomes = new Array(msgs.length).fill(null);
+    const called = [];
+    const inputs = [];
+    msgs.forEach((msg, i) => {
+      try {
+        inputs.push(decode(msg.payload, wantsMessages));
+        called.push(i);
+      } catch (e) {
+        outcomes[i] = { tag: "failed", val: failure(e) };
+      }
+    });
+    const failAll = (e) =>
+      outcomes.map((o) => o || { tag: "failed", val: failure(e) });
+    const fill = (results) => {
+      if (!Array.isArray(results) || results.length !== called.length) {
+        const n = Array.isArray(results) ? results.length : "no array of";
+        return failAll(new Reject(`applyBatch returned ${n} results for ${called.length} messages`));
+      }
+      called.forEach((i, k) => {
+        const r = results[k];
+        if (r instanceof Error) {
+          outcomes[i] = { tag: "failed", val: failure(r) };
+        } else {
+          try {
+            outcomes[i] = { tag: "output", val: output(r) };
+          } catch (e) {
+            outcomes[i] = { tag: "failed", val: failure(e) };
+          }
+        }
+      });
+      return outcomes;
+    };
+    try {
+      const picked = called.map((i) => msgs[i]);
+      const results = wantsMessages ? applyBatch(inputs, picked) : applyBatch(inputs);
+      return isPromise(results) ? Promise.resolve(results).then(fill, failAll) : fill(results);
+    } catch (e) {
+      return failAll(e);
+    }
+  };
+}
+
 /** Wraps the author's `apply` as the component's export. */
 export function handle(apply) {
   const wantsMessage = apply.length >= 2;
-  const output = (out) => (out === undefined || out === null ? undefined : toBytes(out));
-  const failure = (e) => {
-    if (e instanceof Retry) {
-      return { tag: "retry", val: { delayMs: BigInt(e.delayMs), reason: e.reason } };
-    }
-    if (e instanceof Reject) return { tag: "reject", val: e.reason };
-    return { tag: "reject", val: uncaught(e) };
-  };
   return (msg) => {
     let out;
     try {

@@ -6,6 +6,11 @@
 // - "env": returns env(), the algorithm's secrets.
 // - "typeerror": calls what is not a function (an uncaught TypeError).
 // - "bigint": returns an output JSON cannot encode (a BigInt).
+//
+// With a flow's `batch`, `applyBatch` sees the batch: "batch" returns
+// {"n": input.n, "batch": the number of messages in the call}, and
+// "batch-reject" fails that message alone (an Error returned, not thrown);
+// anything else runs as `apply` would.
 
 import { Reject, Retry, env } from "eventflow";
 
@@ -23,4 +28,21 @@ export function apply(input, message) {
     default:
       throw new Reject(`unknown action ${input.do}`);
   }
+}
+
+export function applyBatch(inputs, messages) {
+  return inputs.map((input, i) => {
+    switch (input && input.do) {
+      case "batch":
+        return { n: input.n, batch: inputs.length, flow: input.flow };
+      case "batch-reject":
+        return new Reject(`asked to reject ${input.n} in a batch`);
+      default:
+        try {
+          return apply(input, messages[i]);
+        } catch (e) {
+          return e;
+        }
+    }
+  });
 }

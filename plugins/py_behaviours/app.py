@@ -10,6 +10,11 @@ router) covers every behaviour the Python SDK's tests check:
 - "fetch": sends input["method"] (GET) to input["url"] with input["body_bytes"]
   bytes of body (none) through eventflow.http.fetch and returns {"status",
   "body"} or {"error": code, "detail": ...}.
+
+With a flow's ``batch``, ``apply_batch`` sees the batch: "batch" returns
+{"n": input["n"], "batch": the number of messages in the call}, and
+"batch-reject" fails that message alone (an exception returned, not raised);
+anything else runs as ``apply`` would.
 """
 
 import os
@@ -41,6 +46,22 @@ def apply(input, message):
             return {"error": e.code, "detail": e.detail}
         return {"status": reply.status, "body": reply.text()}
     raise Reject(f"unknown action {action!r}")
+
+
+def apply_batch(inputs, messages):
+    results = []
+    for input, message in zip(inputs, messages):
+        action = input.get("do") if isinstance(input, dict) else None
+        if action == "batch":
+            results.append({"n": input["n"], "batch": len(inputs), "flow": input.get("flow")})
+        elif action == "batch-reject":
+            results.append(Reject(f"asked to reject {input['n']} in a batch"))
+        else:
+            try:
+                results.append(apply(input, message))
+            except Exception as e:
+                results.append(e)
+    return results
 
 
 def lookup(input):

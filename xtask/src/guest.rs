@@ -58,7 +58,10 @@ impl Lang {
     /// that calls out (`outbound_http`) the world it is built for.
     fn inputs(self, outbound_http: bool) -> Vec<PathBuf> {
         let root = root();
-        let mut files = vec![root.join("wit/algorithm.wit")];
+        let mut files = vec![
+            root.join("wit/algorithm.wit"),
+            root.join("wit/deps/algorithm-0.1.0/algorithm.wit"),
+        ];
         match self {
             Lang::Python => {
                 files.push(root.join("plugins/python/build-requirements.txt"));
@@ -172,7 +175,7 @@ fn compile(g: &Guest, dest: &Path) -> anyhow::Result<()> {
                     .arg(root.join("plugins/python/wit-http"))
                     .args(["-w", "eventflow:algorithm-http/algorithm-http@0.1.0"]);
             } else {
-                command.args(["-w", "algorithm"]);
+                command.args(["-w", "batch-algorithm"]);
             }
             run(command
                 .args(["componentize", "eventflow.main", "-p"])

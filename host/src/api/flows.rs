@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 
 use super::status::FlowReport;
 pub use crate::config::{
-    CanarySpec, FilterSpec, FlowOrdering, KeyFailure, RolloutPolicy, ShadowSpec,
+    BatchSpec, CanarySpec, FilterSpec, FlowOrdering, KeyFailure, RolloutPolicy, ShadowSpec,
 };
 
 /// A request to enable a topic for an algorithm version (`POST /v1/flows`):
@@ -64,6 +64,10 @@ pub struct EnableFlow {
     /// absent: an existing flow keeps its filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,
+    /// Batches for a 0.2.0 algorithm's `apply-batch` (see the README's
+    /// Batches); absent: an existing flow keeps its batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
 }
 
 /// An edit of a flow (`PATCH /v1/flows/{flow}`): absent fields stay; `null`
@@ -120,6 +124,14 @@ pub struct EditFlow {
     )]
     #[schema(value_type = Option<FilterSpec>)]
     pub filter: Option<Option<FilterSpec>>,
+    /// New batches, or null to remove them (one message per call).
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<BatchSpec>)]
+    pub batch: Option<Option<BatchSpec>>,
     /// A canary (a share of the messages to another version, with its
     /// gate), or null to remove it (its messages go back to the flow's
     /// version).
@@ -216,6 +228,9 @@ pub struct Flow {
     /// Which messages invoke the algorithm; absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,
+    /// Its batches; absent: one message per call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
     /// Its canary: a share of the messages to another version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,

@@ -35,6 +35,11 @@ pub struct Plugin {
     /// The serving component's largest initial linear memory, in MiB
     /// (rounded up): the least `max_memory_mib` that lets it start.
     pub initial_memory_mib: Option<u64>,
+    /// The serving component's world: `eventflow:algorithm@0.1.0`
+    /// (`apply`) or `eventflow:algorithm@0.2.0` (`apply` and `apply-batch`:
+    /// it takes a flow's batches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<String>,
     /// Flows among `flows` whose memory limit is below that, one sentence
     /// each (`... needs 13 MiB initial memory, flow "x" allows 8 MiB ...`):
     /// they do not invoke this version and their messages wait.

@@ -84,6 +84,12 @@ pub struct FlowReport {
     /// filter left them out.
     #[serde(default)]
     pub filtered: u64,
+    /// Calls of `apply-batch` (a flow with `batch` and a 0.2.0 algorithm).
+    #[serde(default)]
+    pub batches: u64,
+    /// Messages in those calls.
+    #[serde(default)]
+    pub batched_messages: u64,
     /// Messages being handled now: running, waiting for an invocation slot,
     /// or waiting for their effects and acknowledgement to be committed.
     pub in_flight: i64,

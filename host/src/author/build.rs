@@ -147,7 +147,7 @@ fn componentize_py(dir: &Path, out: &Path, outbound_http: bool) -> anyhow::Resul
             .arg(sdk.join("plugins/python/wit-http"))
             .args(["-w", "eventflow:algorithm-http/algorithm-http@0.1.0"]);
     } else {
-        cmd.args(["-w", "algorithm"]);
+        cmd.args(["-w", "batch-algorithm"]);
     }
     cmd.args(["componentize", "eventflow.main", "-p"])
         .arg(sdk.join("plugins/python"))

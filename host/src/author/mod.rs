@@ -167,10 +167,16 @@ pub fn parse_id(s: &str) -> anyhow::Result<AlgorithmId> {
 /// `eventflow-sdk/`.
 pub(crate) mod sdk {
     /// The contract, for every language.
-    pub const WIT: &[(&str, &str)] = &[(
-        "wit/algorithm.wit",
-        include_str!("../../../wit/algorithm.wit"),
-    )];
+    pub const WIT: &[(&str, &str)] = &[
+        (
+            "wit/algorithm.wit",
+            include_str!("../../../wit/algorithm.wit"),
+        ),
+        (
+            "wit/deps/algorithm-0.1.0/algorithm.wit",
+            include_str!("../../../wit/deps/algorithm-0.1.0/algorithm.wit"),
+        ),
+    ];
     /// The Rust SDK's source (its `Cargo.toml` is written by `new`).
     pub const RUST: &[(&str, &str)] = &[(
         "plugins/sdk/src/lib.rs",

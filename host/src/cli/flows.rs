@@ -123,6 +123,9 @@ pub(super) struct EditArgs {
     /// Remove the filter: every message invokes the algorithm.
     #[arg(long, conflicts_with = "filter")]
     no_filter: bool,
+    /// Remove the batches: one message per call.
+    #[arg(long, conflicts_with = "batch")]
+    no_batch: bool,
     /// For a flow that follows the latest version: roll a newly loaded
     /// version out gradually, e.g. "canary 10% then promote after 1000".
     #[arg(long, conflicts_with = "no_rollout")]
@@ -212,6 +215,10 @@ pub(super) struct Settings {
     /// (see the README's Filters); the others are acknowledged unprocessed.
     #[arg(long, value_parser = parse_filter)]
     filter: Option<api::flows::FilterSpec>,
+    /// Batches for a 0.2.0 algorithm's `apply-batch`, as JSON, e.g.
+    /// '{"max_messages": 64, "max_wait_ms": 20}' (see the README's Batches).
+    #[arg(long, value_parser = parse_batch)]
+    batch: Option<api::flows::BatchSpec>,
     /// `key`: messages with the same key one at a time, in order, keys in
     /// parallel (embedded, Kafka, SQS FIFO); `partition`: a partition's
     /// outputs in offset order (Kafka, Event Hubs); `none`: no order.
@@ -239,6 +246,11 @@ fn parse_key_failure(text: &str) -> Result<api::flows::KeyFailure, String> {
 /// A `--filter`: JSON in the shape of the configuration's `filter` table.
 fn parse_filter(text: &str) -> Result<api::flows::FilterSpec, String> {
     serde_json::from_str(text).map_err(|e| format!("not a filter: {e}"))
+}
+
+/// A `--batch`: JSON in the shape of the configuration's `batch` table.
+fn parse_batch(text: &str) -> Result<api::flows::BatchSpec, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a batch: {e}"))
 }
 
 pub(super) async fn run(g: &Global, command: FlowsCommand) -> Result<(), Failure> {
@@ -312,6 +324,7 @@ async fn enable(g: &Global, c: &Client, args: EnableArgs) -> Result<(), Failure>
         ordering: args.settings.ordering,
         on_key_failure: args.settings.on_key_failure,
         filter: args.settings.filter,
+        batch: args.settings.batch,
     };
     let changed = c.enable_flow(&req).await?;
     if g.json {
@@ -351,6 +364,11 @@ async fn edit(g: &Global, c: &Client, args: EditArgs) -> Result<(), Failure> {
             Some(None)
         } else {
             args.settings.filter.map(Some)
+        },
+        batch: if args.no_batch {
+            Some(None)
+        } else {
+            args.settings.batch.map(Some)
         },
         canary: None,
         shadow: None,

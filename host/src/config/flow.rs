@@ -87,6 +87,12 @@ pub struct FlowSpec {
     /// and counted as `filtered`. Absent: every message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,
+    /// Batches: messages grouped for one `apply-batch` call of a 0.2.0
+    /// component on one fresh instance, e.g.
+    /// `batch = { max_messages = 64, max_wait_ms = 20 }`. The invocation
+    /// limits and the timeout hold per batch. Absent: one message per call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
     /// A canary: a share of the messages goes to another version of the
     /// algorithm, rolled back when its gate fails and promoted after
     /// `promote_after` messages, e.g.
@@ -159,6 +165,7 @@ impl FlowSpec {
             ordering: None,
             on_key_failure: KeyFailure::default(),
             filter: None,
+            batch: None,
             canary: None,
             shadow: None,
             rollout: None,
@@ -225,6 +232,52 @@ pub struct FilterSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
     pub headers: BTreeMap<String, serde_json::Value>,
+}
+
+/// How a flow groups messages into batches (`batch = { ... }`). A batch
+/// is called when it holds `max_messages` messages or `max_bytes` of
+/// payload, or `max_wait_ms` after its first message, whichever comes
+/// first; each message is still acknowledged, retried or dead-lettered on
+/// its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Most messages in one batch (1 to 1,024; default 64).
+    #[serde(default = "default_batch_messages")]
+    pub max_messages: u32,
+    /// Longest a batch waits for more messages after its first, in
+    /// milliseconds (at most 60,000; default 20).
+    #[serde(default = "default_batch_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Most payload bytes in one batch (default 4 MiB); a message larger
+    /// than this alone is a batch of its own.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: u64,
+}
+
+/// Most messages a batch may hold.
+pub const MAX_BATCH_MESSAGES: u32 = 1024;
+/// Longest a batch may wait for more messages, in milliseconds.
+pub const MAX_BATCH_WAIT_MS: u64 = 60_000;
+
+const fn default_batch_messages() -> u32 {
+    64
+}
+const fn default_batch_wait_ms() -> u64 {
+    20
+}
+const fn default_batch_bytes() -> u64 {
+    4 << 20
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            max_messages: default_batch_messages(),
+            max_wait_ms: default_batch_wait_ms(),
+            max_bytes: default_batch_bytes(),
+        }
+    }
 }
 
 /// Consumer options that only some brokers use.

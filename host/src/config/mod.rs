@@ -31,8 +31,8 @@ mod tests;
 mod validate;
 
 pub use flow::{
-    Backoff, ConsumerOptions, FilterSpec, FlowOrdering, FlowSpec, KeyFailure, PARTITIONED_BROKERS,
-    RetryPolicy, dead_letter_topic_keys,
+    Backoff, BatchSpec, ConsumerOptions, FilterSpec, FlowOrdering, FlowSpec, KeyFailure,
+    PARTITIONED_BROKERS, RetryPolicy, dead_letter_topic_keys,
 };
 pub use limits::{AlgorithmLimits, Limits};
 pub use names::{

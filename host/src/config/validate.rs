@@ -538,6 +538,31 @@ fn check_flow_settings(f: &FlowSpec) -> Result<(), FieldError> {
     if f.max_receives == 0 {
         return Err(("max_receives".into(), "must be at least 1".into()));
     }
+    if let Some(b) = &f.batch {
+        if !(1..=super::flow::MAX_BATCH_MESSAGES).contains(&b.max_messages) {
+            return Err((
+                "batch.max_messages".into(),
+                format!(
+                    "{} must be between 1 and {}",
+                    b.max_messages,
+                    super::flow::MAX_BATCH_MESSAGES
+                ),
+            ));
+        }
+        if b.max_wait_ms > super::flow::MAX_BATCH_WAIT_MS {
+            return Err((
+                "batch.max_wait_ms".into(),
+                format!(
+                    "{} is over {} (a minute)",
+                    b.max_wait_ms,
+                    super::flow::MAX_BATCH_WAIT_MS
+                ),
+            ));
+        }
+        if b.max_bytes == 0 {
+            return Err(("batch.max_bytes".into(), "must be at least 1".into()));
+        }
+    }
     if let Some(n) = f.consumer.in_flight_per_partition
         && !(1..=64).contains(&n)
     {

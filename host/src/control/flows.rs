@@ -3,8 +3,8 @@
 use super::{Action, ControlError, ControlPlane, Role};
 use crate::api::{self, EditFlow, EnableFlow};
 use crate::config::{
-    self, AlgorithmRef, CanarySpec, FilterSpec, FlowOrdering, FlowSpec, KeyFailure, RolloutPolicy,
-    ShadowSpec,
+    self, AlgorithmRef, BatchSpec, CanarySpec, FilterSpec, FlowOrdering, FlowSpec, KeyFailure,
+    RolloutPolicy, ShadowSpec,
 };
 
 /// A flow after it was enabled or edited, and what its caller should know.
@@ -384,6 +384,7 @@ pub fn flow_view(f: &FlowSpec, kind: &str) -> api::Flow {
         ordering: f.ordering_on(kind),
         on_key_failure: f.on_key_failure,
         filter: f.filter.clone(),
+        batch: f.batch,
         canary: f.canary.clone(),
         shadow: f.shadow.clone(),
         rollout: f.rollout.clone(),
@@ -422,6 +423,8 @@ struct Settings {
     on_key_failure: Option<KeyFailure>,
     /// `Some(None)` removes the filter.
     filter: Option<Option<FilterSpec>>,
+    /// `Some(None)` removes the batches.
+    batch: Option<Option<BatchSpec>>,
     /// `Some(None)` removes the canary.
     canary: Option<Option<CanarySpec>>,
     /// `Some(None)` removes the shadow.
@@ -447,6 +450,7 @@ impl Settings {
             ordering: req.ordering,
             on_key_failure: req.on_key_failure,
             filter: req.filter.clone().map(Some),
+            batch: req.batch.map(Some),
             canary: None,
             shadow: None,
             rollout: None,
@@ -467,6 +471,7 @@ impl Settings {
             ordering: edit.ordering,
             on_key_failure: edit.on_key_failure,
             filter: edit.filter,
+            batch: edit.batch,
             canary: edit.canary,
             shadow: edit.shadow,
             rollout: edit.rollout,
@@ -491,6 +496,7 @@ impl Settings {
         set(&mut flow.ordering, self.ordering.map(Some));
         set(&mut flow.on_key_failure, self.on_key_failure);
         set(&mut flow.filter, self.filter);
+        set(&mut flow.batch, self.batch);
         set(&mut flow.canary, self.canary);
         set(&mut flow.shadow, self.shadow);
         set(&mut flow.rollout, self.rollout);
@@ -578,6 +584,7 @@ mod tests {
             ordering: Some(FlowOrdering::Key),
             on_key_failure: Some(KeyFailure::Park),
             filter: Some(filter.clone()),
+            batch: Some(BatchSpec::default()),
             ..EnableFlow::default()
         })
         .unwrap();
@@ -592,6 +599,7 @@ mod tests {
             ordering: Some(FlowOrdering::Key),
             on_key_failure: Some(KeyFailure::Park),
             filter: Some(Some(filter.clone())),
+            batch: Some(Some(BatchSpec::default())),
             canary: None,
             shadow: None,
             rollout: None,
@@ -608,6 +616,7 @@ mod tests {
         assert_eq!(flow.dead_letter_topic.as_deref(), Some("dlq"));
         assert_eq!((flow.max_receives, flow.concurrency), (3, 4));
         assert_eq!(flow.filter.as_ref(), Some(&filter));
+        assert_eq!(flow.batch, Some(BatchSpec::default()));
         assert_eq!(flow.ordering, Some(FlowOrdering::Key));
         assert_eq!(flow.on_key_failure, KeyFailure::Park);
         assert!(flow.enabled);
@@ -625,6 +634,12 @@ mod tests {
         }
         .apply(&mut cleared);
         assert_eq!(cleared.filter, None);
+        Settings {
+            batch: Some(None),
+            ..Settings::default()
+        }
+        .apply(&mut cleared);
+        assert_eq!(cleared.batch, None);
         let mut kept = flow.clone();
         Settings::enabling(&EnableFlow::default())
             .unwrap()

@@ -51,6 +51,7 @@ impl ControlPlane {
                     at: crate::util::format_time(r.at),
                 }),
                 initial_memory_mib: p.initial_memory_bytes.map(|b| b.div_ceil(1 << 20)),
+                world: p.world.map(str::to_string),
                 flows: p.flows,
             })
             .collect()

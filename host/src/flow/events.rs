@@ -302,3 +302,17 @@ pub(super) fn settle_failed(
         })
         .inc();
 }
+
+/// Counts a call of `apply-batch` on `messages`
+/// messages of `flow`.
+pub(super) fn batch_invoked(flow: &str, status: &FlowStatus, metrics: &Metrics, messages: usize) {
+    let labels = FlowOnly {
+        flow: flow.to_string(),
+    };
+    metrics.batches.get_or_create(&labels).inc();
+    metrics
+        .batched_messages
+        .get_or_create(&labels)
+        .inc_by(messages as u64);
+    status.batch_invoked(messages);
+}

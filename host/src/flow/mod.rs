@@ -12,6 +12,7 @@
 //! [`MIN_IN_FLIGHT`]) are in flight, so invocations keep running while
 //! earlier messages wait for their commit; on other brokers, `concurrency`.
 
+mod batcher;
 mod dead_letter;
 mod effects;
 pub mod envelope;
@@ -135,6 +136,9 @@ pub const IN_FLIGHT_PER_SLOT: usize = 4;
 pub const MIN_IN_FLIGHT: usize = 64;
 /// The most messages in flight on such a broker (a bound on memory).
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// The most messages in flight of a flow with batches (at least two full
+/// batches on a broker that settles in groups, one on others).
+pub const MAX_BATCHED_IN_FLIGHT: usize = 4096;
 
 /// Runs one flow until `shutdown` fires; then stops receiving and waits up to
 /// `grace` for in-flight messages, releasing what is left to the broker.
@@ -186,6 +190,7 @@ pub async fn run(
             &services.state,
         ),
         shadow: None,
+        batcher: spec.batch.map(|b| Arc::new(batcher::Batcher::new(b))),
     };
     worker.shadow = rollout::start_shadow(&worker);
     if let Some(n) = worker.native_max_receives {
@@ -259,13 +264,25 @@ impl Setup {
             status.failed(&format!("topic {:?} is not declared", spec.topic));
             return None;
         };
-        let lease = Duration::from_secs_f64(spec.timeout_secs) + LEASE_MARGIN;
+        // A message in a batch may wait `max_wait_ms` for it before the
+        // call starts.
+        let batch_wait = spec
+            .batch
+            .map_or(Duration::ZERO, |b| Duration::from_millis(b.max_wait_ms));
+        let lease = Duration::from_secs_f64(spec.timeout_secs) + batch_wait + LEASE_MARGIN;
         let concurrency = spec.concurrency as usize;
-        let window = if broker.connection.local_store().is_some() {
+        let local = broker.connection.local_store().is_some();
+        let mut window = if local {
             (concurrency * IN_FLIGHT_PER_SLOT).clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT.max(concurrency))
         } else {
             concurrency
         };
+        if let Some(b) = spec.batch {
+            // Room for a full batch per slot; on a broker that settles in
+            // groups, for the next ones to fill while batches commit.
+            let per_slot = b.max_messages as usize * if local { 2 } else { 1 };
+            window = window.max((concurrency * per_slot).min(MAX_BATCHED_IN_FLIGHT.max(per_slot)));
+        }
         let partition_turns = spec.ordering_on(broker.spec.kind()) == FlowOrdering::Partition;
         let options = SourceOptions {
             flow: spec.name.clone(),
@@ -281,10 +298,15 @@ impl Setup {
             ),
             // In key order, or none, a partition's messages run as far as
             // the flow has room: the keys, or nothing, hold them back.
-            in_flight_per_partition: spec
-                .consumer
-                .in_flight_per_partition
-                .map_or(if partition_turns { 8 } else { window }, |n| n as usize),
+            in_flight_per_partition: spec.consumer.in_flight_per_partition.map_or(
+                if partition_turns {
+                    spec.batch
+                        .map_or(8, |b| b.max_messages.clamp(8, 64) as usize)
+                } else {
+                    window
+                },
+                |n| n as usize,
+            ),
             partition_turns,
             metrics: Some(services.metrics.clone()),
         };

@@ -28,6 +28,8 @@ pub struct FlowStatus {
     dead_lettered: AtomicU64,
     dropped: AtomicU64,
     filtered: AtomicU64,
+    batches: AtomicU64,
+    batched: AtomicU64,
     in_flight: AtomicI64,
     samples: Samples,
     /// The flow's canary, kept after a decision restarted the flow.
@@ -99,6 +101,11 @@ impl FlowStatus {
     }
     pub(super) fn filtered(&self) {
         self.filtered.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A call of `apply-batch` on `messages` messages.
+    pub(super) fn batch_invoked(&self, messages: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batched.fetch_add(messages as u64, Ordering::Relaxed);
     }
 
     /// Shows `rollout` as the flow's canary.
@@ -275,6 +282,8 @@ impl FlowStatus {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            batched_messages: self.batched.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             received_per_sec: rates[0],
             succeeded_per_sec: rates[1],

@@ -26,6 +26,7 @@ use crate::metrics::FlowMetrics;
 use crate::sandbox::{Algorithm, AlgorithmId, Failure, Invocation, Outcome, Reason};
 use crate::telemetry::trace::TraceContext;
 
+use super::batcher::Batcher;
 use super::effects::{Enqueued, Provenance, publish_failure};
 use super::events::{MessageEvents, settle_failed};
 use super::filter::Filter;
@@ -79,6 +80,9 @@ pub struct Worker {
     pub(super) parking: Option<Arc<Parking>>,
     /// The header of a message's key (see `Source::key_header`).
     pub(super) key_header: &'static str,
+    /// The flow's batches, with `batch`: where a message of an algorithm
+    /// that takes batches goes to be invoked.
+    pub(super) batcher: Option<Arc<Batcher>>,
 }
 
 impl Worker {
@@ -222,7 +226,12 @@ impl Worker {
                 .await;
         } else {
             loop {
-                let outcome = self.invoke(&mut settle, &algorithm, &mut message).await;
+                let Some(outcome) = self.invoke(&mut settle, &algorithm, &mut message).await else {
+                    // Its batch was lost (see `Batcher::run`): the broker
+                    // delivers the message again.
+                    self.retry(&mut settle, &message, Duration::ZERO).await;
+                    break;
+                };
                 let Some(delay) = self
                     .settle_outcome(&mut settle, &algorithm, &message, outcome, &trace)
                     .await
@@ -239,14 +248,19 @@ impl Worker {
         self.events(&algorithm, &message).finished();
     }
 
-    /// Runs the algorithm on `message`, keeping the delivery leased
-    /// meanwhile.
+    /// Runs the algorithm on `message`, in a batch when the flow has
+    /// batches and the algorithm takes them, keeping the delivery leased
+    /// meanwhile. `None`: the batch was lost (see [`Batcher::run`]).
     async fn invoke(
         &self,
         settle: &mut Box<dyn Settle>,
         algorithm: &Arc<Algorithm>,
         message: &mut InboundMessage,
-    ) -> Outcome {
+    ) -> Option<Outcome> {
+        if let Some(batcher) = self.batcher.as_ref().filter(|_| algorithm.batches()) {
+            let run = batcher.run(self, algorithm, message);
+            return with_heartbeat(settle, self.lease, &self.throttle, run).await;
+        }
         let (prepared, resolver) = self.prepare(algorithm).await;
         let invocation = prepared.invocation(self.flow.clone(), message, resolver);
         let slots = self.slots.clone();
@@ -254,7 +268,7 @@ impl Worker {
             // The slot is released as soon as the invocation ends, before
             // its effects are published and the message settled.
             let _slot = slots.acquire_owned().await;
-            self.services.sandbox.invoke(algorithm, invocation).await
+            Some(self.services.sandbox.invoke(algorithm, invocation).await)
         })
         .await
     }

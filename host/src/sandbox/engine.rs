@@ -93,7 +93,8 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        bindings::Algorithm::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        // The 0.2.0 world's imports are all of 0.1.0's: this links both.
+        bindings::batch::BatchAlgorithm::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

@@ -20,7 +20,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::PublishRefusal;
 use super::TopicResolver;
-use super::bindings::eventflow::algorithm::{data, log, publish};
+use super::bindings::imports::{data, log, publish};
 use super::bindings::{WitDataError, WitLevel, WitPublishError};
 use crate::data::{Collections, DataError, DataUri};
 use crate::message::{Header, OutboundMessage};
@@ -399,4 +399,6 @@ impl log::Host for HostState {
     }
 }
 
-impl super::bindings::eventflow::algorithm::types::Host for HostState {}
+impl super::bindings::imports::types::Host for HostState {}
+
+impl super::bindings::batch::eventflow::algorithm0_2_0::batch::Host for HostState {}

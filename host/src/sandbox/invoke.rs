@@ -9,13 +9,13 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use super::bindings::{AlgorithmPre, Lent, WitMessage};
+use super::bindings::{AlgorithmPre, Lent, LentBatch, WitMessage, WitOutcome};
 use super::failure::{classify, guest_failure};
 use super::host::{self, HostState, Limiter};
 use super::outbound::{Hooks, HooksFor, HttpLimits};
 use super::{
-    Algorithm, Code, Failure, Invocation, NativeFn, NoTopics, Outcome, Reason, Sandbox,
-    TopicResolver,
+    Algorithm, BatchOutcome, Code, Failure, Invocation, NativeFn, NoTopics, Outcome, Reason,
+    Sandbox, TopicResolver,
 };
 use crate::config::Limits;
 use crate::message::InboundMessage;
@@ -42,6 +42,107 @@ impl Sandbox {
         };
         self.run(algorithm, inv, slot, waiting.elapsed(), false)
             .await
+    }
+
+    /// Runs a 0.2.0 `algorithm` on a batch, `inv`'s message and then
+    /// `rest`, in ONE fresh instance: `apply-batch` sees them in this order.
+    /// `inv`'s limits and timeout hold for the whole call; a message over
+    /// `max_input_bytes` (or undecodable) fails on its own and is left out of
+    /// the call, and each output is checked against `max_output_bytes`. A
+    /// trap, a broken limit or a list of outcomes of the wrong length fails
+    /// every message of the call. The slot is waited for as in
+    /// [`Sandbox::invoke`]. A native algorithm runs once per message.
+    pub async fn invoke_batch<'a>(
+        &self,
+        algorithm: &Algorithm,
+        inv: Invocation<'a>,
+        rest: Vec<&'a mut InboundMessage>,
+    ) -> BatchOutcome {
+        let waiting = Instant::now();
+        let slot = match &algorithm.code {
+            Code::Wasm(_) => self.instance_slot().await,
+            Code::Native(_) => None,
+        };
+        let slot_wait = waiting.elapsed();
+        let started = Instant::now();
+        let pre = match &algorithm.code {
+            Code::Wasm(pre) => pre,
+            Code::Native(f) => {
+                let results = std::iter::once(&*inv.message)
+                    .chain(rest.iter().map(|m| &**m))
+                    .map(|m| run_native(f, m, inv.limits))
+                    .collect();
+                return BatchOutcome {
+                    results,
+                    published: Vec::new(),
+                    duration: started.elapsed(),
+                    slot_wait,
+                    peak_memory_bytes: 0,
+                    fuel_used: None,
+                };
+            }
+        };
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let (mut store, fuel) = self.store(algorithm, &inv, &stderr, (started, false));
+        let Invocation {
+            message: first,
+            limits,
+            timeout,
+            ..
+        } = inv;
+        let mut all = Vec::with_capacity(1 + rest.len());
+        all.push(first);
+        all.extend(rest);
+        let mut results: Vec<Option<Result<Option<Vec<u8>>, Failure>>> = all
+            .iter()
+            .map(|m| check_input(m, limits).map(Err))
+            .collect();
+        let callable: Vec<&mut InboundMessage> = all
+            .iter_mut()
+            .zip(&results)
+            .filter(|(_, r)| r.is_none())
+            .map(|(m, _)| &mut **m)
+            .collect();
+        if !callable.is_empty() {
+            let n = callable.len();
+            let lent = LentBatch::new(callable);
+            let called = call_batch(pre, &mut store, lent.messages(), timeout, &stderr).await;
+            drop(lent);
+            let mut outcomes = match called {
+                Ok(o) if o.len() == n => Ok(o.into_iter()),
+                Ok(o) => Err(Failure::new(
+                    Reason::Trap,
+                    format!("apply-batch returned {} outcomes for {n} messages", o.len()),
+                )),
+                Err(f) => Err(f),
+            };
+            for r in results.iter_mut().filter(|r| r.is_none()) {
+                *r = Some(match &mut outcomes {
+                    Err(f) => Err(f.clone()),
+                    Ok(o) => match o.next() {
+                        Some(WitOutcome::Output(output)) => check_output(output, limits),
+                        Some(WitOutcome::Failed(failure)) => Err(guest_failure(failure)),
+                        None => unreachable!("one outcome per message, checked above"),
+                    },
+                });
+            }
+        }
+        let fuel_used = fuel.and_then(|f| store.get_fuel().ok().map(|left| f - left));
+        let state = store.into_data();
+        drop(slot);
+        let results: Vec<_> = results.into_iter().flatten().collect();
+        BatchOutcome {
+            published: if results.iter().any(Result::is_ok) {
+                state.published
+            } else {
+                Vec::new()
+            },
+            results,
+            duration: started.elapsed(),
+            slot_wait,
+            peak_memory_bytes: state.limiter.peak_memory as u64,
+            fuel_used,
+        }
     }
 
     /// Runs `algorithm` on one message as a shadow: in a fresh instance,
@@ -73,7 +174,16 @@ impl Sandbox {
         let started = Instant::now();
         let pre = match &algorithm.code {
             Code::Wasm(pre) => pre,
-            Code::Native(f) => return run_native(f, &inv, started, slot_wait),
+            Code::Native(f) => {
+                return Outcome {
+                    result: run_native(f, inv.message, inv.limits),
+                    published: Vec::new(),
+                    duration: started.elapsed(),
+                    slot_wait,
+                    peak_memory_bytes: 0,
+                    fuel_used: None,
+                };
+            }
         };
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         let (mut store, fuel) = self.store(algorithm, &inv, &stderr, (started, shadow));
@@ -287,41 +397,22 @@ impl Sandbox {
         if self.settings.epoch_interruption {
             store.set_epoch_deadline(u64::MAX / 2);
         }
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(anyhow::Error::from)?;
         let wit = WitMessage::from(message);
-        let started = Instant::now();
-        for _ in 0..n {
-            let out = instance
-                .call_apply(&mut store, &wit)
-                .await
-                .map_err(anyhow::Error::from)?;
-            std::hint::black_box(out.ok());
-        }
-        Ok(started.elapsed())
+        pre.apply_reused(&mut store, &wit, n)
+            .await
+            .map_err(anyhow::Error::from)
     }
 }
 
 /// Runs a native stand-in: the same input and output checks, no sandbox.
 fn run_native(
     f: &NativeFn,
-    inv: &Invocation<'_>,
-    started: Instant,
-    slot_wait: Duration,
-) -> Outcome {
-    let result = match check_input(inv.message, inv.limits) {
+    message: &InboundMessage,
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, Failure> {
+    match check_input(message, limits) {
         Some(failure) => Err(failure),
-        None => f(inv.message).and_then(|o| check_output(o, inv.limits)),
-    };
-    Outcome {
-        result,
-        published: Vec::new(),
-        duration: started.elapsed(),
-        slot_wait,
-        peak_memory_bytes: 0,
-        fuel_used: None,
+        None => f(message).and_then(|o| check_output(o, limits)),
     }
 }
 
@@ -335,10 +426,7 @@ async fn call(
 ) -> Result<Option<Vec<u8>>, Failure> {
     let (limits, timeout) = (inv.limits, inv.timeout);
     let lent = Lent::new(inv.message);
-    let call = async {
-        let instance = pre.instantiate_async(&mut *store).await?;
-        instance.call_apply(&mut *store, lent.message()).await
-    };
+    let call = pre.apply(&mut *store, lent.message());
     // The epoch deadline stops computation; this outer deadline, a little
     // later so the epoch wins for computation, stops a host call that hangs.
     // (Its timer is armed only if the call does not finish on its first
@@ -351,6 +439,30 @@ async fn call(
         Ok(Err(error)) => Err(classify(error, timeout, stderr)),
         Ok(Ok(Err(failure))) => Err(guest_failure(failure)),
         Ok(Ok(Ok(output))) => check_output(output, limits),
+    }
+}
+
+/// Instantiates the algorithm in `store` and calls `apply-batch`, mapping
+/// a trap, a host error or the timeout to one [`Failure`] for the call.
+async fn call_batch(
+    pre: &AlgorithmPre<HostState>,
+    store: &mut Store<HostState>,
+    messages: &[WitMessage],
+    timeout: Duration,
+    stderr: &MemoryOutputPipe,
+) -> Result<Vec<WitOutcome>, Failure> {
+    let call = pre.apply_batch(store, messages);
+    match tokio::time::timeout(timeout + HOST_GRACE, call).await {
+        Err(_) => Err(Failure::new(
+            Reason::Timeout,
+            format!("did not finish within {timeout:?} (stuck in a host call)"),
+        )),
+        Ok(None) => Err(Failure::new(
+            Reason::Trap,
+            "a 0.1.0 component has no apply-batch",
+        )),
+        Ok(Some(Err(error))) => Err(classify(error, timeout, stderr)),
+        Ok(Some(Ok(outcomes))) => Ok(outcomes),
     }
 }
 

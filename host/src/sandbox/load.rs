@@ -28,7 +28,9 @@ impl Sandbox {
             .context("its imports cannot be satisfied (it may import interfaces Eventflow does not grant)")?;
         let pre = AlgorithmPre::new(instance_pre)
             .map_err(anyhow::Error::from)
-            .context("it does not export the eventflow:algorithm world (`apply`)")?;
+            .context(
+                "it does not export the eventflow:algorithm world (`apply` of 0.1.0, or `apply` and `apply-batch` of 0.2.0)",
+            )?;
         let initial = initial_memory_bytes(&component);
         Ok(Algorithm::new(
             id,

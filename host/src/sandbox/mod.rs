@@ -136,6 +136,26 @@ impl Algorithm {
         })
     }
 
+    /// Whether the algorithm takes batches: a 0.2.0 component, which
+    /// exports `apply-batch`, or a native stand-in. A 0.1.0 component runs
+    /// one message per instance even in a flow with `batch`.
+    pub fn batches(&self) -> bool {
+        match &self.code {
+            Code::Wasm(pre) => pre.batches(),
+            Code::Native(_) => true,
+        }
+    }
+
+    /// The world the component implements, `eventflow:algorithm@0.1.0` or
+    /// `eventflow:algorithm@0.2.0` (`native` for a native stand-in).
+    pub fn world(&self) -> &'static str {
+        match &self.code {
+            Code::Wasm(pre) if pre.batches() => "eventflow:algorithm@0.2.0",
+            Code::Wasm(_) => "eventflow:algorithm@0.1.0",
+            Code::Native(_) => "native",
+        }
+    }
+
     /// `owner/name@version#hash12`, the label used in logs and envelopes.
     pub fn label(&self) -> &Arc<str> {
         &self.label
@@ -200,6 +220,23 @@ pub struct Outcome {
     /// Peak linear memory, in bytes.
     pub peak_memory_bytes: u64,
     /// Fuel used, when fuel is counted.
+    pub fuel_used: Option<u64>,
+}
+
+/// What one call of `apply-batch` produced (see [`Sandbox::invoke_batch`]).
+pub struct BatchOutcome {
+    /// Each message's output, or why there is none, in the batch's order.
+    pub results: Vec<Result<Option<Vec<u8>>, Failure>>,
+    /// Messages the algorithm published during the call, by resolver key:
+    /// empty unless at least one result is `Ok`.
+    pub published: Vec<(String, OutboundMessage)>,
+    /// Wall-clock time of instantiation and call.
+    pub duration: Duration,
+    /// Time spent waiting for a free instance slot of the pool.
+    pub slot_wait: Duration,
+    /// Peak linear memory of the call, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Fuel used by the call, when fuel is counted.
     pub fuel_used: Option<u64>,
 }
 

@@ -18,12 +18,20 @@ Raise :class:`Retry` to have the message redelivered after a delay and
 exception that escapes ``apply`` rejects the message with the traceback as the
 reason. Secrets arrive in ``os.environ``; nothing else does.
 
+A flow with ``batch`` hands an algorithm many messages in one call, on one
+instance (one interpreter start instead of one per message). By default each
+is passed to ``apply``. Define ``apply_batch(inputs)`` (or
+``apply_batch(inputs, messages)``) to see them at once: it returns a list
+with one result per input, in order, each what ``apply`` would return, or an
+exception instance (``Retry``, ``Reject``, any other) that fails that message
+alone. An exception it raises fails every message of the batch.
+
 An algorithm granted outgoing HTTP calls services with
 :func:`eventflow.http.fetch`; it is built for the world that imports
 ``wasi:http`` (``outbound_http = true`` in its ``algorithm.toml``), so that
 module is imported on its own, not from here.
 
-Build with ``componentize-py -d wit -w algorithm componentize eventflow.main
+Build with ``componentize-py -d wit -w batch-algorithm componentize eventflow.main
 -p plugins/python -p DIR -o app.wasm`` where DIR holds ``app.py`` (``cargo
 xtask plugins`` does this for the examples).
 """

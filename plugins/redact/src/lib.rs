@@ -1,7 +1,10 @@
 //! Parses a JSON object and replaces the values of `password`, `ssn` and
 //! `card` with `"***"`, at any depth. The CPU-bound load of the benchmarks.
+//! A component of the 0.2.0 world: it takes a flow's batches, running each
+//! message as `apply` would.
 
-use eventflow_sdk::{Failure, Guest, Message, reject};
+use eventflow_sdk::batch::{self, Outcome};
+use eventflow_sdk::{Failure, Message, reject};
 use serde_json::Value;
 
 struct Redact;
@@ -24,7 +27,7 @@ fn redact(value: &mut Value) {
     }
 }
 
-impl Guest for Redact {
+impl batch::Guest for Redact {
     fn apply(msg: Message) -> Result<Option<Vec<u8>>, Failure> {
         let mut doc: Value = serde_json::from_slice(&msg.payload)
             .map_err(|e| reject(format!("payload is not JSON: {e}")))?;
@@ -33,6 +36,10 @@ impl Guest for Redact {
             .map(Some)
             .map_err(|e| reject(e.to_string()))
     }
+
+    fn apply_batch(messages: Vec<Message>) -> Vec<Outcome> {
+        batch::each(messages, <Redact as batch::Guest>::apply)
+    }
 }
 
-eventflow_sdk::export_algorithm!(Redact);
+eventflow_sdk::export_batch_algorithm!(Redact);
