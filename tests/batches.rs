@@ -14,7 +14,7 @@ use support::{Router, wait_for};
 
 /// `examples/batch_echo` (0.2.0) and `examples/echo` (0.1.0), each in a flow
 /// with batches of up to 64 that wait up to 2 s for their messages, one
-/// call at a time, and fixed 200 ms retries.
+/// call at a time, and (`batch_echo`) four attempts 200 ms apart.
 const CONFIG: &str = r#"
 [[brokers]]
 name = "local"
@@ -46,6 +46,7 @@ algorithm = "examples/batch_echo"
 output_topic = "out"
 dead_letter_topic = "dlq"
 concurrency = 1
+max_receives = 4
 batch = { max_messages = 64, max_wait_ms = 2000 }
 
 [flows.retry]
@@ -125,15 +126,15 @@ fn a_batch_retries_and_dead_letters_only_its_failed_messages() {
         assert_eq!(seen.len(), 1, "{payload}: {seen:?}");
         let (batch, attempt) = seen[0];
         if payload.starts_with("retry-once:") {
-            assert_eq!(attempt, 2, "{payload}");
+            assert_eq!((batch, attempt), (1, 2), "{payload}");
         } else {
             // The first call held all 64.
             assert_eq!((batch, attempt), (64, 1), "{payload}");
         }
     }
-    // The first call, then the three retries (in one or more calls).
+    // The first call, then each retry alone.
     let batches = flow["batches"].as_u64().unwrap();
-    assert!((2..=4).contains(&batches), "{flow}");
+    assert_eq!(batches, 4, "{flow}");
     assert_eq!(flow["batched_messages"], 67, "{flow}");
 
     let letters = router.dead_letters("batched");
@@ -147,6 +148,11 @@ fn a_batch_retries_and_dead_letters_only_its_failed_messages() {
     rejected.sort();
     assert_eq!(rejected, ["reject:20", "reject:40"]);
 
+    let status = router.cli_ok(&["status"]);
+    assert!(
+        status.contains("batches: 4 calls of apply-batch, 67 messages"),
+        "{status}"
+    );
     let metrics = router.metrics();
     assert!(
         metrics.contains(&format!(
@@ -157,31 +163,45 @@ fn a_batch_retries_and_dead_letters_only_its_failed_messages() {
 }
 
 #[test]
-fn a_trap_fails_every_message_of_its_batch_once() {
+fn a_trap_fails_every_message_of_its_batch_once_and_then_each_runs_alone() {
     let router = Router::start(CONFIG);
-    let mut payloads: Vec<String> = (0..63).map(|i| format!("size:{i}")).collect();
+    // One message traps every call it is in, another only its first.
+    let mut payloads: Vec<String> = (0..62).map(|i| format!("size:{i}")).collect();
     payloads.insert(17, "trap-once:17".into());
+    payloads.insert(40, "trap:40".into());
     router.publish("in", &payloads);
     let flow = settled(&router, "batched", 64);
     assert_eq!(
         (&flow["succeeded"], &flow["dead_lettered"]),
-        (&json!(64), &json!(0)),
+        (&json!(63), &json!(1)),
         "{flow}"
     );
-    // The trap failed the whole call: every message was retried once.
-    assert_eq!(flow["retried"], 64, "{flow}");
+    // The first call trapped: all 64 were retried. Then each ran alone:
+    // the 63 others succeeded at their second attempt, and only `trap:40`
+    // went on to its fourth and last (retried twice more).
+    assert_eq!(flow["retried"], 66, "{flow}");
+    assert_eq!(flow["batches"], 1 + 63 + 3, "{flow}");
+    assert_eq!(flow["batched_messages"], 64 + 63 + 3, "{flow}");
     let outputs = annotated(&router);
-    assert_eq!(outputs.len(), 64);
+    assert_eq!(outputs.len(), 63);
     for (payload, seen) in &outputs {
-        assert_eq!(seen.len(), 1, "{payload}: {seen:?}");
         assert_eq!(
-            seen[0].1, 2,
-            "{payload} was not failed by the trap: {seen:?}"
+            seen,
+            &[(1, 2)],
+            "{payload} was not failed by the trap, or did not run alone"
         );
     }
+    let letters = router.dead_letters("batched");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["payload"], "trap:40");
+    assert_eq!(
+        letters[0]["last_failure"]["reason"], "trap",
+        "{}",
+        letters[0]
+    );
     let metrics = router.metrics();
     assert!(
-        metrics.contains("eventflow_messages_retried_total{flow=\"batched\",algorithm=\"examples/batch_echo@0.1.0\",reason=\"trap\"} 64"),
+        metrics.contains("eventflow_messages_retried_total{flow=\"batched\",algorithm=\"examples/batch_echo@0.1.0\",reason=\"trap\"} 66"),
         "{}",
         metrics
             .lines()
@@ -270,5 +290,39 @@ fn batch_settings_are_checked_naming_the_file_and_field() {
         "5000 must be between 1 and 1024",
     ] {
         assert!(stderr.contains(part), "{part:?} missing in: {stderr}");
+    }
+}
+
+#[test]
+fn a_stopping_flow_runs_its_open_batch_at_once() {
+    // A batch that would wait a minute for more messages.
+    let config = CONFIG.replace(
+        "max_receives = 4\nbatch = { max_messages = 64, max_wait_ms = 2000 }",
+        "max_receives = 4\nbatch = { max_messages = 64, max_wait_ms = 60000 }",
+    );
+    let router = Router::start(&config);
+    router.publish("in", &["size:a".into(), "size:b".into(), "size:c".into()]);
+    wait_for(
+        "the three waiting in their batch",
+        Duration::from_secs(30),
+        || {
+            let f = router.flow("batched");
+            (f["received"] == 3 && f["in_flight"] == 3).then_some(())
+        },
+    );
+    let (status, body) = router.http(
+        "PATCH",
+        "/v1/flows/batched",
+        Some(json!({ "enabled": false })),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The stop runs the batch instead of waiting out max_wait_ms (or the
+    // shutdown grace, after which the messages would be given back).
+    let outputs = wait_for("the batch run by the stop", Duration::from_secs(15), || {
+        let outputs = annotated(&router);
+        (outputs.len() == 3).then_some(outputs)
+    });
+    for (payload, seen) in outputs {
+        assert_eq!(seen, [(3, 1)], "{payload}");
     }
 }

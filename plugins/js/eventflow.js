@@ -24,9 +24,11 @@
 // `applyBatch(inputs, messages)`) to see them at once: it returns an array
 // with one result per input, in order, each what `apply` would return, or an
 // Error (`Retry`, `Reject`, any other) that fails that message alone (or a
-// promise of such an array). An exception it throws fails every message of
-// the batch. An app that exports only `applyBatch` gets it for `apply` too,
-// as a batch of one. `build.mjs` bundles the module with this SDK and builds the
+// promise of such an array). An exception it throws traps the call: every
+// message of the batch fails as one attempt and is then retried alone. An
+// app that exports only `applyBatch` gets it for `apply` too, as a batch of
+// one. What an algorithm publishes during a batch belongs to the batch: it
+// is sent if any message of the batch succeeds (see the README's Batches). `build.mjs` bundles the module with this SDK and builds the
 // component (`cargo xtask plugins` does this for the examples).
 
 import * as wdata from "eventflow:algorithm/data@0.1.0";
@@ -124,7 +126,7 @@ export const data = {
 
 /**
  * Queues a message for `topic` (`name`, or `connection:name` for a topic of
- * another broker connection); sent only if `apply` succeeds. `headers` is an
+ * another broker connection); sent only if `apply` succeeds (in a batch: if any of its messages does). `headers` is an
  * object or a list of [key, value] pairs.
  */
 export function publish(topic, payload, headers = []) {
@@ -231,12 +233,12 @@ function handleBatch(applyBatch) {
         outcomes[i] = { tag: "failed", val: failure(e) };
       }
     });
-    const failAll = (e) =>
-      outcomes.map((o) => o || { tag: "failed", val: failure(e) });
+    // What applyBatch throws escapes the export: the call traps, every
+    // message of the batch fails as one attempt, and each is retried alone.
     const fill = (results) => {
       if (!Array.isArray(results) || results.length !== called.length) {
         const n = Array.isArray(results) ? results.length : "no array of";
-        return failAll(new Reject(`applyBatch returned ${n} results for ${called.length} messages`));
+        throw new Error(`applyBatch returned ${n} results for ${called.length} messages`);
       }
       called.forEach((i, k) => {
         const r = results[k];
@@ -252,13 +254,9 @@ function handleBatch(applyBatch) {
       });
       return outcomes;
     };
-    try {
-      const picked = called.map((i) => msgs[i]);
-      const results = wantsMessages ? applyBatch(inputs, picked) : applyBatch(inputs);
-      return isPromise(results) ? Promise.resolve(results).then(fill, failAll) : fill(results);
-    } catch (e) {
-      return failAll(e);
-    }
+    const picked = called.map((i) => msgs[i]);
+    const results = wantsMessages ? applyBatch(inputs, picked) : applyBatch(inputs);
+    return isPromise(results) ? Promise.resolve(results).then(fill) : fill(results);
   };
 }
 

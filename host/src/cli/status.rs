@@ -122,6 +122,14 @@ fn print_status(flows: &[api::FlowEntry], ready: Option<&api::status::Readiness>
         if let Some(waiting) = &f.waiting_for {
             println!("    waiting: {waiting}");
         }
+        if r.batches > 0 {
+            println!(
+                "    batches: {} calls of apply-batch, {} messages, {:.1} per call",
+                r.batches,
+                r.batched_messages,
+                r.batched_messages as f64 / r.batches as f64
+            );
+        }
         if r.parked_keys > 0 {
             println!(
                 "    parked: {} keys, {} messages held (eventflow keys list {})",

@@ -10,14 +10,17 @@
 //! key's next message is not handed over before the previous one settled,
 //! so a batch holds at most one message of a key).
 //!
-//! A batch is called when it is full (`max_messages`, `max_bytes`), when
-//! `max_wait_ms` passed since its first message, or when a message for
-//! another version of the algorithm arrives (a batch runs one version). The
-//! call holds one of the flow's `concurrency` slots; messages waiting for
-//! their batch hold none. What the algorithm published during the call is
-//! sent, durably, before any message of the batch is settled.
+//! A batch is called when it is full (`max_messages`, or `max_bytes`, which
+//! the next message would pass), when `max_wait_ms` passed since its first
+//! message, when a message for another version of the algorithm arrives (a
+//! batch runs one version), or when the flow stops. A retried message runs
+//! alone (see [`Batcher::add`]). The call holds one of the flow's
+//! `concurrency` slots; messages waiting for their batch hold none. What
+//! the algorithm published during the call is sent, durably, before any
+//! message of the batch is settled.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -35,6 +38,8 @@ use super::worker::{TRACEPARENT_HEADER, Worker};
 pub(super) struct Batcher {
     spec: BatchSpec,
     open: std::sync::Mutex<Open>,
+    /// Set when the flow stops.
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -64,6 +69,7 @@ impl Batcher {
         Self {
             spec,
             open: Default::default(),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -113,15 +119,29 @@ impl Batcher {
         Some(outcome)
     }
 
-    /// Adds `item` to the open batch. Returns the batches to run now (the
-    /// open one if `item` is for another version, and the one `item`
-    /// filled), and the number of a batch `item` opened, whose timer is to
-    /// be armed.
+    /// Adds `item` to the open batch. Returns the batches to run now and
+    /// the number of a batch `item` opened, whose timer is to be armed. A
+    /// batch runs now when `item` is for another version (the open one),
+    /// would take it past `max_bytes` (the open one, before `item` joins),
+    /// fills it, or arrives while the flow stops. A retried message runs
+    /// in a batch of its own, at once: after a trap or a timeout failed a
+    /// whole batch, each of its messages is tried alone, so one poisoned
+    /// message cannot take the others with it to their last attempt.
     fn add(&self, algorithm: &Arc<Algorithm>, item: Item) -> (Vec<Pending>, Option<u64>) {
+        let size = item.message.payload.len() as u64;
+        if item.message.attempt > 1 {
+            let alone = Pending {
+                number: u64::MAX,
+                algorithm: algorithm.clone(),
+                items: vec![item],
+                bytes: size,
+            };
+            return (vec![alone], None);
+        }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut ready = Vec::new();
         if let Some(b) = &open.batch
-            && !Arc::ptr_eq(&b.algorithm, algorithm)
+            && (!Arc::ptr_eq(&b.algorithm, algorithm) || b.bytes + size > self.spec.max_bytes)
         {
             ready.extend(open.batch.take());
         }
@@ -138,16 +158,32 @@ impl Batcher {
             });
         }
         let batch = open.batch.as_mut().expect("a batch is open");
-        batch.bytes += item.message.payload.len() as u64;
+        batch.bytes += size;
         batch.items.push(item);
         if batch.items.len() >= self.spec.max_messages as usize
             || batch.bytes >= self.spec.max_bytes
+            || self.stopping.load(Ordering::Relaxed)
         {
             ready.extend(open.batch.take());
             // Its timer finds another batch, or none, and leaves it.
             opened = None;
         }
         (ready, opened)
+    }
+
+    /// The flow stops: the open batch runs now, and so does every message
+    /// handed over from here on, without waiting for more.
+    pub(super) fn stop(&self, worker: &Worker) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .batch
+            .take();
+        if let Some(batch) = open {
+            tokio::spawn(run_batch(worker.clone(), batch));
+        }
     }
 
     /// The open batch if it is batch `number`.

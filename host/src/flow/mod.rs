@@ -215,6 +215,11 @@ pub async fn run(
     }
     .run()
     .await;
+    if let Some(batcher) = &worker.batcher {
+        // The open batch must not wait out `max_wait_ms` (up to a minute)
+        // while the flow drains.
+        batcher.stop(&worker);
+    }
     drain(tasks, grace, &flow, &status).await;
     if let Some(releaser) = releaser {
         let _ = releaser.await;

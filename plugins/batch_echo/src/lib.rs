@@ -9,6 +9,7 @@
 //! - `reject:` fails with a reject;
 //! - `trap-once:` traps the whole call on its first attempt (every message
 //!   of the batch fails), then outputs as `size:` does;
+//! - `trap:` traps the whole call on every attempt;
 //! - `publish:` publishes the rest of the payload to the topic `side`.
 
 use eventflow_sdk::batch::{self, Outcome};
@@ -46,10 +47,10 @@ impl batch::Guest for BatchEcho {
     }
 
     fn apply_batch(messages: Vec<Message>) -> Vec<Outcome> {
-        if messages
-            .iter()
-            .any(|m| m.payload.starts_with(b"trap-once:") && m.attempt == 1)
-        {
+        if messages.iter().any(|m| {
+            m.payload.starts_with(b"trap:")
+                || (m.payload.starts_with(b"trap-once:") && m.attempt == 1)
+        }) {
             panic!("asked to trap");
         }
         let n = messages.len();

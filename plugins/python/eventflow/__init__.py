@@ -24,7 +24,10 @@ is passed to ``apply``. Define ``apply_batch(inputs)`` (or
 ``apply_batch(inputs, messages)``) to see them at once: it returns a list
 with one result per input, in order, each what ``apply`` would return, or an
 exception instance (``Retry``, ``Reject``, any other) that fails that message
-alone. An exception it raises fails every message of the batch.
+alone. An exception it raises traps the call: every message of the batch
+fails as one attempt and is then retried alone. What an algorithm publishes
+during a batch belongs to the batch: it is sent if any message of the batch
+succeeds, even one whose own ``apply`` raised after publishing.
 
 An algorithm granted outgoing HTTP calls services with
 :func:`eventflow.http.fetch`; it is built for the world that imports

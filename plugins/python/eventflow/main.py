@@ -82,7 +82,8 @@ def _outcome(make):
 def _batch_outcomes(messages):
     """``app.apply_batch`` on the batch: one result per message, each an
     output (as ``apply`` returns it) or an exception instance, the failure
-    of that message alone. An exception it raises fails every message."""
+    of that message alone. An exception it raises, or a list of the wrong
+    length, traps the call."""
     inputs = []
     outcomes = [None] * len(messages)
     for i, m in enumerate(messages):
@@ -95,18 +96,16 @@ def _batch_outcomes(messages):
             inputs.append(None)
     called = [i for i, o in enumerate(outcomes) if o is None]
     args = [inputs[i] for i in called]
-    try:
-        if _BATCH_WANTS_MESSAGES:
-            results = list(_APPLY_BATCH(args, [messages[i] for i in called]))
-        else:
-            results = list(_APPLY_BATCH(args))
-    except Exception as e:
-        return [o or batch.Outcome_Failed(_failure(e)) for o in outcomes]
+    # What apply_batch raises escapes the export: the call traps, every
+    # message of the batch fails as one attempt, and each is retried alone.
+    if _BATCH_WANTS_MESSAGES:
+        results = list(_APPLY_BATCH(args, [messages[i] for i in called]))
+    else:
+        results = list(_APPLY_BATCH(args))
     if len(results) != len(called):
-        error = Reject(
+        raise RuntimeError(
             f"apply_batch returned {len(results)} results for {len(called)} messages"
         )
-        return [o or batch.Outcome_Failed(_failure(error)) for o in outcomes]
     for i, result in zip(called, results):
         if isinstance(result, BaseException):
             outcomes[i] = batch.Outcome_Failed(_failure(result))
