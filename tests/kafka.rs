@@ -256,6 +256,48 @@ fn ordering_none_lets_a_partitions_quick_messages_pass_a_slow_one() {
 }
 
 #[test]
+fn batches_on_a_partition_keep_its_offset_order_of_outputs() {
+    let bootstrap = tansu::shared();
+    let (input, out) = (unique("batch-in"), unique("batch-out"));
+    tansu::create_topics(&bootstrap, &[&input, &out], 1);
+    let router = Router::start(&format!(
+        "{}{}{}[[flows]]\nname = \"batched\"\ntopic = \"in\"\nalgorithm = \"examples/batch_echo\"\noutput_topic = \"out\"\nconcurrency = 4\nbatch = {{ max_messages = 16, max_wait_ms = 50 }}\n",
+        broker(&bootstrap),
+        topic("in", &input, "\"examples/batch_echo\"", ""),
+        topic("out", &out, "", "\"examples/batch_echo\""),
+    ));
+    let bodies: Vec<String> = (0..200).map(|i| format!("size:{i:03}")).collect();
+    tansu::produce_text(&bootstrap, &input, &bodies);
+    let outputs = tansu::read_all(&bootstrap, &out, bodies.len(), JOIN);
+    let got: Vec<String> = outputs
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8(r.payload.clone()).unwrap();
+            text.split_once(' ').unwrap().0.to_string()
+        })
+        .collect();
+    // Batches run side by side (concurrency 4), yet the partition's
+    // outputs come out in offset order (`ordering = "partition"`, Kafka's
+    // default).
+    assert_eq!(got, bodies);
+    let sizes: BTreeSet<usize> = outputs
+        .iter()
+        .map(|r| {
+            let text = String::from_utf8(r.payload.clone()).unwrap();
+            let batch = text.split(" batch=").nth(1).unwrap();
+            batch.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(
+        sizes.iter().any(|&n| n > 1),
+        "no batch held more than one message: {sizes:?}"
+    );
+    assert!(sizes.iter().all(|&n| n <= 16), "{sizes:?}");
+    let flow = router.flow("batched");
+    assert!(flow["batches"].as_u64().unwrap() < 200, "{flow}");
+}
+
+#[test]
 fn two_routers_in_one_group_split_the_partitions() {
     let bootstrap = tansu::shared();
     let (input, out) = (unique("two-in"), unique("two-out"));
