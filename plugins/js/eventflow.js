@@ -28,8 +28,10 @@
 // message of the batch fails as one attempt and is then retried alone. An
 // app that exports only `applyBatch` gets it for `apply` too, as a batch of
 // one. What an algorithm publishes during a batch belongs to the batch: it
-// is sent if any message of the batch succeeds (see the README's Batches). `build.mjs` bundles the module with this SDK and builds the
-// component (`cargo xtask plugins` does this for the examples).
+// is sent if any message of the batch succeeds (see the README's Batches).
+//
+// `build.mjs` bundles the module with this SDK and builds the component
+// (`cargo xtask plugins` does this for the examples).
 
 import * as wdata from "eventflow:algorithm/data@0.1.0";
 import { send } from "eventflow:algorithm/publish@0.1.0";
@@ -126,8 +128,9 @@ export const data = {
 
 /**
  * Queues a message for `topic` (`name`, or `connection:name` for a topic of
- * another broker connection); sent only if `apply` succeeds (in a batch: if any of its messages does). `headers` is an
- * object or a list of [key, value] pairs.
+ * another broker connection); sent only if `apply` succeeds (in a batch:
+ * if any of its messages does). `headers` is an object or a list of
+ * [key, value] pairs.
  */
 export function publish(topic, payload, headers = []) {
   const pairs = Array.isArray(headers) ? headers : Object.entries(headers);

@@ -235,10 +235,10 @@ pub struct FilterSpec {
 }
 
 /// How a flow groups messages into batches (`batch = { ... }`). A batch
-/// is called when it holds `max_messages` messages or `max_bytes` of
-/// payload, or `max_wait_ms` after its first message, whichever comes
-/// first; each message is still acknowledged, retried or dead-lettered on
-/// its own.
+/// is called when it holds `max_messages` messages, when the next message
+/// would take its payload past `max_bytes`, or `max_wait_ms` after its
+/// first message, whichever comes first; each message is still
+/// acknowledged, retried or dead-lettered on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {

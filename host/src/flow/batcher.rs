@@ -258,13 +258,10 @@ async fn send_published(
     published: Vec<(String, crate::message::OutboundMessage)>,
 ) -> Result<(), Failure> {
     let trace = TraceContext::for_message(message.header(TRACEPARENT_HEADER));
-    let version = format!(
-        "{}/{}@{}",
-        algorithm.id.owner, algorithm.id.name, algorithm.id.version
-    );
+    let handles = worker.handles(algorithm);
     let from = Provenance {
         algorithm,
-        version: &version,
+        version: &handles.labels.algorithm,
         message,
         trace: &trace,
     };

@@ -88,7 +88,7 @@ pub struct Worker {
 impl Worker {
     /// The per-message metric handles for `algorithm`; their labels carry
     /// its `owner/name@version`.
-    fn handles(&self, algorithm: &Algorithm) -> Arc<FlowMetrics> {
+    pub(super) fn handles(&self, algorithm: &Algorithm) -> Arc<FlowMetrics> {
         let mut cached = self
             .metric_handles
             .lock()

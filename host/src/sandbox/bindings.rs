@@ -109,23 +109,21 @@ impl<T: Send + 'static> AlgorithmPre<T> {
         }
     }
 
-    /// Instantiates the component and calls `apply-batch` on `messages`;
-    /// `None` for a 0.1.0 component, which has no `apply-batch`.
-    pub async fn apply_batch(
-        &self,
-        store: &mut wasmtime::Store<T>,
-        messages: &[WitMessage],
-    ) -> Option<wasmtime::Result<Vec<WitOutcome>>> {
+    /// The call that instantiates the component and calls `apply-batch` on
+    /// `messages`; `None` for a 0.1.0 component, which has no
+    /// `apply-batch`.
+    pub fn apply_batch<'a>(
+        &'a self,
+        store: &'a mut wasmtime::Store<T>,
+        messages: &'a [WitMessage],
+    ) -> Option<impl std::future::Future<Output = wasmtime::Result<Vec<WitOutcome>>> + 'a> {
         let Self::Batch(pre) = self else {
             return None;
         };
-        Some(
-            async {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance.call_apply_batch(&mut *store, messages).await
-            }
-            .await,
-        )
+        Some(async move {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance.call_apply_batch(&mut *store, messages).await
+        })
     }
 }
 
@@ -179,14 +177,10 @@ pub struct Lent<'a> {
 impl<'a> Lent<'a> {
     /// Moves `home`'s fields out until the returned value is dropped.
     pub fn new(home: &'a mut crate::message::InboundMessage) -> Self {
-        let wit = WitMessage {
-            id: std::mem::take(&mut home.id),
-            topic: std::mem::take(&mut home.topic),
-            payload: std::mem::take(&mut home.payload),
-            headers: std::mem::take(&mut home.headers),
-            attempt: home.attempt,
-        };
-        Lent { wit, home }
+        Lent {
+            wit: lend(home),
+            home,
+        }
     }
 
     /// The message as the guest sees it.
@@ -206,16 +200,7 @@ impl<'a> LentBatch<'a> {
     /// Moves the fields of every message of `home` out until the returned
     /// value is dropped.
     pub fn new(mut home: Vec<&'a mut crate::message::InboundMessage>) -> Self {
-        let wit = home
-            .iter_mut()
-            .map(|m| WitMessage {
-                id: std::mem::take(&mut m.id),
-                topic: std::mem::take(&mut m.topic),
-                payload: std::mem::take(&mut m.payload),
-                headers: std::mem::take(&mut m.headers),
-                attempt: m.attempt,
-            })
-            .collect();
+        let wit = home.iter_mut().map(|m| lend(m)).collect();
         LentBatch { wit, home }
     }
 
@@ -227,22 +212,35 @@ impl<'a> LentBatch<'a> {
 
 impl Drop for LentBatch<'_> {
     fn drop(&mut self) {
-        for (w, m) in self.wit.iter_mut().zip(self.home.iter_mut()) {
-            m.id = std::mem::take(&mut w.id);
-            m.topic = std::mem::take(&mut w.topic);
-            m.payload = std::mem::take(&mut w.payload);
-            m.headers = std::mem::take(&mut w.headers);
+        for (wit, home) in self.wit.iter_mut().zip(self.home.iter_mut()) {
+            give_back(wit, home);
         }
     }
 }
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        self.home.id = std::mem::take(&mut self.wit.id);
-        self.home.topic = std::mem::take(&mut self.wit.topic);
-        self.home.payload = std::mem::take(&mut self.wit.payload);
-        self.home.headers = std::mem::take(&mut self.wit.headers);
+        give_back(&mut self.wit, self.home);
     }
+}
+
+/// `home`'s fields moved into a message for the guest.
+fn lend(home: &mut crate::message::InboundMessage) -> WitMessage {
+    WitMessage {
+        id: std::mem::take(&mut home.id),
+        topic: std::mem::take(&mut home.topic),
+        payload: std::mem::take(&mut home.payload),
+        headers: std::mem::take(&mut home.headers),
+        attempt: home.attempt,
+    }
+}
+
+/// The fields [`lend`] moved out of `home`, moved back.
+fn give_back(wit: &mut WitMessage, home: &mut crate::message::InboundMessage) {
+    home.id = std::mem::take(&mut wit.id);
+    home.topic = std::mem::take(&mut wit.topic);
+    home.payload = std::mem::take(&mut wit.payload);
+    home.headers = std::mem::take(&mut wit.headers);
 }
 
 #[cfg(test)]

@@ -427,18 +427,9 @@ async fn call(
     let (limits, timeout) = (inv.limits, inv.timeout);
     let lent = Lent::new(inv.message);
     let call = pre.apply(&mut *store, lent.message());
-    // The epoch deadline stops computation; this outer deadline, a little
-    // later so the epoch wins for computation, stops a host call that hangs.
-    // (Its timer is armed only if the call does not finish on its first
-    // poll.)
-    match tokio::time::timeout(timeout + HOST_GRACE, call).await {
-        Err(_) => Err(Failure::new(
-            Reason::Timeout,
-            format!("did not finish within {timeout:?} (stuck in a host call)"),
-        )),
-        Ok(Err(error)) => Err(classify(error, timeout, stderr)),
-        Ok(Ok(Err(failure))) => Err(guest_failure(failure)),
-        Ok(Ok(Ok(output))) => check_output(output, limits),
+    match within_deadline(call, timeout, stderr).await? {
+        Err(failure) => Err(guest_failure(failure)),
+        Ok(output) => check_output(output, limits),
     }
 }
 
@@ -451,18 +442,32 @@ async fn call_batch(
     timeout: Duration,
     stderr: &MemoryOutputPipe,
 ) -> Result<Vec<WitOutcome>, Failure> {
-    let call = pre.apply_batch(store, messages);
+    let Some(call) = pre.apply_batch(store, messages) else {
+        return Err(Failure::new(
+            Reason::Trap,
+            "a 0.1.0 component has no apply-batch",
+        ));
+    };
+    within_deadline(call, timeout, stderr).await
+}
+
+/// Awaits `call` of the guest, mapping a trap or host error to a
+/// [`Failure`]. The epoch deadline stops computation; this outer deadline,
+/// a little later so the epoch wins for computation, stops a host call that
+/// hangs. (Its timer is armed only if the call does not finish on its first
+/// poll.)
+async fn within_deadline<T>(
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+    timeout: Duration,
+    stderr: &MemoryOutputPipe,
+) -> Result<T, Failure> {
     match tokio::time::timeout(timeout + HOST_GRACE, call).await {
         Err(_) => Err(Failure::new(
             Reason::Timeout,
             format!("did not finish within {timeout:?} (stuck in a host call)"),
         )),
-        Ok(None) => Err(Failure::new(
-            Reason::Trap,
-            "a 0.1.0 component has no apply-batch",
-        )),
-        Ok(Some(Err(error))) => Err(classify(error, timeout, stderr)),
-        Ok(Some(Ok(outcomes))) => Ok(outcomes),
+        Ok(Err(error)) => Err(classify(error, timeout, stderr)),
+        Ok(Ok(output)) => Ok(output),
     }
 }
 

@@ -85,7 +85,8 @@ def publish(topic, payload, headers=None):
 
     ``payload`` is sent as :func:`to_bytes` makes it; ``headers`` is a dict or
     a list of ``(key, value)`` pairs. Messages are sent only if ``apply``
-    succeeds (in a batch: if any of its messages does). Raises :class:`PublishError` when the router refuses.
+    succeeds (in a batch: if any of its messages does). Raises
+    :class:`PublishError` when the router refuses.
     """
     if isinstance(headers, dict):
         headers = list(headers.items())

@@ -32,7 +32,7 @@
 //!
 //!     fn apply_batch(messages: Vec<Message>) -> Vec<Outcome> {
 //!         // One model call for all of them would go here.
-//!         batch::each(messages, Echo::apply)
+//!         batch::each(messages, <Echo as batch::Guest>::apply)
 //!     }
 //! }
 //!
